@@ -1,0 +1,30 @@
+"""jaxtrain: a functional training toolkit for JAX.
+
+Where things are:
+  state.py           TrainState (the pytree a step reads and writes), linen_apply_fn
+  steps.py           train_step, eval_step (pure), losses, on-device metric totals
+  optim.py           Optax optimizers and schedules from config.optimizer
+  models.py          MLP, CNN (Flax's MNIST example), small ResNet
+  datasets.py        TFDS builders: embedded digits, IDX files, standard TFDS by name
+  input_pipeline.py  Grain: seeded per-epoch shuffle, process sharding, padded eval
+  parallel.py        the device mesh: replicated state, data-sharded batches
+  checkpoint.py      Orbax save/restore of state + data position; params digests
+  metric_writers.py  console, metrics.jsonl, TensorBoard
+  config.py          config defaults and value checks
+  train.py           train_and_evaluate: the loop
+  cli.py             `jaxtrain train | inspect`
+"""
+
+from jaxtrain.checkpoint import tree_digest
+from jaxtrain.errors import UserError
+from jaxtrain.optim import make_optimizer
+from jaxtrain.state import TrainState, linen_apply_fn
+from jaxtrain.steps import accumulate, classification_loss, eval_step, summarize, train_step
+from jaxtrain.train import train_and_evaluate
+
+__all__ = [
+    "TrainState", "train_step", "eval_step", "classification_loss", "linen_apply_fn",
+    "accumulate", "summarize", "make_optimizer", "train_and_evaluate", "tree_digest",
+    "UserError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,89 @@
+"""The config schema: defaults every config starts from, and checks run before compiling.
+
+A config file's `get_config()` starts from `base_config()` and sets what its
+experiment needs; `jaxtrain train` locks it, so an override of a field that
+does not exist, or of the wrong type, fails while parsing the command line.
+`validate` then checks values (ranges, choices) with one message per field.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "piecewise")
+MODELS = ("mlp", "cnn", "resnet")
+TASKS = ("classification",)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.task = "classification"
+  c.batch_size = 128              # global, over all devices and processes
+  c.num_train_steps = -1          # -1: num_epochs * (train examples // batch_size)
+  c.num_epochs = 10
+  c.log_every_steps = 50
+  c.eval_every_steps = 500        # and always after the last step
+  c.checkpoint_every_steps = 500  # and always after the last step
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="sgd", learning_rate=0.1, momentum=0.9, nesterov=False,
+      b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.0,           # not applied to biases and norm scales
+      grad_clip_norm=0.0,         # 0: no clipping
+      schedule="constant", warmup_steps=0,
+      end_lr_factor=0.0,          # warmup_cosine/warmup_linear end at lr * this
+      piecewise_boundaries=(0,), piecewise_scales=(1.0,)))
+
+  c.dataset = ml_collections.ConfigDict(dict(
+      name="digits",              # "digits" (embedded) or a TFDS name prepared in data_dir
+      path="",                    # a directory of source files (e.g. IDX) instead of a name
+      data_dir="",                # where TFDS datasets live; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+      train_split="train",
+      eval_split="test",          # evaluated every eval_every_steps ("" = never)
+      test_split="",              # evaluated once after training ("" = none)
+      prefetch=2))                # batches read ahead on threads
+
+  c.model = ml_collections.ConfigDict(dict(name="mlp", num_classes=10))
+  return c
+
+
+def _checks(c):
+  o = c.optimizer
+  yield "seed", c.seed >= 0, "must be >= 0"
+  yield "task", c.task in TASKS, f"must be one of {TASKS}"
+  yield "batch_size", c.batch_size > 0, "must be > 0"
+  yield "num_train_steps", c.num_train_steps == -1 or c.num_train_steps > 0, "must be > 0, or -1 to use num_epochs"
+  yield "num_epochs", c.num_train_steps > 0 or c.num_epochs > 0, "must be > 0 when num_train_steps is -1"
+  for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    yield field, c[field] > 0, "must be > 0"
+  yield "optimizer.name", o.name in OPTIMIZERS, f"must be one of {OPTIMIZERS}"
+  yield "optimizer.learning_rate", o.learning_rate >= 0, "must be >= 0"
+  yield "optimizer.momentum", 0 <= o.momentum < 1, "must be in [0, 1)"
+  yield "optimizer.b1", 0 <= o.b1 < 1, "must be in [0, 1)"
+  yield "optimizer.b2", 0 <= o.b2 < 1, "must be in [0, 1)"
+  yield "optimizer.eps", o.eps > 0, "must be > 0"
+  yield "optimizer.weight_decay", o.weight_decay >= 0, "must be >= 0"
+  yield "optimizer.grad_clip_norm", o.grad_clip_norm >= 0, "must be >= 0 (0 = no clipping)"
+  yield "optimizer.schedule", o.schedule in SCHEDULES, f"must be one of {SCHEDULES}"
+  yield "optimizer.warmup_steps", o.warmup_steps >= 0, "must be >= 0"
+  yield ("optimizer.piecewise_scales", len(o.piecewise_boundaries) == len(o.piecewise_scales),
+         "must have as many entries as optimizer.piecewise_boundaries")
+  yield "dataset.train_split", bool(c.dataset.train_split), "must name a split"
+  yield "dataset.prefetch", c.dataset.prefetch >= 0, "must be >= 0"
+  yield "model.name", c.model.name in MODELS, f"must be one of {MODELS}"
+  yield "model.num_classes", c.model.get("num_classes", 1) > 0, "must be > 0"
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the first field whose value is out of range."""
+  from jaxtrain.errors import UserError
+  for field, ok, requirement in _checks(config):
+    if not ok:
+      value = config
+      for part in field.split("."):
+        value = value[part]
+      raise UserError(f"config.{field}={value!r} {requirement}")

@@ -1,0 +1,211 @@
+"""Datasets as TFDS builders written to array_record, read with random access.
+
+Three ways to name data in `config.dataset`:
+- `name="digits"`: scikit-learn's bundled handwritten digits (embedded, no download).
+- `path=DIR`: source files in a directory, prepared once into `data_dir` under a
+  name that includes a fingerprint of the files (so changed files are a new
+  dataset, never a stale one). Today: MNIST-style IDX files.
+- any other `name`: a standard TFDS dataset already prepared in `data_dir`.
+
+Every example is a dict `{"image": uint8 [H, W, C], "label": int64}`; images
+are stored as 0..255 so one preprocessing serves every image dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxtrain.errors import UserError
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+# MNIST's file names: train-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz), ...
+_IDX_FILE = re.compile(r"^(?P<prefix>[a-z0-9]+)-(?P<kind>images|labels)-idx(?P<ndim>\d)-ubyte(\.gz)?$")
+_IDX_SPLITS = {"train": "train", "t10k": "test", "test": "test"}
+
+
+def default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def read_idx(path: Path) -> np.ndarray:
+  """An IDX file (optionally gzipped) as an array; a malformed file is a UserError."""
+  opener = gzip.open if path.suffix == ".gz" else open
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError) as e:
+    raise UserError(f"cannot read IDX file {path}: {e}") from None
+  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+    raise UserError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
+  ndim = data[3]
+  header = 4 + 4 * ndim
+  shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+  dtype = np.dtype(_IDX_DTYPES[data[2]])
+  expected = header + int(np.prod(shape)) * dtype.itemsize
+  if len(data) != expected:
+    raise UserError(f"{path} is truncated or padded: header says shape {shape} "
+                    f"({expected} bytes) but the file has {len(data)} bytes")
+  return np.frombuffer(data, dtype, offset=header).reshape(shape)
+
+
+def fingerprint(files) -> str:
+  """SHA-256 over the files' names and bytes, in name order."""
+  h = hashlib.sha256()
+  for f in sorted(files, key=lambda p: p.name):
+    h.update(f.name.encode() + b"\0")
+    with open(f, "rb") as fh:
+      for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
+  return h.hexdigest()
+
+
+def idx_split_files(source_dir: Path) -> dict[str, dict[str, Path]]:
+  """{split: {"images": path, "labels": path}} for the IDX files in a directory."""
+  splits: dict[str, dict[str, Path]] = {}
+  for f in sorted(source_dir.iterdir()):
+    m = _IDX_FILE.match(f.name)
+    if m and m["prefix"] in _IDX_SPLITS:
+      splits.setdefault(_IDX_SPLITS[m["prefix"]], {})[m["kind"]] = f
+  for split, files in splits.items():
+    if set(files) != {"images", "labels"}:
+      missing = ({"images", "labels"} - set(files)).pop()
+      raise UserError(f"{source_dir}: split {split!r} has no {missing} file "
+                      f"(expected e.g. t10k-{missing}-idx{3 if missing == 'images' else 1}-ubyte.gz)")
+  return splits
+
+
+def _image_features(shape, num_classes):
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(shape=shape, dtype=np.uint8),
+      "label": tfds.features.ClassLabel(num_classes=num_classes)})
+
+
+class Digits(tfds.core.GeneratorBasedBuilder):
+  """scikit-learn's 1,797 handwritten 8x8 digits, as uint8 0..255 images.
+
+  The original pixel values 0..16 are scaled by 255/16 and rounded (a
+  one-to-one map). Splits: "train" (1,437) and "test" (360), from a fixed
+  permutation with seed 0, so every user gets the same split.
+  """
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=_image_features((8, 8, 1), 10),
+                                 supervised_keys=("image", "label"))
+
+  def _split_generators(self, dl_manager):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+    order = np.random.default_rng(0).permutation(len(images))
+    n_test = 360
+    return {"train": self._generate_examples(images, digits.target, order[n_test:]),
+            "test": self._generate_examples(images, digits.target, order[:n_test])}
+
+  def _generate_examples(self, images, labels, indices):
+    for i in indices:
+      yield int(i), {"image": images[i], "label": int(labels[i])}
+
+
+class IdxImages(tfds.core.GeneratorBasedBuilder):
+  """MNIST-style IDX image/label file pairs from a directory (`train-*`, `t10k-*`)."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, *, source_dir: str, **kwargs):
+    self._source_dir = Path(source_dir)
+    self._splits = idx_split_files(self._source_dir)
+    if not self._splits:
+      raise UserError(f"dataset.path={source_dir} holds no IDX files "
+                      "(expected e.g. t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz)")
+    files = [f for s in self._splits.values() for f in s.values()]
+    labels = [read_idx(s["labels"]) for s in self._splits.values()]
+    self._num_classes = int(max(l.max() for l in labels)) + 1
+    self._shape = self._image_shape(next(iter(self._splits.values()))["images"])
+    config = tfds.core.BuilderConfig(name=fingerprint(files)[:16])
+    super().__init__(config=config, **kwargs)
+
+  @staticmethod
+  def _image_shape(path):
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+      head = f.read(16)
+    if len(head) < 16 or head[2] != 0x08 or head[3] != 3:
+      raise UserError(f"{path} is not a uint8 IDX image file (magic {head[:4].hex()})")
+    rows, cols = int.from_bytes(head[8:12], "big"), int.from_bytes(head[12:16], "big")
+    return (rows, cols, 1)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, supervised_keys=("image", "label"),
+                                 features=_image_features(self._shape, self._num_classes))
+
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(files) for split, files in self._splits.items()}
+
+  def _generate_examples(self, files):
+    images, labels = read_idx(files["images"]), read_idx(files["labels"])
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+      raise UserError(f"{files['images']} holds {images.shape} images but "
+                      f"{files['labels']} holds {labels.shape} labels")
+    for i in range(len(images)):
+      yield i, {"image": images[i][..., None], "label": int(labels[i])}
+
+
+@contextlib.contextmanager
+def _lock(data_dir: str, name: str):
+  """Serialises preparation of one dataset among processes sharing a data_dir."""
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, f".{name}.lock"), "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepared(builder):
+  with _lock(builder._data_dir_root, builder.name):
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(verify_ssl=False))
+  return builder
+
+
+def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
+  """The prepared TFDS builder `config.dataset` names (preparing embedded/local data once)."""
+  data_dir = dataset_config.data_dir or default_data_dir()
+  if dataset_config.path:
+    path = Path(dataset_config.path).expanduser()
+    if not path.is_dir():
+      raise UserError(f"dataset.path={dataset_config.path} is not a directory")
+    return _prepared(IdxImages(source_dir=str(path), data_dir=data_dir,
+                               file_format="array_record"))
+  if dataset_config.name == "digits":
+    return _prepared(Digits(data_dir=data_dir, file_format="array_record"))
+  try:
+    builder = tfds.builder(dataset_config.name, data_dir=data_dir)
+  except Exception as e:  # unknown name, or a builder whose code needs TensorFlow
+    raise UserError(f"dataset.name={dataset_config.name!r} cannot be loaded: {e}".split("\n")[0]) from None
+  if not builder.is_prepared():
+    raise UserError(
+        f"dataset {dataset_config.name!r} is not prepared in {data_dir}: prepare it there with "
+        f"`tfds build {dataset_config.name} --data_dir {data_dir} --file_format array_record`, "
+        "or set dataset.path to a directory of its source files")
+  return builder
+
+
+def get_source(builder, split: str):
+  """A random-access source for a TFDS split string (slicing such as `train[:80%]` works)."""
+  try:
+    return builder.as_data_source(split=split)
+  except Exception as e:
+    splits = ", ".join(sorted(builder.info.splits.keys()))
+    raise UserError(f"split {split!r} cannot be read from {builder.name} "
+                    f"(its splits: {splits}): {str(e).splitlines()[0]}") from None

@@ -1,0 +1,101 @@
+"""Grain pipelines: the data order is a pure function of (seed, epoch, step, process).
+
+Training: each epoch is a fresh seeded permutation of the split (Grain's
+`shuffle` draws a new one per repetition); global batch g takes positions
+[g*B, (g+1)*B) of its epoch, dropping the remainder; process p reads rows
+[p*L, (p+1)*L) of it, L = B / process_count. So the global batch is the same
+whatever the number of processes, and element g of the pipeline is global
+step g: the iterator's checkpointed state is just the next step.
+
+Evaluation: every example exactly once, the last batch padded and masked.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Callable, Iterator, Mapping
+
+import grain
+import numpy as np
+
+from jaxtrain.errors import UserError
+
+Batch = dict[str, np.ndarray]
+
+
+def to_model_inputs(batch: Mapping[str, np.ndarray]) -> Batch:
+  """uint8 images to float32 in [0, 1]; every other feature unchanged."""
+  batch = dict(batch)
+  if "image" in batch and batch["image"].dtype == np.uint8:
+    batch["image"] = batch["image"].astype(np.float32) * np.float32(1 / 255)
+  return batch
+
+
+def _read(source, indices) -> Batch:
+  """One stacked batch of examples (a single batched read where the source has one)."""
+  indices = [int(i) for i in indices]
+  if hasattr(source, "__getitems__"):
+    examples = source.__getitems__(indices)
+  else:
+    examples = [source[i] for i in indices]
+  return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size % process_count:
+    raise UserError(f"batch_size={global_batch_size} is not divisible by the "
+                    f"process count {process_count}")
+  return global_batch_size // process_count
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  steps = num_examples // global_batch_size
+  if steps == 0:
+    raise UserError(f"batch_size={global_batch_size} is larger than the training "
+                    f"split ({num_examples} examples)")
+  return steps
+
+
+def train_dataset(source, *, global_batch_size: int, seed: int, process_index: int = 0,
+                  process_count: int = 1,
+                  transform: Callable[[Batch], Batch] = to_model_inputs) -> grain.MapDataset:
+  """An endless MapDataset whose element g is this process's share of global batch g."""
+  n = len(source)
+  local = local_batch_size(global_batch_size, process_count)
+  per_epoch = steps_per_epoch(n, global_batch_size)
+  # Element j of the endless stream: the source index at position j % n of
+  # epoch j // n's permutation.
+  order = grain.MapDataset.range(n).seed(seed).shuffle().repeat(None)
+
+  def batch_at(step: int) -> Batch:
+    epoch, b = divmod(step, per_epoch)
+    start = epoch * n + b * global_batch_size + process_index * local
+    return transform(_read(source, [order[start + i] for i in range(local)]))
+
+  return grain.MapDataset.range(sys.maxsize).map(batch_at)
+
+
+def eval_dataset(source, *, global_batch_size: int, process_index: int = 0,
+                 process_count: int = 1,
+                 transform: Callable[[Batch], Batch] = to_model_inputs) -> grain.MapDataset:
+  """Finite batches covering each example once; padding rows have mask 0."""
+  n = len(source)
+  if n == 0:
+    raise UserError("the evaluation split is empty")
+  local = local_batch_size(global_batch_size, process_count)
+
+  def batch_at(b: int) -> Batch:
+    positions = b * global_batch_size + process_index * local + np.arange(local)
+    real = positions < n
+    batch = transform(_read(source, np.where(real, positions, 0)))
+    batch["mask"] = real.astype(np.float32)
+    return batch
+
+  return grain.MapDataset.range(math.ceil(n / global_batch_size)).map(batch_at)
+
+
+def iterate(dataset: grain.MapDataset, prefetch: int = 2) -> Iterator[Batch]:
+  """A checkpointable iterator that reads `prefetch` batches ahead on threads."""
+  options = grain.ReadOptions(num_threads=max(prefetch, 1), prefetch_buffer_size=prefetch)
+  return iter(dataset.to_iter_dataset(options))

@@ -1,0 +1,72 @@
+"""Where metrics go: the console, `metrics.jsonl` and TensorBoard event files.
+
+Each event is (step, split, {name: float}); `metrics.jsonl` holds one JSON
+object per event, `{"step": ..., "split": ..., **metrics}`, appended so a
+resumed run continues the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+log = logging.getLogger("jaxtrain")
+
+
+def _fmt(v: float) -> str:
+  return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class MetricWriter:
+  """Writes each event to the console, metrics.jsonl and TensorBoard."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    self.enabled = enabled
+    self._jsonl = self._tb = None
+    if enabled:
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+
+  def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    log.info("step %d  %-5s  %s", step, split,
+             "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
+    record = {"step": step, "split": split, "time": round(time.time(), 3)}
+    record.update({k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()})
+    self._jsonl.write(json.dumps(record) + "\n")
+    for k, v in metrics.items():
+      self._tb.add_scalar(f"{split}/{k}", v, step)
+
+  def write_text(self, tag: str, text: str) -> None:
+    if self.enabled:
+      self._tb.add_text(tag, text, 0)
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._jsonl.flush()
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """Every event in `<workdir>/metrics.jsonl`, in order (a torn last line is skipped)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  events = []
+  with open(path) as f:
+    for line in f:
+      try:
+        events.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return events

@@ -1,0 +1,100 @@
+"""Models for the built-in configs: an MLP, Flax's MNIST CNN, and a small ResNet.
+
+Each is a plain Flax linen module taking `(x, train)`; `create_model` builds one
+from `config.model` (its `name` picks the class, every other field is passed
+to the constructor), so a config names exactly what it trains.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+  """Flatten, then `features` hidden ReLU layers with dropout, then a linear head."""
+  num_classes: int
+  features: Sequence[int] = (256, 256)
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+    for width in self.features:
+      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+
+
+class CNN(nn.Module):
+  """The CNN of Flax's MNIST example: conv32-BN-pool-conv64-BN-pool-dense256-dense."""
+  num_classes: int
+  dropout_rate: float = 0.1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)
+    pool = lambda y: nn.avg_pool(y, window_shape=(2, 2), strides=(2, 2))
+    x = x.astype(self.dtype)
+    x = pool(nn.relu(norm()(nn.Conv(32, (3, 3), dtype=self.dtype)(x))))
+    x = pool(nn.relu(norm()(nn.Conv(64, (3, 3), dtype=self.dtype)(x))))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(256, dtype=self.dtype)(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+
+
+class ResidualBlock(nn.Module):
+  """Two 3x3 convolutions with batch norm and an identity (or projected) shortcut."""
+  filters: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                                     dtype=self.dtype, **kw)
+    conv = lambda f, k, s: nn.Conv(f, (k, k), (s, s), use_bias=False, dtype=self.dtype)
+    y = nn.relu(norm()(conv(self.filters, 3, self.strides)(x)))
+    # Zero-initialised last scale: each block starts as the identity.
+    y = norm(scale_init=nn.initializers.zeros)(conv(self.filters, 3, 1)(y))
+    if x.shape != y.shape:
+      x = norm()(conv(self.filters, 1, self.strides)(x))
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """A small ResNet for 28x28 to 64x64 images: a 3x3 stem, then stages of blocks."""
+  num_classes: int
+  stage_sizes: Sequence[int] = (2, 2, 2)
+  width: int = 16
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.astype(self.dtype)
+    x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
+    for stage, num_blocks in enumerate(self.stage_sizes):
+      for block in range(num_blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = ResidualBlock(self.width * 2**stage, strides, self.dtype)(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+
+
+MODELS = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
+
+
+def create_model(model_config) -> nn.Module:
+  """The module named by `model_config.name`, built from the config's other fields."""
+  kwargs = dict(model_config)
+  name = kwargs.pop("name")
+  if name not in MODELS:
+    raise ValueError(f"config.model.name={name!r} is not one of {sorted(MODELS)}")
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  return MODELS[name](**kwargs)

@@ -1,0 +1,64 @@
+"""Optax optimizers and learning-rate schedules from `config.optimizer`.
+
+The schedule's horizon is `num_train_steps` as the config resolves it, never
+how long this particular process happens to run: a run stopped and resumed
+follows the same curve as one that ran straight through.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from jaxtrain.config import OPTIMIZERS, SCHEDULES
+
+
+def make_schedule(opt, num_train_steps: int) -> optax.Schedule:
+  lr, warmup = opt.learning_rate, opt.warmup_steps
+  if opt.schedule == "constant":
+    if warmup == 0:
+      return optax.constant_schedule(lr)
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup),
+                                 optax.constant_schedule(lr)], [warmup])
+  if opt.schedule == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(
+        0.0, lr, warmup, max(num_train_steps, warmup + 1), end_value=lr * opt.end_lr_factor)
+  if opt.schedule == "warmup_linear":
+    return optax.join_schedules([
+        optax.linear_schedule(0.0, lr, warmup),
+        optax.linear_schedule(lr, lr * opt.end_lr_factor, max(num_train_steps - warmup, 1))],
+        [warmup])
+  if opt.schedule == "piecewise":
+    boundaries, scales = tuple(opt.piecewise_boundaries), tuple(opt.piecewise_scales)
+    if len(boundaries) != len(scales):
+      raise ValueError("config.optimizer.piecewise_boundaries and piecewise_scales "
+                       f"must have equal lengths, got {len(boundaries)} and {len(scales)}")
+    return optax.piecewise_constant_schedule(lr, dict(zip(boundaries, scales)))
+  raise ValueError(f"config.optimizer.schedule={opt.schedule!r} is not one of {SCHEDULES}")
+
+
+def decay_mask(params):
+  """True for weights that decay: kernels and embeddings, not biases or norm scales."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(opt, num_train_steps: int) -> tuple[optax.GradientTransformation,
+                                                        optax.Schedule]:
+  """The optimizer `opt` (a `config.optimizer`) describes, and its schedule."""
+  schedule = make_schedule(opt, num_train_steps)
+  parts = []
+  if opt.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+  if opt.name == "adamw":
+    parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                             weight_decay=opt.weight_decay, mask=decay_mask))
+  else:
+    if opt.weight_decay > 0:  # coupled (L2) decay, as torch.optim.SGD/Adam do it
+      parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
+    if opt.name == "sgd":
+      parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
+    elif opt.name == "adam":
+      parts.append(optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps))
+    else:
+      raise ValueError(f"config.optimizer.name={opt.name!r} is not one of {OPTIMIZERS}")
+  return optax.chain(*parts), schedule

@@ -1,0 +1,117 @@
+"""Pure training and evaluation steps, and the losses that drive them.
+
+`train_step(state, batch) -> (state, metrics)` and `eval_step(state, batch) ->
+metrics` have no side effects: wrap them in `jax.jit` (donating the state), in
+`jax.pmap` with `axis_name=...`, or call them inside your own scan.
+
+A loss function returns *per-example* values: `{"loss": [B], "accuracy": [B]}`.
+The steps reduce them with the batch's optional `mask` (1 for real examples, 0
+for padding), so an evaluation over padded batches counts every example once.
+Under `pmap` the reduction is a `psum` of sums over a `psum` of counts, which
+is the exact global mean even when devices hold different numbers of real
+examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxtrain.state import TrainState
+
+Metrics = dict[str, jax.Array]
+
+
+def classification_loss(logits: jax.Array, batch: Mapping[str, jax.Array]) -> Metrics:
+  """Softmax cross-entropy on integer `batch["label"]`, and accuracy."""
+  labels = batch["label"]
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  accuracy = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return {"loss": loss, "accuracy": accuracy}
+
+
+def _psum(x, axis_name):
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _weighted_sums(per_example: Metrics, batch, axis_name):
+  """Masked sums of each per-example metric and the global example count."""
+  some = next(iter(per_example.values()))
+  mask = batch.get("mask")
+  mask = jnp.ones(some.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
+  count = _psum(jnp.sum(mask), axis_name)
+  sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
+  return sums, count
+
+
+def _means(sums, count, axis_name) -> Metrics:
+  safe = jnp.maximum(count, 1.0)
+  metrics = {k: _psum(v, axis_name) / safe for k, v in sums.items()}
+  metrics["count"] = count
+  return metrics
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
+               axis_name: str | None = None) -> tuple[TrainState, Metrics]:
+  """One optimizer update. Returns the new state and this batch's mean metrics.
+
+  Randomness (dropout) comes from `fold_in(state.rng, state.step)`. With
+  `axis_name` (under `pmap`) gradients, batch statistics and metrics are
+  reduced across devices.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_and_aux(params):
+    outputs, model_state = state.apply_fn({"params": params, **state.model_state},
+                                          batch, train=True, rng=rng)
+    sums, count = _weighted_sums(state.loss_fn(outputs, batch), batch, axis_name)
+    # The local sum over the global count: summing gradients across devices
+    # then gives the gradient of the global mean.
+    return sums["loss"] / jnp.maximum(count, 1.0), (model_state, sums, count)
+
+  grads, (model_state, sums, count) = jax.grad(loss_and_aux, has_aux=True)(state.params)
+  if axis_name is not None:
+    grads = jax.lax.psum(grads, axis_name)
+    model_state = jax.lax.pmean(model_state, axis_name)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = _means(sums, count, axis_name)
+  metrics["grad_norm"] = optax.global_norm(grads)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            opt_state=opt_state, model_state=model_state)
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Mapping[str, jax.Array], *,
+              axis_name: str | None = None) -> Metrics:
+  """Mean metrics over the batch's real (unmasked) examples, plus their count."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  outputs, _ = state.apply_fn(state.variables, batch, train=False, rng=rng)
+  sums, count = _weighted_sums(state.loss_fn(outputs, batch), batch, axis_name)
+  return _means(sums, count, axis_name)
+
+
+def accumulate(totals: Metrics | None, metrics: Metrics) -> Metrics:
+  """Adds a step's mean metrics, weighted by its count, to running totals.
+
+  Runs on device (inside the loop's jitted step), so the loop never waits for
+  a metric until it logs. `summarize` turns totals back into means.
+  """
+  count = metrics["count"]
+  weighted = {k: v * count for k, v in metrics.items() if k != "count"}
+  weighted["count"] = count
+  if totals is None:
+    return weighted
+  return jax.tree.map(jnp.add, totals, weighted)
+
+
+def summarize(totals: Mapping[str, Any]) -> dict[str, float]:
+  """Host-side means from `accumulate`'s totals (one device-to-host fetch)."""
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  means = {k: float(v) / max(count, 1.0) for k, v in totals.items() if k != "count"}
+  means["count"] = count
+  return means
