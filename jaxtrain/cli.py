@@ -68,6 +68,17 @@ def _parse_train_flags(argv: list[str]):
   return config, fv.workdir, fv.stop_at_step
 
 
+def _log_to_console():
+  """jaxtrain's own log lines on stdout; kept apart from the root logger that absl tunes."""
+  log = logging.getLogger("jaxtrain")
+  if not log.handlers:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+  log.setLevel(logging.INFO)
+  log.propagate = False
+
+
 def _quiet_libraries():
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.ERROR)
@@ -119,7 +130,7 @@ COMMANDS = {"train": train, "inspect": inspect}
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+  _log_to_console()
   if not argv or argv[0] not in COMMANDS:
     print(f"usage: jaxtrain {{{'|'.join(COMMANDS)}}} ...", file=sys.stderr)
     return USAGE_ERROR

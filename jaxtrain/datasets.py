@@ -8,7 +8,9 @@ Three ways to name data in `config.dataset`:
 - any other `name`: a standard TFDS dataset already prepared in `data_dir`.
 
 Every example is a dict `{"image": uint8 [H, W, C], "label": int64}`; images
-are stored as 0..255 so one preprocessing serves every image dataset.
+are stored as 0..255 so one preprocessing serves every image dataset. Our
+builders keep the source order (TFDS would hash-shuffle it), so a slice such
+as `test[8000:]` means the file's last 2,000 rows.
 """
 
 from __future__ import annotations
@@ -96,11 +98,11 @@ class Digits(tfds.core.GeneratorBasedBuilder):
   one-to-one map). Splits: "train" (1,437) and "test" (360), from a fixed
   permutation with seed 0, so every user gets the same split.
   """
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")  # 1.1: source order kept
 
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=_image_features((8, 8, 1), 10),
-                                 supervised_keys=("image", "label"))
+                                 supervised_keys=("image", "label"), disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
     from sklearn.datasets import load_digits
@@ -118,7 +120,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
 class IdxImages(tfds.core.GeneratorBasedBuilder):
   """MNIST-style IDX image/label file pairs from a directory (`train-*`, `t10k-*`)."""
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")  # 1.1: source order kept
 
   def __init__(self, *, source_dir: str, **kwargs):
     self._source_dir = Path(source_dir)
@@ -145,7 +147,8 @@ class IdxImages(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, supervised_keys=("image", "label"),
-                                 features=_image_features(self._shape, self._num_classes))
+                                 features=_image_features(self._shape, self._num_classes),
+                                 disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
     return {split: self._generate_examples(files) for split, files in self._splits.items()}

@@ -79,7 +79,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = _means(sums, count, axis_name)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state, model_state=model_state)
   return new_state, metrics

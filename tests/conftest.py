@@ -1,0 +1,39 @@
+"""Shared fixtures: one TFDS data_dir per session, and small fast configs."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist_t10k"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """A data_dir shared by the session, so each dataset is prepared once."""
+  return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+
+
+@pytest.fixture
+def small_config(data_dir):
+  """Digits with a small MLP: a few seconds a run, still real data and a real loop."""
+  from jaxtrain.config import base_config
+  c = base_config()
+  c.batch_size = 50          # 1,293 train examples: 25 steps an epoch, 43 left over
+  c.num_train_steps = 60
+  c.log_every_steps = 20
+  c.eval_every_steps = 30
+  c.checkpoint_every_steps = 30
+  c.optimizer.update(name="adamw", learning_rate=3e-3, weight_decay=1e-4,
+                     schedule="warmup_cosine", warmup_steps=10)
+  c.dataset.update(name="digits", data_dir=data_dir, train_split="train[:90%]",
+                   eval_split="train[90%:]", test_split="test")
+  c.model = dict(name="mlp", num_classes=10, features=(64,), dropout_rate=0.1)
+  return c
+
+
+def require_mnist():
+  if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
+    pytest.skip(f"the real MNIST files are not at {MNIST_DIR} (see shared/data/SOURCES.md)")
+  return MNIST_DIR
