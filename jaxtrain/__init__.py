@@ -8,11 +8,16 @@ Where things are:
   datasets.py        TFDS builders: embedded digits, IDX files, standard TFDS by name
   input_pipeline.py  Grain: seeded per-epoch shuffle, process sharding, padded eval
   parallel.py        the device mesh: replicated state, data-sharded batches
-  checkpoint.py      Orbax save/restore of state + data position; params digests
+  checkpoint.py      Orbax save/restore of state + data position, corrupt-checkpoint
+                     fallback; params digests
+  nan_guard.py       non-finite steps: never applied or saved; halt or skip
+  preemption.py      SIGTERM/SIGINT: save and exit 75
+  manifest.py        manifest.json: versions, devices, data fingerprint; config-change checks
+  rerun.py           `jaxtrain rerun`: train a manifest again, compare the bits
   metric_writers.py  console, metrics.jsonl, TensorBoard
   config.py          config defaults and value checks
   train.py           train_and_evaluate: the loop
-  cli.py             `jaxtrain train | inspect`
+  cli.py             `jaxtrain train | inspect | rerun`, one-line errors, exit statuses
 """
 
 from jaxtrain.checkpoint import tree_digest

@@ -9,7 +9,10 @@ makes a resumed run see the same batches an uninterrupted one would have.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
+import shutil
 from typing import Any
 
 import grain
@@ -18,6 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxtrain.errors import UserError
+
+log = logging.getLogger("jaxtrain")
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -52,6 +57,66 @@ def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator):
   return state.replace(**restored.state)
 
 
+def quarantine_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "corrupt_checkpoints")
+
+
+def _quarantine(workdir: str, step: int) -> str:
+  """Moves an unreadable checkpoint aside (never deletes it) so a new save can take its step."""
+  target = os.path.join(quarantine_dir(workdir), str(step))
+  suffix = 0
+  while os.path.exists(target):
+    suffix += 1
+    target = os.path.join(quarantine_dir(workdir), f"{step}.{suffix}")
+  os.makedirs(quarantine_dir(workdir), exist_ok=True)
+  shutil.move(os.path.join(checkpoint_dir(workdir), str(step)), target)
+  return target
+
+
+def _reason(error: Exception) -> str:
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def restore_latest_valid(workdir: str, state, data_iterator, **manager_options):
+  """(manager, state) from the newest checkpoint that restores; older ones are tried in turn.
+
+  A checkpoint that fails to restore (a missing item, a truncated array
+  file, garbage metadata) gets a warning naming its step and is moved to
+  `corrupt_checkpoints/`; no readable checkpoint is ever touched. Returns
+  the input `state` unchanged when no checkpoint restores.
+  """
+  while True:
+    manager = make_manager(workdir, **manager_options)
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+      return manager, state
+    try:
+      return manager, restore(manager, steps[0], state, data_iterator)
+    except Exception as e:  # Orbax, TensorStore and JSON raise many types here
+      manager.close()
+      moved = _quarantine(workdir, steps[0])
+      log.warning("checkpoint at step %d is unreadable (%s); moved it to %s and "
+                  "trying the next newest", steps[0], _reason(e), moved)
+
+
+def verify(workdir: str) -> dict[int, str]:
+  """{step: reason} for every checkpoint in `workdir` that does not read back whole."""
+  manager = make_manager(workdir, read_only=True)
+  bad = {}
+  for step in manager.all_steps():
+    try:
+      manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      data = os.path.join(checkpoint_dir(workdir), str(step), "data")
+      for name in os.listdir(data):
+        if name.endswith(".json"):
+          with open(os.path.join(data, name)) as f:
+            json.load(f)
+    except Exception as e:
+      bad[step] = _reason(e)
+  return bad
+
+
 def _arrays(state) -> dict[str, Any]:
   """The TrainState's array fields as a plain dict (what a checkpoint holds)."""
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
@@ -59,13 +124,22 @@ def _arrays(state) -> dict[str, Any]:
 
 
 def load_arrays(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
-  """(step, arrays) of a checkpoint, read without the model's code (for `inspect`)."""
+  """(step, arrays) of a checkpoint, read without the model's code (for `inspect`).
+
+  With no `step`, the newest checkpoint that reads back whole.
+  """
   manager = make_manager(workdir, read_only=True)
-  step = manager.latest_step() if step is None else step
-  if step is None:
+  steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+  if not steps:
     raise UserError(f"{checkpoint_dir(workdir)} holds no checkpoint")
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return step, jax.tree.map(np.asarray, restored.state)
+  for candidate in steps:
+    try:
+      restored = manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      return candidate, jax.tree.map(np.asarray, restored.state)
+    except Exception as e:  # Orbax and TensorStore raise many types here
+      error = e
+  raise UserError(f"no checkpoint in {checkpoint_dir(workdir)} reads back whole "
+                  f"(step {steps[-1]}: {_reason(error)})")
 
 
 def _key_name(key) -> str:

@@ -1,24 +1,30 @@
 """The `jaxtrain` command: `train` a config in a workdir, `inspect` a workdir.
 
     jaxtrain train --config configs/digits.py --workdir runs/digits \\
-        [--config.optimizer.learning_rate=0.05 ...] [--stop_at_step N] [--debug]
+        [--config.optimizer.learning_rate=0.05 ...] [--stop_at_step N]
+        [--allow_config_change] [--debug]
     jaxtrain inspect WORKDIR [--json]
+    jaxtrain rerun WORKDIR --into NEWDIR [--json]
 
-Mistakes a user can fix (a bad flag, config value, path, dataset) print one
-line, `jaxtrain: error: ...`, and exit with status 2 (command line) or 1
-(anything found later); `--debug` shows the traceback instead. The config is
-parsed before JAX is imported, so a bad override fails in about a second.
+Exit status: 0 done; 1 a mistake found while running (config value, data,
+checkpoint, non-finite loss) or a rerun whose bits differ; 2 a bad command
+line; 75 preempted (SIGTERM/SIGINT) with a checkpoint saved: run the same
+command again to resume. Errors are one line, `jaxtrain: error: ...`;
+`--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import re
 import sys
 
 USAGE_ERROR, RUN_ERROR = 2, 1
+PREEMPTED = 75  # jaxtrain.preemption.PREEMPTED, without importing JAX to say it
 
 
 class _Fail(Exception):
@@ -30,6 +36,8 @@ class _Fail(Exception):
 def _config_error(error: Exception, argv: list[str]) -> str:
   """One line naming the config field a flag-parsing error is about."""
   text = str(error)
+  if isinstance(error, AttributeError) and "get_config" in text:
+    return "--config: the config file has no get_config() function"
   if isinstance(error, AttributeError):  # ml_collections: a field that does not exist
     key = text.strip("\"'")
     for arg in argv:
@@ -43,38 +51,64 @@ def _config_error(error: Exception, argv: list[str]) -> str:
   return text.splitlines()[0] if text else type(error).__name__
 
 
-def _parse_train_flags(argv: list[str]):
+def _parse_flags(argv: list[str]):
   from absl import flags
   from ml_collections import config_flags
   fv = flags.FlagValues()
+  argv = ["jaxtrain train"] + argv
+  # config_flags execs every config file into one module name, reusing the
+  # module if present: without this, a second config in one process would
+  # inherit the first one's get_config.
+  sys.modules.pop("config_config", None)
+  # config_flags reads overrides from sys_argv (default: sys.argv), not from fv(argv).
   config_flags.DEFINE_config_file("config", None, "Config file (a .py with get_config()).",
-                                  flag_values=fv, lock_config=True)
+                                  flag_values=fv, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.",
                       flag_values=fv)
   flags.DEFINE_integer("stop_at_step", None, "Stop (with a checkpoint) after this global "
                        "step; the run itself is unchanged and resumes later.", flag_values=fv)
+  flags.DEFINE_bool("allow_config_change", False, "Resume a run under a config that differs "
+                    "in fields that change training (recorded in manifest.json).", flag_values=fv)
   flags.DEFINE_bool("debug", False, "Show tracebacks.", flag_values=fv)
   try:
-    fv(["jaxtrain train"] + argv)
-    config = fv.config
-    if config is not None:
-      config.keys()  # config_flags defers a load failure to the first access
+    fv(argv)
+    if fv.config is not None:
+      fv.config.keys()  # config_flags defers a load failure to the first access
   except Exception as e:  # absl and ml_collections raise several types here
     raise _Fail(_config_error(e, argv), USAGE_ERROR) from None
-  if config is None:
+  return fv
+
+
+def _parse_train_flags(argv: list[str]):
+  # First without overrides, so a missing or broken config file is reported as
+  # such rather than as an unknown --config.* flag.
+  fv = _parse_flags([a for a in argv if not a.startswith("--config.")])
+  if fv.config is None:
     raise _Fail("--config is required (e.g. --config configs/digits.py)", USAGE_ERROR)
   if not fv.workdir:
     raise _Fail("--workdir is required", USAGE_ERROR)
-  return config, fv.workdir, fv.stop_at_step
+  fv = _parse_flags(argv)
+  if fv.stop_at_step is not None and fv.stop_at_step <= 0:
+    raise _Fail(f"--stop_at_step={fv.stop_at_step} must be > 0", USAGE_ERROR)
+  return fv.config, fv.workdir, fv.stop_at_step, fv.allow_config_change
 
 
-def _log_to_console():
-  """jaxtrain's own log lines on stdout; kept apart from the root logger that absl tunes."""
+def _use_deterministic_gpu_ops(config) -> None:
+  """XLA reads its flags when the backend starts: set them before anything touches a device."""
+  if config.deterministic_gpu_ops:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_gpu_deterministic_ops" not in flags:
+      os.environ["XLA_FLAGS"] = (flags + " --xla_gpu_deterministic_ops=true").strip()
+
+
+def _log_to_console(stream=None):
+  """jaxtrain's own log lines (stdout by default), apart from the root logger absl tunes."""
   log = logging.getLogger("jaxtrain")
-  if not log.handlers:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    log.addHandler(handler)
+  for old in list(log.handlers):
+    log.removeHandler(old)
+  handler = logging.StreamHandler(stream or sys.stdout)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  log.addHandler(handler)
   log.setLevel(logging.INFO)
   log.propagate = False
 
@@ -88,10 +122,17 @@ def _quiet_libraries():
 
 
 def train(argv: list[str]) -> int:
-  config, workdir, stop_at_step = _parse_train_flags(argv)
+  config, workdir, stop_at_step, allow_config_change = _parse_train_flags(argv)
+  _use_deterministic_gpu_ops(config)
   _quiet_libraries()
+  from jaxtrain.preemption import Preempted
   from jaxtrain.train import train_and_evaluate
-  train_and_evaluate(config, workdir, stop_at_step=stop_at_step)
+  try:
+    train_and_evaluate(config, workdir, stop_at_step=stop_at_step,
+                       allow_config_change=allow_config_change)
+  except Preempted as e:
+    print(f"jaxtrain: preempted: {e}", file=sys.stderr)
+    return PREEMPTED
   return 0
 
 
@@ -107,10 +148,13 @@ def inspect(argv: list[str]) -> int:
   last = {}
   for event in read_metrics(args.workdir):
     last[event["split"]] = event
+  quarantined = checkpoint.quarantine_dir(args.workdir)
   report = {"workdir": args.workdir, "latest_step": step,
             "params_digest": checkpoint.tree_digest(arrays["params"]),
             "state_digest": checkpoint.tree_digest(arrays),
-            "metrics": last}
+            "metrics": last,
+            "bad_checkpoints": {str(k): v for k, v in checkpoint.verify(args.workdir).items()},
+            "quarantined_checkpoints": sorted(os.listdir(quarantined)) if os.path.isdir(quarantined) else []}
   if args.json:
     print(json.dumps(report, indent=2))
     return 0
@@ -118,6 +162,10 @@ def inspect(argv: list[str]) -> int:
   print(f"latest step    {step}")
   print(f"params digest  {report['params_digest']}")
   print(f"state digest   {report['state_digest']}")
+  for bad, reason in report["bad_checkpoints"].items():
+    print(f"bad checkpoint {bad}: {reason}")
+  for moved in report["quarantined_checkpoints"]:
+    print(f"bad checkpoint {moved} (moved to {quarantined})")
   for split, event in last.items():
     values = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                        for k, v in event.items() if k not in ("split", "time"))
@@ -125,7 +173,27 @@ def inspect(argv: list[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": train, "inspect": inspect}
+def rerun(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog="jaxtrain rerun")
+  parser.add_argument("workdir")
+  parser.add_argument("--into", required=True, help="a new (or empty) workdir for the rerun")
+  parser.add_argument("--json", action="store_true")
+  parser.add_argument("--debug", action="store_true")
+  args = parser.parse_args(argv)
+  if os.path.isdir(args.into) and os.listdir(args.into):
+    raise _Fail(f"--into {args.into} is not empty: rerun into a new directory", USAGE_ERROR)
+  _log_to_console(sys.stderr)  # stdout carries the report
+  from ml_collections import ConfigDict
+  from jaxtrain import manifest
+  _use_deterministic_gpu_ops(ConfigDict(manifest.read(args.workdir)["config"]))
+  _quiet_libraries()
+  from jaxtrain import rerun as rerun_lib
+  report = rerun_lib.rerun(args.workdir, args.into)
+  print(json.dumps(report, indent=2) if args.json else rerun_lib.describe(report))
+  return 0 if report["match"] else RUN_ERROR
+
+
+COMMANDS = {"train": train, "inspect": inspect, "rerun": rerun}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     return e.status
   except Exception as e:
     from jaxtrain.errors import UserError
-    if debug or not isinstance(e, UserError):
+    full_disk = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    if debug or not (isinstance(e, UserError) or full_disk):
       raise
     print(f"jaxtrain: error: {e}", file=sys.stderr)
     return RUN_ERROR

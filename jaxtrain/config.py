@@ -14,6 +14,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "piecewise")
 MODELS = ("mlp", "cnn", "resnet")
 TASKS = ("classification",)
+NAN_POLICIES = ("halt", "skip")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -28,6 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500  # and always after the last step
   c.keep_checkpoints = 3
   c.async_checkpointing = True
+  c.nan_policy = "halt"           # halt | skip: what a non-finite loss or gradient does
+  c.nan_max_consecutive_skips = 10  # with "skip": halt after this many bad steps in a row
+  c.deterministic_gpu_ops = False   # sets --xla_gpu_deterministic_ops=true (slower, exact reruns)
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="sgd", learning_rate=0.1, momentum=0.9, nesterov=False,
@@ -60,6 +64,8 @@ def _checks(c):
   yield "num_epochs", c.num_train_steps > 0 or c.num_epochs > 0, "must be > 0 when num_train_steps is -1"
   for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     yield field, c[field] > 0, "must be > 0"
+  yield "nan_policy", c.nan_policy in NAN_POLICIES, f"must be one of {NAN_POLICIES}"
+  yield "nan_max_consecutive_skips", c.nan_max_consecutive_skips > 0, "must be > 0"
   yield "optimizer.name", o.name in OPTIMIZERS, f"must be one of {OPTIMIZERS}"
   yield "optimizer.learning_rate", o.learning_rate >= 0, "must be >= 0"
   yield "optimizer.momentum", 0 <= o.momentum < 1, "must be in [0, 1)"

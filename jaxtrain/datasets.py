@@ -204,11 +204,19 @@ def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
   return builder
 
 
-def get_source(builder, split: str):
-  """A random-access source for a TFDS split string (slicing such as `train[:80%]` works)."""
+def get_source(builder, split: str, field: str = "dataset.train_split"):
+  """A random-access source for a TFDS split string (slicing such as `train[:80%]` works).
+
+  `field` names the config field the split came from, for error messages.
+  """
   try:
-    return builder.as_data_source(split=split)
+    source = builder.as_data_source(split=split)
   except Exception as e:
+    if "0 length" in str(e):  # TFDS's words for a slice that selects nothing
+      raise UserError(f"{field}={split!r} is empty") from None
     splits = ", ".join(sorted(builder.info.splits.keys()))
-    raise UserError(f"split {split!r} cannot be read from {builder.name} "
+    raise UserError(f"{field}={split!r} cannot be read from {builder.name} "
                     f"(its splits: {splits}): {str(e).splitlines()[0]}") from None
+  if len(source) == 0:
+    raise UserError(f"{field}={split!r} is empty")
+  return source

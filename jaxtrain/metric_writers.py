@@ -20,6 +20,12 @@ def _fmt(v: float) -> str:
   return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _ends_with_newline(path: str) -> bool:
+  with open(path, "rb") as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b"\n"
+
+
 class MetricWriter:
   """Writes each event to the console, metrics.jsonl and TensorBoard."""
 
@@ -27,7 +33,11 @@ class MetricWriter:
     self.enabled = enabled
     self._jsonl = self._tb = None
     if enabled:
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+      path = os.path.join(workdir, "metrics.jsonl")
+      torn = os.path.exists(path) and os.path.getsize(path) and not _ends_with_newline(path)
+      self._jsonl = open(path, "a", buffering=1)
+      if torn:  # a process killed mid-line: start the next event on a line of its own
+        self._jsonl.write("\n")
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
 

@@ -80,6 +80,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
   params = optax.apply_updates(state.params, updates)
   metrics = _means(sums, count, axis_name)
   metrics["grad_norm"] = optax.tree.norm(grads)
+  metrics["param_norm"] = optax.tree.norm(params)  # non-finite if an update overflowed
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state, model_state=model_state)
   return new_state, metrics

@@ -12,20 +12,24 @@ device and fetched only every `log_every_steps`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
 import os
+import re
 import time
 
 import jax
 import jax.numpy as jnp
 
-from jaxtrain import checkpoint, datasets, input_pipeline, parallel
+from jaxtrain import checkpoint, datasets, input_pipeline, manifest, nan_guard, parallel
 from jaxtrain.config import validate
 from jaxtrain.errors import UserError
 from jaxtrain.metric_writers import MetricWriter, read_metrics
 from jaxtrain.models import create_model
 from jaxtrain.optim import make_optimizer
+from jaxtrain.preemption import Preempted, PreemptionWatcher
 from jaxtrain.state import TrainState, linen_apply_fn
 from jaxtrain.steps import accumulate, classification_loss, eval_step, summarize, train_step
 
@@ -49,10 +53,11 @@ def _zeros_like_output(fn, *args):
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *args))
 
 
-@functools.partial(jax.jit, donate_argnums=(0, 1))
-def _train_and_accumulate(state, totals, batch):
-  state, metrics = train_step(state, batch)
-  return state, accumulate(totals, metrics)
+@functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+def _train_and_accumulate(state, totals, health, batch):
+  new_state, metrics = train_step(state, batch)
+  state, metrics, health = nan_guard.guard(state, new_state, metrics, health)
+  return state, accumulate(totals, metrics), health
 
 
 @functools.partial(jax.jit, donate_argnums=(1,))
@@ -82,34 +87,105 @@ def resolve_num_train_steps(config, num_train_examples: int) -> int:
   return config.num_epochs * input_pipeline.steps_per_epoch(num_train_examples, config.batch_size)
 
 
-def _prepare_workdir(workdir: str, config) -> None:
+def _check_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise UserError(f"workdir {workdir} is not writable: {e.strerror}") from None
+    raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+
+
+def _check_data_fits_model(config, builder, model, example_batch) -> None:
+  """Catches data the model cannot take before anything compiles."""
+  label = builder.info.features["label"] if "label" in builder.info.features else None
+  num_classes = getattr(label, "num_classes", None)
+  if num_classes and num_classes > config.model.num_classes:
+    raise UserError(f"dataset {builder.name} has labels 0..{num_classes - 1} but "
+                    f"config.model.num_classes={config.model.num_classes}")
+  inputs = example_batch["image"]
+  try:
+    jax.eval_shape(functools.partial(model.init, train=False),
+                   {"params": jax.random.PRNGKey(0)}, jnp.zeros((1,) + inputs.shape[1:], inputs.dtype))
+  except Exception as e:
+    raise UserError(f"config.model ({config.model.name}) cannot take this dataset's inputs of "
+                    f"shape {inputs.shape[1:]} {inputs.dtype}: {str(e).splitlines()[0]}") from None
+
+
+def _check_config_unchanged(workdir: str, config_dict: dict, allow: bool) -> None:
+  """Refuses to resume a run under a config that would change the steps it took."""
   path = os.path.join(workdir, "config.json")
-  if jax.process_index() == 0 and not os.path.exists(path):
-    with open(path, "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  if not os.path.exists(path) or not checkpoint.make_manager(workdir, read_only=True).all_steps():
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  changes = manifest.blocking_config_changes(saved, config_dict)
+  if changes and not allow:
+    listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+    raise UserError(f"{workdir} holds a run of a different config ({listed}); use a new "
+                    "workdir, or pass --allow_config_change to resume under the new config")
 
 
-def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> TrainState:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+_WRITE_FAILURES = ("No space left on device", "RESOURCE_EXHAUSTED", "Disk quota exceeded",
+                   "Read-only file system", "Failed writing")
+
+
+def _write_failure(error: Exception, manager, workdir: str, step: int) -> UserError | None:
+  """A one-line UserError if `error` is a failed checkpoint write (disk full...), else None.
+
+  Orbax reports an asynchronous write's failure at the next save or wait,
+  often as a ValueError from TensorStore, so the text is what identifies it.
+  """
+  text = str(error)
+  reason = next((r for r in _WRITE_FAILURES if r in text), None)
+  if reason is None and not isinstance(error, OSError):
+    return None
+  failed = re.search(r"checkpoints/(\d+)", text)
+  failed = int(failed[1]) if failed else step
+  intact = [s for s in manager.all_steps() if s < failed]
+  kept = f"the checkpoint of step {max(intact)} is intact" if intact else "no earlier checkpoint exists"
+  why = getattr(error, "strerror", None) or reason or text.splitlines()[0]
+  return UserError(f"could not write the checkpoint of step {failed} to "
+                   f"{checkpoint.checkpoint_dir(workdir)}: {why}; {kept}")
+
+
+def _save(manager, workdir: str, step: int, state, train_iter, health, metric_names, config):
+  """Saves unless the state is non-finite; a failed write names the intact checkpoint."""
+  nan_guard.check(health, metric_names, policy=config.nan_policy,
+                  max_consecutive=config.nan_max_consecutive_skips)
+  if not bool(nan_guard.all_finite(checkpoint._arrays(state))):
+    raise nan_guard.NonFiniteError(f"the state at step {step} holds non-finite values; "
+                                   "not saved (the latest checkpoint is the last finite state)")
+  try:
+    checkpoint.save(manager, step, state, train_iter)
+  except Exception as e:  # this save, or an earlier asynchronous one, failed to write
+    failure = _write_failure(e, manager, workdir, step)
+    if failure is None:
+      raise
+    raise failure from None
+
+
+def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
+                       allow_config_change: bool = False) -> TrainState:
+  """Trains `config` in `workdir`, resuming from its newest readable checkpoint.
 
   `stop_at_step` ends this process after that global step (with a checkpoint)
   without changing the run: starting again continues to `num_train_steps`.
+  SIGTERM/SIGINT save a checkpoint and raise `Preempted`.
   """
   validate(config)
-  _prepare_workdir(workdir, config)
+  _check_workdir(workdir)
+  config_dict = json.loads(config.to_json_best_effort())
+  _check_config_unchanged(workdir, config_dict, allow_config_change)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
 
   builder = datasets.get_builder(config.dataset)
-  train_source = datasets.get_source(builder, config.dataset.train_split)
+  sources = {k: datasets.get_source(builder, config.dataset[k], f"dataset.{k}")
+             if config.dataset[k] else None for k in ("train_split", "eval_split", "test_split")}
+  train_source = sources["train_split"]
   num_train_steps = resolve_num_train_steps(config, len(train_source))
   train_data = input_pipeline.train_dataset(
       train_source, global_batch_size=config.batch_size, seed=config.seed,
@@ -118,53 +194,87 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
 
   tx, schedule = make_optimizer(config.optimizer, num_train_steps)
   model = create_model(config.model)
-  state = parallel.replicate(create_train_state(config, model, tx, train_data[0]), mesh)
+  example_batch = train_data[0]
+  _check_data_fits_model(config, builder, model, example_batch)
+  state = parallel.replicate(create_train_state(config, model, tx, example_batch), mesh)
 
-  manager = checkpoint.make_manager(workdir, max_to_keep=config.keep_checkpoints,
-                                    async_save=config.async_checkpointing)
-  if manager.latest_step() is not None:
-    state = checkpoint.restore(manager, manager.latest_step(), state, train_iter)
-    log.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir), int(state.step))
+  manager, state = checkpoint.restore_latest_valid(
+      workdir, state, train_iter, max_to_keep=config.keep_checkpoints,
+      async_save=config.async_checkpointing)
+  step = int(state.step)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    manifest.record_start(workdir, config_dict, manifest.dataset_record(builder, config.dataset), step)
+  if step:
+    log.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir), step)
 
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-  step = int(state.step)
   if step == 0:
     writer.write_text("config", "```\n" + str(config) + "\n```")
   last_step = num_train_steps if stop_at_step is None else min(stop_at_step, num_train_steps)
-  totals, t_log, steps_since_log = None, time.perf_counter(), 0
-  while step < last_step:
-    batch = parallel.put_batch(next(train_iter), mesh)
-    if totals is None:
-      totals = parallel.replicate(_zeros_like_output(
-          lambda s, b: accumulate(None, train_step(s, b)[1]), state, batch), mesh)
-    with jax.transfer_guard("disallow"):
-      state, totals = _train_and_accumulate(state, totals, batch)
-    step += 1
-    steps_since_log += 1
-    final = step == num_train_steps
-    if step % config.log_every_steps == 0 or final or step == last_step:
-      metrics = summarize(totals)  # the loop's only wait for the device
-      elapsed = time.perf_counter() - t_log
-      metrics.update(learning_rate=float(schedule(step - 1)),
-                     steps_per_sec=steps_since_log / elapsed,
-                     examples_per_sec=metrics.pop("count") / elapsed)
-      writer.write(step, "train", metrics)
-      totals, t_log, steps_since_log = None, time.perf_counter(), 0
-    if config.dataset.eval_split and (step % config.eval_every_steps == 0 or final):
-      eval_source = datasets.get_source(builder, config.dataset.eval_split)
-      writer.write(step, "eval", _without_count(evaluate(
-          state, eval_source, batch_size=config.batch_size, mesh=mesh)))
-    if step % config.checkpoint_every_steps == 0 or final or step == last_step:
-      checkpoint.save(manager, step, state, train_iter)
+  health = parallel.replicate(nan_guard.new_health(), mesh)
+  totals, metric_names, t_log, steps_since_log = None, None, time.perf_counter(), 0
+  save = lambda: _save(manager, workdir, step, state, train_iter, health, metric_names, config)
+  try:
+    with PreemptionWatcher() as preemption:
+      while step < last_step:
+        batch = parallel.put_batch(next(train_iter), mesh)
+        if totals is None:
+          zeros = _zeros_like_output(lambda s, b: accumulate(None, train_step(s, b)[1]), state, batch)
+          totals, metric_names = parallel.replicate(zeros, mesh), sorted(zeros)
+        with jax.transfer_guard("disallow"):
+          state, totals, health = _train_and_accumulate(state, totals, health, batch)
+        step += 1
+        steps_since_log += 1
+        final = step == num_train_steps
+        if step % config.log_every_steps == 0 or final or step == last_step:
+          metrics = summarize(totals)  # the loop's only regular wait for the device
+          skipped = nan_guard.check(health, metric_names, policy=config.nan_policy,
+                                    max_consecutive=config.nan_max_consecutive_skips)
+          elapsed = time.perf_counter() - t_log
+          metrics.update(learning_rate=float(schedule(step - 1)),
+                         steps_per_sec=steps_since_log / elapsed,
+                         examples_per_sec=metrics.pop("count") / elapsed)
+          if skipped:
+            metrics["skipped_steps"] = skipped
+          writer.write(step, "train", metrics)
+          totals, t_log, steps_since_log = None, time.perf_counter(), 0
+        if sources["eval_split"] is not None and (step % config.eval_every_steps == 0 or final):
+          writer.write(step, "eval", _without_count(evaluate(
+              state, sources["eval_split"], batch_size=config.batch_size, mesh=mesh)))
+        preempted = preemption.should_stop(step)  # every step: multi-host sync needs it
+        if step % config.checkpoint_every_steps == 0 or final or step == last_step or preempted:
+          save()
+        if preempted:
+          raise Preempted(step, preemption.signal_name)
 
-  if step == num_train_steps and config.dataset.test_split and not _has_event(workdir, "test"):
-    test_source = datasets.get_source(builder, config.dataset.test_split)
-    writer.write(step, "test", _without_count(evaluate(
-        state, test_source, batch_size=config.batch_size, mesh=mesh)))
-  manager.wait_until_finished()
-  manager.close()
+    if step == num_train_steps and sources["test_split"] is not None and not _has_event(workdir, "test"):
+      writer.write(step, "test", _without_count(evaluate(
+          state, sources["test_split"], batch_size=config.batch_size, mesh=mesh)))
+  except BaseException:
+    # Best effort, never masking the error: let a save in flight (a preemption's)
+    # reach the disk, then close what can be closed.
+    for cleanup in (manager.wait_until_finished, manager.close, writer.close):
+      with contextlib.suppress(Exception):
+        cleanup()
+    raise
+  _finish_saves(manager, workdir, step)
   writer.close()
   return state
+
+
+def _finish_saves(manager, workdir: str, step: int) -> None:
+  """Waits for asynchronous saves; a write that failed is reported as such."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    failure = _write_failure(e, manager, workdir, step)
+    if failure is None:
+      raise
+    raise failure from None
+  finally:
+    manager.close()
 
 
 def _without_count(metrics):

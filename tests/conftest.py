@@ -1,9 +1,16 @@
 """Shared fixtures: one TFDS data_dir per session, and small fast configs."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Every run and CLI process in the suite compiles the same few programs: let
+# JAX's persistent compilation cache serve them (children inherit the env).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxtrain-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist_t10k"

@@ -1,9 +1,13 @@
-"""Orbax round trips of state + data position, and the params digest."""
+"""Orbax round trips of state + data position, the params digest, and corrupt checkpoints."""
+
+import json
+import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from jaxtrain import TrainState, checkpoint, input_pipeline, linen_apply_fn
 from jaxtrain.models import CNN
@@ -22,7 +26,7 @@ def _state(seed=0):
 def test_state_and_data_position_round_trip_bit_exactly(tmp_path):
   batch = {"image": np.random.default_rng(0).random((4, 8, 8, 1), np.float32),
            "label": np.arange(4)}
-  state, _ = train_step(_state(), batch)  # non-trivial optimizer and batch-norm state
+  state, _ = jax.jit(train_step)(_state(), batch)  # non-trivial optimizer and batch-norm state
   data = input_pipeline.iterate(input_pipeline.train_dataset(Numbers(20), global_batch_size=4, seed=0))
   for _ in range(3):
     next(data)
@@ -54,3 +58,95 @@ def test_digest_sees_one_bit_and_ignores_container_types():
   assert checkpoint.tree_digest({**params, "b": np.ones(2, np.int64)}) != base      # dtype counts
   assert checkpoint.tree_digest({"a": {"kernel": params["a"]["kernel"].reshape(3, 2)},
                                  "b": params["b"]}) != base                          # shape counts
+
+
+def _corrupt(step_dir, kind):
+  import glob
+  import os
+  import shutil
+  if kind == "missing_item":
+    shutil.rmtree(step_dir / "data")
+  elif kind == "truncated_array":
+    biggest = max(glob.glob(str(step_dir / "state" / "ocdbt.process_0" / "d" / "*")),
+                  key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+      f.truncate(os.path.getsize(biggest) // 2)
+  elif kind == "garbage_array_metadata":
+    (step_dir / "state" / "_METADATA").write_text("{not json")
+  elif kind == "garbage_data_position":
+    (step_dir / "data" / "process_0-of-1.json").write_text("{not json")
+
+
+@pytest.mark.parametrize("kind", ["missing_item", "truncated_array", "garbage_array_metadata",
+                                  "garbage_data_position"])
+def test_corrupt_latest_checkpoint_falls_back_and_keeps_everything(small_config, tmp_path, kind,
+                                                                   caplog, capsys, monkeypatch):
+  from jaxtrain import train_and_evaluate
+  from jaxtrain.cli import main
+  small_config.update(num_train_steps=90, checkpoint_every_steps=30, keep_checkpoints=5)
+  straight = train_and_evaluate(small_config, str(tmp_path / "straight"))
+  workdir = tmp_path / "run"
+  train_and_evaluate(small_config, str(workdir), stop_at_step=60)
+  _corrupt(workdir / "checkpoints" / "60", kind)
+
+  capsys.readouterr()
+  assert main(["inspect", str(workdir), "--json"]) == 0  # lists the bad step
+  report = json.loads(capsys.readouterr().out)
+  assert list(report["bad_checkpoints"]) == ["60"]
+
+  monkeypatch.setattr(logging.getLogger("jaxtrain"), "propagate", True)  # main() turned it off
+  with caplog.at_level("WARNING", logger="jaxtrain"):
+    resumed = train_and_evaluate(small_config, str(workdir))
+  assert "checkpoint at step 60 is unreadable" in caplog.text
+  # The run went on from step 30 and ended with the uninterrupted run's bits.
+  assert checkpoint.tree_digest(checkpoint._arrays(resumed)) == \
+      checkpoint.tree_digest(checkpoint._arrays(straight))
+  # Nothing valid was deleted; the bad checkpoint was moved aside, not removed.
+  assert sorted(checkpoint.make_manager(str(workdir)).all_steps()) == [30, 60, 90]
+  assert (workdir / "corrupt_checkpoints" / "60").is_dir()
+
+
+def _disk_usage(path):
+  import os
+  return sum(os.lstat(os.path.join(d, f)).st_blocks * 512
+             for d, _, files in os.walk(path) for f in files)
+
+
+def test_disk_full_during_a_save_names_the_step_and_keeps_the_previous(small_config, tmp_path):
+  import os
+  import subprocess
+  from jaxtrain import train_and_evaluate
+  from jaxtrain.errors import UserError
+  small_config.update(num_train_steps=150, checkpoint_every_steps=30, keep_checkpoints=10)
+  small_config.dataset.test_split = ""
+  probe = tmp_path / "probe"
+  train_and_evaluate(small_config, str(probe), stop_at_step=30)
+  one = _disk_usage(probe / "checkpoints" / "30")
+  rest = _disk_usage(probe) - one
+  disk = tmp_path / "small_disk"
+  disk.mkdir()
+  size = rest + 2 * one + one // 2 + (64 << 10)  # room for two checkpoints, not three
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+  if mounted.returncode != 0:
+    pytest.skip(f"a small disk needs root to mount a tmpfs: {mounted.stderr.strip()}")
+  try:
+    with pytest.raises(UserError) as info:
+      train_and_evaluate(small_config, str(disk / "run"))
+    message = str(info.value)
+    assert message.startswith("could not write the checkpoint of step 90 to ")
+    assert message.endswith("No space left on device; the checkpoint of step 60 is intact")
+    step, arrays = checkpoint.load_arrays(str(disk / "run"))
+    assert step == 60
+    assert checkpoint.verify(str(disk / "run")) == {}
+    assert np.isfinite(arrays["params"]["Dense_0"]["kernel"]).all()
+  finally:
+    subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_no_load_path_uses_pickle():
+  from conftest import ROOT
+  for path in sorted((ROOT / "jaxtrain").glob("*.py")):
+    source = path.read_text()
+    assert "pickle" not in source, path
+    assert "allow_pickle=True" not in source, path

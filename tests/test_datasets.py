@@ -115,5 +115,7 @@ def test_missing_path_and_unprepared_tfds_dataset(tmp_path):
 
 def test_unknown_split_lists_the_real_ones(data_dir):
   builder = datasets.get_builder(_dataset(data_dir))
-  with pytest.raises(UserError, match=r"split 'validation' cannot be read from digits \(its splits: test, train\)"):
-    datasets.get_source(builder, "validation")
+  with pytest.raises(UserError, match=r"dataset.eval_split='validation' cannot be read from digits \(its splits: test, train\)"):
+    datasets.get_source(builder, "validation", "dataset.eval_split")
+  with pytest.raises(UserError, match=r"dataset.train_split='train\[5:5\]' is empty"):
+    datasets.get_source(builder, "train[5:5]")

@@ -42,7 +42,7 @@ def test_custom_loop_with_custom_loss_fits_a_linear_function():
   final = evaluate(state, {"x": x, "y": x @ w + 0.25})
   assert int(state.step) == 300
   assert float(final["loss"]) < 1e-4
-  assert set(metrics) == {"loss", "abs_error", "count", "grad_norm"}
+  assert set(metrics) == {"loss", "abs_error", "count", "grad_norm", "param_norm"}
   np.testing.assert_allclose(state.params["Dense_0"]["kernel"][:, 0], w, atol=1e-2)
   np.testing.assert_allclose(state.params["Dense_0"]["bias"], [0.25], atol=1e-2)
 
@@ -91,15 +91,16 @@ def test_randomness_is_fold_in_of_step_and_batch_stats_update():
                             rng=jax.random.PRNGKey(3))
   batch = {"x": np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32),
            "label": np.arange(16) % 2}
-  s1, m1 = train_step(state, batch)
-  s1_again, m1_again = train_step(state, batch)
-  s2, m2 = train_step(s1, batch)  # lr 0: only the dropout mask (step) differs
+  step = jax.jit(train_step)
+  s1, m1 = step(state, batch)
+  s1_again, m1_again = step(state, batch)
+  s2, m2 = step(s1, batch)  # lr 0: only the dropout mask (step) differs
   assert float(m1["loss"]) == float(m1_again["loss"])
   assert float(m1["loss"]) != float(m2["loss"])
   assert not np.allclose(s1.model_state["batch_stats"]["BatchNorm_0"]["mean"],
                          state.model_state["batch_stats"]["BatchNorm_0"]["mean"])
   # Evaluation is deterministic and leaves the state alone.
-  e1, e2 = eval_step(s1, batch), eval_step(s1, batch)
+  e1, e2 = jax.jit(eval_step)(s1, batch), jax.jit(eval_step)(s1, batch)
   assert float(e1["loss"]) == float(e2["loss"])
 
 

@@ -1,0 +1,149 @@
+"""`manifest.json`: everything needed to reproduce a run, and checks against it.
+
+Written when a run starts in an empty workdir: the resolved config, the
+environment (Python and library versions, devices, processes, XLA flags, the
+project's git commit) and the dataset (name, version, splits and a
+fingerprint of its files). Each resume appends what changed in the
+environment. `jaxtrain rerun` trains the manifest's config again and names
+what differs when the bits do not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import jax
+
+from jaxtrain.errors import UserError
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
+            "grain", "ml-collections", "numpy")
+
+# Fields that cannot change the steps already taken: a resumed run may differ here.
+RESUMABLE_FIELDS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                    "keep_checkpoints", "async_checkpointing", "dataset.prefetch",
+                    "dataset.eval_split", "dataset.test_split", "nan_policy",
+                    "nan_max_consecutive_skips")
+# Schedules whose values do not depend on the run's length.
+HORIZON_FREE_SCHEDULES = ("constant", "piecewise")
+# Above this many bytes a dataset's fingerprint covers names and sizes, not contents.
+FULL_HASH_LIMIT = 1 << 30
+
+
+def _git_commit() -> str | None:
+  here = Path(__file__).resolve().parent
+  try:
+    out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                         text=True, timeout=5)
+    dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                           capture_output=True, text=True, timeout=5).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  if out.returncode != 0:
+    return None
+  return out.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def environment() -> dict:
+  versions = {}
+  for name in PACKAGES:
+    try:
+      versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      versions[name] = None
+  kinds: dict[str, int] = {}
+  for d in jax.devices():
+    kinds[d.device_kind] = kinds.get(d.device_kind, 0) + 1
+  return {"python": platform.python_version(), "platform": platform.platform(),
+          "versions": versions, "backend": jax.default_backend(), "devices": kinds,
+          "process_count": jax.process_count(),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "git_commit": _git_commit()}
+
+
+def dataset_fingerprint(directory: str) -> str:
+  """SHA-256 over a prepared dataset's files (contents; names and sizes past 1 GiB)."""
+  files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
+  full = sum(p.stat().st_size for p in files) <= FULL_HASH_LIMIT
+  h = hashlib.sha256(b"contents" if full else b"names+sizes")
+  for p in files:
+    h.update(f"{p.relative_to(directory)}:{p.stat().st_size}\n".encode())
+    if full:
+      with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          h.update(chunk)
+  return h.hexdigest()
+
+
+def dataset_record(builder, dataset_config) -> dict:
+  return {"name": builder.name, "config": builder.builder_config.name if builder.builder_config else None,
+          "version": str(builder.version), "source_path": dataset_config.path or None,
+          "splits": {k: dataset_config[k] for k in ("train_split", "eval_split", "test_split")},
+          "num_examples": {k: v.num_examples for k, v in builder.info.splits.items()},
+          "fingerprint": dataset_fingerprint(builder.data_dir)}
+
+
+def path(workdir: str) -> str:
+  return os.path.join(workdir, "manifest.json")
+
+
+def read(workdir: str) -> dict:
+  try:
+    with open(path(workdir)) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise UserError(f"{workdir} has no manifest.json (not a jaxtrain workdir?)") from None
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path(workdir)} is not valid JSON: {e}") from None
+
+
+def _write(workdir: str, record: dict) -> None:
+  tmp = path(workdir) + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path(workdir))  # never a half-written manifest
+
+
+def record_start(workdir: str, config_dict: dict, dataset: dict, step: int) -> None:
+  """Writes the manifest of a new run, or appends this start's changes to an existing one."""
+  env = environment()
+  if step == 0 or not os.path.exists(path(workdir)):
+    _write(workdir, {"config": config_dict, "seed": config_dict["seed"], "environment": env,
+                     "dataset": dataset, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "resumes": []})
+    return
+  record = read(workdir)
+  record["resumes"].append({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "environment_changes": differences(record["environment"], env),
+                            "config_changes": differences(record["config"], config_dict)})
+  record["config"] = config_dict
+  _write(workdir, record)
+
+
+def differences(old, new, prefix: str = "") -> dict[str, list]:
+  """{dotted.path: [old, new]} for every leaf that differs between two JSON trees."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = {}
+    for key in sorted(set(old) | set(new)):
+      out.update(differences(old.get(key), new.get(key), f"{prefix}{key}."))
+    return out
+  return {} if old == new else {prefix.rstrip("."): [old, new]}
+
+
+def blocking_config_changes(old: dict, new: dict) -> dict[str, list]:
+  """The config changes that would make a resumed run differ from the one started."""
+  changes = differences(old, new)
+  for field in RESUMABLE_FIELDS:
+    changes.pop(field, None)
+  if new["optimizer"]["schedule"] in HORIZON_FREE_SCHEDULES and \
+     old["optimizer"]["schedule"] == new["optimizer"]["schedule"]:
+    changes.pop("num_train_steps", None)
+    changes.pop("num_epochs", None)
+  return changes

@@ -1,0 +1,78 @@
+"""Non-finite losses and gradients: never applied, never checkpointed.
+
+`guarded_step` wraps a train step so that an update whose metrics (loss,
+gradient norm, ...) are not all finite leaves params, optimizer state and
+batch statistics as they were; the step counter still advances, so data and
+PRNG stay aligned with an uninterrupted run. A small on-device `health`
+record counts such steps; the loop reads it only where it already waits for
+the device (log and checkpoint boundaries), then applies `nan_policy`:
+- "halt": stop with an error naming the first bad step and metric;
+- "skip": carry on, but halt after `nan_max_consecutive_skips` bad steps in a row.
+A skipped step leaves the optimizer state whole, its own step count included
+(as `optax.apply_if_finite` does), so schedules resume where they were.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxtrain.errors import UserError
+
+
+class NonFiniteError(UserError):
+  """Training met a non-finite loss or gradient (nan_policy decides when to raise)."""
+
+
+def new_health() -> dict[str, jax.Array]:
+  return {"skipped": jnp.int32(0), "consecutive": jnp.int32(0),
+          "first_bad_step": jnp.int32(-1), "first_bad_metric": jnp.int32(-1)}
+
+
+def guard(state, new_state, new_metrics, health):
+  """(state, metrics, health): `new_state` kept only if all its metrics are finite.
+
+  The metrics returned are zeros in place of a skipped step's values, so
+  running totals stay finite. Metrics are checked in sorted-name order, the
+  order `check` names them in.
+  """
+  names = sorted(new_metrics)
+  bad = jnp.stack([~jnp.all(jnp.isfinite(new_metrics[k])) for k in names])
+  ok = ~jnp.any(bad)
+  kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state,
+                      state.replace(step=new_state.step))
+  reported = {k: jnp.where(ok, v, jnp.zeros_like(v)) for k, v in new_metrics.items()}
+  first = health["first_bad_step"] < 0
+  health = {
+      "skipped": health["skipped"] + (~ok).astype(jnp.int32),
+      "consecutive": jnp.where(ok, 0, health["consecutive"] + 1),
+      "first_bad_step": jnp.where(~ok & first, state.step, health["first_bad_step"]),
+      "first_bad_metric": jnp.where(~ok & first, jnp.argmax(bad).astype(jnp.int32),
+                                    health["first_bad_metric"]),
+  }
+  return kept, reported, health
+
+
+def check(health, metric_names, *, policy: str, max_consecutive: int) -> int:
+  """Host-side: raises NonFiniteError if the policy says stop; returns skipped steps."""
+  h = {k: int(v) for k, v in jax.device_get(health).items()}
+  if h["first_bad_step"] < 0:
+    return 0
+  metric = sorted(metric_names)[h["first_bad_metric"]]
+  if policy == "halt":
+    raise NonFiniteError(f"non-finite {metric} at step {h['first_bad_step'] + 1} "
+                         "(nan_policy=halt): stopped without saving it; the latest "
+                         "checkpoint holds the last finite state")
+  if h["consecutive"] >= max_consecutive:
+    raise NonFiniteError(f"{h['consecutive']} steps in a row had a non-finite loss or "
+                         f"gradient (first: {metric} at step {h['first_bad_step'] + 1}; "
+                         f"nan_max_consecutive_skips={max_consecutive}): stopped")
+  return h["skipped"]
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  """True if every floating-point leaf of `tree` is finite (checked before a save)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)

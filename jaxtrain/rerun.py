@@ -1,0 +1,46 @@
+"""`jaxtrain rerun`: train a workdir's manifest again and compare the bits.
+
+The rerun stops at the original's latest checkpointed step, so an unfinished
+original is compared like for like. When the params digests differ, the
+report names what differs between the two manifests (library versions,
+devices, XLA flags, dataset fingerprint), the usual causes.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxtrain import checkpoint, manifest
+from jaxtrain.train import train_and_evaluate
+
+
+def rerun(workdir: str, into: str) -> dict:
+  original = manifest.read(workdir)
+  step, arrays = checkpoint.load_arrays(workdir)
+  config = ml_collections.ConfigDict(original["config"])
+  train_and_evaluate(config, into, stop_at_step=step)
+  rerun_step, rerun_arrays = checkpoint.load_arrays(into)
+  new = manifest.read(into)
+  expected = checkpoint.tree_digest(arrays["params"])
+  got = checkpoint.tree_digest(rerun_arrays["params"])
+  return {"workdir": workdir, "into": into, "step": step, "rerun_step": rerun_step,
+          "match": expected == got and step == rerun_step,
+          "params_digest": expected, "rerun_params_digest": got,
+          "environment_differences": manifest.differences(original["environment"], new["environment"]),
+          "dataset_differences": manifest.differences(original["dataset"], new["dataset"])}
+
+
+def describe(report: dict) -> str:
+  lines = [f"rerun of {report['workdir']} in {report['into']} to step {report['step']}:",
+           "params digest matches bit for bit" if report["match"] else
+           f"params digest DIFFERS: {report['params_digest']} (original) vs "
+           f"{report['rerun_params_digest']} (rerun)"]
+  differences = {**{f"environment.{k}": v for k, v in report["environment_differences"].items()},
+                 **{f"dataset.{k}": v for k, v in report["dataset_differences"].items()}}
+  if differences:
+    lines.append("what differs between the two runs' manifests:")
+    lines += [f"  {k}: {old!r} (original) vs {new!r} (rerun)" for k, (old, new) in differences.items()]
+  elif not report["match"]:
+    lines.append("the manifests agree on versions, devices, XLA flags and data: "
+                 "look for nondeterministic ops (config.deterministic_gpu_ops)")
+  return "\n".join(lines)

@@ -1,0 +1,18 @@
+"""experiments/chaos_resume.py in quick mode: random kills, every trial bit-identical."""
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_three_random_kill_trials_end_bit_identical(tmp_path):
+  out = tmp_path / "chaos.json"
+  result = subprocess.run([sys.executable, "experiments/chaos_resume.py", "--trials", "3",
+                           "--quick", "--seed", "1", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+  assert "3/3 trials ended bit-identical to an uninterrupted run" in result.stdout
+  import json
+  trials = json.loads(out.read_text())["trials"]
+  assert sum(len(t["kills"]) for t in trials) >= 2  # the trials really were interrupted

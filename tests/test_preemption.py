@@ -1,0 +1,44 @@
+"""SIGTERM mid-run: status 75, a checkpoint at the step reached, then an exact resume."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import ROOT
+from test_cli import jaxtrain
+
+
+def _args(workdir, data_dir):
+  return ["--config", "configs/digits.py", "--workdir", str(workdir),
+          f"--config.dataset.data_dir={data_dir}", "--config.model.name=mlp",
+          "--config.num_train_steps=500", "--config.checkpoint_every_steps=1000",
+          "--config.log_every_steps=10", "--config.dataset.test_split="]
+
+
+def test_sigterm_saves_the_step_reached_and_resumes_exactly(tmp_path, data_dir):
+  proc = subprocess.Popen([sys.executable, "-u", "-m", "jaxtrain.cli", "train",
+                           *_args(tmp_path / "run", data_dir)], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for line in proc.stdout:  # wait until training is under way
+    if " step 100 " in line:
+      break
+  sent = time.monotonic()
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=60)
+  assert time.monotonic() - sent < 30  # fits a 30-second grace period
+  assert proc.returncode == 75, stderr
+  message = stderr.strip().splitlines()[-1]
+  assert message.startswith("jaxtrain: preempted: SIGTERM received: saved a checkpoint at step ")
+  step = int(message.split("at step ")[1].split(";")[0])
+  assert 100 <= step < 500
+  info = json.loads(jaxtrain("inspect", str(tmp_path / "run"), "--json").stdout)
+  assert info["latest_step"] == step
+
+  assert jaxtrain("train", *_args(tmp_path / "run", data_dir)).returncode == 0
+  assert jaxtrain("train", *_args(tmp_path / "straight", data_dir)).returncode == 0
+  resumed, straight = (json.loads(jaxtrain("inspect", str(tmp_path / w), "--json").stdout)
+                       for w in ("run", "straight"))
+  assert resumed["latest_step"] == straight["latest_step"] == 500
+  assert resumed["state_digest"] == straight["state_digest"]
