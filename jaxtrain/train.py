@@ -214,15 +214,19 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
     writer.write_text("config", "```\n" + str(config) + "\n```")
   last_step = num_train_steps if stop_at_step is None else min(stop_at_step, num_train_steps)
   health = parallel.replicate(nan_guard.new_health(), mesh)
-  totals, metric_names, t_log, steps_since_log = None, None, time.perf_counter(), 0
+  # Zeroed metric totals, shaped once from a trace of the step (not per log interval).
+  zero_totals = jax.device_get(_zeros_like_output(
+      lambda s, b: accumulate(None, train_step(s, b)[1]), state,
+      parallel.put_batch(example_batch, mesh)))
+  metric_names = sorted(zero_totals)
+  totals, t_log, steps_since_log = None, time.perf_counter(), 0
   save = lambda: _save(manager, workdir, step, state, train_iter, health, metric_names, config)
   try:
     with PreemptionWatcher() as preemption:
       while step < last_step:
         batch = parallel.put_batch(next(train_iter), mesh)
         if totals is None:
-          zeros = _zeros_like_output(lambda s, b: accumulate(None, train_step(s, b)[1]), state, batch)
-          totals, metric_names = parallel.replicate(zeros, mesh), sorted(zeros)
+          totals = parallel.replicate(zero_totals, mesh)
         with jax.transfer_guard("disallow"):
           state, totals, health = _train_and_accumulate(state, totals, health, batch)
         step += 1

@@ -22,20 +22,26 @@ def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tensorflow_datasets"))
 
 
+def load_config(name: str):
+  """`configs/<name>.py`'s get_config(), as `jaxtrain train --config` would load it."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 @pytest.fixture
 def small_config(data_dir):
-  """Digits with a small MLP: a few seconds a run, still real data and a real loop."""
-  from jaxtrain.config import base_config
-  c = base_config()
+  """configs/digits.py with a small MLP and short run: seconds, still real data and loop."""
+  c = load_config("digits")
   c.batch_size = 50          # 1,293 train examples: 25 steps an epoch, 43 left over
   c.num_train_steps = 60
   c.log_every_steps = 20
   c.eval_every_steps = 30
   c.checkpoint_every_steps = 30
-  c.optimizer.update(name="adamw", learning_rate=3e-3, weight_decay=1e-4,
-                     schedule="warmup_cosine", warmup_steps=10)
-  c.dataset.update(name="digits", data_dir=data_dir, train_split="train[:90%]",
-                   eval_split="train[90%:]", test_split="test")
+  c.optimizer.update(learning_rate=3e-3, warmup_steps=10)
+  c.dataset.data_dir = data_dir
   c.model = dict(name="mlp", num_classes=10, features=(64,), dropout_rate=0.1)
   return c
 

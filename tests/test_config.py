@@ -30,14 +30,10 @@ def test_out_of_range_values_are_named(path, value, message):
 
 
 def test_defaults_and_shipped_configs_are_valid():
-  import importlib.util
-  from conftest import ROOT
+  from conftest import ROOT, load_config
   validate(base_config())
   for path in sorted((ROOT / "configs").glob("*.py")):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    validate(module.get_config())
+    validate(load_config(path.stem))
 
 
 def test_epochs_needed_when_steps_unset():
