@@ -41,7 +41,7 @@ def make_manager(workdir: str, *, max_to_keep: int = 3,
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
   """Starts an asynchronous save; the device arrays are copied before it returns."""
   manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(_arrays(state)),
+      state=ocp.args.StandardSave(state_arrays(state)),
       data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
 
 
@@ -50,7 +50,7 @@ def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator):
 
   `state` gives the structure, dtypes and shardings to restore into.
   """
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(state))
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_arrays(state))
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target),
       data=grain.checkpoint.CheckpointRestore(data_iterator)))
@@ -117,7 +117,7 @@ def verify(workdir: str) -> dict[int, str]:
   return bad
 
 
-def _arrays(state) -> dict[str, Any]:
+def state_arrays(state) -> dict[str, Any]:
   """The TrainState's array fields as a plain dict (what a checkpoint holds)."""
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
           "model_state": state.model_state, "rng": state.rng}

@@ -23,8 +23,9 @@ import os
 import re
 import sys
 
+from jaxtrain.preemption import PREEMPTED
+
 USAGE_ERROR, RUN_ERROR = 2, 1
-PREEMPTED = 75  # jaxtrain.preemption.PREEMPTED, without importing JAX to say it
 
 
 class _Fail(Exception):

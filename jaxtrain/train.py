@@ -155,7 +155,7 @@ def _save(manager, workdir: str, step: int, state, train_iter, health, metric_na
   """Saves unless the state is non-finite; a failed write names the intact checkpoint."""
   nan_guard.check(health, metric_names, policy=config.nan_policy,
                   max_consecutive=config.nan_max_consecutive_skips)
-  if not bool(nan_guard.all_finite(checkpoint._arrays(state))):
+  if not bool(nan_guard.all_finite(checkpoint.state_arrays(state))):
     raise nan_guard.NonFiniteError(f"the state at step {step} holds non-finite values; "
                                    "not saved (the latest checkpoint is the last finite state)")
   try:

@@ -38,8 +38,8 @@ def test_state_and_data_position_round_trip_bit_exactly(tmp_path):
   fresh_data = input_pipeline.iterate(input_pipeline.train_dataset(Numbers(20), global_batch_size=4, seed=0))
   restored = checkpoint.restore(checkpoint.make_manager(str(tmp_path)), 1, _state(seed=5), fresh_data)
   assert next(fresh_data)["id"].tolist() == expected_next
-  assert checkpoint.tree_digest(checkpoint._arrays(restored)) == checkpoint.tree_digest(checkpoint._arrays(state))
-  assert jax.tree.structure(checkpoint._arrays(restored)) == jax.tree.structure(checkpoint._arrays(state))
+  assert checkpoint.tree_digest(checkpoint.state_arrays(restored)) == checkpoint.tree_digest(checkpoint.state_arrays(state))
+  assert jax.tree.structure(checkpoint.state_arrays(restored)) == jax.tree.structure(checkpoint.state_arrays(state))
   assert int(restored.step) == 1
 
   # Read back without the model's code, as `jaxtrain inspect` does.
@@ -99,8 +99,8 @@ def test_corrupt_latest_checkpoint_falls_back_and_keeps_everything(small_config,
     resumed = train_and_evaluate(small_config, str(workdir))
   assert "checkpoint at step 60 is unreadable" in caplog.text
   # The run went on from step 30 and ended with the uninterrupted run's bits.
-  assert checkpoint.tree_digest(checkpoint._arrays(resumed)) == \
-      checkpoint.tree_digest(checkpoint._arrays(straight))
+  assert checkpoint.tree_digest(checkpoint.state_arrays(resumed)) == \
+      checkpoint.tree_digest(checkpoint.state_arrays(straight))
   # Nothing valid was deleted; the bad checkpoint was moved aside, not removed.
   assert sorted(checkpoint.make_manager(str(workdir)).all_steps()) == [30, 60, 90]
   assert (workdir / "corrupt_checkpoints" / "60").is_dir()

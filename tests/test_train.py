@@ -10,7 +10,7 @@ from jaxtrain.metric_writers import read_metrics
 
 
 def _digest(state):
-  return checkpoint.tree_digest(checkpoint._arrays(state))
+  return checkpoint.tree_digest(checkpoint.state_arrays(state))
 
 
 def test_same_seed_same_bits_other_seed_different(small_config, tmp_path):
