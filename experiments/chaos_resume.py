@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +42,11 @@ def state_digest(workdir: Path) -> str:
 
 
 def trial(workdir: Path, data_dir: str, steps: int, budget: float, rng: random.Random) -> dict:
-  """Interrupts one run 1-3 times at random moments, then lets it finish."""
+  """Interrupts one run 1-3 times at random moments, then lets it finish.
+
+  A run that ends before its first kill tested nothing: it starts over in a
+  fresh workdir, so every trial is interrupted at least once.
+  """
   planned, kills = rng.randint(1, 3), []
   while True:
     proc = subprocess.Popen(run_args(workdir, data_dir, steps), cwd=ROOT,
@@ -54,6 +59,9 @@ def trial(workdir: Path, data_dir: str, steps: int, budget: float, rng: random.R
         proc.send_signal(sig)
         kills.append((round(delay, 2), sig.name))
     stderr = proc.communicate(timeout=600)[1]
+    if proc.returncode == 0 and not kills:
+      shutil.rmtree(workdir)
+      continue
     if proc.returncode == 0:
       return {"kills": kills, "digest": state_digest(workdir)}
     # SIGTERM before the handler is installed (start-up) ends the process the default way.
@@ -86,8 +94,10 @@ def main(argv=None) -> int:
       print(f"trial {i:2d}  kills {result['kills']!s:<45}  "
             f"{'bit-identical' if result['identical'] else 'DIFFERENT'}", flush=True)
   identical = sum(r["identical"] for r in results)
+  kills = [k for r in results for k in r["kills"]]
   print(f"{identical}/{len(results)} trials ended bit-identical to an uninterrupted run "
-        f"({steps} steps, reference digest {reference[:16]})")
+        f"({steps} steps, reference digest {reference[:16]}; {len(kills)} kills: "
+        f"{sum(k[1] == 'SIGKILL' for k in kills)} SIGKILL, {sum(k[1] == 'SIGTERM' for k in kills)} SIGTERM)")
   if args.out:
     Path(args.out).write_text(json.dumps({"steps": steps, "reference": reference,
                                           "trials": results}, indent=2))

@@ -15,4 +15,4 @@ def test_three_random_kill_trials_end_bit_identical(tmp_path):
   assert "3/3 trials ended bit-identical to an uninterrupted run" in result.stdout
   import json
   trials = json.loads(out.read_text())["trials"]
-  assert sum(len(t["kills"]) for t in trials) >= 2  # the trials really were interrupted
+  assert all(t["kills"] for t in trials)  # every trial really was interrupted
