@@ -26,6 +26,38 @@ def _ends_with_newline(path: str) -> bool:
     return f.read(1) == b"\n"
 
 
+class _EventFile:
+  """TensorBoard events written synchronously, in the caller's thread.
+
+  tensorboardX's SummaryWriter queues events for a background thread; when a
+  write fails (a full disk) that thread dies and the next add blocks forever.
+  Writing here instead makes such a failure an OSError the loop reports.
+  """
+
+  def __init__(self, logdir: str):
+    from tensorboardX.event_file_writer import EventsWriter
+    os.makedirs(logdir, exist_ok=True)
+    self._events = EventsWriter(os.path.join(logdir, "events"))
+
+  def _add(self, summary, step: int) -> None:
+    from tensorboardX.proto import event_pb2
+    self._events.write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+  def add_scalar(self, tag: str, value: float, step: int) -> None:
+    from tensorboardX.summary import scalar
+    self._add(scalar(tag, value), step)
+
+  def add_text(self, tag: str, text: str, step: int) -> None:
+    from tensorboardX.summary import text as text_summary
+    self._add(text_summary(tag, text), step)
+
+  def flush(self) -> None:
+    self._events.flush()
+
+  def close(self) -> None:
+    self._events.close()
+
+
 class MetricWriter:
   """Writes each event to the console, metrics.jsonl and TensorBoard."""
 
@@ -38,8 +70,7 @@ class MetricWriter:
       self._jsonl = open(path, "a", buffering=1)
       if torn:  # a process killed mid-line: start the next event on a line of its own
         self._jsonl.write("\n")
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+      self._tb = _EventFile(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
     if not self.enabled:
@@ -51,6 +82,7 @@ class MetricWriter:
     self._jsonl.write(json.dumps(record) + "\n")
     for k, v in metrics.items():
       self._tb.add_scalar(f"{split}/{k}", v, step)
+    self.flush()
 
   def write_text(self, tag: str, text: str) -> None:
     if self.enabled:

@@ -133,7 +133,7 @@ _WRITE_FAILURES = ("No space left on device", "RESOURCE_EXHAUSTED", "Disk quota 
 
 
 def _write_failure(error: Exception, manager, workdir: str, step: int) -> UserError | None:
-  """A one-line UserError if `error` is a failed checkpoint write (disk full...), else None.
+  """A one-line UserError if `error` is a failed write (disk full...), else None.
 
   Orbax reports an asynchronous write's failure at the next save or wait,
   often as a ValueError from TensorStore, so the text is what identifies it.
@@ -142,13 +142,16 @@ def _write_failure(error: Exception, manager, workdir: str, step: int) -> UserEr
   reason = next((r for r in _WRITE_FAILURES if r in text), None)
   if reason is None and not isinstance(error, OSError):
     return None
-  failed = re.search(r"checkpoints/(\d+)", text)
-  failed = int(failed[1]) if failed else step
-  intact = [s for s in manager.all_steps() if s < failed]
+  in_checkpoint = re.search(r"checkpoints/(\d+)", text)
+  failed = int(in_checkpoint[1]) if in_checkpoint else step
+  with contextlib.suppress(Exception):
+    manager.reload()  # a failed asynchronous save must not count as a step
+  intact = [s for s in manager.all_steps() if s < failed or (s == failed and not in_checkpoint)]
   kept = f"the checkpoint of step {max(intact)} is intact" if intact else "no earlier checkpoint exists"
   why = getattr(error, "strerror", None) or reason or text.splitlines()[0]
-  return UserError(f"could not write the checkpoint of step {failed} to "
-                   f"{checkpoint.checkpoint_dir(workdir)}: {why}; {kept}")
+  target = (f"the checkpoint of step {failed} to {checkpoint.checkpoint_dir(workdir)}"
+            if in_checkpoint or not getattr(error, "filename", None) else error.filename)
+  return UserError(f"could not write {target}: {why}; {kept}")
 
 
 def _save(manager, workdir: str, step: int, state, train_iter, health, metric_names, config):
@@ -256,12 +259,17 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
     if step == num_train_steps and sources["test_split"] is not None and not _has_event(workdir, "test"):
       writer.write(step, "test", _without_count(evaluate(
           state, sources["test_split"], batch_size=config.batch_size, mesh=mesh)))
-  except BaseException:
+  except BaseException as e:
     # Best effort, never masking the error: let a save in flight (a preemption's)
     # reach the disk, then close what can be closed.
-    for cleanup in (manager.wait_until_finished, manager.close, writer.close):
+    for cleanup in (manager.wait_until_finished, writer.close):
       with contextlib.suppress(Exception):
         cleanup()
+    failure = _write_failure(e, manager, workdir, step) if isinstance(e, Exception) else None
+    with contextlib.suppress(Exception):
+      manager.close()
+    if failure is not None and not isinstance(e, UserError):
+      raise failure from None
     raise
   _finish_saves(manager, workdir, step)
   writer.close()

@@ -55,8 +55,10 @@ def test_workdir_holds_config_metrics_events_and_checkpoints(small_config, tmp_p
   assert [e["step"] for e in events if e["split"] == "eval"] == [30, 60, 90, 120]
   test = [e for e in events if e["split"] == "test"]
   assert len(test) == 1 and test[0]["num_examples"] == 360 and test[0]["accuracy"] > 0.5
-  tb = os.listdir(os.path.join(workdir, "tensorboard"))
-  assert tb and os.path.getsize(os.path.join(workdir, "tensorboard", tb[0])) > 1000
+  (tb,) = os.listdir(os.path.join(workdir, "tensorboard"))
+  scalars = _read_scalars(os.path.join(workdir, "tensorboard", tb))
+  assert [step for step, _ in scalars["train/loss"]] == [20, 40, 60, 80, 100, 120]
+  assert scalars["test/accuracy"] == [(120, pytest.approx(test[0]["accuracy"], rel=1e-6))]
   assert sorted(checkpoint.make_manager(workdir).all_steps()) == [90, 120]
 
 
@@ -67,3 +69,19 @@ def test_rerunning_a_finished_run_changes_nothing(small_config, tmp_path):
   again = train_and_evaluate(small_config, workdir)
   assert _digest(first) == _digest(again)
   assert read_metrics(workdir) == events
+
+
+def _read_scalars(path):
+  """{tag: [(step, value)]} from a TensorBoard event file (TFRecord framing, Event protos)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  scalars = {}
+  with open(path, "rb") as f:
+    while header := f.read(12):
+      (length,) = struct.unpack("<Q", header[:8])
+      event = event_pb2.Event.FromString(f.read(length))
+      f.read(4)
+      for value in event.summary.value:
+        if value.HasField("simple_value"):
+          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
