@@ -113,7 +113,6 @@ def _disk_usage(path):
 
 
 def test_disk_full_during_a_save_names_the_step_and_keeps_the_previous(small_config, tmp_path):
-  import os
   import subprocess
   from jaxtrain import train_and_evaluate
   from jaxtrain.errors import UserError
