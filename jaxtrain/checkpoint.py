@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxtrain import parallel
 from jaxtrain.errors import UserError
 
 log = logging.getLogger("jaxtrain")
@@ -100,13 +101,30 @@ def restore_latest_valid(workdir: str, state, data_iterator, **manager_options):
                   "trying the next newest", steps[0], _reason(e), moved)
 
 
+def _local_target(workdir: str, step: int):
+  """Shapes and dtypes of a checkpoint's state, to read onto this process's first device.
+
+  Orbax refuses a target-less restore of arrays saved from other devices (a
+  GPU box's run inspected on a laptop); this target works whatever saved it.
+  """
+  path = os.path.join(checkpoint_dir(workdir), str(step), "state")
+  metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+
+
+def _restore_local(manager, workdir: str, step: int):
+  return manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_local_target(workdir, step)))).state
+
+
 def verify(workdir: str) -> dict[int, str]:
   """{step: reason} for every checkpoint in `workdir` that does not read back whole."""
   manager = make_manager(workdir, read_only=True)
   bad = {}
   for step in manager.all_steps():
     try:
-      manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      _restore_local(manager, workdir, step)
       data = os.path.join(checkpoint_dir(workdir), str(step), "data")
       for name in os.listdir(data):
         if name.endswith(".json"):
@@ -134,8 +152,7 @@ def load_arrays(workdir: str, step: int | None = None) -> tuple[int, dict[str, A
     raise UserError(f"{checkpoint_dir(workdir)} holds no checkpoint")
   for candidate in steps:
     try:
-      restored = manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-      return candidate, jax.tree.map(np.asarray, restored.state)
+      return candidate, jax.tree.map(np.asarray, _restore_local(manager, workdir, candidate))
     except Exception as e:  # Orbax and TensorStore raise many types here
       error = e
   raise UserError(f"no checkpoint in {checkpoint_dir(workdir)} reads back whole "
@@ -153,13 +170,14 @@ def tree_digest(tree) -> str:
   """SHA-256 of a pytree's leaves in canonical path order: path, dtype, shape, raw bytes.
 
   Paths are '/'-joined key names, so a live state and the same state read back
-  from a checkpoint (as plain dicts) give the same digest.
+  from a checkpoint (as plain dicts) give the same digest. Arrays sharded
+  across processes are gathered: every process must call it.
   """
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   named = sorted(("/".join(_key_name(k) for k in path), leaf) for path, leaf in leaves)
   h = hashlib.sha256()
   for name, leaf in named:
-    array = np.ascontiguousarray(jax.device_get(leaf))
+    array = np.ascontiguousarray(parallel.host_value(leaf))
     h.update(f"{name}:{array.dtype.str}:{array.shape}\n".encode())
     h.update(array.tobytes())
   return h.hexdigest()

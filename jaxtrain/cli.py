@@ -3,6 +3,11 @@
     jaxtrain train --config configs/digits.py --workdir runs/digits \\
         [--config.optimizer.learning_rate=0.05 ...] [--stop_at_step N]
         [--allow_config_change] [--debug]
+        [--coordinator HOST:PORT --num_processes N --process_id I]
+    jaxtrain sweep --config C --space S.py --trials N --workdir SWEEP_DIR
+        [--storage URL] [--metric eval/accuracy --direction maximize]
+        [--sampler tpe|random|grid] [--pruner median|hyperband|none]
+    jaxtrain report DIRS... --out DIR
     jaxtrain inspect WORKDIR [--json]
     jaxtrain rerun WORKDIR --into NEWDIR [--json]
 
@@ -52,11 +57,26 @@ def _config_error(error: Exception, argv: list[str]) -> str:
   return text.splitlines()[0] if text else type(error).__name__
 
 
-def _parse_flags(argv: list[str]):
+SWEEP_FLAGS = (
+    ("space", "string", "Search space: a .py file whose get_space() maps config fields to "
+     "jaxtrain.sweep distributions."),
+    ("trials", "integer", "How many finished trials the study should hold."),
+    ("storage", "string", "An Optuna RDB URL (e.g. postgresql://user@host/db) shared by "
+     "workers; default: SQLite in the sweep directory."),
+    ("metric", "string", "The objective, split/name (default eval/loss)."),
+    ("direction", "string", "minimize (default) or maximize."),
+    ("sampler", "string", "tpe (default), random or grid."),
+    ("pruner", "string", "median (default), hyperband or none."),
+    ("grace_seconds", "integer", "A trial whose worker sent no heartbeat for this long is "
+     "retried (default 20)."),
+)
+
+
+def _parse_flags(argv: list[str], command: str = "train"):
   from absl import flags
   from ml_collections import config_flags
   fv = flags.FlagValues()
-  argv = ["jaxtrain train"] + argv
+  argv = [f"jaxtrain {command}"] + argv
   # config_flags execs every config file into one module name, reusing the
   # module if present: without this, a second config in one process would
   # inherit the first one's get_config.
@@ -71,6 +91,15 @@ def _parse_flags(argv: list[str]):
   flags.DEFINE_bool("allow_config_change", False, "Resume a run under a config that differs "
                     "in fields that change training (recorded in manifest.json).", flag_values=fv)
   flags.DEFINE_bool("debug", False, "Show tracebacks.", flag_values=fv)
+  flags.DEFINE_bool("quiet", False, "No live progress bar: plain log lines only.", flag_values=fv)
+  for name, kind, help_text in SWEEP_FLAGS if command == "sweep" else ():
+    getattr(flags, f"DEFINE_{kind}")(name, None, help_text, flag_values=fv)
+  flags.DEFINE_string("coordinator", None, "Multi-process: HOST:PORT of process 0's "
+                      "coordination service (not needed under SLURM or Open MPI).", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes the job has.",
+                       flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0-based.",
+                       flag_values=fv)
   try:
     fv(argv)
     if fv.config is not None:
@@ -80,18 +109,18 @@ def _parse_flags(argv: list[str]):
   return fv
 
 
-def _parse_train_flags(argv: list[str]):
+def _parse_train_flags(argv: list[str], command: str = "train"):
   # First without overrides, so a missing or broken config file is reported as
   # such rather than as an unknown --config.* flag.
-  fv = _parse_flags([a for a in argv if not a.startswith("--config.")])
+  fv = _parse_flags([a for a in argv if not a.startswith("--config.")], command)
   if fv.config is None:
     raise _Fail("--config is required (e.g. --config configs/digits.py)", USAGE_ERROR)
   if not fv.workdir:
     raise _Fail("--workdir is required", USAGE_ERROR)
-  fv = _parse_flags(argv)
+  fv = _parse_flags(argv, command)
   if fv.stop_at_step is not None and fv.stop_at_step <= 0:
     raise _Fail(f"--stop_at_step={fv.stop_at_step} must be > 0", USAGE_ERROR)
-  return fv.config, fv.workdir, fv.stop_at_step, fv.allow_config_change
+  return fv
 
 
 def _use_deterministic_gpu_ops(config) -> None:
@@ -123,14 +152,21 @@ def _quiet_libraries():
 
 
 def train(argv: list[str]) -> int:
-  config, workdir, stop_at_step, allow_config_change = _parse_train_flags(argv)
-  _use_deterministic_gpu_ops(config)
+  fv = _parse_train_flags(argv)
+  _use_deterministic_gpu_ops(fv.config)
   _quiet_libraries()
+  from jaxtrain import distributed
+  if distributed.initialize(fv.coordinator, fv.num_processes, fv.process_id):
+    import jax
+    if jax.process_index() != 0:  # one process speaks for the job
+      logging.getLogger("jaxtrain").setLevel(logging.WARNING)
   from jaxtrain.preemption import Preempted
   from jaxtrain.train import train_and_evaluate
   try:
-    train_and_evaluate(config, workdir, stop_at_step=stop_at_step,
-                       allow_config_change=allow_config_change)
+    logging.getLogger("jaxtrain").info(
+        "curves: tensorboard --logdir %s", os.path.join(fv.workdir, "tensorboard"))
+    train_and_evaluate(fv.config, fv.workdir, stop_at_step=fv.stop_at_step,
+                       allow_config_change=fv.allow_config_change, progress=not fv.quiet)
   except Preempted as e:
     print(f"jaxtrain: preempted: {e}", file=sys.stderr)
     return PREEMPTED
@@ -194,7 +230,43 @@ def rerun(argv: list[str]) -> int:
   return 0 if report["match"] else RUN_ERROR
 
 
-COMMANDS = {"train": train, "inspect": inspect, "rerun": rerun}
+def sweep(argv: list[str]) -> int:
+  """`jaxtrain sweep --config C --space S.py --trials N --workdir SWEEP_DIR [...]`."""
+  fv = _parse_train_flags(argv, "sweep")
+  if not fv.space or not fv.trials or fv.trials < 1:
+    raise _Fail("--space and --trials (>= 1) are required", USAGE_ERROR)
+  from jaxtrain import sweep as sweep_lib
+  choices = {"direction": ("minimize", "maximize"), "sampler": sweep_lib.SAMPLERS,
+             "pruner": sweep_lib.PRUNERS}
+  for name, allowed in choices.items():
+    if fv[name].value is not None and fv[name].value not in allowed:
+      raise _Fail(f"--{name}={fv[name].value} must be one of {', '.join(allowed)}", USAGE_ERROR)
+  _quiet_libraries()
+  space = sweep_lib.load_space(fv.space)
+  result = sweep_lib.run_sweep(
+      fv.config, space, fv.workdir, trials=fv.trials, metric=fv.metric or "eval/loss",
+      direction=fv.direction or "minimize", sampler=fv.sampler or "tpe",
+      pruner=fv.pruner or "median", storage=fv.storage,
+      grace_seconds=fv.grace_seconds or sweep_lib.GRACE_SECONDS)
+  print(sweep_lib.format_table(result))
+  if result["best"]:
+    print(f"best config: {os.path.join(fv.workdir, 'best_config.py')}")
+  return 0
+
+
+def report(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog="jaxtrain report")
+  parser.add_argument("dirs", nargs="+", help="workdirs and sweep directories")
+  parser.add_argument("--out", required=True, help="where index.html and the PNGs go")
+  args = parser.parse_args(argv)
+  from jaxtrain import report as report_lib
+  summary = report_lib.write_report(args.dirs, args.out)
+  print(report_lib.format_summary(summary))
+  print(f"report: {os.path.join(args.out, 'index.html')}")
+  return 0
+
+
+COMMANDS = {"train": train, "sweep": sweep, "report": report, "inspect": inspect, "rerun": rerun}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "piecewise")
 MODELS = ("mlp", "cnn", "resnet")
 TASKS = ("classification",)
 NAN_POLICIES = ("halt", "skip")
+PARALLEL_MODES = ("jit", "pmap")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -51,6 +52,12 @@ def base_config() -> ml_collections.ConfigDict:
       test_split="",              # evaluated once after training ("" = none)
       prefetch=2))                # batches read ahead on threads
 
+  c.parallel = ml_collections.ConfigDict(dict(
+      mode="jit",                 # jit: one program over a device mesh | pmap: one copy per device
+      fsdp=False,                 # jit only: shard large params and optimizer state over devices
+      fsdp_min_size=1 << 14,      # arrays with fewer elements stay replicated
+      prefetch_to_device=2))      # batches copied to the devices ahead of the step
+
   c.model = ml_collections.ConfigDict(dict(name="mlp", num_classes=10))
   return c
 
@@ -80,6 +87,11 @@ def _checks(c):
          "must have as many entries as optimizer.piecewise_boundaries")
   yield "dataset.train_split", bool(c.dataset.train_split), "must name a split"
   yield "dataset.prefetch", c.dataset.prefetch >= 0, "must be >= 0"
+  yield "parallel.mode", c.parallel.mode in PARALLEL_MODES, f"must be one of {PARALLEL_MODES}"
+  yield ("parallel.fsdp", not (c.parallel.fsdp and c.parallel.mode != "jit"),
+         "needs parallel.mode='jit' (pmap keeps a whole copy of the state on every device)")
+  yield "parallel.fsdp_min_size", c.parallel.fsdp_min_size >= 0, "must be >= 0"
+  yield "parallel.prefetch_to_device", c.parallel.prefetch_to_device >= 0, "must be >= 0"
   yield "model.name", c.model.name in MODELS, f"must be one of {MODELS}"
   yield "model.num_classes", c.model.get("num_classes", 1) > 0, "must be > 0"
 

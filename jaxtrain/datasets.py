@@ -174,8 +174,16 @@ def _lock(data_dir: str, name: str):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _prepared(builder):
+def _prepared(make_builder):
+  """A builder made after its data is on disk.
+
+  A builder reads its split info when made: one made while another process
+  (a multi-host job's peer) was still preparing the same data would see no
+  splits, so the builder used is made once the lock is held.
+  """
+  builder = make_builder()
   with _lock(builder._data_dir_root, builder.name):
+    builder = make_builder()
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(verify_ssl=False))
   return builder
@@ -188,10 +196,10 @@ def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
     path = Path(dataset_config.path).expanduser()
     if not path.is_dir():
       raise UserError(f"dataset.path={dataset_config.path} is not a directory")
-    return _prepared(IdxImages(source_dir=str(path), data_dir=data_dir,
-                               file_format="array_record"))
+    return _prepared(lambda: IdxImages(source_dir=str(path), data_dir=data_dir,
+                                       file_format="array_record"))
   if dataset_config.name == "digits":
-    return _prepared(Digits(data_dir=data_dir, file_format="array_record"))
+    return _prepared(lambda: Digits(data_dir=data_dir, file_format="array_record"))
   try:
     builder = tfds.builder(dataset_config.name, data_dir=data_dir)
   except Exception as e:  # unknown name, or a builder whose code needs TensorFlow

@@ -30,7 +30,8 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-da
 RESUMABLE_FIELDS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                     "keep_checkpoints", "async_checkpointing", "dataset.prefetch",
                     "dataset.eval_split", "dataset.test_split", "nan_policy",
-                    "nan_max_consecutive_skips")
+                    "nan_max_consecutive_skips", "parallel.fsdp", "parallel.fsdp_min_size",
+                    "parallel.prefetch_to_device")
 # Schedules whose values do not depend on the run's length.
 HORIZON_FREE_SCHEDULES = ("constant", "piecewise")
 # Above this many bytes a dataset's fingerprint covers names and sizes, not contents.
@@ -146,4 +147,6 @@ def blocking_config_changes(old: dict, new: dict) -> dict[str, list]:
      old["optimizer"]["schedule"] == new["optimizer"]["schedule"]:
     changes.pop("num_train_steps", None)
     changes.pop("num_epochs", None)
+  if "parallel" not in old and new.get("parallel", {}).get("mode") == "jit":
+    changes.pop("parallel", None)  # a run from before config.parallel existed ran as jit
   return changes

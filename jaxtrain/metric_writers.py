@@ -11,6 +11,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import sys
 import time
 
 log = logging.getLogger("jaxtrain")
@@ -51,6 +53,12 @@ class _EventFile:
     from tensorboardX.summary import text as text_summary
     self._add(text_summary(tag, text), step)
 
+  def add_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+    """TensorBoard's HParams view: this run's settings beside its final metrics."""
+    from tensorboardX.summary import hparams as hparams_summaries
+    for summary in hparams_summaries(hparams, metrics):
+      self._add(summary, 0)
+
   def flush(self) -> None:
     self._events.flush()
 
@@ -88,6 +96,12 @@ class MetricWriter:
     if self.enabled:
       self._tb.add_text(tag, text, 0)
 
+  def write_hparams(self, config_dict: dict, final_metrics: dict[str, float]) -> None:
+    """The config's leaves (dotted names) as hparams, with `{split}/{name}` final metrics."""
+    if self.enabled:
+      self._tb.add_hparams(flatten_config(config_dict), final_metrics)
+      self.flush()
+
   def flush(self) -> None:
     if self.enabled:
       self._jsonl.flush()
@@ -112,3 +126,59 @@ def read_metrics(workdir: str) -> list[dict]:
       except json.JSONDecodeError:
         continue
   return events
+
+
+def flatten_config(tree: dict, prefix: str = "") -> dict:
+  """{"optimizer.learning_rate": 0.1, ...}; lists become strings (HParams takes scalars)."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten_config(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+  return flat
+
+
+class ProgressBar:
+  """A live line on a terminal: step, epoch, ETA, steps/s, examples/s, the last losses.
+
+  Updating it costs no device sync: it shows the metrics of the last log
+  interval. Off (plain log lines only) when stdout is not a terminal.
+  """
+
+  def __init__(self, total: int, start: int, steps_per_epoch: int, *, enabled: bool):
+    self._bar = self._redirect = None
+    self._per_epoch = steps_per_epoch
+    self._shown = {}
+    if enabled and sys.stdout.isatty():
+      from tqdm import tqdm
+      from tqdm.contrib.logging import logging_redirect_tqdm
+      sized = shutil.get_terminal_size((0, 0)).columns > 0  # a terminal of 0 columns: 100
+      self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=sized,
+                       ncols=None if sized else 100, file=sys.stdout, leave=False, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                       "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+      # Log lines print above the bar instead of through it.
+      self._redirect = logging_redirect_tqdm([log])
+      self._redirect.__enter__()
+
+  def update(self, step: int) -> None:
+    if self._bar is not None:
+      self._bar.set_description(f"epoch {step // self._per_epoch + 1}", refresh=False)
+      self._bar.update(step - self._bar.n)
+
+  def set_metrics(self, split: str, metrics: dict) -> None:
+    if self._bar is None:
+      return
+    if split == "train":
+      self._shown["loss"] = metrics.get("loss")
+      self._shown["ex/s"] = metrics.get("examples_per_sec")
+    elif "loss" in metrics:
+      self._shown[f"{split}_loss"] = metrics["loss"]
+    self._bar.set_postfix({k: f"{v:.4g}" for k, v in self._shown.items() if v is not None},
+                          refresh=False)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._redirect.__exit__(None, None, None)
+      self._bar.close()
+      self._bar = self._redirect = None

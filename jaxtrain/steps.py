@@ -60,9 +60,14 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
 
   Randomness (dropout) comes from `fold_in(state.rng, state.step)`. With
   `axis_name` (under `pmap`) gradients, batch statistics and metrics are
-  reduced across devices.
+  reduced across devices, and each device folds in its index so devices draw
+  different dropout masks. (Under `jit` the key is the same everywhere and the
+  masks are drawn for the global batch: with JAX's partitionable threefry they
+  do not depend on the device count.)
   """
   rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
   def loss_and_aux(params):
     outputs, model_state = state.apply_fn({"params": params, **state.model_state},

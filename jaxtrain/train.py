@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxtrain import checkpoint, datasets, input_pipeline, manifest, nan_guard, parallel
 from jaxtrain.config import validate
 from jaxtrain.errors import UserError
-from jaxtrain.metric_writers import MetricWriter, read_metrics
+from jaxtrain.metric_writers import MetricWriter, ProgressBar, read_metrics
 from jaxtrain.models import create_model
 from jaxtrain.optim import make_optimizer
 from jaxtrain.preemption import Preempted, PreemptionWatcher
@@ -38,47 +38,69 @@ log = logging.getLogger("jaxtrain")
 LOSSES = {"classification": classification_loss}
 
 
-def create_train_state(config, model, tx, example_batch) -> TrainState:
-  """The step-0 state: parameters initialised from `fold_in`s of the config's seed."""
+def create_train_state(config, model, tx, example_batch, apply_model=None) -> TrainState:
+  """The step-0 state: parameters initialised from `fold_in`s of the config's seed.
+
+  `apply_model` (default `model`) is the module the steps apply: the same
+  model built for pmap's axis, whose parameters are the same.
+  """
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
   inputs = jnp.zeros((1,) + example_batch["image"].shape[1:], example_batch["image"].dtype)
   variables = jax.jit(functools.partial(model.init, train=False))(
       {"params": init_rng, "dropout": init_rng}, inputs)
-  return TrainState.create(apply_fn=linen_apply_fn(model), variables=variables, tx=tx,
-                           loss_fn=LOSSES[config.task], rng=state_rng)
+  return TrainState.create(apply_fn=linen_apply_fn(apply_model or model), variables=variables,
+                           tx=tx, loss_fn=LOSSES[config.task], rng=state_rng)
 
 
-def _zeros_like_output(fn, *args):
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *args))
-
-
-@functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-def _train_and_accumulate(state, totals, health, batch):
-  new_state, metrics = train_step(state, batch)
+def _train_and_accumulate(state, totals, health, batch, axis_name=None):
+  new_state, metrics = train_step(state, batch, axis_name=axis_name)
   state, metrics, health = nan_guard.guard(state, new_state, metrics, health)
   return state, accumulate(totals, metrics), health
 
 
-@functools.partial(jax.jit, donate_argnums=(1,))
-def _eval_and_accumulate(state, totals, batch):
-  return accumulate(totals, eval_step(state, batch))
+def _eval_and_accumulate(state, totals, batch, axis_name=None):
+  return accumulate(totals, eval_step(state, batch, axis_name=axis_name))
 
 
-def evaluate(state: TrainState, source, *, batch_size: int, mesh) -> dict[str, float]:
-  """Mean metrics over every example of `source` (padded last batch masked out)."""
+@functools.cache
+def _compiled_eval(layout: parallel.Layout):
+  return layout.compile(_eval_and_accumulate, donate_argnums=(1,),
+                        out_shardings=parallel.replicated(layout.mesh))
+
+
+def _compiled_train(layout: parallel.Layout, state):
+  """The loop's step for `layout` and `state` (whose fsdp shardings it keeps)."""
+  if not layout.fsdp:
+    return _compiled_replicated_train(layout)
+  every = parallel.replicated(layout.mesh)
+  return layout.compile(_train_and_accumulate, donate_argnums=(0, 1, 2),
+                        out_shardings=(layout.state_shardings(state), every, every))
+
+
+@functools.cache
+def _compiled_replicated_train(layout: parallel.Layout):
+  every = parallel.replicated(layout.mesh)
+  return layout.compile(_train_and_accumulate, donate_argnums=(0, 1, 2),
+                        out_shardings=(every, every, every))
+
+
+def evaluate(state: TrainState, source, *, batch_size: int, layout: parallel.Layout) -> dict[str, float]:
+  """Mean metrics over every example of `source` (padded last batch masked out).
+
+  `state` is in the layout's step form (under pmap: a copy per device).
+  """
   dataset = input_pipeline.eval_dataset(
       source, global_batch_size=batch_size, process_index=jax.process_index(),
       process_count=jax.process_count())
-  totals = None
+  step_fn, totals = _compiled_eval(layout), None
   for local_batch in input_pipeline.iterate(dataset):
-    batch = parallel.put_batch(local_batch, mesh)
+    batch = layout.put_batch(local_batch)
     if totals is None:
-      totals = parallel.replicate(_zeros_like_output(
-          lambda s, b: accumulate(None, eval_step(s, b)), state, batch), mesh)
+      totals = layout.zeros_like(jax.eval_shape(step_fn, state, None, batch))
     with jax.transfer_guard("disallow"):
-      totals = _eval_and_accumulate(state, totals, batch)
-  return summarize(totals)
+      totals = step_fn(state, totals, batch)
+  return summarize(layout.fetch(totals))
 
 
 def resolve_num_train_steps(config, num_train_examples: int) -> int:
@@ -171,19 +193,22 @@ def _save(manager, workdir: str, step: int, state, train_iter, health, metric_na
 
 
 def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
-                       allow_config_change: bool = False) -> TrainState:
+                       allow_config_change: bool = False, on_metrics=None,
+                       progress: bool = False) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest readable checkpoint.
 
   `stop_at_step` ends this process after that global step (with a checkpoint)
   without changing the run: starting again continues to `num_train_steps`.
-  SIGTERM/SIGINT save a checkpoint and raise `Preempted`.
+  SIGTERM/SIGINT save a checkpoint and raise `Preempted`. `on_metrics(step,
+  split, metrics)` sees every logged event (a sweep's pruner raises from it to
+  stop a trial). `progress` shows a live bar (on a terminal).
   """
   validate(config)
   _check_workdir(workdir)
   config_dict = json.loads(config.to_json_best_effort())
   _check_config_unchanged(workdir, config_dict, allow_config_change)
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.batch_size, mesh)
+  layout = parallel.Layout.from_config(config.parallel)
+  layout.check_batch_size(config.batch_size)
 
   builder = datasets.get_builder(config.dataset)
   sources = {k: datasets.get_source(builder, config.dataset[k], f"dataset.{k}")
@@ -193,18 +218,24 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
   train_data = input_pipeline.train_dataset(
       train_source, global_batch_size=config.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
-  train_iter = input_pipeline.iterate(train_data, config.dataset.prefetch)
+  train_iter = input_pipeline.DevicePrefetch(
+      input_pipeline.iterate(train_data, config.dataset.prefetch), layout.put_batch,
+      config.parallel.prefetch_to_device)
 
   tx, schedule = make_optimizer(config.optimizer, num_train_steps)
   model = create_model(config.model)
   example_batch = train_data[0]
   _check_data_fits_model(config, builder, model, example_batch)
-  state = parallel.replicate(create_train_state(config, model, tx, example_batch), mesh)
+  axis_name = parallel.DATA_AXIS if layout.mode == "pmap" else None
+  state = layout.place_state(create_train_state(
+      config, model, tx, example_batch, create_model(config.model, axis_name)))
 
   manager, state = checkpoint.restore_latest_valid(
       workdir, state, train_iter, max_to_keep=config.keep_checkpoints,
       async_save=config.async_checkpointing)
-  step = int(state.step)
+  step = int(parallel.host_value(state.step))
+  train_fn = _compiled_train(layout, state)
+  state = layout.to_step(state)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
@@ -213,31 +244,41 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
     log.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir), step)
 
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  bar = ProgressBar(num_train_steps, step, input_pipeline.steps_per_epoch(
+      len(train_source), config.batch_size), enabled=progress and jax.process_index() == 0)
+  first_step = step
+
+  def emit(split, metrics):
+    writer.write(step, split, metrics)
+    bar.set_metrics(split, metrics)
+    if on_metrics is not None:
+      on_metrics(step, split, metrics)
   if step == 0:
     writer.write_text("config", "```\n" + str(config) + "\n```")
   last_step = num_train_steps if stop_at_step is None else min(stop_at_step, num_train_steps)
-  health = parallel.replicate(nan_guard.new_health(), mesh)
-  # Zeroed metric totals, shaped once from a trace of the step (not per log interval).
-  zero_totals = jax.device_get(_zeros_like_output(
-      lambda s, b: accumulate(None, train_step(s, b)[1]), state,
-      parallel.put_batch(example_batch, mesh)))
-  metric_names = sorted(zero_totals)
+  health = layout.put_replicated(nan_guard.new_health())
+  # Metric totals' shapes, from one trace of the step (not per log interval).
+  total_shapes = jax.eval_shape(train_fn, state, None, health,
+                                layout.put_batch(example_batch))[1]
+  metric_names = sorted(total_shapes)
   totals, t_log, steps_since_log = None, time.perf_counter(), 0
-  save = lambda: _save(manager, workdir, step, state, train_iter, health, metric_names, config)
+  save = lambda: _save(manager, workdir, step, layout.from_step(state), train_iter,
+                       layout.fetch(health), metric_names, config)
   try:
     with PreemptionWatcher() as preemption:
       while step < last_step:
-        batch = parallel.put_batch(next(train_iter), mesh)
+        batch = next(train_iter)
         if totals is None:
-          totals = parallel.replicate(zero_totals, mesh)
+          totals = layout.zeros_like(total_shapes)
         with jax.transfer_guard("disallow"):
-          state, totals, health = _train_and_accumulate(state, totals, health, batch)
+          state, totals, health = train_fn(state, totals, health, batch)
         step += 1
         steps_since_log += 1
+        bar.update(step)
         final = step == num_train_steps
         if step % config.log_every_steps == 0 or final or step == last_step:
-          metrics = summarize(totals)  # the loop's only regular wait for the device
-          skipped = nan_guard.check(health, metric_names, policy=config.nan_policy,
+          metrics = summarize(layout.fetch(totals))  # the loop's only regular wait for the device
+          skipped = nan_guard.check(layout.fetch(health), metric_names, policy=config.nan_policy,
                                     max_consecutive=config.nan_max_consecutive_skips)
           elapsed = time.perf_counter() - t_log
           metrics.update(learning_rate=float(schedule(step - 1)),
@@ -245,11 +286,11 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
                          examples_per_sec=metrics.pop("count") / elapsed)
           if skipped:
             metrics["skipped_steps"] = skipped
-          writer.write(step, "train", metrics)
+          emit("train", metrics)
           totals, t_log, steps_since_log = None, time.perf_counter(), 0
         if sources["eval_split"] is not None and (step % config.eval_every_steps == 0 or final):
-          writer.write(step, "eval", _without_count(evaluate(
-              state, sources["eval_split"], batch_size=config.batch_size, mesh=mesh)))
+          emit("eval", _without_count(evaluate(
+              state, sources["eval_split"], batch_size=config.batch_size, layout=layout)))
         preempted = preemption.should_stop(step)  # every step: multi-host sync needs it
         if step % config.checkpoint_every_steps == 0 or final or step == last_step or preempted:
           save()
@@ -257,12 +298,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
           raise Preempted(step, preemption.signal_name)
 
     if step == num_train_steps and sources["test_split"] is not None and not _has_event(workdir, "test"):
-      writer.write(step, "test", _without_count(evaluate(
-          state, sources["test_split"], batch_size=config.batch_size, mesh=mesh)))
+      emit("test", _without_count(evaluate(
+          state, sources["test_split"], batch_size=config.batch_size, layout=layout)))
   except BaseException as e:
     # Best effort, never masking the error: let a save in flight (a preemption's)
     # reach the disk, then close what can be closed.
-    for cleanup in (manager.wait_until_finished, writer.close):
+    for cleanup in (manager.wait_until_finished, writer.close, bar.close):
       with contextlib.suppress(Exception):
         cleanup()
     failure = _write_failure(e, manager, workdir, step) if isinstance(e, Exception) else None
@@ -272,8 +313,11 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
       raise failure from None
     raise
   _finish_saves(manager, workdir, step)
+  bar.close()
+  if step == num_train_steps > first_step:
+    writer.write_hparams(config_dict, _final_metrics(workdir))
   writer.close()
-  return state
+  return layout.from_step(state)
 
 
 def _finish_saves(manager, workdir: str, step: int) -> None:
@@ -287,6 +331,16 @@ def _finish_saves(manager, workdir: str, step: int) -> None:
     raise failure from None
   finally:
     manager.close()
+
+
+def _final_metrics(workdir: str) -> dict[str, float]:
+  """{"split/name": last value} over the whole run (resumed segments included)."""
+  final = {}
+  for event in read_metrics(workdir):
+    for k, v in event.items():
+      if k not in ("step", "split", "time") and isinstance(v, (int, float)):
+        final[f"{event['split']}/{k}"] = v
+  return final
 
 
 def _without_count(metrics):

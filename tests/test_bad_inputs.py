@@ -30,8 +30,8 @@ def _files(tmp_path):
 
 CASES = [
     # (name, argv after `jaxtrain`, exit status, text the one line holds)
-    ("no command", [], 2, "usage: jaxtrain {{train|inspect|rerun}}"),
-    ("unknown command", ["fit"], 2, "usage: jaxtrain {{train|inspect|rerun}}"),
+    ("no command", [], 2, "usage: jaxtrain {{train|sweep|report|inspect|rerun}}"),
+    ("unknown command", ["fit"], 2, "usage: jaxtrain {{train|sweep|report|inspect|rerun}}"),
     ("no config", ["train", "--workdir", "{w}"], 2, "--config is required"),
     ("no workdir", ["train", "--config", DIGITS], 2, "--workdir is required"),
     ("missing config file", ["train", "--config", "{t}/nope.py", "--workdir", "{w}"], 2,

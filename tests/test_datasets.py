@@ -119,3 +119,19 @@ def test_unknown_split_lists_the_real_ones(data_dir):
     datasets.get_source(builder, "validation", "dataset.eval_split")
   with pytest.raises(UserError, match=r"dataset.train_split='train\[5:5\]' is empty"):
     datasets.get_source(builder, "train[5:5]")
+
+
+def test_processes_preparing_one_data_dir_at_once_all_see_the_splits(tmp_path):
+  """A multi-host job's processes start together on an empty (shared) data_dir."""
+  import subprocess
+  import sys
+  from conftest import ROOT
+  code = ("import sys; from ml_collections import ConfigDict; from jaxtrain import datasets; "
+          "b = datasets.get_builder(ConfigDict(dict(name='digits', path='', data_dir=sys.argv[1]))); "
+          "print(len(datasets.get_source(b, 'train[:90%]')))")
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(3)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0, 0], outputs
+  assert [out.strip().splitlines()[-1] for out, _ in outputs] == ["1293"] * 3

@@ -62,6 +62,22 @@ def test_iterator_state_resumes_the_same_stream():
   assert expected == _ids(ds, 14)[9:]
 
 
+@pytest.mark.parametrize("size", [0, 1, 3])
+def test_device_prefetch_checkpoints_the_consumers_position(size):
+  """Batches read ahead onto the device are not lost or skipped by a save/restore."""
+  from jaxtrain import parallel
+  layout = parallel.Layout(parallel.make_mesh())
+  ds = input_pipeline.train_dataset(Numbers(30), global_batch_size=4, seed=0)
+  it = input_pipeline.DevicePrefetch(input_pipeline.iterate(ds), layout.put_batch, size)
+  taken = [np.asarray(next(it)["id"]).tolist() for _ in range(6)]
+  assert taken == _ids(ds, 6)
+  state = it.get_state()  # what Grain's checkpoint handler saves
+  expected = [np.asarray(next(it)["id"]).tolist() for _ in range(4)]
+  fresh = input_pipeline.DevicePrefetch(input_pipeline.iterate(ds), layout.put_batch, size)
+  fresh.set_state(state)
+  assert [np.asarray(next(fresh)["id"]).tolist() for _ in range(4)] == expected == _ids(ds, 10)[6:]
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_eval_covers_every_example_once_with_padding_masked(processes):
   seen = []

@@ -59,6 +59,9 @@ def test_workdir_holds_config_metrics_events_and_checkpoints(small_config, tmp_p
   scalars = _read_scalars(os.path.join(workdir, "tensorboard", tb))
   assert [step for step, _ in scalars["train/loss"]] == [20, 40, 60, 80, 100, 120]
   assert scalars["test/accuracy"] == [(120, pytest.approx(test[0]["accuracy"], rel=1e-6))]
+  hparams = _read_hparams(os.path.join(workdir, "tensorboard", tb))
+  assert hparams["optimizer.name"] == "adamw" and hparams["batch_size"] == 50
+  assert hparams["model.features"] == "[64]"
   assert sorted(checkpoint.make_manager(workdir).all_steps()) == [90, 120]
 
 
@@ -85,3 +88,20 @@ def _read_scalars(path):
         if value.HasField("simple_value"):
           scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
   return scalars
+
+
+def _read_hparams(path):
+  """The hparams of the HParams plugin's session-start summary in an event file."""
+  import struct
+  from tensorboardX.proto import event_pb2, plugin_hparams_pb2
+  with open(path, "rb") as f:
+    while header := f.read(12):
+      (length,) = struct.unpack("<Q", header[:8])
+      event = event_pb2.Event.FromString(f.read(length))
+      f.read(4)
+      for value in event.summary.value:
+        if value.tag == "_hparams_/session_start_info":
+          data = plugin_hparams_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+          return {k: (v.string_value or v.number_value if v.WhichOneof("kind") != "bool_value"
+                      else v.bool_value) for k, v in data.session_start_info.hparams.items()}
+  return {}

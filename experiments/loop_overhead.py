@@ -1,0 +1,129 @@
+"""Loop overhead: jaxtrain's whole training loop vs. a minimal hand-written `jax.jit` loop.
+
+Both train configs/digits.py's CNN on the same digits batches for the same
+steps. The hand loop is what a researcher writes first: numpy arrays in
+memory, a seeded permutation per epoch, `jax.jit(train_step, donate_argnums=0)`,
+nothing else. jaxtrain's loop adds everything it does in a real run: the
+Grain pipeline reading the TFDS split, prefetch to device, the non-finite
+guard, on-device metric totals, logging, the transfer guard. Each side runs
+`--repeats` times, alternating, in this one process; steps/s is measured over
+the steps after a warm-up interval (compilation excluded) and the ratio of
+the medians is reported.
+
+    python experiments/loop_overhead.py [--steps 600] [--repeats 3] [--out loop_overhead.json]
+    python experiments/loop_overhead.py --quick      # what the test suite runs (no timing claims)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxtrain import datasets, input_pipeline  # noqa: E402
+from jaxtrain.metric_writers import read_metrics  # noqa: E402
+from jaxtrain.models import create_model  # noqa: E402
+from jaxtrain.optim import make_optimizer  # noqa: E402
+from jaxtrain.steps import train_step  # noqa: E402
+from jaxtrain.train import create_train_state, train_and_evaluate  # noqa: E402
+
+
+def load_config(warmup: int, steps: int, data_dir: str):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("digits_config", ROOT / "configs" / "digits.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.num_train_steps, c.log_every_steps = warmup + steps, warmup
+  c.checkpoint_every_steps = c.eval_every_steps = 10 * (warmup + steps)  # the final save only
+  c.dataset.update(eval_split="", test_split="", data_dir=data_dir)
+  return c
+
+
+def jaxtrain_loop(config, workdir: str, warmup: int) -> float:
+  """Steps/s of jaxtrain's loop over every log interval after the first."""
+  train_and_evaluate(config, workdir)
+  intervals = [e for e in read_metrics(workdir) if e["split"] == "train" and e["step"] > warmup]
+  seconds = sum((e["step"] - p["step"]) / e["steps_per_sec"]
+                for p, e in zip([{"step": warmup}] + intervals, intervals))
+  return (config.num_train_steps - warmup) / seconds
+
+
+def hand_loop(config, warmup: int) -> float:
+  """Steps/s of the minimal loop over the same steps after the same warm-up."""
+  builder = datasets.get_builder(config.dataset)
+  source = datasets.get_source(builder, config.dataset.train_split)
+  rows = [source[i] for i in range(len(source))]
+  images = np.stack([r["image"] for r in rows]).astype(np.float32) / 255
+  labels = np.stack([r["label"] for r in rows])
+  per_epoch = len(rows) // config.batch_size
+  model = create_model(config.model)
+  tx, _ = make_optimizer(config.optimizer, config.num_train_steps)
+  state = create_train_state(config, model, tx, {"image": images[:1]})
+  step = jax.jit(train_step, donate_argnums=0)
+  rng = np.random.default_rng(config.seed)
+  order = []
+
+  def batch(i):
+    if i % per_epoch == 0:
+      order[:] = [rng.permutation(len(rows))]
+    idx = order[0][(i % per_epoch) * config.batch_size:(i % per_epoch + 1) * config.batch_size]
+    return {"image": images[idx], "label": labels[idx]}
+
+  for i in range(warmup):
+    state, metrics = step(state, batch(i))
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for i in range(warmup, config.num_train_steps):
+    state, metrics = step(state, batch(i))
+  jax.block_until_ready(metrics)
+  return (config.num_train_steps - warmup) / (time.perf_counter() - start)
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=600, help="timed steps per repeat")
+  parser.add_argument("--warmup", type=int, default=50)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--quick", action="store_true", help="a few steps, one repeat")
+  parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "jaxtrain-bench-tfds"))
+  parser.add_argument("--out", default="loop_overhead.json")
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.steps, args.warmup, args.repeats = 20, 10, 1
+  config = load_config(args.warmup, args.steps, args.data_dir)
+  ours, theirs = [], []
+  with tempfile.TemporaryDirectory() as tmp:
+    for r in range(args.repeats):
+      ours.append(jaxtrain_loop(config, os.path.join(tmp, f"run{r}"), args.warmup))
+      theirs.append(hand_loop(config, args.warmup))
+  result = {
+      "benchmark": "loop_overhead", "device": str(jax.devices()[0].device_kind),
+      "model": "configs/digits.py CNN", "batch_size": config.batch_size,
+      "timed_steps": args.steps, "repeats": args.repeats,
+      "jaxtrain_steps_per_sec": ours, "hand_loop_steps_per_sec": theirs,
+      "ratio": statistics.median(ours) / statistics.median(theirs),
+      "date": time.strftime("%Y-%m-%d"),
+  }
+  print(f"{'loop':<12} {'steps/s (median)':>17}  runs")
+  print(f"{'jaxtrain':<12} {statistics.median(ours):>17.1f}  {', '.join(f'{v:.1f}' for v in ours)}")
+  print(f"{'hand jit':<12} {statistics.median(theirs):>17.1f}  {', '.join(f'{v:.1f}' for v in theirs)}")
+  print(f"ratio jaxtrain / hand: {result['ratio']:.3f}  (goal >= 0.97)")
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=2)
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,65 @@
+"""Joining the processes of a multi-host job with `jax.distributed` (JAX's own runtime).
+
+Called once, before anything touches a device. A job is multi-process when
+- the command line says so: `--coordinator HOST:PORT --num_processes N
+  --process_id I` (by hand, or from a Kubernetes JobSet's environment), or
+- it runs inside a launcher JAX recognises by itself: SLURM (`srun`), Open
+  MPI (`mpirun`), or a Kubernetes JobSet (with the `kubernetes` package);
+  `jax.distributed.initialize()` then reads everything from the environment.
+Otherwise it is a single process and nothing is initialised. (An explicit
+`--num_processes 1` does initialise: on CPU the run then uses gloo's
+collectives, and reproduces the bits of a multi-process run with the same
+devices in all.)
+
+On CPU, cross-process collectives need an implementation: gloo is chosen
+unless the user set one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from jaxtrain.errors import UserError
+
+log = logging.getLogger("jaxtrain")
+
+
+def detected_launcher(environ=os.environ) -> str | None:
+  """The multi-process launcher this process runs under, if JAX can read it."""
+  if int(environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in environ \
+     and "SLURM_STEP_NODELIST" in environ:
+    return "SLURM"
+  if int(environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1 and "OMPI_MCA_orte_hnp_uri" in environ:
+    return "Open MPI"
+  if "KUBERNETES_SERVICE_HOST" in environ and "JOBSET_NAME" in environ:
+    return "Kubernetes JobSet"
+  return None
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+  """Joins the job's processes; returns False (and does nothing) for a single process."""
+  explicit = (coordinator, num_processes, process_id)
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      raise UserError("multi-process runs need all three of --coordinator, --num_processes "
+                      "and --process_id")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise UserError(f"--process_id={process_id} must be in [0, --num_processes="
+                      f"{num_processes})")
+  launcher = None if coordinator else detected_launcher()
+  if coordinator is None and launcher is None:
+    return False
+
+  import jax
+  if os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION") is None:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if coordinator is not None:
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+  else:
+    jax.distributed.initialize()
+  log.info("process %d of %d joined (%s); %d devices in all",
+           jax.process_index(), jax.process_count(), launcher or coordinator, jax.device_count())
+  return True

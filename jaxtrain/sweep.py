@@ -1,0 +1,314 @@
+"""`jaxtrain sweep`: hyperparameter search as an Optuna study of ordinary runs.
+
+A sweep directory holds the study (`study.db`, SQLite, unless `--storage`
+names any Optuna RDB URL such as PostgreSQL, which lets workers on many
+machines share one study) and one workdir per trial, `trials/<number>/`, each
+with its own config, manifest and checkpoints. Intermediate eval metrics are
+reported to Optuna, so a pruner can stop a poor trial early.
+
+The search space is a Python file whose `get_space()` maps config fields to
+distributions:
+
+    from jaxtrain.sweep import choice, loguniform
+    def get_space():
+      return {"optimizer.learning_rate": loguniform(1e-4, 1e-1),
+              "optimizer.weight_decay": choice([0.0, 1e-4, 1e-3])}
+
+A crashed worker's trial is noticed by its missed heartbeats (after
+`--grace_seconds`), marked failed and retried with the same parameters in the same workdir, so it resumes from its
+last checkpoint. `--trials N` is the size of the study, not of one invocation:
+running the command again finishes what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import socket
+import time
+import warnings
+from typing import Any, Callable, Sequence
+
+from jaxtrain.errors import UserError
+
+log = logging.getLogger("jaxtrain")
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+GRACE_SECONDS = 20  # a trial whose worker is silent this long is retried
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+  kind: str                 # uniform | loguniform | int | choice
+  low: Any = None
+  high: Any = None
+  values: tuple = ()
+
+
+def uniform(low: float, high: float) -> Distribution:
+  return Distribution("uniform", float(low), float(high))
+
+
+def loguniform(low: float, high: float) -> Distribution:
+  return Distribution("loguniform", float(low), float(high))
+
+
+def integer(low: int, high: int) -> Distribution:
+  return Distribution("int", int(low), int(high))
+
+
+def choice(values: Sequence) -> Distribution:
+  return Distribution("choice", values=tuple(values))
+
+
+def load_space(path: str) -> dict[str, Distribution]:
+  """The space file's `get_space()`, checked: every value a Distribution."""
+  if not os.path.isfile(path):
+    raise UserError(f"--space {path} does not exist")
+  spec = importlib.util.spec_from_file_location("jaxtrain_sweep_space", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    space = module.get_space()
+  except Exception as e:  # the user's file: any error is theirs to fix
+    raise UserError(f"--space {path} cannot be loaded: {type(e).__name__}: {e}") from None
+  bad = [k for k, v in space.items() if not isinstance(v, Distribution)]
+  if not space or bad:
+    raise UserError(f"--space {path}: get_space() must map config fields to "
+                    f"jaxtrain.sweep distributions (not {bad or 'nothing'})")
+  return space
+
+
+def check_space(space: dict[str, Distribution], config, sampler: str) -> None:
+  for field, dist in space.items():
+    if _get(config, field) is _MISSING:
+      raise UserError(f"--space names config.{field}, which the config does not have")
+    if sampler == "grid" and dist.kind != "choice":
+      raise UserError(f"--sampler=grid needs choice([...]) for every field; "
+                      f"config.{field} is {dist.kind}")
+
+
+_MISSING = object()
+
+
+def _get(config, field: str):
+  node = config
+  for part in field.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+def apply_overrides(config, overrides: dict[str, Any]):
+  """A copy of `config` with dotted fields set (types checked by the locked config)."""
+  config = config.copy_and_resolve_references()
+  for field, value in overrides.items():
+    *parents, leaf = field.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def suggest(trial, space: dict[str, Distribution]) -> dict[str, Any]:
+  """Optuna's pick for every field (Optuna names its parameters by the field)."""
+  values = {}
+  for field, d in space.items():
+    if d.kind == "choice":
+      values[field] = trial.suggest_categorical(field, list(d.values))
+    elif d.kind == "int":
+      values[field] = trial.suggest_int(field, d.low, d.high)
+    else:
+      values[field] = trial.suggest_float(field, d.low, d.high, log=d.kind == "loguniform")
+  return values
+
+
+def _sampler(name: str, space: dict[str, Distribution], seed: int):
+  import optuna
+  if name == "grid":
+    return optuna.samplers.GridSampler({k: list(d.values) for k, d in space.items()}, seed=seed)
+  if name == "random":
+    return optuna.samplers.RandomSampler(seed=seed)
+  return optuna.samplers.TPESampler(seed=seed)
+
+
+def _pruner(name: str):
+  import optuna
+  if name == "median":
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+  if name == "hyperband":
+    return optuna.pruners.HyperbandPruner()
+  return optuna.pruners.NopPruner()
+
+
+def open_study(sweep_dir: str, storage: str | None, *, direction: str = "minimize",
+               sampler=None, pruner=None, create: bool = True,
+               grace_seconds: int = GRACE_SECONDS):
+  """The sweep's study (made on first use); heartbeats let crashed trials be retried."""
+  import optuna
+  warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+  url = storage or f"sqlite:///{os.path.abspath(os.path.join(sweep_dir, 'study.db'))}"
+  retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # Optuna >= 4.9
+  retry = ({"heartbeat_stale_trial_callback": retry(max_retry=3)} if retry else
+           {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)})
+  for attempt in range(5):
+    try:
+      rdb = optuna.storages.RDBStorage(
+          url, heartbeat_interval=max(1, grace_seconds // 4), grace_period=grace_seconds, **retry,
+          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+      break
+    except Exception as e:  # SQLAlchemy: a bad URL, a server that is down, a missing driver
+      # Workers starting together race to create Optuna's tables: the loser retries.
+      if attempt < 4 and any(m in str(e) for m in ("duplicate key", "already exists")):
+        time.sleep(0.5 + attempt)
+        continue
+      raise UserError(f"--storage {url} cannot be opened: {str(e).splitlines()[0]}") from None
+  name = os.path.basename(os.path.abspath(sweep_dir))
+  if not create:
+    return optuna.load_study(study_name=name, storage=rdb)
+  return optuna.create_study(study_name=name, storage=rdb, direction=direction,
+                             sampler=sampler, pruner=pruner, load_if_exists=True)
+
+
+def trial_workdir(sweep_dir: str, trial) -> str:
+  """Trial n's workdir; a retried trial reuses its original's, so it resumes."""
+  frozen = trial.study._storage.get_trial(trial._trial_id)  # Optuna keeps retry info there
+  original = frozen.system_attrs.get("failed_trial")
+  return os.path.join(sweep_dir, "trials", str(trial.number if original is None else original))
+
+
+def _metric(events: dict, metric: str):
+  split, name = metric.split("/", 1)
+  return events.get(split, {}).get(name)
+
+
+def run_sweep(config, space: dict[str, Distribution], sweep_dir: str, *, trials: int,
+              metric: str = "eval/loss", direction: str = "minimize", sampler: str = "tpe",
+              pruner: str = "median", storage: str | None = None,
+              grace_seconds: int = GRACE_SECONDS, train: Callable | None = None) -> dict[str, Any]:
+  """Runs trials until the study holds `trials` finished ones; returns `summary()`."""
+  import optuna
+  from jaxtrain.train import train_and_evaluate
+  train = train or train_and_evaluate
+  if "/" not in metric or metric.split("/")[0] not in ("train", "eval", "test"):
+    raise UserError(f"--metric={metric!r} must be split/name, e.g. eval/accuracy or eval/loss")
+  check_space(space, config, sampler)
+  os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  study = open_study(sweep_dir, storage, direction=direction, grace_seconds=grace_seconds)
+  study = open_study(sweep_dir, storage, direction=direction, pruner=_pruner(pruner),
+                     sampler=_sampler(sampler, space, _sampler_seed(config.seed, study, storage)),
+                     grace_seconds=grace_seconds)
+  _record_sweep(sweep_dir, config, space, metric, direction)
+
+  def objective(trial):
+    overrides = suggest(trial, space)
+    workdir = trial_workdir(sweep_dir, trial)
+    trial.set_user_attr("workdir", os.path.relpath(workdir, sweep_dir))
+    log.info("trial %d: %s", trial.number, _describe(overrides))
+    last = {}
+
+    def on_eval(step, split, metrics):
+      last[split] = metrics
+      value = _metric(last, metric)
+      if split == metric.split("/")[0] and value is not None:
+        trial.report(value, step)
+        if trial.should_prune():
+          raise optuna.TrialPruned(f"pruned at step {step}: {metric}={value:.4g}")
+
+    train(apply_overrides(config, overrides), workdir, on_metrics=on_eval,
+          allow_config_change=True)
+    value = _metric(last, metric)
+    if value is None:
+      raise UserError(f"--metric={metric} was never reported: the config has no "
+                      f"{metric.split('/')[0]} split")
+    return value
+
+  finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+  remaining = trials - len(study.get_trials(deepcopy=False, states=finished))
+  if remaining > 0:
+    study.optimize(objective, n_trials=remaining, catch=(),
+                   callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)])
+  result = summary(sweep_dir, storage)
+  if result["best"] is not None:
+    write_best_config(sweep_dir, result["best"])
+  return result
+
+
+def _sampler_seed(seed: int, study, storage: str | None) -> int:
+  """The sampler's seed: the config's, moved on by the trials the study already holds.
+
+  So a resumed sweep does not propose its first trials again, and a sweep run
+  once from scratch is reproducible. Workers sharing a study (`--storage`)
+  also mix in their host and pid, or two would propose the same points.
+  """
+  worker = f"{socket.gethostname()}:{os.getpid()}" if storage else ""
+  key = f"{seed}/{len(study.get_trials(deepcopy=False))}/{worker}".encode()
+  return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+
+
+def _describe(overrides: dict) -> str:
+  return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in overrides.items())
+
+
+def _record_sweep(sweep_dir, config, space, metric, direction) -> None:
+  with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
+    json.dump({"metric": metric, "direction": direction,
+               "space": {k: dataclasses.asdict(v) for k, v in space.items()},
+               "config": json.loads(config.to_json_best_effort())}, f, indent=2)
+
+
+def summary(sweep_dir: str, storage: str | None = None) -> dict[str, Any]:
+  """Every trial (number, state, params, value, workdir) and the best complete one."""
+  import optuna
+  study = open_study(sweep_dir, storage, create=False)
+  rows = [{"number": t.number, "state": t.state.name, "params": t.params, "value": t.value,
+           "last_step": t.last_step, "workdir": t.user_attrs.get("workdir")}
+          for t in study.get_trials(deepcopy=False)]
+  complete = [t for t in study.get_trials(deepcopy=False)
+              if t.state == optuna.trial.TrialState.COMPLETE]
+  best = None
+  if complete:
+    t = study.best_trial
+    best = {"number": t.number, "value": t.value, "params": t.params,
+            "workdir": t.user_attrs.get("workdir")}
+  return {"trials": rows, "best": best, "direction": study.direction.name.lower()}
+
+
+def write_best_config(sweep_dir: str, best: dict) -> str:
+  """`best_config.py`: the best trial's resolved config, trainable as it is."""
+  with open(os.path.join(sweep_dir, best["workdir"], "config.json")) as f:
+    config = json.load(f)
+  path = os.path.join(sweep_dir, "best_config.py")
+  with open(path, "w") as f:
+    f.write(f'"""The best trial (#{best["number"]}, value {best["value"]!r}) of the sweep in '
+            f'{os.path.abspath(sweep_dir)}.\n\nIts parameters: {_describe(best["params"])}.\n'
+            f'Training it in a fresh workdir gives the trial\'s bits.\n"""\n\n'
+            "import json\n\nfrom ml_collections import ConfigDict\n\n"
+            f"CONFIG = json.loads(r'''{json.dumps(config, indent=2, sort_keys=True)}''')\n\n\n"
+            "def get_config():\n  return ConfigDict(CONFIG)\n")
+  return path
+
+
+def format_table(result: dict) -> str:
+  trials = result["trials"]
+  names = sorted({k for t in trials for k in t["params"]})
+  header = ["trial", "state", *names, "value", "step"]
+  rows = [[str(t["number"]), t["state"],
+           *[f"{t['params'].get(n, ''):.4g}" if isinstance(t["params"].get(n), float)
+             else str(t["params"].get(n, "")) for n in names],
+           "" if t["value"] is None else f"{t['value']:.5g}",
+           "" if t["last_step"] is None else str(t["last_step"])] for t in trials]
+  widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+  if result["best"]:
+    lines.append(f"best: trial {result['best']['number']} ({result['best']['value']:.5g})")
+  return "\n".join(lines)

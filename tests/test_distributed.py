@@ -1,0 +1,141 @@
+"""Multi-process runs on 127.0.0.1: `jax.distributed` with gloo CPU collectives.
+
+Each process simulates 2 CPU devices; 2 processes x 2 devices is the same
+4-device mesh and global batch as 1 process x 4 devices.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxtrain import checkpoint, distributed
+from jaxtrain.errors import UserError
+
+from conftest import ROOT
+
+STEPS = 60
+CONFIG = ["--config", "configs/digits.py", f"--config.num_train_steps={STEPS}",
+          "--config.log_every_steps=10", "--config.checkpoint_every_steps=20",
+          "--config.eval_every_steps=1000", "--config.dataset.test_split="]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(workdir, data_dir, *, processes: int, devices_each: int, tag: str):
+  """Starts the job's processes; explicit flags even for 1 process (gloo collectives)."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}",
+             JAX_PLATFORMS="cpu", TFDS_DATA_DIR=data_dir)
+  port = _free_port()
+  procs = []
+  for i in range(processes):
+    log = open(f"{workdir}.{tag}.{i}.log", "w")
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "jaxtrain.cli", "train", *CONFIG, "--workdir", str(workdir),
+         "--coordinator", f"127.0.0.1:{port}", "--num_processes", str(processes),
+         "--process_id", str(i)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+  return procs
+
+
+def _wait(procs, workdir, tag) -> list[int]:
+  codes = [p.wait(timeout=400) for p in procs]
+  logs = [open(f"{workdir}.{tag}.{i}.log").read() for i in range(len(procs))]
+  return codes, logs
+
+
+def _run(workdir, data_dir, **kwargs):
+  codes, logs = _wait(_launch(workdir, data_dir, tag="run", **kwargs), workdir, "run")
+  assert codes == [0] * len(codes), logs[0][-3000:] + logs[-1][-3000:]
+  return logs
+
+
+def _wait_for_checkpoint(workdir, step: int, procs, timeout: float = 300):
+  deadline = time.time() + timeout
+  while not os.path.isdir(os.path.join(workdir, "checkpoints", str(step))):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint came"
+    time.sleep(0.2)
+
+
+def _params_digest(workdir) -> str:
+  step, arrays = checkpoint.load_arrays(str(workdir))
+  assert step == STEPS
+  return checkpoint.tree_digest(arrays["params"])
+
+
+@pytest.fixture(scope="module")
+def two_by_two(data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("dist") / "2x2"
+  logs = _run(workdir, data_dir, processes=2, devices_each=2)
+  return workdir, logs
+
+
+def test_two_processes_match_one_process_with_the_same_devices(two_by_two, data_dir, tmp_path):
+  workdir, logs = two_by_two
+  one = tmp_path / "1x4"
+  _run(one, data_dir, processes=1, devices_each=4)
+  # Same 4-device mesh, same global batch, same gloo collectives: same bits.
+  # (A plain 1x4 run, with XLA's in-process all-reduce, adds the 4 partial
+  # gradients in another order: about 1e-7 apart; tests/test_parallel.py
+  # bounds layout differences like that one.)
+  assert _params_digest(workdir) == _params_digest(one)
+  assert "process 0 of 2 joined" in logs[0] and "process 1 of 2 joined" in logs[1]
+  assert f"step {STEPS}  train" in logs[0]
+  assert "step 10  train" not in logs[1]  # only process 0 logs
+  data = os.listdir(os.path.join(workdir, "checkpoints", str(STEPS), "data"))
+  assert sorted(n for n in data if n.endswith(".json")) == ["process_0-of-2.json",
+                                                           "process_1-of-2.json"]
+
+
+def test_killing_both_processes_and_a_preemption_resume_to_the_same_digest(
+    two_by_two, data_dir, tmp_path):
+  workdir = tmp_path / "killed"
+  # 1. Both processes killed outright after the first checkpoint.
+  procs = _launch(workdir, data_dir, processes=2, devices_each=2, tag="kill")
+  _wait_for_checkpoint(workdir, 20, procs)
+  for p in procs:
+    p.send_signal(signal.SIGKILL)
+  codes, _ = _wait(procs, workdir, "kill")
+  assert codes == [-signal.SIGKILL] * 2
+  # 2. Restarted; then a spot-style SIGTERM reaches only process 1. JAX's
+  # preemption sync stops both at the same step, each saving its share.
+  procs = _launch(workdir, data_dir, processes=2, devices_each=2, tag="term")
+  _wait_for_checkpoint(workdir, 40, procs)
+  procs[1].send_signal(signal.SIGTERM)
+  codes, logs = _wait(procs, workdir, "term")
+  assert codes == [75, 75], logs[0][-2000:] + logs[1][-2000:]
+  stopped = [int(l.split("at step ")[1].split(";")[0]) for log in logs for l in log.splitlines()
+             if "jaxtrain: preempted" in l]
+  assert len(stopped) == 2 and stopped[0] == stopped[1] >= 40
+  # 3. Restarted again: finishes with the uninterrupted run's bits.
+  _run(workdir, data_dir, processes=2, devices_each=2)
+  assert _params_digest(workdir) == _params_digest(two_by_two[0])
+  manifest = json.load(open(workdir / "manifest.json"))
+  assert len(manifest["resumes"]) >= 2
+
+
+def test_explicit_flags_must_come_together():
+  with pytest.raises(UserError, match="need all three of --coordinator, --num_processes"):
+    distributed.initialize("127.0.0.1:1234", None, 0)
+  with pytest.raises(UserError, match=r"--process_id=2 must be in \[0, --num_processes=2\)"):
+    distributed.initialize("127.0.0.1:1234", 2, 2)
+
+
+def test_launchers_are_detected_from_their_environment():
+  assert distributed.detected_launcher({}) is None
+  slurm = {"SLURM_NTASKS": "4", "SLURM_PROCID": "1", "SLURM_STEP_NODELIST": "n[1-2]"}
+  assert distributed.detected_launcher(slurm) == "SLURM"
+  assert distributed.detected_launcher({**slurm, "SLURM_NTASKS": "1"}) is None  # one task
+  assert distributed.detected_launcher(
+      {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:1"}) == "Open MPI"
+  assert distributed.detected_launcher(
+      {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "JOBSET_NAME": "train"}) == "Kubernetes JobSet"
+  assert distributed.detected_launcher({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) is None
