@@ -27,8 +27,8 @@ log = logging.getLogger("jaxtrain")
 
 def detected_launcher(environ=os.environ) -> str | None:
   """The multi-process launcher this process runs under, if JAX can read it."""
-  if int(environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in environ \
-     and "SLURM_STEP_NODELIST" in environ:
+  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+  if all(v in environ for v in slurm) and int(environ["SLURM_NTASKS"]) > 1:  # inside srun
     return "SLURM"
   if int(environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1 and "OMPI_MCA_orte_hnp_uri" in environ:
     return "Open MPI"

@@ -107,6 +107,10 @@ class Layout:
   def num_devices(self) -> int:
     return self.mesh.devices.size
 
+  @functools.cached_property
+  def num_local_devices(self) -> int:
+    return sum(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
+
   def check_batch_size(self, batch_size: int) -> None:
     check_batch_size(batch_size, self.mesh)
 
@@ -143,11 +147,9 @@ class Layout:
   def put_batch(self, local_batch):
     """This process's rows of a global batch, as the step takes them."""
     if self.mode == "pmap":
-      local_devices = len([d for d in self.mesh.devices.flat
-                           if d.process_index == jax.process_index()])
-      local_batch = jax.tree.map(
-          lambda x: x.reshape((local_devices, x.shape[0] // local_devices) + x.shape[1:]),
-          local_batch)
+      n = self.num_local_devices
+      local_batch = jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]),
+                                 local_batch)
     return put_batch(local_batch, self.mesh)
 
   def put_replicated(self, tree):

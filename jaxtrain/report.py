@@ -43,14 +43,14 @@ def collect(dirs: list[str]) -> dict[str, Any]:
   for d in dirs:
     if os.path.exists(os.path.join(d, "sweep.json")):
       info = json.load(open(os.path.join(d, "sweep.json")))
-      result = sweep.summary(d)
+      result = sweep.summary(d, info.get("storage"))
       label = os.path.basename(os.path.abspath(d))
       for t in result["trials"]:
         if t["workdir"] and os.path.isdir(os.path.join(d, t["workdir"])):
           runs.append(_run(f"{label}/trial {t['number']}", os.path.join(d, t["workdir"]), t))
       sweeps.append({"name": label, "dir": d, "metric": info["metric"],
                      "direction": info["direction"], "space": info["space"],
-                     "result": result, "importance": _importance(d)})
+                     "result": result, "importance": _importance(d, info.get("storage"))})
     elif os.path.exists(os.path.join(d, "metrics.jsonl")):
       runs.append(_run(os.path.basename(os.path.abspath(d)) or d, d))
     else:
@@ -58,10 +58,10 @@ def collect(dirs: list[str]) -> dict[str, Any]:
   return {"runs": runs, "sweeps": sweeps}
 
 
-def _importance(sweep_dir: str) -> dict[str, float]:
+def _importance(sweep_dir: str, storage: str | None) -> dict[str, float]:
   import optuna
   from jaxtrain import sweep
-  study = sweep.open_study(sweep_dir, None, create=False)
+  study = sweep.open_study(sweep_dir, storage, create=False)
   complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
   if len(complete) < 2:
     return {}

@@ -172,7 +172,10 @@ def open_study(sweep_dir: str, storage: str | None, *, direction: str = "minimiz
       raise UserError(f"--storage {url} cannot be opened: {str(e).splitlines()[0]}") from None
   name = os.path.basename(os.path.abspath(sweep_dir))
   if not create:
-    return optuna.load_study(study_name=name, storage=rdb)
+    try:
+      return optuna.load_study(study_name=name, storage=rdb)
+    except KeyError:
+      raise UserError(f"no sweep named {name!r} in {url}") from None
   return optuna.create_study(study_name=name, storage=rdb, direction=direction,
                              sampler=sampler, pruner=pruner, load_if_exists=True)
 
@@ -206,7 +209,7 @@ def run_sweep(config, space: dict[str, Distribution], sweep_dir: str, *, trials:
   study = open_study(sweep_dir, storage, direction=direction, pruner=_pruner(pruner),
                      sampler=_sampler(sampler, space, _sampler_seed(config.seed, study, storage)),
                      grace_seconds=grace_seconds)
-  _record_sweep(sweep_dir, config, space, metric, direction)
+  _record_sweep(sweep_dir, config, space, metric, direction, storage)
 
   def objective(trial):
     overrides = suggest(trial, space)
@@ -223,8 +226,7 @@ def run_sweep(config, space: dict[str, Distribution], sweep_dir: str, *, trials:
         if trial.should_prune():
           raise optuna.TrialPruned(f"pruned at step {step}: {metric}={value:.4g}")
 
-    train(apply_overrides(config, overrides), workdir, on_metrics=on_eval,
-          allow_config_change=True)
+    train(apply_overrides(config, overrides), workdir, on_metrics=on_eval)
     value = _metric(last, metric)
     if value is None:
       raise UserError(f"--metric={metric} was never reported: the config has no "
@@ -259,9 +261,13 @@ def _describe(overrides: dict) -> str:
                    for k, v in overrides.items())
 
 
-def _record_sweep(sweep_dir, config, space, metric, direction) -> None:
+def _record_sweep(sweep_dir, config, space, metric, direction, storage) -> None:
+  if storage:  # for `jaxtrain report`; a password in the URL is not written down
+    from sqlalchemy.engine import make_url
+    storage = make_url(storage).render_as_string(hide_password=False) \
+        if make_url(storage).password is None else None
   with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
-    json.dump({"metric": metric, "direction": direction,
+    json.dump({"metric": metric, "direction": direction, "storage": storage,
                "space": {k: dataclasses.asdict(v) for k, v in space.items()},
                "config": json.loads(config.to_json_best_effort())}, f, indent=2)
 
@@ -284,9 +290,20 @@ def summary(sweep_dir: str, storage: str | None = None) -> dict[str, Any]:
 
 
 def write_best_config(sweep_dir: str, best: dict) -> str:
-  """`best_config.py`: the best trial's resolved config, trainable as it is."""
-  with open(os.path.join(sweep_dir, best["workdir"], "config.json")) as f:
-    config = json.load(f)
+  """`best_config.py`: the best trial's resolved config, trainable as it is.
+
+  Read from the trial's workdir; when another machine's worker ran it, made
+  from the sweep's base config and the trial's parameters.
+  """
+  trial_config = os.path.join(sweep_dir, best["workdir"] or "", "config.json")
+  if best["workdir"] and os.path.exists(trial_config):
+    with open(trial_config) as f:
+      config = json.load(f)
+  else:
+    import ml_collections
+    with open(os.path.join(sweep_dir, "sweep.json")) as f:
+      base = ml_collections.ConfigDict(json.load(f)["config"])
+    config = json.loads(apply_overrides(base, best["params"]).to_json_best_effort())
   path = os.path.join(sweep_dir, "best_config.py")
   with open(path, "w") as f:
     f.write(f'"""The best trial (#{best["number"]}, value {best["value"]!r}) of the sweep in '

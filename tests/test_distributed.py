@@ -131,9 +131,11 @@ def test_explicit_flags_must_come_together():
 
 def test_launchers_are_detected_from_their_environment():
   assert distributed.detected_launcher({}) is None
-  slurm = {"SLURM_NTASKS": "4", "SLURM_PROCID": "1", "SLURM_STEP_NODELIST": "n[1-2]"}
+  slurm = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+           "SLURM_STEP_NODELIST": "n[1-2]"}
   assert distributed.detected_launcher(slurm) == "SLURM"
   assert distributed.detected_launcher({**slurm, "SLURM_NTASKS": "1"}) is None  # one task
+  assert distributed.detected_launcher({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}) is None  # salloc
   assert distributed.detected_launcher(
       {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:1"}) == "Open MPI"
   assert distributed.detected_launcher(

@@ -154,6 +154,8 @@ def test_two_workers_share_one_postgresql_study(data_dir, tmp_path):
       assert steps == [30, 60]
       assert json.load(open(sweep_dir / t["workdir"] / "manifest.json"))["resumes"] == []
     assert all("trial" in o[0] for o in outputs)  # both workers ran trials
+    from jaxtrain import report  # the report finds the study through sweep.json
+    assert len(report.collect([str(sweep_dir)])["runs"]) == len(finished)
   finally:
     stop()
 
