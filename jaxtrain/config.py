@@ -50,7 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
       train_split="train",
       eval_split="test",          # evaluated every eval_every_steps ("" = never)
       test_split="",              # evaluated once after training ("" = none)
-      prefetch=2))                # batches read ahead on threads
+      prefetch=2,                 # batches read ahead on threads
+      cache_max_mb=1024))         # splits decoding to at most this many MB are held in memory
 
   c.parallel = ml_collections.ConfigDict(dict(
       mode="jit",                 # jit: one program over a device mesh | pmap: one copy per device
@@ -87,6 +88,7 @@ def _checks(c):
          "must have as many entries as optimizer.piecewise_boundaries")
   yield "dataset.train_split", bool(c.dataset.train_split), "must name a split"
   yield "dataset.prefetch", c.dataset.prefetch >= 0, "must be >= 0"
+  yield "dataset.cache_max_mb", c.dataset.cache_max_mb >= 0, "must be >= 0 (0 = never)"
   yield "parallel.mode", c.parallel.mode in PARALLEL_MODES, f"must be one of {PARALLEL_MODES}"
   yield ("parallel.fsdp", not (c.parallel.fsdp and c.parallel.mode != "jit"),
          "needs parallel.mode='jit' (pmap keeps a whole copy of the state on every device)")

@@ -1,7 +1,7 @@
 """Grain pipelines: the data order is a pure function of (seed, epoch, step, process).
 
-Training: each epoch is a fresh seeded permutation of the split (Grain's
-`shuffle` draws a new one per repetition); global batch g takes positions
+Training: each epoch is a fresh permutation of the split, drawn from
+(seed, epoch) by NumPy; global batch g takes positions
 [g*B, (g+1)*B) of its epoch, dropping the remainder; process p reads rows
 [p*L, (p+1)*L) of it, L = B / process_count. So the global batch is the same
 whatever the number of processes, and element g of the pipeline is global
@@ -13,6 +13,7 @@ Evaluation: every example exactly once, the last batch padded and masked.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import math
 import sys
@@ -34,8 +35,47 @@ def to_model_inputs(batch: Mapping[str, np.ndarray]) -> Batch:
   return batch
 
 
+class InMemorySource:
+  """A split decoded once into one array per feature; a batch is a fancy index.
+
+  Decoding TFDS records costs about as much per example as a small model's
+  step: for splits that fit in memory, `cached` pays it once instead of every
+  epoch, with the same examples at the same indices (so the same bits).
+  """
+
+  def __init__(self, source, chunk: int = 1024):
+    columns: dict[str, list] = {}
+    for start in range(0, len(source), chunk):
+      part = _read(source, range(start, min(start + chunk, len(source))))
+      for k, v in part.items():
+        columns.setdefault(k, []).append(v)
+    self.arrays = {k: np.concatenate(v) for k, v in columns.items()}
+    self._length = len(source)
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, i):
+    return {k: v[int(i)] for k, v in self.arrays.items()}
+
+  def read_batch(self, indices) -> Batch:
+    indices = np.asarray(indices, np.int64)
+    return {k: v[indices] for k, v in self.arrays.items()}
+
+
+def cached(source, max_bytes: int):
+  """`source` in memory (an InMemorySource) if its decoded size is at most `max_bytes`."""
+  if max_bytes <= 0 or len(source) == 0:
+    return source
+  example = source[0]
+  size = sum(np.asarray(v).nbytes for v in example.values()) * len(source)
+  return InMemorySource(source) if size <= max_bytes else source
+
+
 def _read(source, indices) -> Batch:
   """One stacked batch of examples (a single batched read where the source has one)."""
+  if hasattr(source, "read_batch"):
+    return source.read_batch(indices)
   indices = [int(i) for i in indices]
   if hasattr(source, "__getitems__"):
     examples = source.__getitems__(indices)
@@ -66,14 +106,17 @@ def train_dataset(source, *, global_batch_size: int, seed: int, process_index: i
   n = len(source)
   local = local_batch_size(global_batch_size, process_count)
   per_epoch = steps_per_epoch(n, global_batch_size)
-  # Element j of the endless stream: the source index at position j % n of
-  # epoch j // n's permutation.
-  order = grain.MapDataset.range(n).seed(seed).shuffle().repeat(None)
 
   def batch_at(step: int) -> Batch:
     epoch, b = divmod(step, per_epoch)
-    start = epoch * n + b * global_batch_size + process_index * local
-    return transform(_read(source, [order[start + i] for i in range(local)]))
+    start = b * global_batch_size + process_index * local
+    return transform(_read(source, epoch_order(epoch)[start:start + local]))
+
+  @functools.lru_cache(maxsize=2)
+  def epoch_order(epoch: int) -> np.ndarray:
+    # A fresh permutation per epoch, a function of (seed, epoch) alone: one
+    # vectorised draw per epoch, so a step costs no per-example lookups.
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
   return grain.MapDataset.range(sys.maxsize).map(batch_at)
 

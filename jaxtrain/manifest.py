@@ -31,7 +31,7 @@ RESUMABLE_FIELDS = ("log_every_steps", "eval_every_steps", "checkpoint_every_ste
                     "keep_checkpoints", "async_checkpointing", "dataset.prefetch",
                     "dataset.eval_split", "dataset.test_split", "nan_policy",
                     "nan_max_consecutive_skips", "parallel.fsdp", "parallel.fsdp_min_size",
-                    "parallel.prefetch_to_device")
+                    "parallel.prefetch_to_device", "dataset.cache_max_mb")
 # Schedules whose values do not depend on the run's length.
 HORIZON_FREE_SCHEDULES = ("constant", "piecewise")
 # Above this many bytes a dataset's fingerprint covers names and sizes, not contents.

@@ -103,6 +103,11 @@ def evaluate(state: TrainState, source, *, batch_size: int, layout: parallel.Lay
   return summarize(layout.fetch(totals))
 
 
+def _host_prefetch(source, config) -> int:
+  """Reader threads only where reading costs: a split in memory is read in the loop's thread."""
+  return 0 if isinstance(source, input_pipeline.InMemorySource) else config.dataset.prefetch
+
+
 def resolve_num_train_steps(config, num_train_examples: int) -> int:
   if config.num_train_steps > 0:
     return config.num_train_steps
@@ -211,7 +216,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
   layout.check_batch_size(config.batch_size)
 
   builder = datasets.get_builder(config.dataset)
-  sources = {k: datasets.get_source(builder, config.dataset[k], f"dataset.{k}")
+  sources = {k: input_pipeline.cached(datasets.get_source(builder, config.dataset[k], f"dataset.{k}"),
+                                     config.dataset.cache_max_mb << 20)
              if config.dataset[k] else None for k in ("train_split", "eval_split", "test_split")}
   train_source = sources["train_split"]
   num_train_steps = resolve_num_train_steps(config, len(train_source))
@@ -219,7 +225,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
       train_source, global_batch_size=config.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
   train_iter = input_pipeline.DevicePrefetch(
-      input_pipeline.iterate(train_data, config.dataset.prefetch), layout.put_batch,
+      input_pipeline.iterate(train_data, _host_prefetch(train_source, config)), layout.put_batch,
       config.parallel.prefetch_to_device)
 
   tx, schedule = make_optimizer(config.optimizer, num_train_steps)

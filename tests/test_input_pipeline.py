@@ -96,3 +96,15 @@ def test_batch_size_errors_name_both_numbers():
     input_pipeline.train_dataset(Numbers(40), global_batch_size=10, seed=0, process_count=3)
   with pytest.raises(UserError, match=r"batch_size=64 is larger than the training split \(40 examples\)"):
     input_pipeline.train_dataset(Numbers(40), global_batch_size=64, seed=0)
+
+
+def test_a_split_held_in_memory_gives_the_same_batches():
+  source = Numbers(57)
+  held = input_pipeline.cached(source, 1 << 20)
+  assert isinstance(held, input_pipeline.InMemorySource) and len(held) == 57
+  assert input_pipeline.cached(source, 100) is source  # too big for the limit: read as it is
+  for make in (lambda s: input_pipeline.train_dataset(s, global_batch_size=8, seed=4),
+               lambda s: input_pipeline.eval_dataset(s, global_batch_size=8)):
+    plain, fast = make(source), make(held)
+    for g in range(8):
+      assert all(np.array_equal(plain[g][k], fast[g][k]) for k in plain[g])
