@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxtrain import datasets, input_pipeline  # noqa: E402
+from jaxtrain import datasets  # noqa: E402
 from jaxtrain.metric_writers import read_metrics  # noqa: E402
 from jaxtrain.models import create_model  # noqa: E402
 from jaxtrain.optim import make_optimizer  # noqa: E402

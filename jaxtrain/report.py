@@ -161,7 +161,7 @@ def write_report(dirs: list[str], out: str) -> dict[str, Any]:
   table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + \
       "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows) + \
       "</table>"
-  sections = [f"<h2>Curves</h2><img src='curves.png' alt='curves'>", "<h2>Runs</h2>" + table]
+  sections = ["<h2>Curves</h2><img src='curves.png' alt='curves'>", "<h2>Runs</h2>" + table]
   for s in found["sweeps"]:
     best = s["result"]["best"]
     text = f"best: trial {best['number']}, {s['metric']} = {best['value']:.5g}" if best else "no complete trial"
