@@ -134,16 +134,22 @@ class Layout:
 
   def from_step(self, state):
     """Back from the step's layout to `place_state`'s (pmap: device 0's copy)."""
-    if self.mode != "pmap":
-      return state
-    return jax.jit(lambda t: jax.tree.map(lambda x: x[0], t),
-                   out_shardings=replicated(self.mesh))(state)
+    return self._unstack(state) if self.mode == "pmap" else state
 
   def stack(self, tree):
     """pmap's layout: a leading axis of one copy per device, sharded over the devices."""
+    return self._stack(tree)
+
+  # Built once per layout: a fresh jit per call would compile again at every save.
+  @functools.cached_property
+  def _unstack(self):
+    return jax.jit(lambda t: jax.tree.map(lambda x: x[0], t), out_shardings=replicated(self.mesh))
+
+  @functools.cached_property
+  def _stack(self):
     n = self.num_devices
     return jax.jit(lambda t: jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), t),
-                   out_shardings=data_sharded(self.mesh))(tree)
+                   out_shardings=data_sharded(self.mesh))
 
   # -- batches and small per-run values ----------------------------------------
   def put_batch(self, local_batch):

@@ -74,34 +74,34 @@ def test_rerunning_a_finished_run_changes_nothing(small_config, tmp_path):
   assert read_metrics(workdir) == events
 
 
-def _read_scalars(path):
-  """{tag: [(step, value)]} from a TensorBoard event file (TFRecord framing, Event protos)."""
+def _events(path):
+  """The Event protos of a TensorBoard event file (TFRecord framing)."""
   import struct
   from tensorboardX.proto import event_pb2
-  scalars = {}
   with open(path, "rb") as f:
     while header := f.read(12):
       (length,) = struct.unpack("<Q", header[:8])
-      event = event_pb2.Event.FromString(f.read(length))
+      yield event_pb2.Event.FromString(f.read(length))
       f.read(4)
-      for value in event.summary.value:
-        if value.HasField("simple_value"):
-          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+
+
+def _read_scalars(path):
+  """{tag: [(step, value)]} from a TensorBoard event file."""
+  scalars = {}
+  for event in _events(path):
+    for value in event.summary.value:
+      if value.HasField("simple_value"):
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
   return scalars
 
 
 def _read_hparams(path):
   """The hparams of the HParams plugin's session-start summary in an event file."""
-  import struct
-  from tensorboardX.proto import event_pb2, plugin_hparams_pb2
-  with open(path, "rb") as f:
-    while header := f.read(12):
-      (length,) = struct.unpack("<Q", header[:8])
-      event = event_pb2.Event.FromString(f.read(length))
-      f.read(4)
-      for value in event.summary.value:
-        if value.tag == "_hparams_/session_start_info":
-          data = plugin_hparams_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-          return {k: (v.string_value or v.number_value if v.WhichOneof("kind") != "bool_value"
-                      else v.bool_value) for k, v in data.session_start_info.hparams.items()}
+  from tensorboardX.proto import plugin_hparams_pb2
+  for event in _events(path):
+    for value in event.summary.value:
+      if value.tag == "_hparams_/session_start_info":
+        data = plugin_hparams_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        return {k: (v.string_value or v.number_value if v.WhichOneof("kind") != "bool_value"
+                    else v.bool_value) for k, v in data.session_start_info.hparams.items()}
   return {}
