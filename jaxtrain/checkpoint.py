@@ -51,11 +51,21 @@ def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator):
 
   `state` gives the structure, dtypes and shardings to restore into.
   """
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_arrays(state))
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target),
+      state=ocp.args.StandardRestore(state_target(state)),
       data=grain.checkpoint.CheckpointRestore(data_iterator)))
   return state.replace(**restored.state)
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """The steps with a checkpoint directory in `workdir` (read or not), oldest first."""
+  root = checkpoint_dir(workdir)
+  return sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+
+
+def state_target(state):
+  """The shapes, dtypes and shardings of `state`'s arrays: what a restore reads into."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state_arrays(state))
 
 
 def quarantine_dir(workdir: str) -> str:

@@ -1,4 +1,4 @@
-"""The `jaxtrain` command: `train` a config in a workdir, `inspect` a workdir.
+"""The `jaxtrain` command: import data, train a config in a workdir, predict, export, inspect.
 
     jaxtrain train --config configs/digits.py --workdir runs/digits \\
         [--config.optimizer.learning_rate=0.05 ...] [--stop_at_step N]
@@ -10,6 +10,9 @@
     jaxtrain report DIRS... --out DIR
     jaxtrain inspect WORKDIR [--json]
     jaxtrain rerun WORKDIR --into NEWDIR [--json]
+    jaxtrain data import FILES... --name NAME [--label COL --split time:COL ...] | --config C
+    jaxtrain predict --workdir W --input rows.csv --output predictions.csv [--best]
+    jaxtrain export --workdir W [--output DIR] [--best]
 
 Exit status: 0 done; 1 a mistake found while running (config value, data,
 checkpoint, non-finite loss) or a rerun whose bits differ; 2 a bad command
@@ -266,7 +269,81 @@ def report(argv: list[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": train, "sweep": sweep, "report": report, "inspect": inspect, "rerun": rerun}
+def data(argv: list[str]) -> int:
+  """`jaxtrain data import SOURCES... --name N [options]`, or `--config C` (its data_import)."""
+  from jaxtrain import data_import
+  if not argv or argv[0] != "import":
+    raise _Fail("usage: jaxtrain data import SOURCES... --name NAME [--data_dir DIR] ...", USAGE_ERROR)
+  parser = argparse.ArgumentParser(prog="jaxtrain data import")
+  parser.add_argument("sources", nargs="*", help="CSV, Parquet, JSONL or .npz files, or class folders")
+  parser.add_argument("--config", help="a config file whose data_import section says what to import")
+  parser.add_argument("--data_dir", help="where TFDS datasets live (default: the config's, "
+                      "$TFDS_DATA_DIR or ~/tensorflow_datasets)")
+  parser.add_argument("--debug", action="store_true")
+  for field in data_import.dataclasses.fields(data_import.ImportSpec):
+    if field.name != "sources":
+      parser.add_argument(f"--{field.name}", type=type(field.default) if field.default != "" else str)
+  args, rest = parser.parse_known_args(argv[1:])
+  overrides = [a for a in rest if a.startswith("--config.")]
+  if set(rest) - set(overrides):
+    raise _Fail(f"unknown arguments: {' '.join(sorted(set(rest) - set(overrides)))}", USAGE_ERROR)
+  _quiet_libraries()
+  if args.config:
+    config = _parse_flags(["--config", args.config] + overrides, "data").config
+    spec = data_import.ImportSpec.from_config(config.data_import)
+    data_dir = config.dataset.data_dir
+  else:
+    spec, data_dir = data_import.ImportSpec(sources=(), name=""), ""
+  for field in data_import.dataclasses.fields(spec):
+    value = args.sources if field.name == "sources" else getattr(args, field.name)
+    if value:
+      setattr(spec, field.name, tuple(value) if field.name == "sources" else value)
+  if not spec.sources or not spec.name:
+    raise _Fail("give the files to import and --name (or a --config with data_import set)", USAGE_ERROR)
+  from jaxtrain import datasets
+  directory, new = data_import.run_import(spec, args.data_dir or data_dir or datasets.default_data_dir())
+  schema = data_import.read_schema(directory)
+  counts = ", ".join(f"{k} {v}" for k, v in schema["num_examples"].items())
+  print(f"{'imported' if new else 'unchanged, already imported as'} {spec.name}:{schema['version']} "
+        f"({counts}) in {directory}")
+  return 0
+
+
+def predict(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog="jaxtrain predict")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--input", required=True, help="rows to predict: a file like the imported ones")
+  parser.add_argument("--output", required=True, help="the CSV to write")
+  parser.add_argument("--batch_size", type=int, default=256)
+  parser.add_argument("--best", action="store_true", help="the best checkpoint, not the newest")
+  parser.add_argument("--debug", action="store_true")
+  args = parser.parse_args(argv)
+  _quiet_libraries()
+  from jaxtrain import predict as predict_lib
+  n = predict_lib.predict_file(args.workdir, args.input, args.output, batch_size=args.batch_size,
+                               best=args.best)
+  print(f"wrote {n} predictions to {args.output}")
+  return 0
+
+
+def export(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog="jaxtrain export")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--output", help="default: <workdir>/export")
+  parser.add_argument("--best", action="store_true", help="the best checkpoint, not the newest")
+  parser.add_argument("--debug", action="store_true")
+  args = parser.parse_args(argv)
+  _quiet_libraries()
+  from jaxtrain import predict as predict_lib
+  out = args.output or os.path.join(args.workdir, "export")
+  record = predict_lib.export(args.workdir, out, best=args.best)
+  print(f"exported step {record['step']} to {out} (inputs: {', '.join(record['inputs'])}; "
+        f"outputs: {', '.join(record['outputs'])})")
+  return 0
+
+
+COMMANDS = {"train": train, "sweep": sweep, "report": report, "inspect": inspect, "rerun": rerun,
+            "data": data, "predict": predict, "export": export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,10 @@ import ml_collections
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "piecewise")
-MODELS = ("mlp", "cnn", "resnet")
-TASKS = ("classification",)
+MODELS = ("mlp", "cnn", "resnet", "tabular_mlp", "bag_of_embeddings", "transformer_encoder",
+          "matrix_factorization", "two_tower")
+TASKS = ("classification", "regression", "retrieval")
+EARLY_STOPPING_MODES = ("min", "max")
 NAN_POLICIES = ("halt", "skip")
 PARALLEL_MODES = ("jit", "pmap")
 
@@ -41,7 +43,40 @@ def base_config() -> ml_collections.ConfigDict:
       grad_clip_norm=0.0,         # 0: no clipping
       schedule="constant", warmup_steps=0,
       end_lr_factor=0.0,          # warmup_cosine/warmup_linear end at lr * this
-      piecewise_boundaries=(0,), piecewise_scales=(1.0,)))
+      piecewise_boundaries=(0,), piecewise_scales=(1.0,),
+      freeze="",                  # regex over param paths (e.g. "Conv_|BatchNorm_"): never updated
+      lr_multipliers=()))         # ((regex, factor), ...): the first match scales that param's lr
+
+  c.loss = ml_collections.ConfigDict(dict(
+      name="mse",                 # regression: mse | huber | quantile
+      huber_delta=1.0, quantile=0.5,   # on the standardised label
+      temperature=0.1))           # retrieval: softmax temperature of the in-batch scores
+  c.eval_top_k = 10               # retrieval: recall@k, NDCG@k
+
+  c.early_stopping = ml_collections.ConfigDict(dict(
+      metric="",                  # an eval metric (e.g. "loss", "f1"); "" = never stop early
+      mode="min",                 # min | max: which way is better
+      patience=0,                 # stop after this many evaluations without improvement (0 = never)
+      min_delta=0.0))             # the least change that counts as an improvement
+  c.keep_best_checkpoints = 0     # also keep the k best checkpoints by early_stopping.metric
+
+  c.init_from = ml_collections.ConfigDict(dict(
+      workdir="",                 # fine-tune: start from this run's (newest) checkpoint ...
+      step=-1,                    # ... at this step (-1: newest); params matching by path and shape
+      best=False))                # ... or from its best checkpoint (keep_best_checkpoints)
+
+  c.preprocess = ml_collections.ConfigDict(dict(
+      features="",                # columns the model sees ("" = all but the label); retrieval: user,item
+      tokenizer="vocab",          # vocab (built from the train split) | hashing
+      vocab_size=20000, num_buckets=1 << 15, max_length=64, min_count=1,
+      max_categories=100000,      # a category's most frequent values kept; the rest share index 0
+      calendar="dayofweek,month", # fields of each time column fed as categories
+      class_weights="none"))      # none | balanced | "w0,w1,...": per-class loss weights
+
+  c.data_import = ml_collections.ConfigDict(dict(  # `jaxtrain data import --config`
+      sources=(), name="", label="label", label_kind="", columns="", ignore="",
+      split="fraction", fractions="0.8,0.1,0.1", cutoffs="", seed=0, lags="", series="",
+      image_size=""))
 
   c.dataset = ml_collections.ConfigDict(dict(
       name="digits",              # "digits" (embedded) or a TFDS name prepared in data_dir
@@ -95,6 +130,18 @@ def _checks(c):
   yield "parallel.fsdp_min_size", c.parallel.fsdp_min_size >= 0, "must be >= 0"
   yield "parallel.prefetch_to_device", c.parallel.prefetch_to_device >= 0, "must be >= 0"
   yield "model.name", c.model.name in MODELS, f"must be one of {MODELS}"
+  e = c.early_stopping
+  yield "early_stopping.mode", e.mode in EARLY_STOPPING_MODES, f"must be one of {EARLY_STOPPING_MODES}"
+  yield "early_stopping.patience", e.patience >= 0, "must be >= 0 (0 = never stop early)"
+  yield "early_stopping.min_delta", e.min_delta >= 0, "must be >= 0"
+  yield ("early_stopping.metric", bool(e.metric) or (e.patience == 0 and c.keep_best_checkpoints == 0),
+         "must name an eval metric when early_stopping.patience or keep_best_checkpoints is set")
+  yield ("early_stopping.metric", not e.metric or bool(c.dataset.eval_split),
+         "needs dataset.eval_split (the metric is measured on it)")
+  yield "keep_best_checkpoints", c.keep_best_checkpoints >= 0, "must be >= 0"
+  yield "eval_top_k", c.eval_top_k > 0, "must be > 0"
+  yield "loss.temperature", c.loss.temperature > 0, "must be > 0"
+  yield "loss.quantile", 0 < c.loss.quantile < 1, "must be in (0, 1)"
   yield "model.num_classes", c.model.get("num_classes", 1) > 0, "must be > 0"
 
 

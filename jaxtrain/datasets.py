@@ -5,6 +5,8 @@ Three ways to name data in `config.dataset`:
 - `path=DIR`: source files in a directory, prepared once into `data_dir` under a
   name that includes a fingerprint of the files (so changed files are a new
   dataset, never a stale one). Today: MNIST-style IDX files.
+- `name="<name>"` of a `jaxtrain data import` (see data_import.py): its newest
+  version, or `"<name>:1.0.2"` for a given one.
 - any other `name`: a standard TFDS dataset already prepared in `data_dir`.
 
 Every example is a dict `{"image": uint8 [H, W, C], "label": int64}`; images
@@ -200,6 +202,9 @@ def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
                                        file_format="array_record"))
   if dataset_config.name == "digits":
     return _prepared(lambda: Digits(data_dir=data_dir, file_format="array_record"))
+  imported = imported_dir(data_dir, dataset_config.name)
+  if imported is not None:
+    return tfds.builder_from_directory(imported)
   try:
     builder = tfds.builder(dataset_config.name, data_dir=data_dir)
   except Exception as e:  # unknown name, or a builder whose code needs TensorFlow
@@ -210,6 +215,21 @@ def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
         f"`tfds build {dataset_config.name} --data_dir {data_dir} --file_format array_record`, "
         "or set dataset.path to a directory of its source files")
   return builder
+
+
+def imported_dir(data_dir: str, name: str) -> str | None:
+  """The directory of a `jaxtrain data import` dataset `name` or `name:version` (None if not one)."""
+  from jaxtrain import data_import
+  base, _, version = name.partition(":")
+  if not data_import.history_path(data_dir, base).exists():
+    return None
+  version = version or data_import.latest_version(data_dir, base)
+  path = Path(data_dir) / base / (version or "")
+  if not version or not (path / "dataset_info.json").exists():
+    known = [e["version"] for e in data_import.read_history(data_dir, base)]
+    raise UserError(f"dataset.name={name!r}: no such version in {data_dir}/{base} "
+                    f"(imported: {', '.join(known) or 'none'})")
+  return str(path)
 
 
 def get_source(builder, split: str, field: str = "dataset.train_split"):

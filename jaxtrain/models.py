@@ -1,4 +1,4 @@
-"""Models for the built-in configs: an MLP, Flax's MNIST CNN, and a small ResNet.
+"""Image models (an MLP, Flax's MNIST CNN, a small ResNet), and the registry of all models.
 
 Each is a plain Flax linen module taking `(x, train)`; `create_model` builds one
 from `config.model` (its `name` picks the class, every other field is passed
@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from jaxtrain.table_models import TABLE_MODELS
 
 
 class MLP(nn.Module):
@@ -97,19 +99,29 @@ class ResNet(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
-MODELS = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
+IMAGE_MODELS = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
+MODELS = {**IMAGE_MODELS, **TABLE_MODELS}
 
 
-def create_model(model_config, axis_name: str | None = None) -> nn.Module:
+def create_model(model_config, axis_name: str | None = None, derived: dict | None = None) -> nn.Module:
   """The module named by `model_config.name`, built from the config's other fields.
 
-  `axis_name` (the pmap axis) goes to models whose batch norm needs it.
+  `axis_name` (the pmap axis) goes to models whose batch norm needs it;
+  `derived` (vocabulary sizes, output width: `preprocess.model_kwargs`) to
+  models that have such fields, unless the config sets them.
   """
   kwargs = dict(model_config)
   name = kwargs.pop("name")
   if name not in MODELS:
     raise ValueError(f"config.model.name={name!r} is not one of {sorted(MODELS)}")
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-  if axis_name is not None and "axis_name" in MODELS[name].__dataclass_fields__:
+  fields = MODELS[name].__dataclass_fields__
+  for k, v in (derived or {}).items():
+    if k in fields:
+      kwargs.setdefault(k, v)
+  if axis_name is not None and "axis_name" in fields:
     kwargs["axis_name"] = axis_name
+  unknown = sorted(set(kwargs) - set(fields))
+  if unknown:
+    raise ValueError(f"config.model: {name} has no field(s) {', '.join(unknown)}")
   return MODELS[name](**kwargs)

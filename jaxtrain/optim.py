@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import optax
 
+from jaxtrain import finetune
 from jaxtrain.config import OPTIMIZERS, SCHEDULES
 
 
@@ -42,23 +43,41 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def _base_optimizer(opt, schedule) -> list[optax.GradientTransformation]:
+  if opt.name == "adamw":
+    return [optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                        weight_decay=opt.weight_decay, mask=decay_mask)]
+  parts = []
+  if opt.weight_decay > 0:  # coupled (L2) decay, as torch.optim.SGD/Adam do it
+    parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
+  if opt.name == "sgd":
+    parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
+  elif opt.name == "adam":
+    parts.append(optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps))
+  else:
+    raise ValueError(f"config.optimizer.name={opt.name!r} is not one of {OPTIMIZERS}")
+  return parts
+
+
 def make_optimizer(opt, num_train_steps: int) -> tuple[optax.GradientTransformation,
                                                         optax.Schedule]:
-  """The optimizer `opt` (a `config.optimizer`) describes, and its schedule."""
+  """The optimizer `opt` (a `config.optimizer`) describes, and its schedule.
+
+  With `opt.freeze` or `opt.lr_multipliers` the params are partitioned
+  (`optax.multi_transform`): frozen ones get zero updates (no weight decay
+  either), and gradient clipping sees only the trainable ones.
+  """
   schedule = make_schedule(opt, num_train_steps)
+  partition = bool(opt.freeze or opt.lr_multipliers)
   parts = []
   if opt.grad_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
-  if opt.name == "adamw":
-    parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                             weight_decay=opt.weight_decay, mask=decay_mask))
+    clip = optax.clip_by_global_norm(opt.grad_clip_norm)
+    if opt.freeze:
+      clip = optax.masked(clip, lambda p: jax.tree.map(
+          lambda label: label != "frozen", finetune.param_labels(p, opt.freeze, ())))
+    parts.append(clip)
+  if partition:
+    parts.append(finetune.partitioned(lambda s: optax.chain(*_base_optimizer(opt, s)), schedule, opt))
   else:
-    if opt.weight_decay > 0:  # coupled (L2) decay, as torch.optim.SGD/Adam do it
-      parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
-    if opt.name == "sgd":
-      parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
-    elif opt.name == "adam":
-      parts.append(optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps))
-    else:
-      raise ValueError(f"config.optimizer.name={opt.name!r} is not one of {OPTIMIZERS}")
+    parts += _base_optimizer(opt, schedule)
   return optax.chain(*parts), schedule

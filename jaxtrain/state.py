@@ -59,11 +59,12 @@ class TrainState(struct.PyTreeNode):
     return {"params": self.params, **self.model_state}
 
 
-def linen_apply_fn(module: nn.Module, input_key: str = "image",
+def linen_apply_fn(module: nn.Module, input_key: str | None = "image",
                    rng_names: Sequence[str] = ("dropout",)) -> ApplyFn:
   """Adapts a Flax linen module to jaxtrain's `apply_fn` contract.
 
-  The module is called on `batch[input_key]`; `train` is passed only if the
+  The module is called on `batch[input_key]` (`input_key=None`: on the whole
+  batch, for models that take several features); `train` is passed only if the
   module's `__call__` takes it. In training every non-"params" collection is
   mutable (batch statistics update); each named PRNG stream gets its own key
   folded from the step's key.
@@ -71,14 +72,15 @@ def linen_apply_fn(module: nn.Module, input_key: str = "image",
   takes_train = "train" in inspect.signature(module.__call__).parameters
 
   def apply_fn(variables, batch, *, train, rng):
+    inputs = batch if input_key is None else batch[input_key]
     kwargs = {"train": train} if takes_train else {}
     rngs = {name: jax.random.fold_in(rng, i) for i, name in enumerate(rng_names)}
     mutable = [k for k in variables if k != "params"] if train else False
     if mutable:
-      outputs, new_state = module.apply(variables, batch[input_key], rngs=rngs,
+      outputs, new_state = module.apply(variables, inputs, rngs=rngs,
                                         mutable=mutable, **kwargs)
       return outputs, dict(new_state)
-    outputs = module.apply(variables, batch[input_key], rngs=rngs, **kwargs)
+    outputs = module.apply(variables, inputs, rngs=rngs, **kwargs)
     return outputs, {k: v for k, v in variables.items() if k != "params"}
 
   return apply_fn

@@ -4,7 +4,8 @@
 metrics` have no side effects: wrap them in `jax.jit` (donating the state), in
 `jax.pmap` with `axis_name=...`, or call them inside your own scan.
 
-A loss function returns *per-example* values: `{"loss": [B], "accuracy": [B]}`.
+A loss function returns *per-example* values: `{"loss": [B], "accuracy": [B]}`
+(or vectors, `[B, K]`, summed the same way: per-class hits, score histograms).
 The steps reduce them with the batch's optional `mask` (1 for real examples, 0
 for padding), so an evaluation over padded batches counts every example once.
 Under `pmap` the reduction is a `psum` of sums over a `psum` of counts, which
@@ -18,6 +19,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxtrain.state import TrainState
@@ -43,7 +45,9 @@ def _weighted_sums(per_example: Metrics, batch, axis_name):
   mask = batch.get("mask")
   mask = jnp.ones(some.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
   count = _psum(jnp.sum(mask), axis_name)
-  sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
+  # A metric may be a vector per example (per-class counts, score histograms).
+  sums = {k: jnp.sum(v.astype(jnp.float32) * mask.reshape(mask.shape + (1,) * (v.ndim - 1)), axis=0)
+          for k, v in per_example.items()}
   return sums, count
 
 
@@ -100,6 +104,12 @@ def eval_step(state: TrainState, batch: Mapping[str, jax.Array], *,
   return _means(sums, count, axis_name)
 
 
+def predict_step(state: TrainState, batch: Mapping[str, jax.Array]) -> Any:
+  """The model's outputs in inference mode (no dropout, running batch-norm statistics)."""
+  outputs, _ = state.apply_fn(state.variables, batch, train=False, rng=state.rng)
+  return outputs
+
+
 def accumulate(totals: Metrics | None, metrics: Metrics) -> Metrics:
   """Adds a step's mean metrics, weighted by its count, to running totals.
 
@@ -115,9 +125,14 @@ def accumulate(totals: Metrics | None, metrics: Metrics) -> Metrics:
 
 
 def summarize(totals: Mapping[str, Any]) -> dict[str, float]:
-  """Host-side means from `accumulate`'s totals (one device-to-host fetch)."""
+  """Host-side means from `accumulate`'s totals (one device-to-host fetch).
+
+  Scalars become floats; vector metrics stay NumPy arrays (a task's
+  `finalize` turns them into scalars such as F1 or ROC-AUC).
+  """
   totals = jax.device_get(totals)
   count = float(totals["count"])
-  means = {k: float(v) / max(count, 1.0) for k, v in totals.items() if k != "count"}
+  means = {k: (float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64)) / max(count, 1.0)
+           for k, v in totals.items() if k != "count"}
   means["count"] = count
   return means

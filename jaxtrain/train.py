@@ -23,34 +23,39 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxtrain import checkpoint, datasets, input_pipeline, manifest, nan_guard, parallel
+from jaxtrain import (checkpoint, early_stopping, finetune, input_pipeline, manifest, nan_guard,
+                      parallel, run_inputs)
 from jaxtrain.config import validate
 from jaxtrain.errors import UserError
 from jaxtrain.metric_writers import MetricWriter, ProgressBar, read_metrics
-from jaxtrain.models import create_model
+from jaxtrain.models import IMAGE_MODELS
 from jaxtrain.optim import make_optimizer
 from jaxtrain.preemption import Preempted, PreemptionWatcher
-from jaxtrain.state import TrainState, linen_apply_fn
-from jaxtrain.steps import accumulate, classification_loss, eval_step, summarize, train_step
+from jaxtrain.state import TrainState
+from jaxtrain.steps import accumulate, eval_step, summarize, train_step
 
 log = logging.getLogger("jaxtrain")
 
-LOSSES = {"classification": classification_loss}
+
+def model_inputs(config, batch):
+  """One example's worth of zeros shaped like what the model takes from `batch`."""
+  taken = batch["image"] if config.model.name in IMAGE_MODELS else {
+      k: v for k, v in batch.items() if k not in ("label", "mask")}
+  return jax.tree.map(lambda x: jnp.zeros((1,) + x.shape[1:], x.dtype), taken)
 
 
-def create_train_state(config, model, tx, example_batch, apply_model=None) -> TrainState:
+def create_train_state(config, model, tx, example_batch, apply_fn, loss_fn) -> TrainState:
   """The step-0 state: parameters initialised from `fold_in`s of the config's seed.
 
-  `apply_model` (default `model`) is the module the steps apply: the same
-  model built for pmap's axis, whose parameters are the same.
+  `apply_fn` applies the model (under pmap: the same model built for the
+  device axis, whose parameters are the same); `loss_fn` is the task's.
   """
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
-  inputs = jnp.zeros((1,) + example_batch["image"].shape[1:], example_batch["image"].dtype)
   variables = jax.jit(functools.partial(model.init, train=False))(
-      {"params": init_rng, "dropout": init_rng}, inputs)
-  return TrainState.create(apply_fn=linen_apply_fn(apply_model or model), variables=variables,
-                           tx=tx, loss_fn=LOSSES[config.task], rng=state_rng)
+      {"params": init_rng, "dropout": init_rng}, model_inputs(config, example_batch))
+  return TrainState.create(apply_fn=apply_fn, variables=variables, tx=tx, loss_fn=loss_fn,
+                           rng=state_rng)
 
 
 def _train_and_accumulate(state, totals, health, batch, axis_name=None):
@@ -85,14 +90,16 @@ def _compiled_replicated_train(layout: parallel.Layout):
                         out_shardings=(every, every, every))
 
 
-def evaluate(state: TrainState, source, *, batch_size: int, layout: parallel.Layout) -> dict[str, float]:
+def evaluate(state: TrainState, source, *, batch_size: int, layout: parallel.Layout,
+             transform=input_pipeline.to_model_inputs, finalize=None) -> dict[str, float]:
   """Mean metrics over every example of `source` (padded last batch masked out).
 
-  `state` is in the layout's step form (under pmap: a copy per device).
+  `state` is in the layout's step form (under pmap: a copy per device);
+  `finalize` (a task's) turns per-class and histogram totals into scalars.
   """
   dataset = input_pipeline.eval_dataset(
       source, global_batch_size=batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      process_count=jax.process_count(), transform=transform)
   step_fn, totals = _compiled_eval(layout), None
   for local_batch in input_pipeline.iterate(dataset):
     batch = layout.put_batch(local_batch)
@@ -100,7 +107,8 @@ def evaluate(state: TrainState, source, *, batch_size: int, layout: parallel.Lay
       totals = layout.zeros_like(jax.eval_shape(step_fn, state, None, batch))
     with jax.transfer_guard("disallow"):
       totals = step_fn(state, totals, batch)
-  return summarize(layout.fetch(totals))
+  metrics = summarize(layout.fetch(totals))
+  return finalize(metrics) if finalize else metrics
 
 
 def _host_prefetch(source, config) -> int:
@@ -129,16 +137,16 @@ def _check_data_fits_model(config, builder, model, example_batch) -> None:
   """Catches data the model cannot take before anything compiles."""
   label = builder.info.features["label"] if "label" in builder.info.features else None
   num_classes = getattr(label, "num_classes", None)
-  if num_classes and num_classes > config.model.num_classes:
+  if config.model.name in IMAGE_MODELS and num_classes and num_classes > config.model.num_classes:
     raise UserError(f"dataset {builder.name} has labels 0..{num_classes - 1} but "
                     f"config.model.num_classes={config.model.num_classes}")
-  inputs = example_batch["image"]
+  inputs = model_inputs(config, example_batch)
   try:
-    jax.eval_shape(functools.partial(model.init, train=False),
-                   {"params": jax.random.PRNGKey(0)}, jnp.zeros((1,) + inputs.shape[1:], inputs.dtype))
+    jax.eval_shape(functools.partial(model.init, train=False), {"params": jax.random.PRNGKey(0)}, inputs)
   except Exception as e:
-    raise UserError(f"config.model ({config.model.name}) cannot take this dataset's inputs of "
-                    f"shape {inputs.shape[1:]} {inputs.dtype}: {str(e).splitlines()[0]}") from None
+    shapes = jax.tree.map(lambda x: f"{x.shape[1:]} {x.dtype}", inputs)
+    raise UserError(f"config.model ({config.model.name}) cannot take this dataset's inputs "
+                    f"{shapes}: {str(e).splitlines()[0]}") from None
 
 
 def _check_config_unchanged(workdir: str, config_dict: dict, allow: bool) -> None:
@@ -215,26 +223,30 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
   layout = parallel.Layout.from_config(config.parallel)
   layout.check_batch_size(config.batch_size)
 
-  builder = datasets.get_builder(config.dataset)
-  sources = {k: input_pipeline.cached(datasets.get_source(builder, config.dataset[k], f"dataset.{k}"),
-                                     config.dataset.cache_max_mb << 20)
-             if config.dataset[k] else None for k in ("train_split", "eval_split", "test_split")}
+  resuming = bool(checkpoint.saved_steps(workdir))
+  inputs = run_inputs.load(config, workdir, fit=not resuming)
+  builder, sources = inputs.builder, inputs.sources
   train_source = sources["train_split"]
   num_train_steps = resolve_num_train_steps(config, len(train_source))
   train_data = input_pipeline.train_dataset(
       train_source, global_batch_size=config.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      transform=inputs.transform(train=True))
   train_iter = input_pipeline.DevicePrefetch(
       input_pipeline.iterate(train_data, _host_prefetch(train_source, config)), layout.put_batch,
       config.parallel.prefetch_to_device)
 
   tx, schedule = make_optimizer(config.optimizer, num_train_steps)
-  model = create_model(config.model)
+  model = inputs.model(config)
   example_batch = train_data[0]
   _check_data_fits_model(config, builder, model, example_batch)
   axis_name = parallel.DATA_AXIS if layout.mode == "pmap" else None
-  state = layout.place_state(create_train_state(
-      config, model, tx, example_batch, create_model(config.model, axis_name)))
+  state = create_train_state(config, model, tx, example_batch, inputs.apply_fn(config, axis_name),
+                             inputs.task.loss_fn)
+  finetune.check_patterns(state.params, config.optimizer.freeze, config.optimizer.lr_multipliers)
+  if config.init_from.workdir and not resuming:
+    state = finetune.init_from(state, config, workdir)
+  state = layout.place_state(state)
 
   manager, state = checkpoint.restore_latest_valid(
       workdir, state, train_iter, max_to_keep=config.keep_checkpoints,
@@ -270,9 +282,16 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
   totals, t_log, steps_since_log = None, time.perf_counter(), 0
   save = lambda: _save(manager, workdir, step, layout.from_step(state), train_iter,
                        layout.fetch(health), metric_names, config)
+  es = config.early_stopping
+  events = read_metrics(workdir)
+  tracker = early_stopping.Tracker.from_events(events, config, up_to_step=step)
+  stopped_early = any(e.get("split") == "early_stop" and e["step"] <= step for e in events)
+  best_manager = early_stopping.make_best_manager(workdir, config) if config.keep_best_checkpoints else None
+  eval_kw = dict(batch_size=config.batch_size, layout=layout, transform=inputs.transform(train=False),
+                 finalize=inputs.task.finalize)
   try:
     with PreemptionWatcher() as preemption:
-      while step < last_step:
+      while step < last_step and not stopped_early:
         batch = next(train_iter)
         if totals is None:
           totals = layout.zeros_like(total_shapes)
@@ -283,7 +302,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
         bar.update(step)
         final = step == num_train_steps
         if step % config.log_every_steps == 0 or final or step == last_step:
-          metrics = summarize(layout.fetch(totals))  # the loop's only regular wait for the device
+          # The loop's only regular wait for the device.
+          metrics = inputs.task.finalize(summarize(layout.fetch(totals)))
           skipped = nan_guard.check(layout.fetch(health), metric_names, policy=config.nan_policy,
                                     max_consecutive=config.nan_max_consecutive_skips)
           elapsed = time.perf_counter() - t_log
@@ -295,21 +315,42 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
           emit("train", metrics)
           totals, t_log, steps_since_log = None, time.perf_counter(), 0
         if sources["eval_split"] is not None and (step % config.eval_every_steps == 0 or final):
-          emit("eval", _without_count(evaluate(
-              state, sources["eval_split"], batch_size=config.batch_size, layout=layout)))
+          metrics = _without_count(evaluate(state, sources["eval_split"], **eval_kw))
+          emit("eval", metrics)
+          if es.metric:
+            value = early_stopping.metric_value(metrics, es.metric)
+            tracker.update(step, value)
+            if best_manager is not None and jax.process_index() == 0:
+              early_stopping.save_best(best_manager, workdir, step, layout.from_step(state),
+                                       es.metric, value, tracker)
+            stopped_early = tracker.should_stop and not final
         preempted = preemption.should_stop(step)  # every step: multi-host sync needs it
-        if step % config.checkpoint_every_steps == 0 or final or step == last_step or preempted:
+        if (step % config.checkpoint_every_steps == 0 or final or step == last_step or preempted
+            or stopped_early):
           save()
+        if stopped_early:
+          log.info("early stopping at step %d: eval %s has not improved by %g for %d evaluations "
+                   "(best %.6g at step %d)", step, es.metric, es.min_delta, es.patience,
+                   tracker.best, tracker.best_step)
+          emit("early_stop", {"best_step": tracker.best_step, f"best_{es.metric}": tracker.best})
         if preempted:
           raise Preempted(step, preemption.signal_name)
 
-    if step == num_train_steps and sources["test_split"] is not None and not _has_event(workdir, "test"):
-      emit("test", _without_count(evaluate(
-          state, sources["test_split"], batch_size=config.batch_size, layout=layout)))
+    done = step == num_train_steps or stopped_early
+    if done and sources["test_split"] is not None and not _has_event(workdir, "test"):
+      test_state = state
+      if best_manager is not None:  # the test measures the model one would deploy: the best
+        best_state, best_step = early_stopping.restore_best(best_manager, layout.from_step(state),
+                                                                   tracker)
+        if best_state is not None:
+          test_state = layout.to_step(best_state)
+          log.info("testing the best checkpoint (step %d)", best_step)
+      emit("test", _without_count(evaluate(test_state, sources["test_split"], **eval_kw)))
   except BaseException as e:
     # Best effort, never masking the error: let a save in flight (a preemption's)
     # reach the disk, then close what can be closed.
-    for cleanup in (manager.wait_until_finished, writer.close, bar.close):
+    closers = [manager.wait_until_finished, writer.close, bar.close]
+    for cleanup in closers + ([best_manager.close] if best_manager is not None else []):
       with contextlib.suppress(Exception):
         cleanup()
     failure = _write_failure(e, manager, workdir, step) if isinstance(e, Exception) else None
@@ -319,8 +360,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
       raise failure from None
     raise
   _finish_saves(manager, workdir, step)
+  if best_manager is not None:
+    best_manager.close()
   bar.close()
-  if step == num_train_steps > first_step:
+  if (step == num_train_steps or stopped_early) and step > first_step:
     writer.write_hparams(config_dict, _final_metrics(workdir))
   writer.close()
   return layout.from_step(state)

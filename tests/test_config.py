@@ -14,7 +14,9 @@ from jaxtrain.errors import UserError
     ("optimizer.momentum", 1.0, "config.optimizer.momentum=1.0 must be in [0, 1)"),
     ("optimizer.schedule", "cosine", "config.optimizer.schedule='cosine' must be one of"),
     ("optimizer.learning_rate", -0.1, "config.optimizer.learning_rate=-0.1 must be >= 0"),
-    ("model.name", "vit", "config.model.name='vit' must be one of ('mlp', 'cnn', 'resnet')"),
+    ("model.name", "vit", "config.model.name='vit' must be one of ('mlp', 'cnn', 'resnet', "),
+    ("early_stopping.patience", 3, "config.early_stopping.metric='' must name an eval metric"),
+    ("early_stopping.mode", "up", "config.early_stopping.mode='up' must be one of ('min', 'max')"),
     ("dataset.train_split", "", "config.dataset.train_split='' must name a split"),
 ])
 def test_out_of_range_values_are_named(path, value, message):

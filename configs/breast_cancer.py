@@ -1,0 +1,27 @@
+"""Binary classification of a real table: scikit-learn's breast cancer data (569 rows, JSON Lines).
+
+    jaxtrain data import --config configs/breast_cancer.py
+    jaxtrain train --config configs/breast_cancer.py --workdir runs/breast_cancer
+
+Thirty numeric columns, standardised with the training split's statistics;
+the label is the diagnosis (benign or malignant).
+"""
+
+from jaxtrain.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.task = "classification"
+  config.data_import.update(sources=("jaxtrain/sample_data/breast_cancer.jsonl",),
+                            name="breast_cancer", label="diagnosis", fractions="0.7,0.15,0.15")
+  config.dataset.update(name="breast_cancer", train_split="train", eval_split="validation",
+                        test_split="test")
+  config.model = dict(name="tabular_mlp", features=(32, 16), dropout_rate=0.1)
+  config.batch_size = 32
+  config.num_train_steps = 400
+  config.log_every_steps = 50
+  config.eval_every_steps = 50
+  config.checkpoint_every_steps = 100
+  config.optimizer.update(name="adamw", learning_rate=3e-3, weight_decay=1e-4)
+  return config

@@ -1,0 +1,609 @@
+"""`jaxtrain data import`: a user's files as a versioned TFDS dataset in a data_dir.
+
+    jaxtrain data import messages.csv --name spam --label label --data_dir data
+
+Reads CSV, Parquet, JSON Lines, NumPy .npz, or a folder with one sub-folder
+per class (of text or image files); every value is checked against its
+column's kind (declared, or inferred from all rows) before anything is
+written, and a bad value is reported with its file, line and column. Rows are
+split by seeded fraction, by a column naming each row's split, or by time
+(everything before a cutoff trains: the honest split for forecasting).
+
+Each import is a TFDS dataset (array_record) at `<data_dir>/<name>/<version>/`
+with `schema.json` beside its files. The version's fingerprint covers the
+source bytes and the import options: importing unchanged files again does
+nothing, and changed or added files make the next version, which is what
+`dataset.name="<name>"` then trains on (`"<name>:1.0.3"` pins one).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxtrain.errors import UserError
+
+log = logging.getLogger("jaxtrain")
+
+KINDS = ("int", "float", "category", "text", "time")
+LABEL_KINDS = ("class", "value")
+SPLITS = ("train", "validation", "test")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+SCHEMA_FILE = "schema.json"
+
+
+@dataclasses.dataclass
+class ImportSpec:
+  """What `jaxtrain data import` does; the same fields as a config's `data_import`."""
+  sources: tuple[str, ...]
+  name: str
+  label: str = "label"
+  label_kind: str = ""            # class | value | "" (inferred)
+  columns: str = ""               # "col=kind,..." (kinds: int float category text time)
+  ignore: str = ""                # "col,..." not imported
+  split: str = "fraction"         # fraction | column:COL | time:COL
+  fractions: str = "0.8,0.1,0.1"  # train, validation, test
+  cutoffs: str = ""               # time split: "validation starts,test starts"
+  seed: int = 0
+  lags: str = ""                  # "1,7": the label k rows earlier in its series
+  series: str = ""                # the column naming a series (for lags)
+  image_size: str = ""            # "H,W": folder images resized to this
+
+  @classmethod
+  def from_config(cls, c) -> "ImportSpec":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: c[k] for k in c.keys() if k in fields}
+    values["sources"] = tuple(values.get("sources") or ())
+    return cls(**values)
+
+  def options(self) -> dict:
+    """The options that shape the dataset (what, with the bytes, its fingerprint covers)."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("sources", "name")}
+
+
+class RowError(Exception):
+  pass
+
+
+# --- reading rows: (file, line, {column: raw value}) ----------------------------------
+
+def _csv_rows(path: Path):
+  with open(path, newline="", encoding="utf-8") as f:
+    reader = csv.reader(f)
+    try:
+      header = next(reader)
+    except StopIteration:
+      raise UserError(f"{path} is empty (expected a header row)") from None
+    for values in reader:
+      if not values:
+        continue
+      if len(values) != len(header):
+        raise UserError(f"{path} line {reader.line_num}: {len(values)} fields, but the header "
+                        f"has {len(header)} ({', '.join(header)})")
+      yield reader.line_num, dict(zip(header, values))
+
+
+def _jsonl_rows(path: Path):
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise UserError(f"{path} line {line_no}: not a JSON object: {e.msg}") from None
+      if not isinstance(row, dict):
+        raise UserError(f"{path} line {line_no}: not a JSON object")
+      yield line_no, row
+
+
+def _parquet_rows(path: Path):
+  import pyarrow.parquet as pq
+  try:
+    table = pq.read_table(path)
+  except Exception as e:
+    raise UserError(f"cannot read Parquet file {path}: {str(e).splitlines()[0]}") from None
+  for i, row in enumerate(table.to_pylist(), 1):
+    yield i, row
+
+
+def _npz_rows(path: Path):
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      arrays = {k: data[k] for k in data.files}
+  except Exception as e:  # object arrays (pickles) are refused here too
+    raise UserError(f"cannot read {path} as .npz without pickle: {str(e).splitlines()[0]}") from None
+  lengths = {k: len(v) for k, v in arrays.items()}
+  if len(set(lengths.values())) > 1:
+    raise UserError(f"{path}: arrays have different lengths {lengths}")
+  for i in range(next(iter(lengths.values()), 0)):
+    yield i + 1, {k: v[i] for k, v in arrays.items()}
+
+
+def _folder_rows(path: Path, label: str, image_size):
+  """One row per file in `path/<class>/`: {"text": ...} or {"image": ...}, plus the label."""
+  classes = sorted(d for d in path.iterdir() if d.is_dir())
+  if not classes:
+    raise UserError(f"{path} has no class sub-folders (expected {path}/<class>/<file>)")
+  for class_dir in classes:
+    for f in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+      if f.suffix.lower() in _IMAGE_SUFFIXES:
+        yield f, 1, {"image": _read_image(f, image_size), label: class_dir.name}
+      else:
+        try:
+          yield f, 1, {"text": f.read_text(encoding="utf-8"), label: class_dir.name}
+        except UnicodeDecodeError as e:
+          raise UserError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _read_image(path: Path, size):
+  from PIL import Image
+  try:
+    with Image.open(path) as im:
+      im = im.convert("L" if im.mode in ("L", "1", "P") and size is None else "RGB")
+      if size is not None:
+        im = im.resize((size[1], size[0]))
+      array = np.asarray(im, np.uint8)
+  except Exception as e:
+    raise UserError(f"{path}: cannot read image: {e}") from None
+  return array[..., None] if array.ndim == 2 else array
+
+
+_READERS = {".csv": _csv_rows, ".jsonl": _jsonl_rows, ".json": _jsonl_rows,
+            ".parquet": _parquet_rows, ".npz": _npz_rows}
+
+
+def source_files(sources) -> list[Path]:
+  """Every file the import reads, in a fixed order (what the fingerprint covers)."""
+  files = []
+  for s in sources:
+    p = Path(s).expanduser()
+    if p.is_dir():
+      files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    elif p.is_file():
+      files.append(p)
+    else:
+      raise UserError(f"data source {s} does not exist")
+  if not files:
+    raise UserError(f"the data sources {', '.join(sources)} hold no files")
+  return files
+
+
+def read_rows(spec: ImportSpec) -> Iterator[tuple[Path, int, dict]]:
+  image_size = tuple(int(x) for x in spec.image_size.split(",")) if spec.image_size else None
+  for s in spec.sources:
+    p = Path(s).expanduser()
+    if p.is_dir():
+      yield from _folder_rows(p, spec.label, image_size)
+      continue
+    reader = _READERS.get(p.suffix.lower())
+    if reader is None:
+      raise UserError(f"{p}: unknown file type {p.suffix!r} (expected one of "
+                      f"{', '.join(sorted(_READERS))}, or a folder per class)")
+    for line, row in reader(p):
+      yield p, line, row
+
+
+# --- kinds: parsing each value, inferring each column ----------------------------------
+
+def parse_time(value) -> int:
+  """Unix seconds from a number or an ISO 8601 date/datetime (naive = UTC)."""
+  if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+    return int(value)
+  if isinstance(value, dt.datetime):
+    when = value
+  else:
+    try:
+      when = dt.datetime.fromisoformat(str(value).strip())
+    except ValueError:
+      raise RowError(f"{value!r} is not a date or time (expected ISO 8601, e.g. 2024-05-31)") from None
+  if when.tzinfo is None:
+    when = when.replace(tzinfo=dt.timezone.utc)
+  return int(when.timestamp())
+
+
+def parse(value, kind: str):
+  """`value` as `kind`; a RowError says why it is not one."""
+  if value is None or (isinstance(value, str) and not value.strip() and kind not in ("text", "category")):
+    raise RowError("missing value")
+  if kind in ("int",):
+    if isinstance(value, (bool, np.bool_)):
+      raise RowError(f"{value!r} is not an integer")
+    try:
+      number = float(value)
+      if not number.is_integer():
+        raise ValueError
+      return int(number)
+    except (TypeError, ValueError):
+      raise RowError(f"{value!r} is not an integer") from None
+  if kind in ("float", "value"):
+    try:
+      number = float(value)
+    except (TypeError, ValueError):
+      raise RowError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+      raise RowError(f"{value!r} is not a finite number")
+    return number
+  if kind == "time":
+    return parse_time(value)
+  if kind in ("category", "text", "class"):
+    if isinstance(value, (dict, list)):
+      raise RowError(f"{value!r} is not a single value")
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+      value = int(value)
+    return value.decode() if isinstance(value, bytes) else str(value)
+  if kind == "tensor":
+    return np.asarray(value)
+  raise ValueError(kind)
+
+
+def _infer(values: list) -> str:
+  """The narrowest kind every value of a column parses as."""
+  if any(isinstance(v, np.ndarray) and v.ndim > 0 for v in values):
+    return "tensor"
+  for kind in ("int", "float"):
+    try:
+      for v in values:
+        parse(v, kind)
+      return kind
+    except RowError:
+      pass
+  strings = [str(v) for v in values if v is not None]
+  if strings and all(re.match(r"^\d{4}-\d{2}-\d{2}", s) for s in strings):
+    try:
+      for s in strings:
+        parse_time(s)
+      return "time"
+    except RowError:
+      pass
+  words = sum(len(s.split()) for s in strings) / max(len(strings), 1)
+  return "text" if words > 3 else "category"
+
+
+def _declared(text: str, what: str) -> dict[str, str]:
+  out = {}
+  for part in filter(None, (p.strip() for p in text.split(","))):
+    col, sep, kind = part.partition("=")
+    if not sep or kind not in KINDS:
+      raise UserError(f"{what}: {part!r} should be column=kind with kind one of {', '.join(KINDS)}")
+    out[col.strip()] = kind
+  return out
+
+
+def feature_name(column: str) -> str:
+  """A column name as a TFDS feature name (lower case letters, digits, underscores)."""
+  name = re.sub(r"[^0-9a-zA-Z_]+", "_", column.strip()).strip("_").lower()
+  return name if name and not name[0].isdigit() else f"c_{name}"
+
+
+def infer_schema(rows: list[tuple[Path, int, dict]], spec: ImportSpec) -> dict:
+  """{"columns": {column: kind}, "label": ..., "label_kind": ..., "class_names": [...]}."""
+  ignored = {c.strip() for c in spec.ignore.split(",") if c.strip()}
+  if spec.split.startswith("column:"):
+    ignored.add(spec.split.partition(":")[2])
+  declared = _declared(spec.columns, "--columns")
+  names = list(dict.fromkeys(c for _, _, row in rows for c in row))
+  if spec.label not in names:
+    raise UserError(f"no column {spec.label!r} to use as the label (columns: {', '.join(names)}); "
+                    "set --label")
+  columns = {}
+  for col in names:
+    if col in ignored or col == spec.label:
+      continue
+    columns[col] = declared.get(col) or _infer([row.get(col) for _, _, row in rows])
+  unknown = set(declared) - set(names)
+  if unknown:
+    raise UserError(f"--columns names {', '.join(sorted(unknown))}, not in the data "
+                    f"(columns: {', '.join(names)})")
+  label_kind = spec.label_kind
+  if label_kind and label_kind not in LABEL_KINDS:
+    raise UserError(f"--label_kind={label_kind!r} must be one of {', '.join(LABEL_KINDS)}")
+  if not label_kind:
+    values = [row.get(spec.label) for _, _, row in rows]
+    kind = _infer(values)
+    few = len({str(v) for v in values}) <= 50
+    label_kind = "value" if kind == "float" or (kind == "int" and not few) else "class"
+  return {"columns": columns, "label": spec.label, "label_kind": label_kind}
+
+
+def _class_order(names: set[str]) -> list[str]:
+  if all(re.fullmatch(r"-?\d+", n) for n in names):
+    return sorted(names, key=int)
+  return sorted(names)
+
+
+def validate_rows(rows, schema) -> tuple[dict[str, list], list[tuple[Path, int]]]:
+  """Column-wise parsed values; every bad value of every row is one error, reported together."""
+  columns = dict(schema["columns"], **{schema["label"]: schema["label_kind"]})
+  parsed: dict[str, list] = {c: [] for c in columns}
+  where, errors = [], []
+  for path, line, row in rows:
+    values = {}
+    for col, kind in columns.items():
+      try:
+        values[col] = parse(row.get(col), kind)
+      except RowError as e:
+        errors.append(f"{path} line {line}, column {col!r}: {e}")
+    if len(values) == len(columns):
+      for col, v in values.items():
+        parsed[col].append(v)
+      where.append((path, line))
+  if errors:
+    more = f" (and {len(errors) - 1} more bad values)" if len(errors) > 1 else ""
+    raise UserError(errors[0] + more)
+  for col, kind in schema["columns"].items():
+    if kind == "tensor":
+      shapes = {np.shape(v) for v in parsed[col]}
+      if len(shapes) > 1:
+        raise UserError(f"column {col!r} holds arrays of different shapes {sorted(shapes)[:3]}; "
+                        "set --image_size for a folder of images")
+  return parsed, where
+
+
+# --- derived columns and splits -------------------------------------------------------
+
+def add_lags(parsed: dict[str, list], schema: dict, spec: ImportSpec, where: list):
+  """Adds `<label>_lag_k`: the label k rows earlier in the row's series, in time order.
+
+  Rows without k earlier rows are dropped (they have no honest value).
+  """
+  lags = [int(k) for k in spec.lags.split(",") if k.strip()]
+  if not lags:
+    return parsed, where
+  time_cols = [c for c, k in schema["columns"].items() if k == "time"]
+  if not time_cols:
+    raise UserError("--lags needs a time column (declare one with --columns col=time)")
+  if spec.series and spec.series not in parsed:
+    raise UserError(f"--series={spec.series!r} is not a column")
+  n = len(where)
+  series = parsed[spec.series] if spec.series else [""] * n
+  times, target = parsed[time_cols[0]], parsed[schema["label"]]
+  order = sorted(range(n), key=lambda i: (str(series[i]), times[i]))
+  keep, lagged = [], {k: [0.0] * n for k in lags}
+  for pos, i in enumerate(order):
+    ok = True
+    for k in lags:
+      j = pos - k
+      if j < 0 or series[order[j]] != series[i]:
+        ok = False
+        break
+      lagged[k][i] = float(target[order[j]])
+    if ok:
+      keep.append(i)
+  keep.sort()
+  log.info("lags %s: dropped %d rows with too little history", lags, n - len(keep))
+  out = {c: [v[i] for i in keep] for c, v in parsed.items()}
+  for k in lags:
+    out[f"{schema['label']}_lag_{k}"] = [lagged[k][i] for i in keep]
+    schema["columns"][f"{schema['label']}_lag_{k}"] = "float"
+  return out, [where[i] for i in keep]
+
+
+def assign_splits(parsed, rows_where, spec: ImportSpec, raw_split_column=None) -> np.ndarray:
+  """The split name of every row."""
+  n = len(rows_where)
+  kind, _, column = spec.split.partition(":")
+  if kind == "fraction":
+    try:
+      fractions = [float(x) for x in spec.fractions.split(",")]
+    except ValueError:
+      raise UserError(f"--fractions={spec.fractions!r} should be three numbers, e.g. 0.8,0.1,0.1") from None
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+      raise UserError(f"--fractions={spec.fractions!r} should be three fractions (train, "
+                      "validation, test) summing to 1")
+    order = np.random.default_rng(spec.seed).permutation(n)
+    bounds = np.round(np.cumsum(fractions) * n).astype(int)
+    names = np.empty(n, object)
+    for name, lo, hi in zip(SPLITS, [0, *bounds[:2]], bounds):
+      names[order[lo:hi]] = name
+    return names
+  if kind == "column":
+    return np.asarray([str(v) for v in raw_split_column], object)
+  if kind == "time":
+    if column not in parsed:
+      raise UserError(f"--split=time:{column}: no column {column!r}")
+    cuts = [parse_time(c) for c in spec.cutoffs.split(",") if c.strip()] if spec.cutoffs else []
+    if len(cuts) != 2 or cuts[0] > cuts[1]:
+      raise UserError(f"--cutoffs={spec.cutoffs!r} should be two times, where validation then "
+                      "test start (e.g. 2024-05-01,2024-06-01)")
+    times = np.asarray(parsed[column], np.int64)
+    return np.where(times < cuts[0], "train", np.where(times < cuts[1], "validation", "test")).astype(object)
+  raise UserError(f"--split={spec.split!r} must be fraction, column:COL or time:COL")
+
+
+# --- fingerprints, versions, writing ---------------------------------------------------
+
+def fingerprint(files, spec: ImportSpec) -> str:
+  h = hashlib.sha256(json.dumps(spec.options(), sort_keys=True).encode())
+  for f in files:
+    h.update(str(f.name).encode() + b"\0")
+    with open(f, "rb") as fh:
+      for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
+  return h.hexdigest()
+
+
+def history_path(data_dir: str, name: str) -> Path:
+  return Path(data_dir) / name / "imports.json"
+
+
+def read_history(data_dir: str, name: str) -> list[dict]:
+  path = history_path(data_dir, name)
+  if not path.exists():
+    return []
+  with open(path) as f:
+    return json.load(f)
+
+
+def _features(schema, class_names, shapes):
+  kinds = {"int": tfds.features.Scalar(np.int64), "float": tfds.features.Scalar(np.float32),
+           "time": tfds.features.Scalar(np.int64), "category": tfds.features.Text(),
+           "text": tfds.features.Text()}
+  features = {}
+  for col, kind in schema["columns"].items():
+    if kind == "tensor":
+      shape, dtype = shapes[col]
+      features[feature_name(col)] = tfds.features.Tensor(shape=shape, dtype=dtype)
+    else:
+      features[feature_name(col)] = kinds[kind]
+  features["label"] = (tfds.features.ClassLabel(names=class_names) if schema["label_kind"] == "class"
+                       else tfds.features.Scalar(np.float32))
+  return tfds.features.FeaturesDict(features)
+
+
+class TableDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """An imported table: the examples are given, so the builder only writes them."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, *, name, version, features, examples, **kwargs):
+    self.name, self.VERSION = name, tfds.core.Version(version)
+    self._features, self._examples = features, examples
+    super().__init__(**kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=self._features, disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    return {split: iter(examples) for split, examples in self._examples.items()}
+
+  def _generate_examples(self):
+    raise NotImplementedError
+
+
+def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
+  """Imports `spec.sources`; returns (the version's directory, whether it is new)."""
+  if not re.fullmatch(r"[a-z][a-z0-9_]*", spec.name or ""):
+    raise UserError(f"--name={spec.name!r} must be lower case letters, digits and underscores")
+  files = source_files(spec.sources)
+  fp = fingerprint(files, spec)
+  for entry in read_history(data_dir, spec.name):
+    if entry["fingerprint"] == fp and (Path(data_dir) / spec.name / entry["version"]).is_dir():
+      return str(Path(data_dir) / spec.name / entry["version"]), False
+
+  rows = list(read_rows(spec))
+  if not rows:
+    raise UserError(f"{', '.join(spec.sources)}: no rows")
+  schema = infer_schema(rows, spec)
+  parsed, where = validate_rows(rows, schema)
+  split_column = None
+  if spec.split.startswith("column:"):
+    col = spec.split.partition(":")[2]
+    if any(col not in r for _, _, r in rows):
+      raise UserError(f"--split={spec.split}: some rows have no column {col!r}")
+    split_column = [r[col] for _, _, r in rows]
+  parsed, where = add_lags(parsed, schema, spec, where)
+  splits = assign_splits(parsed, where, spec, split_column)
+  unknown = sorted(set(splits) - set(SPLITS))
+  if unknown:
+    raise UserError(f"--split={spec.split}: values {unknown} are not train, validation or test")
+
+  class_names = None
+  if schema["label_kind"] == "class":
+    class_names = _class_order(set(parsed[schema["label"]]))
+    schema["class_names"] = class_names
+  shapes = {c: (np.shape(parsed[c][0]), np.asarray(parsed[c][0]).dtype)
+            for c, k in schema["columns"].items() if k == "tensor"}
+  schema["features"] = {c: feature_name(c) for c in schema["columns"]}
+  if len(set(schema["features"].values()) | {"label"}) != len(schema["features"]) + 1:
+    raise UserError(f"columns {list(schema['features'])} do not have distinct names once "
+                    "made feature names (letters, digits, _); rename or --ignore one")
+  examples = {s: [] for s in SPLITS}
+  for i, split in enumerate(splits):
+    example = {schema["features"][c]: parsed[c][i] for c in schema["columns"]}
+    example["label"] = parsed[schema["label"]][i]
+    examples[split].append((i, example))
+  examples = {s: e for s, e in examples.items() if e}
+  if "train" not in examples:
+    raise UserError(f"--split={spec.split}: no row falls in the train split")
+
+  from jaxtrain.datasets import _lock
+  with _lock(data_dir, spec.name):
+    history = read_history(data_dir, spec.name)
+    version = f"1.0.{max((int(e['version'].split('.')[-1]) + 1 for e in history), default=0)}"
+    builder = TableDataset(name=spec.name, version=version,
+                           features=_features(schema, class_names, shapes), examples=examples,
+                           data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+    schema.update(version=version, fingerprint=fp, files=[str(f) for f in files],
+                  options=spec.options(), num_examples={s: len(e) for s, e in examples.items()})
+    _write_json(Path(builder.data_dir) / SCHEMA_FILE, schema)
+    history.append({"version": version, "fingerprint": fp, "files": [str(f) for f in files],
+                    "num_examples": schema["num_examples"],
+                    "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    _write_json(history_path(data_dir, spec.name), history)
+  return str(builder.data_dir), True
+
+
+def _write_json(path: Path, value: Any) -> None:
+  tmp = path.with_suffix(".json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def read_schema(dataset_dir: str) -> dict | None:
+  """The import's schema for a dataset directory (None for datasets jaxtrain did not import)."""
+  path = Path(dataset_dir) / SCHEMA_FILE
+  if not path.exists():
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def latest_version(data_dir: str, name: str) -> str | None:
+  versions = [e["version"] for e in read_history(data_dir, name)
+              if (Path(data_dir) / name / e["version"]).is_dir()]
+  return max(versions, key=lambda v: tuple(int(x) for x in v.split("."))) if versions else None
+
+
+def read_prediction_rows(path: str, schema: dict) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+  """Feature arrays (and labels, if the file has them) of a file to predict on."""
+  spec = ImportSpec(sources=(path,), name="predict", label=schema["label"])
+  rows = list(read_rows(spec))
+  if not rows:
+    raise UserError(f"{path}: no rows")
+  has_label = all(schema["label"] in r for _, _, r in rows)
+  columns = dict(schema["columns"])
+  lag_cols = [c for c in columns if "_lag_" in c and c.startswith(schema["label"])]
+  missing = [c for c in columns if c not in rows[0][2]]
+  if missing:
+    hint = " (lag columns must be given: the label k rows earlier)" if set(missing) & set(lag_cols) else ""
+    raise UserError(f"{path} has no column(s) {', '.join(missing)}{hint}")
+  check = {"columns": columns, "label": schema["label"],
+           "label_kind": "class" if schema["label_kind"] == "class" else "value"}
+  if not has_label:
+    rows = [(p, l, dict(r, **{schema["label"]: "0"})) for p, l, r in rows]
+  parsed, _ = validate_rows(rows, check)
+  features = {}
+  for col, kind in columns.items():
+    name = schema["features"][col]
+    if kind in ("text", "category"):
+      features[name] = np.asarray([v.encode() for v in parsed[col]], object)
+    elif kind == "tensor":
+      features[name] = np.stack(parsed[col])
+    else:
+      features[name] = np.asarray(parsed[col], np.float32 if kind == "float" else np.int64)
+  labels = None
+  if has_label:
+    values = parsed[schema["label"]]
+    if schema["label_kind"] == "class":
+      index = {n: i for i, n in enumerate(schema["class_names"])}
+      unknown = sorted(set(values) - set(index))
+      if unknown:
+        raise UserError(f"{path}: labels {unknown[:5]} were not in the training data")
+      labels = np.asarray([index[v] for v in values], np.int64)
+    else:
+      labels = np.asarray(values, np.float32)
+  return features, labels

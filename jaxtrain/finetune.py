@@ -1,0 +1,144 @@
+"""Fine-tuning: start from another run's parameters; freeze some; scale others' learning rates.
+
+`init_from` copies every parameter (and batch-norm statistic) whose path and
+shape match the source checkpoint's, and leaves the rest as initialised: a new
+head for new classes is initialised afresh, the body comes from the source.
+What was and was not copied is logged and written to `<workdir>/init_from.json`.
+
+Param paths are `/`-joined module names, e.g. `Conv_0/kernel`, `head/bias`;
+`optimizer.freeze` and `optimizer.lr_multipliers` are regexes searched in them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from jaxtrain import checkpoint
+from jaxtrain.errors import UserError
+
+log = logging.getLogger("jaxtrain")
+
+
+def path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def flat(tree) -> dict[str, object]:
+  return {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def param_labels(params, freeze: str, multipliers) -> dict:
+  """A label per param: "frozen", "group_<i>" (first matching multiplier) or "default"."""
+  patterns = [(re.compile(regex), f"group_{i}") for i, (regex, _) in enumerate(multipliers)]
+
+  def label(path, _):
+    name = path_str(path)
+    if freeze and re.search(freeze, name):
+      return "frozen"
+    return next((g for p, g in patterns if p.search(name)), "default")
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def check_patterns(params, freeze: str, multipliers) -> None:
+  names = list(flat(params))
+  for field, regex in [("optimizer.freeze", freeze)] + [
+      ("optimizer.lr_multipliers", r) for r, _ in multipliers]:
+    if not regex:
+      continue
+    try:
+      compiled = re.compile(regex)
+    except re.error as e:
+      raise UserError(f"config.{field}={regex!r} is not a regex: {e}") from None
+    if not any(compiled.search(n) for n in names):
+      raise UserError(f"config.{field}={regex!r} matches no parameter (they are: "
+                      f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''})")
+
+
+def _source_step(workdir: str, step: int, best: bool) -> tuple[str, int]:
+  """The checkpoint directory root and step that `init_from` names."""
+  if not os.path.isdir(workdir):
+    raise UserError(f"init_from.workdir={workdir} does not exist")
+  root = os.path.join(workdir, "best_checkpoints") if best else checkpoint.checkpoint_dir(workdir)
+  steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+  if not steps:
+    raise UserError(f"init_from.workdir={workdir} has no {'best ' if best else ''}checkpoints in {root}")
+  if best:
+    with open(os.path.join(workdir, "best_checkpoints", "best.json")) as f:
+      step = json.load(f)["best_step"] if step < 0 else step
+  step = steps[-1] if step < 0 else step
+  if step not in steps:
+    raise UserError(f"init_from.step={step}: {root} has checkpoints at steps {steps}")
+  return root, step
+
+
+def read_source(workdir: str, step: int = -1, best: bool = False) -> tuple[dict, int]:
+  """The source checkpoint's state arrays (host NumPy), and its step."""
+  root, step = _source_step(workdir, step, best)
+  path = os.path.join(root, str(step), "state")
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+    with ocp.StandardCheckpointer() as ckptr:
+      arrays = ckptr.restore(path, target)
+  except Exception as e:
+    raise UserError(f"init_from: cannot read {path}: {str(e).splitlines()[0]}") from None
+  return jax.tree.map(np.asarray, arrays), step
+
+
+def merge(target, source) -> tuple[object, dict]:
+  """`target` with every leaf whose path and shape match one in `source` taken from it."""
+  src = flat(source)
+  report = {"restored": [], "initialised": [], "unused": []}
+
+  def take(path, leaf):
+    name = path_str(path)
+    old = src.get(name)
+    if old is not None and old.shape == leaf.shape and old.dtype == leaf.dtype:
+      report["restored"].append(name)
+      return old
+    why = "new" if old is None else f"was {tuple(old.shape)} {old.dtype}"
+    report["initialised"].append(f"{name} {tuple(leaf.shape)} ({why})")
+    return leaf
+  merged = jax.tree_util.tree_map_with_path(take, target)
+  used = set(report["restored"])
+  report["unused"] = sorted(n for n in src if n not in used)
+  return merged, report
+
+
+def init_from(state, config, workdir: str):
+  """`state` with params and model state from `config.init_from`, a fresh optimizer state."""
+  c = config.init_from
+  source, step = read_source(c.workdir, c.step, c.best)
+  params, report = merge(jax.device_get(state.params), source.get("params", {}))
+  model_state, state_report = merge(jax.device_get(state.model_state), source.get("model_state", {}))
+  if not report["restored"]:
+    raise UserError(f"init_from.workdir={c.workdir}: no parameter matches this model's by path "
+                    f"and shape (the source has {', '.join(list(flat(source['params']))[:6])}, ...)")
+  report.update(source=os.path.abspath(c.workdir), step=step,
+                model_state_restored=state_report["restored"])
+  log.info("init_from %s step %d: %d of %d param arrays restored; initialised afresh: %s",
+           c.workdir, step, len(report["restored"]), len(report["restored"]) + len(report["initialised"]),
+           "; ".join(report["initialised"]) or "none")
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "init_from.json"), "w") as f:
+      json.dump(report, f, indent=2)
+  return state.replace(params=params, model_state=model_state, opt_state=state.tx.init(params))
+
+
+def partitioned(make_tx, schedule, opt) -> optax.GradientTransformation:
+  """`make_tx(schedule)` per param group: frozen params get zero updates, groups scaled rates."""
+  multipliers = [tuple(m) for m in opt.lr_multipliers]
+  transforms = {"default": make_tx(schedule), "frozen": optax.set_to_zero()}
+  for i, (_, factor) in enumerate(multipliers):
+    transforms[f"group_{i}"] = make_tx(lambda count, f=float(factor): schedule(count) * f)
+  labels = lambda params: param_labels(params, opt.freeze, multipliers)
+  return optax.multi_transform(transforms, labels)

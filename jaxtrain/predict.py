@@ -1,0 +1,170 @@
+"""Inference from a finished run: `jaxtrain predict` (files) and `jaxtrain export` (jax.export).
+
+Both apply the run's saved preprocessing (preprocess/ in its workdir) and the
+pure `predict_step`, then the task's `predict` (class probabilities, a value,
+or the top-k items). `export` serializes that function, weights included, with
+`jax.export` and a symbolic batch size: `load_exported(dir)` serves it with no
+model code, and its outputs equal `predict`'s.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxtrain import data_import, finetune, run_inputs
+from jaxtrain.errors import UserError
+from jaxtrain.state import TrainState
+from jaxtrain.steps import predict_step
+
+EXPORT_FILE, SIGNATURE_FILE = "model.jaxexport", "signature.json"
+
+
+def load_run(workdir: str, *, best: bool = False):
+  """(config, inputs, state, step) of a run: its newest (or best) checkpoint's weights."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  except FileNotFoundError:
+    raise UserError(f"{workdir} has no config.json (not a jaxtrain workdir?)") from None
+  inputs = run_inputs.load_for_inference(config, workdir)
+  arrays, step = finetune.read_source(workdir, -1, best)
+  state = TrainState(step=arrays["step"], params=arrays["params"], opt_state=None,
+                     model_state=arrays.get("model_state", {}), rng=arrays["rng"],
+                     apply_fn=inputs.apply_fn(config), tx=None, loss_fn=inputs.task.loss_fn)
+  return config, inputs, state, step
+
+
+def make_predict_fn(inputs, state):
+  """batch -> the task's named outputs, jitted, for the weights in `state`."""
+  return jax.jit(lambda s, batch: inputs.task.predict(predict_step(s, batch), batch))
+
+
+def predict_arrays(inputs, state, raw: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+  """Outputs for every row of `raw` (feature arrays), in batches of a fixed size (one compile)."""
+  n = len(next(iter(raw.values())))
+  transform, fn = inputs.transform(train=False), make_predict_fn(inputs, state)
+  outputs = []
+  for start in range(0, n, batch_size):
+    rows = np.minimum(np.arange(start, start + batch_size), n - 1)  # pad by repeating the last row
+    batch = transform({k: v[rows] for k, v in raw.items()})
+    batch.pop("label", None)
+    out = jax.device_get(fn(state, batch))
+    outputs.append({k: v[:min(batch_size, n - start)] for k, v in out.items()})
+  return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+
+
+def _read_input(path: str, inputs) -> tuple[dict, np.ndarray | None]:
+  if inputs.schema is not None:
+    return data_import.read_prediction_rows(path, inputs.schema)
+  if not path.endswith(".npz"):
+    raise UserError(f"{path}: an image run predicts from a .npz with an 'image' array")
+  with np.load(path, allow_pickle=False) as f:
+    if "image" not in f.files:
+      raise UserError(f"{path} has no 'image' array (it has: {', '.join(f.files)})")
+    return {"image": f["image"]}, (f["label"] if "label" in f.files else None)
+
+
+def output_columns(inputs, outputs: dict) -> dict[str, list]:
+  """Named CSV columns: class and probabilities, a value, or recommended items."""
+  prep = inputs.prep
+  if "probabilities" in outputs:
+    names = prep["label"]["class_names"] if prep["kind"] == "table" else [
+        str(i) for i in range(outputs["probabilities"].shape[1])]
+    cols = {"predicted": [names[i] for i in outputs["probabilities"].argmax(1)]}
+    for i, name in enumerate(names):
+      cols[f"prob_{name}"] = outputs["probabilities"][:, i].tolist()
+    return cols
+  if "prediction" in outputs:
+    return {"prediction": outputs["prediction"].tolist()}
+  vocab = prep["categorical"][1]["vocab"]
+  return {"items": [" ".join(vocab[i - 1] for i in row) for row in outputs["top_items"]],
+          "scores": [" ".join(repr(float(s)) for s in row) for row in outputs["top_scores"]]}
+
+
+def predict_file(workdir: str, input_path: str, output_path: str, *, batch_size: int = 256,
+                 best: bool = False) -> int:
+  """Writes `output_path` (CSV: row, label if given, predictions); returns the row count."""
+  if not os.path.exists(input_path):
+    raise UserError(f"--input {input_path} does not exist")
+  config, inputs, state, _ = load_run(workdir, best=best)
+  raw, labels = _read_input(input_path, inputs)
+  columns = output_columns(inputs, predict_arrays(inputs, state, raw, batch_size))
+  n = len(next(iter(columns.values())))
+  tmp = output_path + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    writer = csv.writer(f)
+    head = ["row"] + (["label"] if labels is not None else []) + list(columns)
+    writer.writerow(head)
+    for i in range(n):
+      label = [_label_name(inputs, labels[i])] if labels is not None else []
+      writer.writerow([i + 1] + label + [repr(c[i]) if isinstance(c[i], float) else c[i]
+                                         for c in columns.values()])
+  os.replace(tmp, output_path)
+  return n
+
+
+def _label_name(inputs, label):
+  if inputs.prep["kind"] == "table" and inputs.prep["label"]["kind"] == "class":
+    return inputs.prep["label"]["class_names"][int(label)]
+  return label.item() if hasattr(label, "item") else label
+
+
+def input_signature(inputs, config) -> dict[str, jax.ShapeDtypeStruct]:
+  """The model inputs' shapes after preprocessing, with a symbolic batch size `b`."""
+  prep, (b,) = inputs.prep, jax.export.symbolic_shape("b")
+  if prep["kind"] == "image":
+    shape = inputs.builder.info.features["image"].shape
+    return {"image": jax.ShapeDtypeStruct((b, *shape), jnp.float32)}
+  sig = {}
+  if prep["numeric"]:
+    sig["numeric"] = jax.ShapeDtypeStruct((b, len(prep["numeric"])), jnp.float32)
+  if prep["categorical"]:
+    sig["categorical"] = jax.ShapeDtypeStruct((b, len(prep["categorical"])), jnp.int32)
+  if prep["text"]:
+    sig["tokens"] = jax.ShapeDtypeStruct((b, prep["text"]["max_length"]), jnp.int32)
+  if prep["image"]:
+    shape = inputs.builder.info.features[prep["image"]["feature"]].shape
+    sig["image"] = jax.ShapeDtypeStruct((b, *shape), jnp.float32)
+  if inputs.seen is not None:
+    width = max(int(np.diff(inputs.seen["offsets"]).max()), 1)
+    sig["seen"] = jax.ShapeDtypeStruct((b, width), jnp.int32)
+  return sig
+
+
+def export(workdir: str, out_dir: str, *, best: bool = False) -> dict:
+  """Serializes the run's inference function (weights inside) to `out_dir`."""
+  config, inputs, state, step = load_run(workdir, best=best)
+  signature = input_signature(inputs, config)
+  fn = jax.jit(lambda batch: inputs.task.predict(predict_step(state, batch), batch))
+  serialized = jax.export.export(fn)(signature).serialize()
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, EXPORT_FILE + ".tmp"), "wb") as f:
+    f.write(serialized)
+  os.replace(os.path.join(out_dir, EXPORT_FILE + ".tmp"), os.path.join(out_dir, EXPORT_FILE))
+  record = {"workdir": os.path.abspath(workdir), "step": step, "task": config.task,
+            "inputs": {k: {"shape": [None if not isinstance(d, int) else d for d in v.shape],
+                           "dtype": str(np.dtype(v.dtype))} for k, v in signature.items()},
+            "outputs": sorted(jax.eval_shape(fn, {k: jax.ShapeDtypeStruct(
+                (1,) + v.shape[1:], v.dtype) for k, v in signature.items()}))}
+  with open(os.path.join(out_dir, SIGNATURE_FILE), "w") as f:
+    json.dump(record, f, indent=2)
+  for name in ("preprocess.json", "seen.npz"):
+    src = os.path.join(workdir, "preprocess", name)
+    if os.path.exists(src):
+      with open(src, "rb") as fi, open(os.path.join(out_dir, name), "wb") as fo:
+        fo.write(fi.read())
+  return record
+
+
+def load_exported(out_dir: str):
+  """The exported inference function: a dict of preprocessed inputs -> named outputs."""
+  with open(os.path.join(out_dir, EXPORT_FILE), "rb") as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  return exported.call

@@ -1,0 +1,242 @@
+"""Preprocessing fitted on the training split only, saved with the run.
+
+For an imported table (data_import.py) `fit` learns, from the train split
+alone: numeric means and standard deviations, each category's vocabulary,
+the text tokenizer's vocabulary (or a hashing tokenizer), the label's
+classes and weights or its mean and scale, and for recommendation the items
+each user was seen with. The result is JSON (plus one .npz of arrays, never a
+pickle) in `<workdir>/preprocess/`, so `jaxtrain predict` and an exported model
+apply exactly the training-time preprocessing.
+
+`make_transform(prep, train)` maps a batch of raw examples to model inputs:
+    numeric      float32 [B, n]  standardised numbers, times and lags
+    categorical  int32 [B, m]    vocabulary indices (0: unseen), calendar fields
+    tokens       int32 [B, L]    token ids (0: padding, 1: unknown word)
+    image        float32 [B, H, W, C] in [0, 1]
+    seen         int32 [B, S]    (evaluation, retrieval) items to exclude, -1 padded
+    label        int32 class or float32 value
+Image datasets without a schema (digits, IDX, TFDS) get `to_model_inputs`.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import os
+import re
+import zlib
+from typing import Callable
+
+import numpy as np
+
+from jaxtrain.errors import UserError
+from jaxtrain.input_pipeline import Batch, to_model_inputs
+
+CALENDAR = {"dayofweek": 7, "month": 12, "hour": 24, "dayofmonth": 31}
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def tokenize(text: str) -> list[str]:
+  return _TOKEN.findall(text.lower())
+
+
+def _strings(values) -> list[str]:
+  return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _columns(schema, selected: str) -> dict[str, str]:
+  """{column: kind} of the features the model sees (`preprocess.features`, or all)."""
+  columns = schema["columns"]
+  if not selected:
+    return dict(columns)
+  names = [c.strip() for c in selected.split(",") if c.strip()]
+  unknown = [c for c in names if c not in columns]
+  if unknown:
+    raise UserError(f"preprocess.features names {', '.join(unknown)}, not columns of the "
+                    f"dataset ({', '.join(columns)})")
+  return {c: columns[c] for c in names}
+
+
+def _vocabulary(counts: collections.Counter, size: int, min_count: int) -> list[str]:
+  ranked = sorted((t for t, n in counts.items() if n >= min_count), key=lambda t: (-counts[t], t))
+  return ranked[:size]
+
+
+def fit(schema: dict | None, train: dict[str, np.ndarray], config) -> dict:
+  """The preprocessing record for a run, from the train split's feature arrays."""
+  if schema is None:
+    return {"kind": "image"}
+  p = config.preprocess
+  prep = {"kind": "table", "numeric": [], "categorical": [], "text": None, "image": None,
+          "task": config.task}
+  for col, kind in _columns(schema, p.features).items():
+    name = schema["features"][col]
+    values = train[name]
+    if kind in ("int", "float", "time"):
+      x = values.astype(np.float64)
+      prep["numeric"].append({"feature": name, "mean": float(x.mean()), "std": float(x.std()) or 1.0})
+      if kind == "time":
+        for field in filter(None, p.calendar.split(",")):
+          if field not in CALENDAR:
+            raise UserError(f"preprocess.calendar: {field!r} is not one of {', '.join(CALENDAR)}")
+          prep["categorical"].append({"feature": name, "calendar": field, "size": CALENDAR[field] + 1})
+    elif kind == "category":
+      vocab = _vocabulary(collections.Counter(_strings(values)), p.max_categories, p.min_count)
+      prep["categorical"].append({"feature": name, "vocab": vocab, "size": len(vocab) + 1})
+    elif kind == "text":
+      if prep["text"] is not None:
+        raise UserError(f"two text columns ({prep['text']['feature']}, {name}); choose one with "
+                        "preprocess.features")
+      prep["text"] = _fit_tokenizer(name, _strings(values), p)
+    elif kind == "tensor":
+      prep["image"] = {"feature": name}
+  label = train["label"]
+  if schema["label_kind"] == "class":
+    num_classes = len(schema["class_names"])
+    counts = np.bincount(label.astype(np.int64), minlength=num_classes).astype(np.float64)
+    prep["label"] = {"kind": "class", "class_names": schema["class_names"],
+                     "num_classes": num_classes, "class_weights": _class_weights(counts, p.class_weights)}
+  else:
+    y = label.astype(np.float64)
+    prep["label"] = {"kind": "value", "mean": float(y.mean()), "std": float(y.std()) or 1.0}
+  return prep
+
+
+def _fit_tokenizer(name, texts, p) -> dict:
+  if p.tokenizer == "vocab":
+    counts = collections.Counter(t for text in texts for t in tokenize(text))
+    vocab = _vocabulary(counts, p.vocab_size - 2, p.min_count)
+    return {"feature": name, "tokenizer": "vocab", "vocab": vocab, "size": len(vocab) + 2,
+            "max_length": p.max_length}
+  if p.tokenizer == "hashing":
+    return {"feature": name, "tokenizer": "hashing", "size": p.num_buckets, "max_length": p.max_length}
+  raise UserError(f"preprocess.tokenizer={p.tokenizer!r} must be vocab or hashing")
+
+
+def _class_weights(counts: np.ndarray, how: str) -> list[float]:
+  if how == "none":
+    return [1.0] * len(counts)
+  if how == "balanced":  # scikit-learn's: n / (classes * count)
+    return [float(counts.sum() / (len(counts) * c)) if c else 0.0 for c in counts]
+  try:
+    weights = [float(w) for w in how.split(",")]
+  except ValueError:
+    weights = []
+  if len(weights) != len(counts):
+    raise UserError(f"preprocess.class_weights={how!r} must be none, balanced, or "
+                    f"{len(counts)} numbers (one per class)")
+  return weights
+
+
+def fit_seen(train: dict[str, np.ndarray], prep: dict) -> dict[str, np.ndarray]:
+  """Retrieval: each user's training items, as CSR arrays (offsets, items)."""
+  users = _lookup(prep["categorical"][0], train[prep["categorical"][0]["feature"]])
+  items = _lookup(prep["categorical"][1], train[prep["categorical"][1]["feature"]])
+  num_users = prep["categorical"][0]["size"]
+  pairs = sorted(set(zip(users.tolist(), items.tolist())))
+  offsets = np.zeros(num_users + 1, np.int64)
+  for u, _ in pairs:
+    offsets[u + 1] += 1
+  return {"offsets": np.cumsum(offsets), "items": np.asarray([i for _, i in pairs], np.int32),
+          "popularity": np.bincount(items, minlength=prep["categorical"][1]["size"])}
+
+
+def _lookup(spec: dict, values) -> np.ndarray:
+  index = {v: i + 1 for i, v in enumerate(spec["vocab"])}
+  return np.asarray([index.get(v, 0) for v in _strings(values)], np.int32)
+
+
+def _calendar(seconds: np.ndarray, field: str) -> np.ndarray:
+  def one(s):
+    t = dt.datetime.fromtimestamp(int(s), dt.timezone.utc)
+    return {"dayofweek": t.weekday() + 1, "month": t.month, "hour": t.hour + 1,
+            "dayofmonth": t.day}[field]
+  return np.asarray([one(s) for s in seconds], np.int32)
+
+
+def _tokens(spec: dict, texts) -> np.ndarray:
+  out = np.zeros((len(texts), spec["max_length"]), np.int32)
+  index = {t: i + 2 for i, t in enumerate(spec.get("vocab", ()))}
+  for row, text in enumerate(_strings(texts)):
+    words = tokenize(text)[:spec["max_length"]]
+    if spec["tokenizer"] == "vocab":
+      ids = [index.get(w, 1) for w in words]
+    else:
+      ids = [zlib.crc32(w.encode()) % (spec["size"] - 2) + 2 for w in words]
+    out[row, :len(ids)] = ids
+  return out
+
+
+def make_transform(prep: dict, *, train: bool, seen: dict | None = None) -> Callable[[Batch], Batch]:
+  """Raw examples to model inputs; evaluation batches of a retrieval run also get `seen`."""
+  if prep["kind"] == "image":
+    return to_model_inputs
+  max_seen = int(np.diff(seen["offsets"]).max()) if seen is not None else 0
+
+  def transform(raw: Batch) -> Batch:
+    batch = {}
+    if prep["numeric"]:
+      batch["numeric"] = np.stack(
+          [(raw[s["feature"]].astype(np.float64) - s["mean"]) / s["std"] for s in prep["numeric"]],
+          axis=1).astype(np.float32)
+    if prep["categorical"]:
+      batch["categorical"] = np.stack(
+          [_calendar(raw[s["feature"]], s["calendar"]) if "calendar" in s else _lookup(s, raw[s["feature"]])
+           for s in prep["categorical"]], axis=1)
+    if prep["text"]:
+      batch["tokens"] = _tokens(prep["text"], raw[prep["text"]["feature"]])
+    if prep["image"]:
+      batch["image"] = raw[prep["image"]["feature"]].astype(np.float32) * np.float32(1 / 255)
+    if "label" in raw:
+      batch["label"] = raw["label"].astype(np.int32 if prep["label"]["kind"] == "class" else np.float32)
+    if seen is not None and not train:
+      users = batch["categorical"][:, 0]
+      batch["seen"] = np.full((len(users), max(max_seen, 1)), -1, np.int32)
+      for row, u in enumerate(users):
+        items = seen["items"][seen["offsets"][u]:seen["offsets"][u + 1]]
+        batch["seen"][row, :len(items)] = items
+    return batch
+
+  return transform
+
+
+def model_kwargs(prep: dict) -> dict:
+  """What a table model needs to know about its inputs (vocabulary sizes, classes)."""
+  if prep["kind"] == "image":
+    return {}
+  kwargs = {"categorical_sizes": tuple(s["size"] for s in prep["categorical"])}
+  if prep["text"]:
+    kwargs.update(vocab_size=prep["text"]["size"], max_length=prep["text"]["max_length"])
+  kwargs["num_outputs"] = prep["label"].get("num_classes", 1)
+  return kwargs
+
+
+def save(workdir: str, prep: dict, seen: dict | None) -> None:
+  path = os.path.join(workdir, "preprocess")
+  os.makedirs(path, exist_ok=True)
+  tmp = os.path.join(path, "preprocess.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(prep, f, indent=1, sort_keys=True)
+  if seen is not None:
+    np.savez(os.path.join(path, "seen.npz"), **seen)
+  os.replace(tmp, os.path.join(path, "preprocess.json"))
+
+
+def saved(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, "preprocess", "preprocess.json"))
+
+
+def load(workdir: str) -> tuple[dict, dict | None]:
+  path = os.path.join(workdir, "preprocess")
+  try:
+    with open(os.path.join(path, "preprocess.json")) as f:
+      prep = json.load(f)
+  except FileNotFoundError:
+    raise UserError(f"{workdir} has no preprocess/preprocess.json (not a jaxtrain run, or "
+                    "one that never started)") from None
+  seen = None
+  if os.path.exists(os.path.join(path, "seen.npz")):
+    with np.load(os.path.join(path, "seen.npz"), allow_pickle=False) as f:
+      seen = {k: f[k] for k in f.files}
+  return prep, seen

@@ -1,0 +1,151 @@
+"""Models for imported tables: text classifiers, tabular MLPs, recommenders.
+
+Each takes the whole preprocessed batch (see preprocess.py: `numeric`,
+`categorical`, `tokens`) and learns its vocabulary sizes and output width from
+the fitted preprocessing (`preprocess.model_kwargs`), so a config names only
+the architecture.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def _embedding_width(size: int, cap: int) -> int:
+  return int(min(cap, max(2, round(1.6 * size ** 0.56))))  # fast.ai's rule of thumb
+
+
+class TabularMLP(nn.Module):
+  """Categorical embeddings concatenated with standardised numbers, then an MLP."""
+  num_outputs: int
+  categorical_sizes: Sequence[int] = ()
+  features: Sequence[int] = (128, 64)
+  max_embedding: int = 32
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, batch, train: bool = False):
+    parts = [batch["numeric"]] if "numeric" in batch else []
+    for i, size in enumerate(self.categorical_sizes):
+      parts.append(nn.Embed(size, _embedding_width(size, self.max_embedding),
+                            name=f"embed_{i}")(batch["categorical"][:, i]))
+    x = jnp.concatenate(parts, axis=-1)
+    for width in self.features:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(nn.Dense(width)(x)))
+    return nn.Dense(self.num_outputs, name="head")(x)
+
+
+class BagOfEmbeddings(nn.Module):
+  """Mean of the text's token embeddings (padding excluded), then a hidden layer."""
+  num_outputs: int
+  vocab_size: int
+  embed_dim: int = 64
+  hidden: int = 64
+  dropout_rate: float = 0.0
+  categorical_sizes: Sequence[int] = ()
+
+  @nn.compact
+  def __call__(self, batch, train: bool = False):
+    tokens = batch["tokens"]
+    mask = (tokens > 0).astype(jnp.float32)[..., None]
+    x = nn.Embed(self.vocab_size, self.embed_dim)(tokens)
+    x = (x * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(nn.Dense(self.hidden)(x)))
+    return nn.Dense(self.num_outputs, name="head")(x)
+
+
+class EncoderBlock(nn.Module):
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float
+
+  @nn.compact
+  def __call__(self, x, mask, train: bool):
+    drop = lambda y: nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads)(nn.LayerNorm()(x), mask=mask)
+    x = x + drop(y)
+    y = nn.Dense(x.shape[-1])(nn.gelu(nn.Dense(self.mlp_dim)(nn.LayerNorm()(x))))
+    return x + drop(y)
+
+
+class TransformerEncoder(nn.Module):
+  """A small pre-norm Transformer encoder over tokens; masked mean pooling; a linear head."""
+  num_outputs: int
+  vocab_size: int
+  max_length: int = 128
+  width: int = 64
+  depth: int = 2
+  num_heads: int = 4
+  mlp_dim: int = 128
+  dropout_rate: float = 0.1
+  categorical_sizes: Sequence[int] = ()
+
+  @nn.compact
+  def __call__(self, batch, train: bool = False):
+    tokens = batch["tokens"]
+    valid = tokens > 0
+    x = nn.Embed(self.vocab_size, self.width)(tokens)
+    x = x + self.param("positions", nn.initializers.normal(0.02),
+                       (self.max_length, self.width))[:tokens.shape[1]]
+    mask = nn.make_attention_mask(valid, valid)
+    for _ in range(self.depth):
+      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate)(x, mask, train)
+    x = nn.LayerNorm()(x)
+    weights = valid.astype(jnp.float32)[..., None]
+    x = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+    return nn.Dense(self.num_outputs, name="head")(x)
+
+
+class MatrixFactorization(nn.Module):
+  """Rating = <user, item> + user bias + item bias (on the standardised scale).
+
+  The first two categorical features are the user and the item.
+  """
+  categorical_sizes: Sequence[int]
+  num_outputs: int = 1
+  dim: int = 32
+
+  @nn.compact
+  def __call__(self, batch, train: bool = False):
+    user, item = batch["categorical"][:, 0], batch["categorical"][:, 1]
+    init = nn.initializers.normal(0.05)
+    u = nn.Embed(self.categorical_sizes[0], self.dim, embedding_init=init, name="user")(user)
+    v = nn.Embed(self.categorical_sizes[1], self.dim, embedding_init=init, name="item")(item)
+    ub = nn.Embed(self.categorical_sizes[0], 1, embedding_init=nn.initializers.zeros, name="user_bias")(user)
+    ib = nn.Embed(self.categorical_sizes[1], 1, embedding_init=nn.initializers.zeros, name="item_bias")(item)
+    return (u * v).sum(-1) + ub[:, 0] + ib[:, 0]
+
+
+class TwoTower(nn.Module):
+  """User and item towers (embedding + MLP) meeting in a normalised dot product.
+
+  Returns (user vectors, the batch's item vectors, every item's vector): the
+  loss scores users against the batch's items; evaluation against all items.
+  """
+  categorical_sizes: Sequence[int]
+  num_outputs: int = 1
+  dim: int = 32
+  hidden: int = 64
+
+  def setup(self):
+    self.user_embed = nn.Embed(self.categorical_sizes[0], self.hidden)
+    self.item_embed = nn.Embed(self.categorical_sizes[1], self.hidden)
+    self.user_tower = nn.Dense(self.dim)
+    self.item_tower = nn.Dense(self.dim)
+
+  def _item(self, ids):
+    v = self.item_tower(nn.relu(self.item_embed(ids)))
+    return v / jnp.linalg.norm(v, axis=-1, keepdims=True).clip(1e-6)
+
+  def __call__(self, batch, train: bool = False):
+    u = self.user_tower(nn.relu(self.user_embed(batch["categorical"][:, 0])))
+    u = u / jnp.linalg.norm(u, axis=-1, keepdims=True).clip(1e-6)
+    return u, self._item(batch["categorical"][:, 1]), self._item(jnp.arange(self.categorical_sizes[1]))
+
+
+TABLE_MODELS = {"tabular_mlp": TabularMLP, "bag_of_embeddings": BagOfEmbeddings,
+                "transformer_encoder": TransformerEncoder, "matrix_factorization": MatrixFactorization,
+                "two_tower": TwoTower}
