@@ -282,7 +282,7 @@ def data(argv: list[str]) -> int:
   parser.add_argument("--debug", action="store_true")
   for field in data_import.dataclasses.fields(data_import.ImportSpec):
     if field.name != "sources":
-      parser.add_argument(f"--{field.name}", type=type(field.default) if field.default != "" else str)
+      parser.add_argument(f"--{field.name}", type=int if isinstance(field.default, int) else str)
   args, rest = parser.parse_known_args(argv[1:])
   overrides = [a for a in rest if a.startswith("--config.")]
   if set(rest) - set(overrides):

@@ -18,10 +18,12 @@ nothing, and changed or added files make the next version, which is what
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import math
@@ -535,7 +537,8 @@ def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
     builder = TableDataset(name=spec.name, version=version,
                            features=_features(schema, class_names, shapes), examples=examples,
                            data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
+    with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
+      builder.download_and_prepare()
     schema.update(version=version, fingerprint=fp, files=[str(f) for f in files],
                   options=spec.options(), num_examples={s: len(e) for s, e in examples.items()})
     _write_json(Path(builder.data_dir) / SCHEMA_FILE, schema)

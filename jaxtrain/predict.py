@@ -168,3 +168,23 @@ def load_exported(out_dir: str):
   with open(os.path.join(out_dir, EXPORT_FILE), "rb") as f:
     exported = jax.export.deserialize(bytearray(f.read()))
   return exported.call
+
+
+def evaluate_run(workdir: str, dataset_name: str, split: str = "test", *, best: bool = False) -> dict:
+  """A finished run's metrics on `split` of `dataset_name`, through its own preprocessing.
+
+  How retraining compares a candidate with the production model: the same
+  rows, each model with the vocabulary and scaling it was trained with.
+  """
+  from jaxtrain import datasets, parallel
+  from jaxtrain.train import evaluate
+  config, inputs, state, _ = load_run(workdir, best=best)
+  dataset = config.dataset.copy_and_resolve_references()
+  dataset.name = dataset_name
+  source = datasets.get_source(datasets.get_builder(dataset), split, "split")
+  layout = parallel.Layout.from_config(config.parallel)
+  placed = layout.to_step(layout.place_state(state.replace(opt_state={})))
+  metrics = evaluate(placed, source, batch_size=config.batch_size, layout=layout,
+                     transform=inputs.transform(train=False), finalize=inputs.task.finalize)
+  metrics["num_examples"] = int(metrics.pop("count"))
+  return metrics

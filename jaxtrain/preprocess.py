@@ -129,6 +129,24 @@ def _class_weights(counts: np.ndarray, how: str) -> list[float]:
   return weights
 
 
+def inherit(prep: dict, source_workdir: str) -> dict:
+  """`prep` with the feature preprocessing of the run it fine-tunes (`init_from`).
+
+  Embeddings learned over one vocabulary are wrong under another, so a run
+  warm-started from another keeps that run's tokenizer, vocabularies and
+  scaling; only the label (classes, weights, scale) is fitted to the new data.
+  """
+  if prep["kind"] != "table" or not saved(source_workdir):
+    return prep
+  source, _ = load(source_workdir)
+  if source.get("kind") != "table":
+    return prep
+  inherited = dict(prep)
+  for key in ("numeric", "categorical", "text", "image"):
+    inherited[key] = source[key]
+  return inherited
+
+
 def fit_seen(train: dict[str, np.ndarray], prep: dict) -> dict[str, np.ndarray]:
   """Retrieval: each user's training items, as CSR arrays (offsets, items)."""
   users = _lookup(prep["categorical"][0], train[prep["categorical"][0]["feature"]])

@@ -81,6 +81,8 @@ def load(config, workdir: str | None = None, *, fit: bool, dataset=None) -> RunI
   else:
     train = source_arrays(sources["train_split"]) if schema is not None else {}
     prep = preprocess.fit(schema, train, config)
+    if config.init_from.workdir:
+      prep = preprocess.inherit(prep, config.init_from.workdir)
     tasks.make_task(config, prep)  # a task that cannot use this data says so first
     seen = preprocess.fit_seen(train, prep) if config.task == "retrieval" else None
     if workdir and jax.process_index() == 0:

@@ -22,6 +22,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxtrain import (checkpoint, early_stopping, finetune, input_pipeline, manifest, nan_guard,
                       parallel, run_inputs)
@@ -149,6 +150,15 @@ def _check_data_fits_model(config, builder, model, example_batch) -> None:
                     f"{shapes}: {str(e).splitlines()[0]}") from None
 
 
+def _check_eval_metric(config, inputs, state) -> None:
+  """An early-stopping metric the evaluation does not report fails before training, not after."""
+  batch = input_pipeline.eval_dataset(inputs.sources["eval_split"], global_batch_size=config.batch_size,
+                                      transform=inputs.transform(train=False))[0]
+  shapes = jax.eval_shape(eval_step, state, batch)
+  means = {k: np.zeros(v.shape, np.float64) if v.ndim else 0.0 for k, v in shapes.items()}
+  early_stopping.metric_value(_without_count(inputs.task.finalize(means)), config.early_stopping.metric)
+
+
 def _check_config_unchanged(workdir: str, config_dict: dict, allow: bool) -> None:
   """Refuses to resume a run under a config that would change the steps it took."""
   path = os.path.join(workdir, "config.json")
@@ -244,6 +254,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
   state = create_train_state(config, model, tx, example_batch, inputs.apply_fn(config, axis_name),
                              inputs.task.loss_fn)
   finetune.check_patterns(state.params, config.optimizer.freeze, config.optimizer.lr_multipliers)
+  if config.early_stopping.metric:
+    _check_eval_metric(config, inputs, state)
   if config.init_from.workdir and not resuming:
     state = finetune.init_from(state, config, workdir)
   state = layout.place_state(state)

@@ -26,12 +26,18 @@ def _files(tmp_path):
   with gzip.open(bad / "t10k-labels-idx1-ubyte.gz", "wb") as f:
     f.write(bytes([0, 0, 8, 1]) + (5).to_bytes(4, "big") + bytes(5))
   (tmp_path / "a_file").write_text("not a directory")
+  (tmp_path / "bad_value.csv").write_text("amount,city,label\n1.5,Oslo,a\n2.0,Rome,b\nabc,Oslo,a\n")
+  (tmp_path / "bad_fields.csv").write_text("amount,label\n1.5,a\n2.0,b,extra\n")
+  (tmp_path / "bad.jsonl").write_text('{"x": 1, "label": "a"}\n{"x": 2, "label": \n')
+  (tmp_path / "rows.txt").write_text("x\n")
+  import numpy as np
+  np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}], dtype=object), label=np.array([1]))
 
 
 CASES = [
     # (name, argv after `jaxtrain`, exit status, text the one line holds)
-    ("no command", [], 2, "usage: jaxtrain {{train|sweep|report|inspect|rerun}}"),
-    ("unknown command", ["fit"], 2, "usage: jaxtrain {{train|sweep|report|inspect|rerun}}"),
+    ("no command", [], 2, "usage: jaxtrain {{train|sweep|report|inspect|rerun|data|predict|export}}"),
+    ("unknown command", ["fit"], 2, "usage: jaxtrain {{train|sweep|report|inspect|rerun|data|predict|export}}"),
     ("no config", ["train", "--workdir", "{w}"], 2, "--config is required"),
     ("no workdir", ["train", "--config", DIGITS], 2, "--workdir is required"),
     ("missing config file", ["train", "--config", "{t}/nope.py", "--workdir", "{w}"], 2,
@@ -66,7 +72,7 @@ CASES = [
                            "--config.optimizer.piecewise_boundaries=(10,20)"], 1,
      "config.optimizer.piecewise_scales=(1.0,) must have as many entries as optimizer.piecewise_boundaries"),
     ("unknown model", ["train", "--config", DIGITS, "--workdir", "{w}", "--config.model.name=vit"], 1,
-     "config.model.name='vit' must be one of ('mlp', 'cnn', 'resnet')"),
+     "config.model.name='vit' must be one of ('mlp', 'cnn', 'resnet', "),
     ("unknown nan policy", ["train", "--config", DIGITS, "--workdir", "{w}", "--config.nan_policy=ignore"], 1,
      "config.nan_policy='ignore' must be one of ('halt', 'skip')"),
     ("stop_at_step zero", ["train", "--config", DIGITS, "--workdir", "{w}", "--stop_at_step=0"], 2,
@@ -97,6 +103,41 @@ CASES = [
      "{t}/empty_dir/checkpoints holds no checkpoint"),
     ("rerun without manifest", ["rerun", "{t}/empty_dir", "--into", "{t}/rerun"], 1,
      "{t}/empty_dir has no manifest.json (not a jaxtrain workdir?)"),
+    ("import: a bad value", ["data", "import", "{t}/bad_value.csv", "--name", "x", "--columns", "amount=float",
+                             "--data_dir", "{t}/dd"], 1,
+     "{t}/bad_value.csv line 4, column 'amount': 'abc' is not a number"),
+    ("import: a declared kind", ["data", "import", "{t}/bad_value.csv", "--name", "x", "--columns", "city=int",
+                                 "--data_dir", "{t}/dd"], 1,
+     "{t}/bad_value.csv line 2, column 'city': 'Oslo' is not an integer (and 2 more bad values)"),
+    ("import: too many fields", ["data", "import", "{t}/bad_fields.csv", "--name", "x", "--data_dir", "{t}/dd"], 1,
+     "{t}/bad_fields.csv line 3: 3 fields, but the header has 2 (amount, label)"),
+    ("import: broken JSON line", ["data", "import", "{t}/bad.jsonl", "--name", "x", "--data_dir", "{t}/dd"], 1,
+     "{t}/bad.jsonl line 2: not a JSON object: Expecting value"),
+    ("import: pickled npz", ["data", "import", "{t}/objects.npz", "--name", "x", "--data_dir", "{t}/dd"], 1,
+     "cannot read {t}/objects.npz as .npz without pickle"),
+    ("import: unknown file type", ["data", "import", "{t}/rows.txt", "--name", "x", "--data_dir", "{t}/dd"], 1,
+     "{t}/rows.txt: unknown file type '.txt'"),
+    ("import: no label column", ["data", "import", "{t}/bad_value.csv", "--name", "x", "--label", "target",
+                                 "--data_dir", "{t}/dd"], 1, "no column 'target' to use as the label"),
+    ("import: bad fractions", ["data", "import", "jaxtrain/sample_data/spam.csv", "--name", "x",
+                               "--fractions", "0.5,0.1", "--data_dir", "{t}/dd"], 1,
+     "--fractions='0.5,0.1' should be three fractions (train, validation, test) summing to 1"),
+    ("import: bad name", ["data", "import", "jaxtrain/sample_data/spam.csv", "--name", "My Data",
+                          "--data_dir", "{t}/dd"], 1, "--name='My Data' must be lower case letters"),
+    ("import: missing file", ["data", "import", "{t}/nope.csv", "--name", "x", "--data_dir", "{t}/dd"], 1,
+     "data source {t}/nope.csv does not exist"),
+    ("predict: not a run", ["predict", "--workdir", "{t}/empty_dir", "--input", "{t}/bad_value.csv",
+                            "--output", "{t}/p.csv"], 1,
+     "{t}/empty_dir has no config.json (not a jaxtrain workdir?)"),
+    ("export: not a run", ["export", "--workdir", "{t}/empty_dir"], 1,
+     "{t}/empty_dir has no config.json (not a jaxtrain workdir?)"),
+    ("init_from missing", ["train", "--config", DIGITS, "--workdir", "{w}", "--config.init_from.workdir={t}/nope"], 1,
+     "init_from.workdir={t}/nope does not exist"),
+    ("freeze matching nothing", ["train", "--config", DIGITS, "--workdir", "{w}", "--config.optimizer.freeze=Encoder"], 1,
+     "config.optimizer.freeze='Encoder' matches no parameter (they are: BatchNorm_0/bias"),
+    ("early stopping on no metric", ["train", "--config", DIGITS, "--workdir", "{w}", "--config.num_train_steps=10",
+                                     "--config.eval_every_steps=5", "--config.early_stopping.metric=f2"], 1,
+     "config.early_stopping.metric='f2' is not an eval metric (they are: accuracy, f1, loss"),
 ]
 
 
@@ -113,6 +154,7 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(name, argv, status, text, tmp
   assert len(err) == 1, err
   assert fill(text) in err[0]
   assert not (tmp_path / "w" / "checkpoints").exists()
+  assert not (tmp_path / "dd").exists() or not any((tmp_path / "dd").glob("x*"))  # nothing half-imported
 
 
 def test_enough_cases():

@@ -1,0 +1,143 @@
+"""`jaxtrain data import`: every format, every split, versions, lags, and bad rows named."""
+
+import csv
+import datetime as dt
+import json
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from jaxtrain import data_import, datasets
+from jaxtrain.cli import main
+from jaxtrain.errors import UserError
+from jaxtrain.input_pipeline import InMemorySource
+
+from conftest import ROOT
+
+SAMPLES = ROOT / "jaxtrain" / "sample_data"
+
+
+def _import(capsys, *argv):
+  capsys.readouterr()
+  assert main(["data", "import", *map(str, argv)]) == 0, capsys.readouterr().err
+  return capsys.readouterr().out.strip()
+
+
+def _split(dataset_dir, split):
+  return InMemorySource(tfds.builder_from_directory(dataset_dir).as_data_source(split)).arrays
+
+
+def test_csv_import_infers_kinds_splits_by_seed_and_is_versioned(tmp_path, capsys):
+  dd = tmp_path / "data"
+  out = _import(capsys, SAMPLES / "spam.csv", "--name", "spam", "--data_dir", dd, "--seed", 3)
+  assert out.startswith("imported spam:1.0.0 (test 200, train 1600, validation 200)")
+  schema = data_import.read_schema(dd / "spam" / "1.0.0")
+  assert schema["columns"] == {"text": "text"} and schema["class_names"] == ["ham", "spam"]
+  train = _split(dd / "spam" / "1.0.0", "train")
+  rows = list(csv.DictReader(open(SAMPLES / "spam.csv")))
+  # The documented seeded split: a permutation's first 80% train, kept in file order.
+  chosen = np.sort(np.random.default_rng(3).permutation(len(rows))[:1600])
+  assert [t.decode() for t in train["text"]] == [rows[i]["text"] for i in chosen]
+  assert [["ham", "spam"][i] for i in train["label"]] == [rows[i]["label"] for i in chosen]
+
+  # Unchanged files: nothing happens. A changed file: the next version, which training then reads.
+  assert _import(capsys, SAMPLES / "spam.csv", "--name", "spam", "--data_dir", dd, "--seed", 3).startswith(
+      "unchanged, already imported as spam:1.0.0")
+  changed = tmp_path / "spam.csv"
+  changed.write_text((SAMPLES / "spam.csv").read_text() + "Claim your free prize now,spam\n")
+  assert _import(capsys, changed, "--name", "spam", "--data_dir", dd, "--seed", 3).startswith(
+      "imported spam:1.0.1 (test 200, train 1601")
+  history = json.loads((dd / "spam" / "imports.json").read_text())
+  assert [h["version"] for h in history] == ["1.0.0", "1.0.1"]
+  assert history[0]["fingerprint"] != history[1]["fingerprint"]
+  from ml_collections import ConfigDict
+  newest = datasets.get_builder(ConfigDict(dict(name="spam", data_dir=str(dd), path="")))
+  pinned = datasets.get_builder(ConfigDict(dict(name="spam:1.0.0", data_dir=str(dd), path="")))
+  assert (str(newest.version), str(pinned.version)) == ("1.0.1", "1.0.0")
+  with pytest.raises(UserError, match=r"no such version .* \(imported: 1.0.0, 1.0.1\)"):
+    datasets.get_builder(ConfigDict(dict(name="spam:2.0.0", data_dir=str(dd), path="")))
+
+
+def test_parquet_and_jsonl_are_read_with_declared_kinds(tmp_path, capsys):
+  dd = tmp_path / "data"
+  _import(capsys, SAMPLES / "diabetes.parquet", "--name", "diabetes", "--label", "progression",
+          "--columns", "sex=category", "--data_dir", dd)
+  schema = data_import.read_schema(dd / "diabetes" / "1.0.0")
+  assert schema["label_kind"] == "value" and schema["columns"]["sex"] == "category"
+  assert schema["columns"]["bmi"] == "float" and sum(schema["num_examples"].values()) == 442
+  _import(capsys, SAMPLES / "breast_cancer.jsonl", "--name", "cancer", "--label", "diagnosis", "--data_dir", dd)
+  schema = data_import.read_schema(dd / "cancer" / "1.0.0")
+  assert schema["class_names"] == ["benign", "malignant"] and len(schema["columns"]) == 30
+  assert schema["features"]["mean radius"] == "mean_radius"
+
+
+def test_time_split_and_lags_look_only_backwards(tmp_path, capsys):
+  dd = tmp_path / "data"
+  _import(capsys, SAMPLES / "demand.csv", "--name", "demand", "--label", "demand", "--columns", "date=time",
+          "--split", "time:date", "--cutoffs", "2024-09-01,2024-11-01", "--lags", "1,7", "--series", "store",
+          "--data_dir", dd)
+  cut1, cut2 = (int(dt.datetime(2024, m, 1, tzinfo=dt.timezone.utc).timestamp()) for m in (9, 11))
+  splits = {s: _split(dd / "demand" / "1.0.0", s) for s in ("train", "validation", "test")}
+  assert splits["train"]["date"].max() < cut1 <= splits["validation"]["date"].min()
+  assert splits["validation"]["date"].max() < cut2 <= splits["test"]["date"].min()
+  rows = list(csv.DictReader(open(SAMPLES / "demand.csv")))
+  by_key = {(r["store"], r["date"]): float(r["demand"]) for r in rows}
+  test = splits["test"]
+  for i in range(0, len(test["date"]), 97):
+    day = dt.datetime.fromtimestamp(int(test["date"][i]), dt.timezone.utc).date()
+    store = test["store"][i].decode()
+    for k in (1, 7):
+      earlier = (day - dt.timedelta(days=k)).isoformat()
+      assert test[f"demand_lag_{k}"][i] == np.float32(by_key[(store, earlier)])
+  # 8 stores x 7 days have no 7-day history: dropped, not filled.
+  assert sum(len(s["date"]) for s in splits.values()) == len(rows) - 8 * 7
+
+
+def test_split_by_column_and_npz(tmp_path, capsys):
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  n = len(digits.target)
+  split = np.where(np.arange(n) < 1500, "train", np.where(np.arange(n) < 1650, "validation", "test"))
+  np.savez(tmp_path / "digits.npz", image=(digits.images * 15).astype(np.uint8)[..., None],
+           label=digits.target, split=split)
+  dd = tmp_path / "data"
+  out = _import(capsys, tmp_path / "digits.npz", "--name", "npz_digits", "--split", "column:split",
+                "--data_dir", dd)
+  assert "(test 147, train 1500, validation 150)" in out
+  test = _split(dd / "npz_digits" / "1.0.0", "test")
+  assert test["image"].shape == (147, 8, 8, 1) and test["image"].dtype == np.uint8
+  np.testing.assert_array_equal(test["label"], digits.target[1650:])
+
+
+def test_class_folders_of_text_and_images(tmp_path, capsys):
+  from PIL import Image
+  for cls, words in (("billing", "invoice refund charge"), ("tech", "crash error login")):
+    (tmp_path / "tickets" / cls).mkdir(parents=True)
+    for i in range(10):
+      (tmp_path / "tickets" / cls / f"{i}.txt").write_text(f"{words} ticket {i}")
+  rng = np.random.default_rng(0)
+  for cls in ("cat", "dog"):
+    (tmp_path / "pets" / cls).mkdir(parents=True)
+    for i in range(6):
+      Image.fromarray(rng.integers(0, 255, (12 + i, 10, 3), dtype=np.uint8)).save(tmp_path / "pets" / cls / f"{i}.png")
+  dd = tmp_path / "data"
+  assert "train 16" in _import(capsys, tmp_path / "tickets", "--name", "tickets", "--data_dir", dd)
+  schema = data_import.read_schema(dd / "tickets" / "1.0.0")
+  assert schema["columns"] == {"text": "text"} and schema["class_names"] == ["billing", "tech"]
+  with pytest.raises(UserError, match="arrays of different shapes"):
+    data_import.run_import(data_import.ImportSpec(sources=(str(tmp_path / "pets"),), name="pets"), str(dd))
+  _import(capsys, tmp_path / "pets", "--name", "pets", "--image_size", "8,8", "--data_dir", dd)
+  train = _split(dd / "pets" / "1.0.0", "train")
+  assert train["image"].shape[1:] == (8, 8, 3)
+
+
+def test_bad_rows_are_all_found_and_nothing_is_written(tmp_path):
+  bad = tmp_path / "trips.csv"
+  bad.write_text("pickup,minutes,label\n2024-01-01,12.5,a\nyesterday,7,b\n2024-01-03,,a\n")
+  spec = data_import.ImportSpec(sources=(str(bad),), name="trips", columns="pickup=time,minutes=float")
+  with pytest.raises(UserError) as info:
+    data_import.run_import(spec, str(tmp_path / "data"))
+  assert str(info.value) == (f"{bad} line 3, column 'pickup': 'yesterday' is not a date or time "
+                             "(expected ISO 8601, e.g. 2024-05-31) (and 1 more bad values)")
+  assert not (tmp_path / "data").exists()
