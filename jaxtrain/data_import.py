@@ -571,14 +571,20 @@ def latest_version(data_dir: str, name: str) -> str | None:
   return max(versions, key=lambda v: tuple(int(x) for x in v.split("."))) if versions else None
 
 
-def read_prediction_rows(path: str, schema: dict) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-  """Feature arrays (and labels, if the file has them) of a file to predict on."""
+def read_prediction_rows(path: str, schema: dict, needed: set[str] | None = None
+                         ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+  """Feature arrays (and labels, if the file has them) of a file to predict on.
+
+  `needed`: the feature names the run's preprocessing reads (default: all);
+  other columns may be absent.
+  """
   spec = ImportSpec(sources=(path,), name="predict", label=schema["label"])
   rows = list(read_rows(spec))
   if not rows:
     raise UserError(f"{path}: no rows")
   has_label = all(schema["label"] in r for _, _, r in rows)
-  columns = dict(schema["columns"])
+  columns = {c: k for c, k in schema["columns"].items()
+             if needed is None or schema["features"][c] in needed}
   lag_cols = [c for c in columns if "_lag_" in c and c.startswith(schema["label"])]
   missing = [c for c in columns if c not in rows[0][2]]
   if missing:

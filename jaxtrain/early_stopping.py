@@ -2,9 +2,11 @@
 
 The tracker's state is a function of the run's eval events, so a resumed run
 rebuilds it from metrics.jsonl and stops at the step an uninterrupted run
-would have. The best checkpoints live in `<workdir>/best_checkpoints/`
-(Orbax keeps the k best by the metric), beside the latest ones in
-`checkpoints/`; `best.json` there names the best step and value.
+would have. Patience counts evaluations since the last improvement by at
+least `min_delta`; the best checkpoints are simply the k best values (earlier
+steps first among equals). They live in `<workdir>/best_checkpoints/` beside
+the latest ones in `checkpoints/`; `best.json` there names the best step, its
+value, and every kept step's value.
 """
 
 from __future__ import annotations
@@ -64,35 +66,47 @@ def best_dir(workdir: str) -> str:
 
 
 def make_best_manager(workdir: str, config, read_only: bool = False) -> ocp.CheckpointManager:
-  metric = config.early_stopping.metric
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=max(config.keep_best_checkpoints, 1), best_fn=lambda m: m[metric],
-      best_mode=config.early_stopping.mode, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=False)
+  options = ocp.CheckpointManagerOptions(max_to_keep=None, create=not read_only, read_only=read_only,
+                                         enable_async_checkpointing=False)
   return ocp.CheckpointManager(best_dir(workdir), options=options, item_names=("state",))
 
 
-def save_best(manager, workdir: str, step: int, state, metric: str, value: float, tracker) -> None:
-  """Offers this evaluation's state to the best-k set (Orbax drops all but the k best)."""
-  if step not in manager.all_steps():
+def read_best(workdir: str) -> dict:
+  try:
+    with open(os.path.join(best_dir(workdir), "best.json")) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return {"kept": {}}
+
+
+def save_best(manager, workdir: str, step: int, state, config, value: float) -> None:
+  """Keeps this evaluation's state if it is among the k best so far; drops the one it displaces.
+
+  Best is by value; among equal values the earlier step wins (a later copy
+  of the same quality adds nothing), so the set does not churn on plateaus.
+  """
+  metric, mode, k = config.early_stopping.metric, config.early_stopping.mode, config.keep_best_checkpoints
+  on_disk = set(manager.all_steps())
+  kept = {int(s): v for s, v in read_best(workdir)["kept"].items() if int(s) in on_disk}
+  kept[step] = value
+  ranked = sorted(kept, key=lambda s: (kept[s] if mode == "min" else -kept[s], s))[:k]
+  if step in ranked and step not in on_disk:
     manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(checkpoint.state_arrays(state))), metrics={metric: value})
+        state=ocp.args.StandardSave(checkpoint.state_arrays(state))))
     manager.wait_until_finished()
+  for old in on_disk - set(ranked):
+    manager.delete(old)
   tmp = os.path.join(best_dir(workdir), "best.json.tmp")
   with open(tmp, "w") as f:
-    json.dump({"metric": metric, "mode": tracker.mode, "best_step": tracker.best_step,
-               "best_value": tracker.best, "kept_steps": manager.all_steps()}, f, indent=2)
+    json.dump({"metric": metric, "mode": mode, "best_step": ranked[0], "best_value": kept[ranked[0]],
+               "kept": {str(s): kept[s] for s in ranked}, "kept_steps": sorted(ranked)}, f, indent=2)
   os.replace(tmp, os.path.join(best_dir(workdir), "best.json"))
 
 
-def restore_best(manager, state, tracker):
-  """`state` with the arrays of the best checkpoint (None if there is none).
-
-  The tracker's best (the first evaluation to reach the best value) wins
-  ties, as in best.json; Orbax's own choice is the fallback.
-  """
-  step = tracker.best_step if tracker.best_step in manager.all_steps() else manager.best_step()
-  if step is None:
+def restore_best(manager, workdir: str, state):
+  """`state` with the arrays of the best checkpoint, and its step (None, None if there is none)."""
+  step = read_best(workdir).get("best_step")
+  if step is None or step not in manager.all_steps():
     return None, None
   target = checkpoint.state_target(state)
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))

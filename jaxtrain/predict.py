@@ -62,7 +62,12 @@ def predict_arrays(inputs, state, raw: dict[str, np.ndarray], batch_size: int) -
 
 def _read_input(path: str, inputs) -> tuple[dict, np.ndarray | None]:
   if inputs.schema is not None:
-    return data_import.read_prediction_rows(path, inputs.schema)
+    prep = inputs.prep
+    needed = {s["feature"] for s in prep["numeric"] + prep["categorical"]}
+    needed |= {prep[k]["feature"] for k in ("text", "image") if prep[k]}
+    if inputs.seen is not None:  # retrieval: recommending needs only the user
+      needed.discard(prep["categorical"][1]["feature"])
+    return data_import.read_prediction_rows(path, inputs.schema, needed)
   if not path.endswith(".npz"):
     raise UserError(f"{path}: an image run predicts from a .npz with an 'image' array")
   with np.load(path, allow_pickle=False) as f:

@@ -199,8 +199,10 @@ def make_transform(prep: dict, *, train: bool, seen: dict | None = None) -> Call
           [(raw[s["feature"]].astype(np.float64) - s["mean"]) / s["std"] for s in prep["numeric"]],
           axis=1).astype(np.float32)
     if prep["categorical"]:
-      batch["categorical"] = np.stack(
-          [_calendar(raw[s["feature"]], s["calendar"]) if "calendar" in s else _lookup(s, raw[s["feature"]])
+      n = len(next(iter(raw.values())))
+      batch["categorical"] = np.stack(  # a feature not given (a retrieval query's item) is unknown: 0
+          [np.zeros(n, np.int32) if s["feature"] not in raw else
+           _calendar(raw[s["feature"]], s["calendar"]) if "calendar" in s else _lookup(s, raw[s["feature"]])
            for s in prep["categorical"]], axis=1)
     if prep["text"]:
       batch["tokens"] = _tokens(prep["text"], raw[prep["text"]["feature"]])

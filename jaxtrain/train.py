@@ -334,7 +334,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
             tracker.update(step, value)
             if best_manager is not None and jax.process_index() == 0:
               early_stopping.save_best(best_manager, workdir, step, layout.from_step(state),
-                                       es.metric, value, tracker)
+                                       config, value)
             stopped_early = tracker.should_stop and not final
         preempted = preemption.should_stop(step)  # every step: multi-host sync needs it
         if (step % config.checkpoint_every_steps == 0 or final or step == last_step or preempted
@@ -342,9 +342,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
           save()
         if stopped_early:
           log.info("early stopping at step %d: eval %s has not improved by %g for %d evaluations "
-                   "(best %.6g at step %d)", step, es.metric, es.min_delta, es.patience,
+                   "(last improvement: %.6g at step %d)", step, es.metric, es.min_delta, es.patience,
                    tracker.best, tracker.best_step)
-          emit("early_stop", {"best_step": tracker.best_step, f"best_{es.metric}": tracker.best})
+          emit("early_stop", {"last_improvement_step": tracker.best_step,
+                              f"last_improvement_{es.metric}": tracker.best})
         if preempted:
           raise Preempted(step, preemption.signal_name)
 
@@ -352,8 +353,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
     if done and sources["test_split"] is not None and not _has_event(workdir, "test"):
       test_state = state
       if best_manager is not None:  # the test measures the model one would deploy: the best
-        best_state, best_step = early_stopping.restore_best(best_manager, layout.from_step(state),
-                                                                   tracker)
+        best_state, best_step = early_stopping.restore_best(best_manager, workdir,
+                                                            layout.from_step(state))
         if best_state is not None:
           test_state = layout.to_step(best_state)
           log.info("testing the best checkpoint (step %d)", best_step)
