@@ -2,10 +2,21 @@
 
 Where things are:
   state.py           TrainState (the pytree a step reads and writes), linen_apply_fn
-  steps.py           train_step, eval_step (pure), losses, on-device metric totals
+  steps.py           train_step, eval_step, predict_step (pure), on-device metric totals
+  tasks.py           classification, regression, retrieval: losses, metrics (F1, ROC-AUC,
+                     RMSE, MAPE, recall@k, NDCG@k), predictions
   optim.py           Optax optimizers and schedules from config.optimizer
-  models.py          MLP, CNN (Flax's MNIST example with batch norm), small ResNet
-  datasets.py        TFDS builders: embedded digits, IDX files, standard TFDS by name
+  finetune.py        init_from another run (params matched by path and shape), freezing,
+                     per-group learning rates
+  models.py          MLP, CNN (Flax's MNIST example with batch norm), small ResNet; registry
+  table_models.py    tabular MLP, bag of embeddings, Transformer encoder, matrix
+                     factorization, two towers
+  datasets.py        TFDS builders: embedded digits, IDX files, imports, standard TFDS by name
+  data_import.py     `jaxtrain data import`: CSV/Parquet/JSONL/npz/folders -> versioned TFDS,
+                     rows validated, split by fraction/column/time, lags
+  preprocess.py      fitted on the train split, saved with the run: scaling, vocabularies,
+                     tokenizer, class weights
+  run_inputs.py      a run's splits + preprocessing + task + model, shared by train/predict
   input_pipeline.py  Grain: seeded per-epoch shuffle, process sharding, padded eval,
                      prefetch to device
   parallel.py        Layout: jit over a device mesh (optionally fsdp) or pmap; placing
@@ -13,6 +24,7 @@ Where things are:
   distributed.py     multi-host: jax.distributed from flags, SLURM, Open MPI, JobSet
   checkpoint.py      Orbax save/restore of state + data position, corrupt-checkpoint
                      fallback; params digests
+  early_stopping.py  patience on an eval metric; the k best checkpoints
   nan_guard.py       non-finite steps: never applied or saved; halt or skip
   preemption.py      SIGTERM/SIGINT: save and exit 75
   manifest.py        manifest.json: versions, devices, data fingerprint; config-change checks
@@ -22,18 +34,21 @@ Where things are:
   train.py           train_and_evaluate: the loop
   sweep.py           `jaxtrain sweep`: Optuna studies of ordinary runs, pruning, best config
   report.py          `jaxtrain report`: curves and sweep plots as HTML + PNGs
-  cli.py             `jaxtrain train | sweep | report | inspect | rerun`, one-line errors
+  predict.py         `jaxtrain predict` (files) and `jaxtrain export` (jax.export), evaluate_run
+  cli.py             `jaxtrain train | sweep | report | inspect | rerun | data | predict | export`
+Scheduled retraining (promote only if better): experiments/retrain.py.
 """
 
 from jaxtrain.checkpoint import tree_digest
 from jaxtrain.errors import UserError
 from jaxtrain.optim import make_optimizer
 from jaxtrain.state import TrainState, linen_apply_fn
-from jaxtrain.steps import accumulate, classification_loss, eval_step, summarize, train_step
+from jaxtrain.steps import (accumulate, classification_loss, eval_step, predict_step, summarize,
+                            train_step)
 from jaxtrain.train import train_and_evaluate
 
 __all__ = [
-    "TrainState", "train_step", "eval_step", "classification_loss", "linen_apply_fn",
+    "TrainState", "train_step", "eval_step", "predict_step", "classification_loss", "linen_apply_fn",
     "accumulate", "summarize", "make_optimizer", "train_and_evaluate", "tree_digest",
     "UserError",
 ]

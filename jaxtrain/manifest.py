@@ -31,7 +31,12 @@ RESUMABLE_FIELDS = ("log_every_steps", "eval_every_steps", "checkpoint_every_ste
                     "keep_checkpoints", "async_checkpointing", "dataset.prefetch",
                     "dataset.eval_split", "dataset.test_split", "nan_policy",
                     "nan_max_consecutive_skips", "parallel.fsdp", "parallel.fsdp_min_size",
-                    "parallel.prefetch_to_device", "dataset.cache_max_mb")
+                    "parallel.prefetch_to_device", "dataset.cache_max_mb", "eval_top_k",
+                    "early_stopping.metric", "early_stopping.mode", "early_stopping.patience",
+                    "early_stopping.min_delta", "keep_best_checkpoints")
+# Sections that only matter when a run starts (importing data, fitting preprocessing
+# and the init_from source are read then, and saved in the workdir).
+START_ONLY_SECTIONS = ("data_import", "init_from", "preprocess")
 # Schedules whose values do not depend on the run's length.
 HORIZON_FREE_SCHEDULES = ("constant", "piecewise")
 # Above this many bytes a dataset's fingerprint covers names and sizes, not contents.
@@ -143,6 +148,15 @@ def blocking_config_changes(old: dict, new: dict) -> dict[str, list]:
   changes = differences(old, new)
   for field in RESUMABLE_FIELDS:
     changes.pop(field, None)
+  for field in list(changes):
+    if field.split(".")[0] in START_ONLY_SECTIONS:
+      changes.pop(field)
+  from jaxtrain.config import base_config
+  defaults = json.loads(base_config().to_json_best_effort())
+  for section, value in defaults.items():  # runs from before a section existed ran as its default
+    if section not in old and new.get(section) == value:
+      for field in [f for f in changes if f == section or f.startswith(section + ".")]:
+        changes.pop(field)
   if new["optimizer"]["schedule"] in HORIZON_FREE_SCHEDULES and \
      old["optimizer"]["schedule"] == new["optimizer"]["schedule"]:
     changes.pop("num_train_steps", None)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxtrain import steps
 from jaxtrain.errors import UserError
 
 AUC_BINS = 1000  # ROC-AUC from score histograms, as Keras's AUC does (exact up to ties in a bin)
@@ -38,16 +39,14 @@ class Task:
 
 
 def classification_loss(logits, batch, *, class_weights=None, binary=False):
+  """steps.classification_loss, weighted per class, plus per-class hits (and scores, if binary)."""
   labels = batch["label"]
-  num_classes = logits.shape[-1]
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  metrics = steps.classification_loss(logits, batch)
   if class_weights is not None:
-    loss = loss * jnp.asarray(class_weights, jnp.float32)[labels]
-  predicted = jnp.argmax(logits, -1)
-  truth, guess = jax.nn.one_hot(labels, num_classes), jax.nn.one_hot(predicted, num_classes)
-  metrics = {"loss": loss, "accuracy": (predicted == labels).astype(jnp.float32),
-             "true_pos": truth * guess, "false_pos": (1 - truth) * guess,
-             "false_neg": truth * (1 - guess)}
+    metrics["loss"] = metrics["loss"] * jnp.asarray(class_weights, jnp.float32)[labels]
+  num_classes = logits.shape[-1]
+  truth, guess = jax.nn.one_hot(labels, num_classes), jax.nn.one_hot(jnp.argmax(logits, -1), num_classes)
+  metrics.update(true_pos=truth * guess, false_pos=(1 - truth) * guess, false_neg=truth * (1 - guess))
   if binary:
     score = jax.nn.softmax(logits.astype(jnp.float32))[:, 1]
     bins = jax.nn.one_hot(jnp.clip((score * AUC_BINS).astype(jnp.int32), 0, AUC_BINS - 1), AUC_BINS)
