@@ -105,3 +105,21 @@ def test_macro_f1_and_class_weights():
       f1_score(labels, logits.argmax(1), average="macro"))
   unweighted = tasks.classification_loss(logits, {"label": labels})
   np.testing.assert_allclose(metrics["loss"], unweighted["loss"] * np.array([1, 1, 2, .5, .5, .5]), rtol=1e-6)
+
+
+def test_image_classifier_from_an_imported_npz(tmp_path, capsys):
+  """Images from a user's .npz (here scikit-learn's digits) through the core's CNN."""
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  np.savez(tmp_path / "digits.npz", image=np.round(digits.images * 255 / 16).astype(np.uint8)[..., None],
+           label=digits.target)
+  dd, workdir = tmp_path / "data", tmp_path / "run"
+  assert main(["data", "import", str(tmp_path / "digits.npz"), "--name", "my_digits", "--data_dir", str(dd)]) == 0
+  assert main(["train", "--config", "configs/digits.py", "--workdir", str(workdir), "--quiet",
+               f"--config.dataset.data_dir={dd}", "--config.dataset.name=my_digits",
+               "--config.dataset.train_split=train", "--config.dataset.eval_split=validation",
+               "--config.dataset.test_split=test", "--config.num_train_steps=300"]) == 0
+  test = [e for e in read_metrics(workdir) if e["split"] == "test"][0]
+  held_out = _arrays(dd, "my_digits", "test")["label"]
+  majority = np.mean(held_out == np.bincount(_arrays(dd, "my_digits", "train")["label"]).argmax())
+  assert test["accuracy"] >= majority + 0.7, (test, majority)

@@ -1,0 +1,78 @@
+"""Preprocessing: fitted on the training split alone, applied the same way everywhere."""
+
+import numpy as np
+import pytest
+
+from jaxtrain import preprocess, tasks
+from jaxtrain.config import base_config
+from jaxtrain.errors import UserError
+
+SCHEMA = {"columns": {"amount": "float", "city": "category", "note": "text", "when": "time"},
+          "features": {"amount": "amount", "city": "city", "note": "note", "when": "when"},
+          "label": "label", "label_kind": "class", "class_names": ["no", "yes"]}
+TRAIN = {"amount": np.array([1.0, 2.0, 3.0, 6.0], np.float32),
+         "city": np.array([b"Oslo", b"Rome", b"Oslo", b"Lima"], object),
+         "note": np.array([b"Free cash now", b"see you", b"free FREE", b"call me"], object),
+         "when": np.array([1704067200, 1704153600, 1706745600, 1709251200]),  # 2024-01-01 (Mon), ...
+         "label": np.array([1, 0, 1, 0])}
+
+
+def _config(**preprocess_fields):
+  c = base_config()
+  c.preprocess.update(**preprocess_fields)
+  return c
+
+
+def test_fit_uses_the_training_split_only_and_transform_applies_it():
+  prep = preprocess.fit(SCHEMA, TRAIN, _config(max_length=4, calendar="dayofweek,month"))
+  amount = prep["numeric"][0]
+  assert (amount["mean"], amount["std"]) == (3.0, pytest.approx(np.std([1, 2, 3, 6])))
+  assert prep["categorical"][0]["vocab"] == ["Oslo", "Lima", "Rome"]  # by count, then name
+  assert prep["text"]["vocab"][:2] == ["free", "call"]                 # lower-cased words
+  new = {"amount": np.array([3.0], np.float32), "city": np.array([b"Paris"], object),
+         "note": np.array([b"FREE unknownword cash"], object), "when": np.array([1704067200]),
+         "label": np.array([1])}
+  batch = preprocess.make_transform(prep, train=False)(new)
+  np.testing.assert_allclose(batch["numeric"][0, 0], 0.0)  # (3 - train mean) / train std
+  vocab = prep["text"]["vocab"]
+  assert batch["tokens"].tolist() == [[vocab.index("free") + 2, 1, vocab.index("cash") + 2, 0]]  # 1: unknown, 0: pad
+  # city Paris was never seen: 0; Monday is day-of-week 1; January is month 1.
+  assert batch["categorical"].tolist() == [[0, 1, 1]]
+  assert prep["label"]["class_weights"] == [1.0, 1.0]
+
+
+def test_hashing_tokenizer_and_balanced_class_weights():
+  labels = dict(TRAIN, label=np.array([1, 0, 0, 0]))
+  prep = preprocess.fit(SCHEMA, labels, _config(tokenizer="hashing", num_buckets=64, class_weights="balanced"))
+  assert prep["text"]["size"] == 64 and "vocab" not in prep["text"]
+  tokens = preprocess.make_transform(prep, train=True)(TRAIN)["tokens"]
+  assert tokens[0, 0] == tokens[2, 0] == tokens[2, 1] and (tokens[:, :2] >= 2).all()  # "free" thrice
+  assert prep["label"]["class_weights"] == [4 / (2 * 3), 4 / (2 * 1)]  # scikit-learn's "balanced"
+  with pytest.raises(UserError, match="class_weights='1,2,3' must be none, balanced, or 2 numbers"):
+    preprocess.fit(SCHEMA, TRAIN, _config(class_weights="1,2,3"))
+
+
+def test_regression_losses_are_in_standardised_units_and_metrics_in_the_labels():
+  batch = {"label": np.array([10.0, 30.0], np.float32)}
+  outputs = np.array([1.0, -1.0], np.float32)  # standardised: 20 + 10 * out = [30, 10]
+  mse = tasks.regression_loss(outputs, batch, mean=20.0, std=10.0)
+  np.testing.assert_allclose(mse["loss"], [4.0, 4.0])
+  np.testing.assert_allclose(mse["mae"], [20.0, 20.0])
+  np.testing.assert_allclose(mse["ape"], [2.0, 2 / 3], rtol=1e-6)
+  q = tasks.regression_loss(outputs, batch, mean=20.0, std=10.0, loss="quantile", quantile=0.9)
+  np.testing.assert_allclose(q["loss"], [0.1 * 2, 0.9 * 2], rtol=1e-6)  # over- costs 0.1, under- 0.9
+  h = tasks.regression_loss(outputs, batch, mean=20.0, std=10.0, loss="huber", huber_delta=1.0)
+  np.testing.assert_allclose(h["loss"], [1.5, 1.5])
+  assert tasks.finalize_regression({"loss": 4.0, "mae": 20.0, "squared_error": 400.0, "ape": 1.0})["rmse"] == 20.0
+
+
+def test_tasks_refuse_data_they_cannot_use():
+  prep = preprocess.fit(SCHEMA, TRAIN, _config())
+  config = base_config()
+  config.task = "regression"
+  with pytest.raises(UserError, match="needs an imported dataset with a numeric label"):
+    tasks.make_task(config, prep)
+  config.task = "retrieval"
+  config.preprocess.features = "amount"
+  with pytest.raises(UserError, match="needs a user and an item column"):
+    tasks.make_task(config, preprocess.fit(SCHEMA, TRAIN, config))
