@@ -34,6 +34,8 @@ import numpy as np  # noqa: E402
 from jaxtrain import datasets  # noqa: E402
 from jaxtrain.metric_writers import read_metrics  # noqa: E402
 from jaxtrain.models import create_model  # noqa: E402
+from jaxtrain.state import linen_apply_fn  # noqa: E402
+from jaxtrain.steps import classification_loss  # noqa: E402
 from jaxtrain.optim import make_optimizer  # noqa: E402
 from jaxtrain.steps import train_step  # noqa: E402
 from jaxtrain.train import create_train_state, train_and_evaluate  # noqa: E402
@@ -70,7 +72,8 @@ def hand_loop(config, warmup: int) -> float:
   per_epoch = len(rows) // config.batch_size
   model = create_model(config.model)
   tx, _ = make_optimizer(config.optimizer, config.num_train_steps)
-  state = create_train_state(config, model, tx, {"image": images[:1]})
+  state = create_train_state(config, model, tx, {"image": images[:1]}, linen_apply_fn(model),
+                             classification_loss)
   step = jax.jit(train_step, donate_argnums=0)
   rng = np.random.default_rng(config.seed)
   order = []
