@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
       schedule="constant", warmup_steps=0,
       end_lr_factor=0.0,          # warmup_cosine/warmup_linear end at lr * this
       piecewise_boundaries=(0,), piecewise_scales=(1.0,),
+      accumulate_steps=1,         # gradient accumulation: update every k steps (optax.MultiSteps)
       freeze="",                  # regex over param paths (e.g. "Conv_|BatchNorm_"): never updated
       lr_multipliers=()))         # ((regex, factor), ...): the first match scales that param's lr
 
@@ -119,6 +120,7 @@ def _checks(c):
   yield "optimizer.grad_clip_norm", o.grad_clip_norm >= 0, "must be >= 0 (0 = no clipping)"
   yield "optimizer.schedule", o.schedule in SCHEDULES, f"must be one of {SCHEDULES}"
   yield "optimizer.warmup_steps", o.warmup_steps >= 0, "must be >= 0"
+  yield "optimizer.accumulate_steps", o.accumulate_steps >= 1, "must be >= 1"
   yield ("optimizer.piecewise_scales", len(o.piecewise_boundaries) == len(o.piecewise_scales),
          "must have as many entries as optimizer.piecewise_boundaries")
   yield "dataset.train_split", bool(c.dataset.train_split), "must name a split"

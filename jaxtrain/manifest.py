@@ -143,6 +143,21 @@ def differences(old, new, prefix: str = "") -> dict[str, list]:
   return {} if old == new else {prefix.rstrip("."): [old, new]}
 
 
+def _get_path(tree, dotted: str, missing=None):
+  for part in dotted.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return missing
+    tree = tree[part]
+  return tree
+
+
+def _has_path(tree, dotted: str) -> bool:
+  return _get_path(tree, dotted, _MISSING) is not _MISSING
+
+
+_MISSING = object()
+
+
 def blocking_config_changes(old: dict, new: dict) -> dict[str, list]:
   """The config changes that would make a resumed run differ from the one started."""
   changes = differences(old, new)
@@ -153,10 +168,9 @@ def blocking_config_changes(old: dict, new: dict) -> dict[str, list]:
       changes.pop(field)
   from jaxtrain.config import base_config
   defaults = json.loads(base_config().to_json_best_effort())
-  for section, value in defaults.items():  # runs from before a section existed ran as its default
-    if section not in old and new.get(section) == value:
-      for field in [f for f in changes if f == section or f.startswith(section + ".")]:
-        changes.pop(field)
+  for field in list(changes):  # a run from before a field existed ran as its default
+    if not _has_path(old, field) and _get_path(new, field) == _get_path(defaults, field, object()):
+      changes.pop(field)
   if new["optimizer"]["schedule"] in HORIZON_FREE_SCHEDULES and \
      old["optimizer"]["schedule"] == new["optimizer"]["schedule"]:
     changes.pop("num_train_steps", None)

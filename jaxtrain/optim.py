@@ -63,11 +63,15 @@ def make_optimizer(opt, num_train_steps: int) -> tuple[optax.GradientTransformat
                                                         optax.Schedule]:
   """The optimizer `opt` (a `config.optimizer`) describes, and its schedule.
 
+  With `opt.accumulate_steps=k` (gradient accumulation, `optax.MultiSteps`)
+  the params change every k-th step by the mean of k steps' gradients: a
+  batch k times larger in memory of one (the schedule counts updates).
   With `opt.freeze` or `opt.lr_multipliers` the params are partitioned
   (`optax.multi_transform`): frozen ones get zero updates (no weight decay
   either), and gradient clipping sees only the trainable ones.
   """
-  schedule = make_schedule(opt, num_train_steps)
+  k = opt.accumulate_steps
+  schedule = make_schedule(opt, max(num_train_steps // k, 1))
   partition = bool(opt.freeze or opt.lr_multipliers)
   parts = []
   if opt.grad_clip_norm > 0:
@@ -80,4 +84,7 @@ def make_optimizer(opt, num_train_steps: int) -> tuple[optax.GradientTransformat
     parts.append(finetune.partitioned(lambda s: optax.chain(*_base_optimizer(opt, s)), schedule, opt))
   else:
     parts += _base_optimizer(opt, schedule)
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  if k > 1:  # one update per k steps, from the mean of their gradients
+    return optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation(), lambda step: schedule(step // k)
+  return tx, schedule

@@ -226,6 +226,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
   split, metrics)` sees every logged event (a sweep's pruner raises from it to
   stop a trial). `progress` shows a live bar (on a terminal).
   """
+  t_entry = time.perf_counter()
   validate(config)
   _check_workdir(workdir)
   config_dict = json.loads(config.to_json_best_effort())
@@ -310,6 +311,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
         with jax.transfer_guard("disallow"):
           state, totals, health = train_fn(state, totals, health, batch)
         step += 1
+        if step == first_step + 1:  # start-up cost (compiling, mostly): one wait, once
+          jax.block_until_ready(totals)
+          log.info("first step done %.3f s after the run started (compiling included)",
+                   time.perf_counter() - t_entry)
         steps_since_log += 1
         bar.update(step)
         final = step == num_train_steps

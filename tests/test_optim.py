@@ -78,3 +78,34 @@ def test_sgd_momentum_and_nesterov_differ_and_clipping_bounds_the_update():
   np.testing.assert_allclose(nesterov, [-81.3, -108.4, 0], rtol=1e-5)
   clipped = two_updates(name="sgd", learning_rate=1.0, momentum=0.0, grad_clip_norm=5.0)
   np.testing.assert_allclose(clipped, [-3, -4, 0], rtol=1e-6)
+
+
+def test_accumulating_two_half_batches_is_one_full_batch():
+  """accumulate_steps=2 over two halves updates once, as one step over the whole batch does."""
+  import jax
+  import numpy as np
+  from jaxtrain import TrainState, classification_loss, linen_apply_fn, train_step
+  from jaxtrain.config import base_config
+  from jaxtrain.models import MLP
+
+  model = MLP(num_classes=3, features=(16,))
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(64, 5)).astype(np.float32), "label": rng.integers(0, 3, 64)}
+  variables = model.init(jax.random.PRNGKey(0), batch["image"][:1])
+
+  def state_for(k):
+    opt = base_config().optimizer
+    opt.update(name="adam", learning_rate=0.01, accumulate_steps=k)
+    tx, schedule = make_optimizer(opt, 10)
+    return TrainState.create(apply_fn=linen_apply_fn(model), variables=variables, tx=tx,
+                             loss_fn=classification_loss, rng=jax.random.PRNGKey(1)), schedule
+
+  full, _ = state_for(1)
+  full, _ = train_step(full, batch)
+  acc, schedule = state_for(2)
+  half = lambda lo: {k: v[lo:lo + 32] for k, v in batch.items()}
+  after_one, _ = train_step(acc, half(0))
+  np.testing.assert_array_equal(after_one.params["Dense_0"]["kernel"], variables["params"]["Dense_0"]["kernel"])
+  after_two, _ = train_step(after_one, half(32))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), after_two.params, full.params)
+  assert float(schedule(3)) == float(schedule(2))  # the schedule counts updates, not micro-steps
