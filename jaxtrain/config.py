@@ -17,6 +17,7 @@ MODELS = ("mlp", "cnn", "resnet", "tabular_mlp", "bag_of_embeddings", "transform
 TASKS = ("classification", "regression", "retrieval")
 EARLY_STOPPING_MODES = ("min", "max")
 NAN_POLICIES = ("halt", "skip")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 PARALLEL_MODES = ("jit", "pmap")
 
 
@@ -34,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.async_checkpointing = True
   c.nan_policy = "halt"           # halt | skip: what a non-finite loss or gradient does
   c.nan_max_consecutive_skips = 10  # with "skip": halt after this many bad steps in a row
+  c.compute_dtype = "float32"     # bfloat16: mixed precision (params, optimizer state, losses stay float32)
   c.deterministic_gpu_ops = False   # sets --xla_gpu_deterministic_ops=true (slower, exact reruns)
 
   c.optimizer = ml_collections.ConfigDict(dict(
@@ -104,6 +106,7 @@ def _checks(c):
   yield "seed", c.seed >= 0, "must be >= 0"
   yield "task", c.task in TASKS, f"must be one of {TASKS}"
   yield "batch_size", c.batch_size > 0, "must be > 0"
+  yield "compute_dtype", c.compute_dtype in COMPUTE_DTYPES, f"must be one of {COMPUTE_DTYPES}"
   yield "num_train_steps", c.num_train_steps == -1 or c.num_train_steps > 0, "must be > 0, or -1 to use num_epochs"
   yield "num_epochs", c.num_train_steps > 0 or c.num_epochs > 0, "must be > 0 when num_train_steps is -1"
   for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):

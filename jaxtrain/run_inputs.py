@@ -13,6 +13,7 @@ import os
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxtrain import data_import, datasets, input_pipeline, manifest, preprocess, tasks
@@ -35,7 +36,12 @@ class RunInputs:
     return preprocess.make_transform(self.prep, train=train, seen=self.seen)
 
   def model(self, config, axis_name: str | None = None):
-    return create_model(config.model, axis_name, preprocess.model_kwargs(self.prep))
+    """The model; `config.compute_dtype` goes to models with a `dtype` (their compute dtype:
+    Flax keeps params in float32, so bfloat16 here is mixed precision with float32 masters)."""
+    derived = preprocess.model_kwargs(self.prep)
+    if config.get("compute_dtype", "float32") != "float32":
+      derived["dtype"] = jnp.dtype(config.compute_dtype)
+    return create_model(config.model, axis_name, derived)
 
   def apply_fn(self, config, axis_name: str | None = None):
     input_key = "image" if config.model.name in IMAGE_MODELS else None

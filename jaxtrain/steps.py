@@ -30,6 +30,7 @@ Metrics = dict[str, jax.Array]
 def classification_loss(logits: jax.Array, batch: Mapping[str, jax.Array]) -> Metrics:
   """Softmax cross-entropy on integer `batch["label"]`, and accuracy."""
   labels = batch["label"]
+  logits = logits.astype(jnp.float32)  # a bfloat16 model's loss is still taken in float32
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   accuracy = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
   return {"loss": loss, "accuracy": accuracy}

@@ -38,3 +38,25 @@ def test_models_map_images_to_logits(fields, shape):
 def test_unknown_model_name():
   with pytest.raises(ValueError, match=r"config.model.name='vit' is not one of"):
     create_model(ml_collections.ConfigDict(dict(name="vit", num_classes=2)))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_loss(small_config, tmp_path):
+  """compute_dtype=bfloat16: bf16 activations, float32 params, a float32 loss, and it learns."""
+  import jax
+  import jax.numpy as jnp
+  from jaxtrain import checkpoint, run_inputs, train
+  from jaxtrain.metric_writers import read_metrics
+  c = small_config
+  c.compute_dtype = "bfloat16"
+  c.model = dict(name="cnn", num_classes=10)
+  model = run_inputs.load(c, fit=True).model(c)
+  assert model.dtype == jnp.bfloat16
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+  assert {x.dtype for x in jax.tree.leaves(variables["params"])} == {jnp.dtype("float32")}
+  assert model.apply(variables, jnp.zeros((2, 8, 8, 1))).dtype == jnp.bfloat16
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)
+  arrays = checkpoint.load_arrays(workdir)[1]
+  assert {str(x.dtype) for x in jax.tree.leaves(arrays["params"])} == {"float32"}
+  evals = [e for e in read_metrics(workdir) if e["split"] == "eval"]
+  assert evals[-1]["accuracy"] > 0.5
