@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import orbax.checkpoint as ocp
 
 from jaxtrain import checkpoint
@@ -26,6 +27,12 @@ class Tracker:
   def __init__(self, mode: str, min_delta: float, patience: int):
     self.mode, self.min_delta, self.patience = mode, min_delta, patience
     self.best, self.best_step, self.since_best = None, None, 0
+    self.history: dict[int, float] = {}  # every evaluation's value, by step
+
+  def ranked(self, k: int) -> list[int]:
+    """The steps of the k best values; among equal values the earlier step first."""
+    sign = 1.0 if self.mode == "min" else -1.0
+    return sorted(self.history, key=lambda s: (sign * self.history[s], s))[:k]
 
   def improves(self, value: float) -> bool:
     if self.best is None:
@@ -33,6 +40,7 @@ class Tracker:
     return value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
 
   def update(self, step: int, value: float) -> bool:
+    self.history[step] = value
     if self.improves(value):
       self.best, self.best_step, self.since_best = value, step, 0
       return True
@@ -76,36 +84,39 @@ def read_best(workdir: str) -> dict:
     with open(os.path.join(best_dir(workdir), "best.json")) as f:
       return json.load(f)
   except FileNotFoundError:
-    return {"kept": {}}
+    return {}
 
 
-def save_best(manager, workdir: str, step: int, state, config, value: float) -> None:
+def save_best(manager, workdir: str, step: int, state, config, tracker: Tracker) -> None:
   """Keeps this evaluation's state if it is among the k best so far; drops the one it displaces.
 
   Best is by value; among equal values the earlier step wins (a later copy
   of the same quality adds nothing), so the set does not churn on plateaus.
+  Every process calls this (saving is collective); the ranking comes from
+  the evaluations' values, which all processes share.
   """
-  metric, mode, k = config.early_stopping.metric, config.early_stopping.mode, config.keep_best_checkpoints
+  ranked = tracker.ranked(config.keep_best_checkpoints)
   on_disk = set(manager.all_steps())
-  kept = {int(s): v for s, v in read_best(workdir)["kept"].items() if int(s) in on_disk}
-  kept[step] = value
-  ranked = sorted(kept, key=lambda s: (kept[s] if mode == "min" else -kept[s], s))[:k]
   if step in ranked and step not in on_disk:
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(checkpoint.state_arrays(state))))
     manager.wait_until_finished()
-  for old in on_disk - set(ranked):
+  for old in sorted(on_disk - set(ranked)):
     manager.delete(old)
-  tmp = os.path.join(best_dir(workdir), "best.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump({"metric": metric, "mode": mode, "best_step": ranked[0], "best_value": kept[ranked[0]],
-               "kept": {str(s): kept[s] for s in ranked}, "kept_steps": sorted(ranked)}, f, indent=2)
-  os.replace(tmp, os.path.join(best_dir(workdir), "best.json"))
+  if jax.process_index() == 0:
+    tmp = os.path.join(best_dir(workdir), "best.json.tmp")
+    with open(tmp, "w") as f:
+      json.dump({"metric": config.early_stopping.metric, "mode": tracker.mode, "best_step": ranked[0],
+                 "best_value": tracker.history[ranked[0]],
+                 "kept": {str(s): tracker.history[s] for s in ranked}, "kept_steps": sorted(ranked)},
+                f, indent=2)
+    os.replace(tmp, os.path.join(best_dir(workdir), "best.json"))
 
 
-def restore_best(manager, workdir: str, state):
+def restore_best(manager, state, tracker: Tracker):
   """`state` with the arrays of the best checkpoint, and its step (None, None if there is none)."""
-  step = read_best(workdir).get("best_step")
+  ranked = tracker.ranked(1)
+  step = ranked[0] if ranked else None
   if step is None or step not in manager.all_steps():
     return None, None
   target = checkpoint.state_target(state)

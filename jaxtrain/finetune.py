@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from jaxtrain import checkpoint
+from jaxtrain import checkpoint, early_stopping
 from jaxtrain.errors import UserError
 
 log = logging.getLogger("jaxtrain")
@@ -70,9 +70,8 @@ def _source_step(workdir: str, step: int, best: bool) -> tuple[str, int]:
   steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
   if not steps:
     raise UserError(f"init_from.workdir={workdir} has no {'best ' if best else ''}checkpoints in {root}")
-  if best:
-    with open(os.path.join(workdir, "best_checkpoints", "best.json")) as f:
-      step = json.load(f)["best_step"] if step < 0 else step
+  if best and step < 0:
+    step = early_stopping.read_best(workdir).get("best_step", -1)
   step = steps[-1] if step < 0 else step
   if step not in steps:
     raise UserError(f"init_from.step={step}: {root} has checkpoints at steps {steps}")

@@ -337,9 +337,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
           if es.metric:
             value = early_stopping.metric_value(metrics, es.metric)
             tracker.update(step, value)
-            if best_manager is not None and jax.process_index() == 0:
+            if best_manager is not None:
               early_stopping.save_best(best_manager, workdir, step, layout.from_step(state),
-                                       config, value)
+                                       config, tracker)
             stopped_early = tracker.should_stop and not final
         preempted = preemption.should_stop(step)  # every step: multi-host sync needs it
         if (step % config.checkpoint_every_steps == 0 or final or step == last_step or preempted
@@ -358,8 +358,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
     if done and sources["test_split"] is not None and not _has_event(workdir, "test"):
       test_state = state
       if best_manager is not None:  # the test measures the model one would deploy: the best
-        best_state, best_step = early_stopping.restore_best(best_manager, workdir,
-                                                            layout.from_step(state))
+        best_state, best_step = early_stopping.restore_best(best_manager, layout.from_step(state),
+                                                            tracker)
         if best_state is not None:
           test_state = layout.to_step(best_state)
           log.info("testing the best checkpoint (step %d)", best_step)
