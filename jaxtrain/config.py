@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.async_checkpointing = True
   c.nan_policy = "halt"           # halt | skip: what a non-finite loss or gradient does
   c.nan_max_consecutive_skips = 10  # with "skip": halt after this many bad steps in a row
+  c.steps_per_dispatch = 1        # k > 1: k steps per call, one lax.scan (for dispatch-bound small models)
   c.compute_dtype = "float32"     # bfloat16: mixed precision (params, optimizer state, losses stay float32)
   c.deterministic_gpu_ops = False   # sets --xla_gpu_deterministic_ops=true (slower, exact reruns)
 
@@ -106,6 +107,7 @@ def _checks(c):
   yield "seed", c.seed >= 0, "must be >= 0"
   yield "task", c.task in TASKS, f"must be one of {TASKS}"
   yield "batch_size", c.batch_size > 0, "must be > 0"
+  yield "steps_per_dispatch", c.steps_per_dispatch >= 1, "must be >= 1"
   yield "compute_dtype", c.compute_dtype in COMPUTE_DTYPES, f"must be one of {COMPUTE_DTYPES}"
   yield "num_train_steps", c.num_train_steps == -1 or c.num_train_steps > 0, "must be > 0, or -1 to use num_epochs"
   yield "num_epochs", c.num_train_steps > 0 or c.num_epochs > 0, "must be > 0 when num_train_steps is -1"

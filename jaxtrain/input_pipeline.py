@@ -121,6 +121,14 @@ def train_dataset(source, *, global_batch_size: int, seed: int, process_index: i
   return grain.MapDataset.range(sys.maxsize).map(batch_at)
 
 
+def grouped(dataset: grain.MapDataset, k: int) -> grain.MapDataset:
+  """Element g holds elements g*k .. g*k+k-1 stacked on a new leading axis (steps per dispatch)."""
+  def group(g: int) -> Batch:
+    batches = [dataset[g * k + i] for i in range(k)]
+    return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+  return grain.MapDataset.range(sys.maxsize // k).map(group)
+
+
 def eval_dataset(source, *, global_batch_size: int, process_index: int = 0,
                  process_count: int = 1,
                  transform: Callable[[Batch], Batch] = to_model_inputs) -> grain.MapDataset:

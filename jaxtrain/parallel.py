@@ -57,9 +57,9 @@ def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
 
 
-def put_batch(local_batch, mesh: Mesh):
-  """A global batch sharded on `data`, built from this process's rows."""
-  sharding = data_sharded(mesh)
+def put_batch(local_batch, mesh: Mesh, batch_axis: int = 0):
+  """A global batch sharded on `data` (along `batch_axis`), built from this process's rows."""
+  sharding = NamedSharding(mesh, P(*([None] * batch_axis), DATA_AXIS))
   if jax.process_count() == 1:  # the local rows are the global batch: a plain (cheaper) put
     return jax.device_put(local_batch, sharding)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
@@ -159,6 +159,19 @@ class Layout:
       local_batch = jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]),
                                  local_batch)
     return put_batch(local_batch, self.mesh)
+
+  def put_batches(self, local_batches):
+    """k global batches stacked on a leading axis ([k, B, ...]), for a step that scans them.
+
+    jit: sharded on the batch axis (1); pmap: each device gets its [k, B/n, ...].
+    """
+    if self.mode == "pmap":
+      n = self.num_local_devices
+      local_batches = jax.tree.map(
+          lambda x: x.reshape((x.shape[0], n, x.shape[1] // n) + x.shape[2:]).swapaxes(0, 1),
+          local_batches)
+      return put_batch(local_batches, self.mesh)
+    return put_batch(local_batches, self.mesh, batch_axis=1)
 
   def put_replicated(self, tree):
     """Small values every device keeps a copy of (metric totals, the NaN guard's record)."""

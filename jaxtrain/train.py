@@ -65,6 +65,14 @@ def _train_and_accumulate(state, totals, health, batch, axis_name=None):
   return state, accumulate(totals, metrics), health
 
 
+def _train_many(state, totals, health, batches, axis_name=None):
+  """`_train_and_accumulate` over k stacked batches in one program (`lax.scan`): one dispatch."""
+  def body(carry, batch):
+    return _train_and_accumulate(*carry, batch, axis_name=axis_name), None
+  (state, totals, health), _ = jax.lax.scan(body, (state, totals, health), batches)
+  return state, totals, health
+
+
 def _eval_and_accumulate(state, totals, batch, axis_name=None):
   return accumulate(totals, eval_step(state, batch, axis_name=axis_name))
 
@@ -75,20 +83,21 @@ def _compiled_eval(layout: parallel.Layout):
                         out_shardings=parallel.replicated(layout.mesh))
 
 
-def _compiled_train(layout: parallel.Layout, state):
-  """The loop's step for `layout` and `state` (whose fsdp shardings it keeps)."""
+def _compiled_train(layout: parallel.Layout, state, steps_per_dispatch: int = 1):
+  """The loop's step (or k steps) for `layout` and `state` (whose fsdp shardings it keeps)."""
   if not layout.fsdp:
-    return _compiled_replicated_train(layout)
+    return _compiled_replicated_train(layout, steps_per_dispatch)
   every = parallel.replicated(layout.mesh)
-  return layout.compile(_train_and_accumulate, donate_argnums=(0, 1, 2),
+  return layout.compile(_train_and_accumulate if steps_per_dispatch == 1 else _train_many,
+                        donate_argnums=(0, 1, 2),
                         out_shardings=(layout.state_shardings(state), every, every))
 
 
 @functools.cache
-def _compiled_replicated_train(layout: parallel.Layout):
+def _compiled_replicated_train(layout: parallel.Layout, steps_per_dispatch: int = 1):
   every = parallel.replicated(layout.mesh)
-  return layout.compile(_train_and_accumulate, donate_argnums=(0, 1, 2),
-                        out_shardings=(every, every, every))
+  return layout.compile(_train_and_accumulate if steps_per_dispatch == 1 else _train_many,
+                        donate_argnums=(0, 1, 2), out_shardings=(every, every, every))
 
 
 def evaluate(state: TrainState, source, *, batch_size: int, layout: parallel.Layout,
@@ -148,6 +157,18 @@ def _check_data_fits_model(config, builder, model, example_batch) -> None:
     shapes = jax.tree.map(lambda x: f"{x.shape[1:]} {x.dtype}", inputs)
     raise UserError(f"config.model ({config.model.name}) cannot take this dataset's inputs "
                     f"{shapes}: {str(e).splitlines()[0]}") from None
+
+
+def _check_dispatch_cadence(config, num_train_steps: int, stop_at_step: int | None) -> None:
+  """With k steps per dispatch, everything the loop does between steps falls on multiples of k."""
+  k = config.steps_per_dispatch
+  if k == 1:
+    return
+  for name, value in (("num_train_steps", num_train_steps), ("log_every_steps", config.log_every_steps),
+                      ("eval_every_steps", config.eval_every_steps),
+                      ("checkpoint_every_steps", config.checkpoint_every_steps), ("--stop_at_step", stop_at_step)):
+    if value is not None and value % k:
+      raise UserError(f"{name}={value} must be a multiple of steps_per_dispatch={k}")
 
 
 def _check_eval_metric(config, inputs, state) -> None:
@@ -243,9 +264,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
       train_source, global_batch_size=config.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
       transform=inputs.transform(train=True))
+  k = config.steps_per_dispatch
+  _check_dispatch_cadence(config, num_train_steps, stop_at_step)
   train_iter = input_pipeline.DevicePrefetch(
-      input_pipeline.iterate(train_data, _host_prefetch(train_source, config)), layout.put_batch,
-      config.parallel.prefetch_to_device)
+      input_pipeline.iterate(train_data if k == 1 else input_pipeline.grouped(train_data, k),
+                             _host_prefetch(train_source, config)),
+      layout.put_batch if k == 1 else layout.put_batches, config.parallel.prefetch_to_device)
 
   tx, schedule = make_optimizer(config.optimizer, num_train_steps)
   model = inputs.model(config)
@@ -265,7 +289,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
       workdir, state, train_iter, max_to_keep=config.keep_checkpoints,
       async_save=config.async_checkpointing)
   step = int(parallel.host_value(state.step))
-  train_fn = _compiled_train(layout, state)
+  one_step_fn, train_fn = _compiled_train(layout, state), _compiled_train(layout, state, k)
   state = layout.to_step(state)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -289,7 +313,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
   last_step = num_train_steps if stop_at_step is None else min(stop_at_step, num_train_steps)
   health = layout.put_replicated(nan_guard.new_health())
   # Metric totals' shapes, from one trace of the step (not per log interval).
-  total_shapes = jax.eval_shape(train_fn, state, None, health,
+  total_shapes = jax.eval_shape(one_step_fn, state, None, health,
                                 layout.put_batch(example_batch))[1]
   metric_names = sorted(total_shapes)
   totals, t_log, steps_since_log = None, time.perf_counter(), 0
@@ -310,12 +334,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
           totals = layout.zeros_like(total_shapes)
         with jax.transfer_guard("disallow"):
           state, totals, health = train_fn(state, totals, health, batch)
-        step += 1
-        if step == first_step + 1:  # start-up cost (compiling, mostly): one wait, once
+        step += k
+        if step == first_step + k:  # start-up cost (compiling, mostly): one wait, once
           jax.block_until_ready(totals)
           log.info("first step done %.3f s after the run started (compiling included)",
                    time.perf_counter() - t_entry)
-        steps_since_log += 1
+        steps_since_log += k
         bar.update(step)
         final = step == num_train_steps
         if step % config.log_every_steps == 0 or final or step == last_step:
