@@ -21,7 +21,6 @@ Image datasets without a schema (digits, IDX, TFDS) get `to_model_inputs`.
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import json
 import os
 import re
@@ -160,22 +159,31 @@ def fit_seen(train: dict[str, np.ndarray], prep: dict) -> dict[str, np.ndarray]:
           "popularity": np.bincount(items, minlength=prep["categorical"][1]["size"])}
 
 
-def _lookup(spec: dict, values) -> np.ndarray:
-  index = {v: i + 1 for i, v in enumerate(spec["vocab"])}
+def _index(vocab, first: int) -> dict[str, int]:
+  return {v: i + first for i, v in enumerate(vocab)}
+
+
+def _lookup(spec: dict, values, index: dict | None = None) -> np.ndarray:
+  index = _index(spec["vocab"], 1) if index is None else index
   return np.asarray([index.get(v, 0) for v in _strings(values)], np.int32)
 
 
 def _calendar(seconds: np.ndarray, field: str) -> np.ndarray:
-  def one(s):
-    t = dt.datetime.fromtimestamp(int(s), dt.timezone.utc)
-    return {"dayofweek": t.weekday() + 1, "month": t.month, "hour": t.hour + 1,
-            "dayofmonth": t.day}[field]
-  return np.asarray([one(s) for s in seconds], np.int32)
+  """1-based calendar fields of UTC times (0 stays free for "unknown")."""
+  t = np.asarray(seconds, np.int64).astype("datetime64[s]")
+  if field == "dayofweek":  # Monday = 1; 1970-01-01 was a Thursday
+    return ((t.astype("datetime64[D]").astype(np.int64) + 3) % 7 + 1).astype(np.int32)
+  if field == "month":
+    return (t.astype("datetime64[M]").astype(np.int64) % 12 + 1).astype(np.int32)
+  if field == "hour":
+    return ((t.astype("datetime64[h]").astype(np.int64)) % 24 + 1).astype(np.int32)
+  days = t.astype("datetime64[D]") - t.astype("datetime64[M]").astype("datetime64[D]")
+  return (days.astype(np.int64) + 1).astype(np.int32)
 
 
-def _tokens(spec: dict, texts) -> np.ndarray:
+def _tokens(spec: dict, texts, index: dict | None = None) -> np.ndarray:
   out = np.zeros((len(texts), spec["max_length"]), np.int32)
-  index = {t: i + 2 for i, t in enumerate(spec.get("vocab", ()))}
+  index = _index(spec.get("vocab", ()), 2) if index is None else index
   for row, text in enumerate(_strings(texts)):
     words = tokenize(text)[:spec["max_length"]]
     if spec["tokenizer"] == "vocab":
@@ -191,6 +199,9 @@ def make_transform(prep: dict, *, train: bool, seen: dict | None = None) -> Call
   if prep["kind"] == "image":
     return to_model_inputs
   max_seen = int(np.diff(seen["offsets"]).max()) if seen is not None else 0
+  # Vocabulary indices, built once (not per batch).
+  indices = [None if "calendar" in s else _index(s["vocab"], 1) for s in prep["categorical"]]
+  token_index = _index(prep["text"].get("vocab", ()), 2) if prep["text"] else None
 
   def transform(raw: Batch) -> Batch:
     batch = {}
@@ -202,10 +213,10 @@ def make_transform(prep: dict, *, train: bool, seen: dict | None = None) -> Call
       n = len(next(iter(raw.values())))
       batch["categorical"] = np.stack(  # a feature not given (a retrieval query's item) is unknown: 0
           [np.zeros(n, np.int32) if s["feature"] not in raw else
-           _calendar(raw[s["feature"]], s["calendar"]) if "calendar" in s else _lookup(s, raw[s["feature"]])
-           for s in prep["categorical"]], axis=1)
+           _calendar(raw[s["feature"]], s["calendar"]) if "calendar" in s else _lookup(s, raw[s["feature"]], i)
+           for s, i in zip(prep["categorical"], indices)], axis=1)
     if prep["text"]:
-      batch["tokens"] = _tokens(prep["text"], raw[prep["text"]["feature"]])
+      batch["tokens"] = _tokens(prep["text"], raw[prep["text"]["feature"]], token_index)
     if prep["image"]:
       batch["image"] = raw[prep["image"]["feature"]].astype(np.float32) * np.float32(1 / 255)
     if "label" in raw:

@@ -76,3 +76,13 @@ def test_tasks_refuse_data_they_cannot_use():
   config.preprocess.features = "amount"
   with pytest.raises(UserError, match="needs a user and an item column"):
     tasks.make_task(config, preprocess.fit(SCHEMA, TRAIN, config))
+
+
+def test_calendar_fields_match_python_datetime():
+  import datetime as dt
+  seconds = np.random.default_rng(0).integers(-10**9, 3 * 10**9, 500)  # 1938..2065
+  when = [dt.datetime.fromtimestamp(int(s), dt.timezone.utc) for s in seconds]
+  expected = {"dayofweek": [t.weekday() + 1 for t in when], "month": [t.month for t in when],
+              "hour": [t.hour + 1 for t in when], "dayofmonth": [t.day for t in when]}
+  for field, values in expected.items():
+    assert preprocess._calendar(seconds, field).tolist() == values, field
