@@ -67,7 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ml_collections.ConfigDict(dict(
       workdir="",                 # fine-tune: start from this run's (newest) checkpoint ...
       step=-1,                    # ... at this step (-1: newest); params matching by path and shape
-      best=False))                # ... or from its best checkpoint (keep_best_checkpoints)
+      best=False,                 # ... or from its best checkpoint (keep_best_checkpoints)
+      checkpoint=""))             # or any Orbax checkpoint of {"params": ...} or of the params tree
 
   c.preprocess = ml_collections.ConfigDict(dict(
       features="",                # columns the model sees ("" = all but the label); retrieval: user,item

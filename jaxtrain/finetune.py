@@ -81,7 +81,13 @@ def _source_step(workdir: str, step: int, best: bool) -> tuple[str, int]:
 def read_source(workdir: str, step: int = -1, best: bool = False) -> tuple[dict, int]:
   """The source checkpoint's state arrays (host NumPy), and its step."""
   root, step = _source_step(workdir, step, best)
-  path = os.path.join(root, str(step), "state")
+  return read_checkpoint(os.path.join(root, str(step), "state")), step
+
+
+def read_checkpoint(path: str) -> dict:
+  """Any Orbax (StandardCheckpointer) pytree at `path`, read onto this host as NumPy."""
+  if not os.path.isdir(path):
+    raise UserError(f"init_from: {path} is not a directory")
   try:
     metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -90,7 +96,7 @@ def read_source(workdir: str, step: int = -1, best: bool = False) -> tuple[dict,
       arrays = ckptr.restore(path, target)
   except Exception as e:
     raise UserError(f"init_from: cannot read {path}: {str(e).splitlines()[0]}") from None
-  return jax.tree.map(np.asarray, arrays), step
+  return jax.tree.map(np.asarray, arrays)
 
 
 def merge(target, source) -> tuple[object, dict]:
@@ -116,16 +122,21 @@ def merge(target, source) -> tuple[object, dict]:
 def init_from(state, config, workdir: str):
   """`state` with params and model state from `config.init_from`, a fresh optimizer state."""
   c = config.init_from
-  source, step = read_source(c.workdir, c.step, c.best)
+  if c.checkpoint:  # someone else's Orbax checkpoint: {"params": ...} or the params tree itself
+    source, step = read_checkpoint(c.checkpoint), None
+    if "params" not in source:
+      source = {"params": source}
+  else:
+    source, step = read_source(c.workdir, c.step, c.best)
   params, report = merge(jax.device_get(state.params), source.get("params", {}))
   model_state, state_report = merge(jax.device_get(state.model_state), source.get("model_state", {}))
   if not report["restored"]:
-    raise UserError(f"init_from.workdir={c.workdir}: no parameter matches this model's by path "
+    raise UserError(f"init_from {c.checkpoint or c.workdir}: no parameter matches this model's by path "
                     f"and shape (the source has {', '.join(list(flat(source['params']))[:6])}, ...)")
-  report.update(source=os.path.abspath(c.workdir), step=step,
+  report.update(source=os.path.abspath(c.checkpoint or c.workdir), step=step,
                 model_state_restored=state_report["restored"])
-  log.info("init_from %s step %d: %d of %d param arrays restored; initialised afresh: %s",
-           c.workdir, step, len(report["restored"]), len(report["restored"]) + len(report["initialised"]),
+  log.info("init_from %s (step %s): %d of %d param arrays restored; initialised afresh: %s",
+           c.checkpoint or c.workdir, step, len(report["restored"]), len(report["restored"]) + len(report["initialised"]),
            "; ".join(report["initialised"]) or "none")
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "init_from.json"), "w") as f:

@@ -281,7 +281,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
   finetune.check_patterns(state.params, config.optimizer.freeze, config.optimizer.lr_multipliers)
   if config.early_stopping.metric:
     _check_eval_metric(config, inputs, state)
-  if config.init_from.workdir and not resuming:
+  if (config.init_from.workdir or config.init_from.checkpoint) and not resuming:
     state = finetune.init_from(state, config, workdir)
   state = layout.place_state(state)
 

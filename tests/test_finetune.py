@@ -78,3 +78,24 @@ def test_patterns_are_checked(small_config):
   params = {"Dense_0": {"kernel": np.zeros((2, 2))}}
   with pytest.raises(UserError, match=r"optimizer.lr_multipliers='\[' is not a regex"):
     finetune.check_patterns(params, "", (("[", 2.0),))
+
+
+def test_init_from_any_orbax_checkpoint_of_params(tmp_path, small_config):
+  """A params tree someone saved with Orbax (not a jaxtrain run) initialises the model."""
+  import orbax.checkpoint as ocp
+  from jaxtrain.models import create_model
+  model = create_model(small_config.model)
+  theirs = model.init(jax.random.PRNGKey(42), np.zeros((1, 8, 8, 1), np.float32))["params"]
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(tmp_path / "their_params", theirs)
+  small_config.init_from.checkpoint = str(tmp_path / "their_params")
+  small_config.optimizer.freeze = "^Dense_0/"
+  train.train_and_evaluate(small_config, str(tmp_path / "run"))
+  report = json.loads((tmp_path / "run" / "init_from.json").read_text())
+  assert sorted(report["restored"]) == sorted(finetune.flat(theirs)) and report["initialised"] == []
+  after = _params(tmp_path / "run")
+  for name, value in finetune.flat(theirs).items():
+    if name.startswith("Dense_0/"):
+      np.testing.assert_array_equal(after[name], np.asarray(value))
+    else:
+      assert not np.array_equal(after[name], np.asarray(value))  # trained from their values
