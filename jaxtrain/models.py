@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from jaxtrain.errors import UserError
 from jaxtrain.table_models import TABLE_MODELS
 
 
@@ -77,6 +79,27 @@ class ResidualBlock(nn.Module):
     return nn.relu(x + y)
 
 
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,            # recompute everything
+    "dots": jax.checkpoint_policies.dots_saveable,                # keep matmul outputs
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def rematted(block: type[nn.Module], policy: str, train_argnum: int) -> type[nn.Module]:
+  """`block` recomputed in the backward pass under a named policy ("" = stored, as usual).
+
+  Rematerialisation trades compute for activation memory; it does not change
+  the values computed. `train_argnum` is the position of `train` in
+  `__call__` (self = 0), which must be static.
+  """
+  if not policy:
+    return block
+  if policy not in REMAT_POLICIES:
+    raise UserError(f"config.model.remat={policy!r} is not one of {sorted(REMAT_POLICIES)} or ''")
+  return nn.remat(block, policy=REMAT_POLICIES[policy], static_argnums=(train_argnum,))
+
+
 class ResNet(nn.Module):
   """A small ResNet for 28x28 to 64x64 images: a 3x3 stem, then stages of blocks."""
   num_classes: int
@@ -84,6 +107,7 @@ class ResNet(nn.Module):
   width: int = 16
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  remat: str = ""                 # rematerialise each block: "", full, dots, dots_no_batch
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -91,10 +115,14 @@ class ResNet(nn.Module):
     x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                              axis_name=self.axis_name)(x))
+    block_cls, n = rematted(ResidualBlock, self.remat, train_argnum=2), 0
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = ResidualBlock(self.width * 2**stage, strides, self.dtype, self.axis_name)(x, train)
+        # Named as without remat: the same params (and checkpoints) either way.
+        x = block_cls(self.width * 2**stage, strides, self.dtype, self.axis_name,
+                      name=f"ResidualBlock_{n}")(x, train)
+        n += 1
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 

@@ -82,17 +82,20 @@ class TransformerEncoder(nn.Module):
   mlp_dim: int = 128
   dropout_rate: float = 0.1
   categorical_sizes: Sequence[int] = ()
+  remat: str = ""                 # rematerialise each block: "", full, dots, dots_no_batch
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
+    from jaxtrain.models import rematted
     tokens = batch["tokens"]
     valid = tokens > 0
     x = nn.Embed(self.vocab_size, self.width)(tokens)
     x = x + self.param("positions", nn.initializers.normal(0.02),
                        (self.max_length, self.width))[:tokens.shape[1]]
     mask = nn.make_attention_mask(valid, valid)
-    for _ in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate)(x, mask, train)
+    block = rematted(EncoderBlock, self.remat, train_argnum=3)
+    for i in range(self.depth):  # named as without remat: the same params either way
+      x = block(self.num_heads, self.mlp_dim, self.dropout_rate, name=f"EncoderBlock_{i}")(x, mask, train)
     x = nn.LayerNorm()(x)
     weights = valid.astype(jnp.float32)[..., None]
     x = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)

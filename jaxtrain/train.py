@@ -153,6 +153,8 @@ def _check_data_fits_model(config, builder, model, example_batch) -> None:
   inputs = model_inputs(config, example_batch)
   try:
     jax.eval_shape(functools.partial(model.init, train=False), {"params": jax.random.PRNGKey(0)}, inputs)
+  except UserError:  # the model's own check of its config
+    raise
   except Exception as e:
     shapes = jax.tree.map(lambda x: f"{x.shape[1:]} {x.dtype}", inputs)
     raise UserError(f"config.model ({config.model.name}) cannot take this dataset's inputs "

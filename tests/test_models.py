@@ -60,3 +60,39 @@ def test_bfloat16_compute_keeps_float32_params_and_loss(small_config, tmp_path):
   assert {str(x.dtype) for x in jax.tree.leaves(arrays["params"])} == {"float32"}
   evals = [e for e in read_metrics(workdir) if e["split"] == "eval"]
   assert evals[-1]["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_changes_memory_not_values(policy):
+  """A rematerialised ResNet / Transformer has the same params and the same gradients, bit for bit."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jaxtrain.checkpoint import tree_digest
+  from jaxtrain.models import ResNet
+  from jaxtrain.table_models import TransformerEncoder
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 16, 1)), jnp.float32)
+  tokens = {"tokens": jnp.asarray(np.random.default_rng(1).integers(0, 50, (4, 12)), jnp.int32)}
+
+  def digests(model, inputs):
+    variables = model.init(jax.random.PRNGKey(0), inputs)
+    def loss(params):
+      out, _ = model.apply({**variables, "params": params}, inputs, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.PRNGKey(2)})
+      return (out.astype(jnp.float32) ** 2).sum()
+    return tree_digest(variables["params"]), tree_digest(jax.jit(jax.grad(loss))(variables["params"]))
+
+  resnet = lambda remat: ResNet(num_classes=3, stage_sizes=(1, 1), width=8, remat=remat)
+  encoder = lambda remat: TransformerEncoder(num_outputs=2, vocab_size=50, max_length=12, width=16, depth=2,
+                                             num_heads=2, mlp_dim=32, remat=remat)
+  assert digests(resnet(policy), images) == digests(resnet(""), images)
+  assert digests(encoder(policy), tokens) == digests(encoder(""), tokens)
+
+
+def test_unknown_remat_policy_is_a_user_error():
+  import jax
+  import jax.numpy as jnp
+  from jaxtrain.errors import UserError
+  from jaxtrain.models import ResNet
+  with pytest.raises(UserError, match="config.model.remat='some' is not one of"):
+    ResNet(num_classes=2, remat="some").init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
