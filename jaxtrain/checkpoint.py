@@ -112,12 +112,15 @@ def restore_latest_valid(workdir: str, state, data_iterator, **manager_options):
 
 
 def _local_target(workdir: str, step: int):
-  """Shapes and dtypes of a checkpoint's state, to read onto this process's first device.
+  return local_target(os.path.join(checkpoint_dir(workdir), str(step), "state"))
+
+
+def local_target(path: str):
+  """Shapes and dtypes of the pytree saved at `path`, to read onto this process's first device.
 
   Orbax refuses a target-less restore of arrays saved from other devices (a
   GPU box's run inspected on a laptop); this target works whatever saved it.
   """
-  path = os.path.join(checkpoint_dir(workdir), str(step), "state")
   metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)

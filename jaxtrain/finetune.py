@@ -89,11 +89,8 @@ def read_checkpoint(path: str) -> dict:
   if not os.path.isdir(path):
     raise UserError(f"init_from: {path} is not a directory")
   try:
-    metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
     with ocp.StandardCheckpointer() as ckptr:
-      arrays = ckptr.restore(path, target)
+      arrays = ckptr.restore(path, checkpoint.local_target(path))
   except Exception as e:
     raise UserError(f"init_from: cannot read {path}: {str(e).splitlines()[0]}") from None
   return jax.tree.map(np.asarray, arrays)

@@ -175,6 +175,4 @@ def blocking_config_changes(old: dict, new: dict) -> dict[str, list]:
      old["optimizer"]["schedule"] == new["optimizer"]["schedule"]:
     changes.pop("num_train_steps", None)
     changes.pop("num_epochs", None)
-  if "parallel" not in old and new.get("parallel", {}).get("mode") == "jit":
-    changes.pop("parallel", None)  # a run from before config.parallel existed ran as jit
   return changes

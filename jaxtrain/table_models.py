@@ -14,6 +14,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
+def _masked_mean(x, valid):
+  """Mean over the sequence axis of the positions where `valid` (padding excluded)."""
+  weights = valid.astype(jnp.float32)[..., None]
+  return (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+
+
 def _embedding_width(size: int, cap: int) -> int:
   return int(min(cap, max(2, round(1.6 * size ** 0.56))))  # fast.ai's rule of thumb
 
@@ -50,9 +56,7 @@ class BagOfEmbeddings(nn.Module):
   @nn.compact
   def __call__(self, batch, train: bool = False):
     tokens = batch["tokens"]
-    mask = (tokens > 0).astype(jnp.float32)[..., None]
-    x = nn.Embed(self.vocab_size, self.embed_dim)(tokens)
-    x = (x * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+    x = _masked_mean(nn.Embed(self.vocab_size, self.embed_dim)(tokens), tokens > 0)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(nn.Dense(self.hidden)(x)))
     return nn.Dense(self.num_outputs, name="head")(x)
 
@@ -96,9 +100,7 @@ class TransformerEncoder(nn.Module):
     block = rematted(EncoderBlock, self.remat, train_argnum=3)
     for i in range(self.depth):  # named as without remat: the same params either way
       x = block(self.num_heads, self.mlp_dim, self.dropout_rate, name=f"EncoderBlock_{i}")(x, mask, train)
-    x = nn.LayerNorm()(x)
-    weights = valid.astype(jnp.float32)[..., None]
-    x = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+    x = _masked_mean(nn.LayerNorm()(x), valid)
     return nn.Dense(self.num_outputs, name="head")(x)
 
 
