@@ -13,8 +13,8 @@ import ml_collections
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "piecewise")
 MODELS = ("mlp", "cnn", "resnet", "tabular_mlp", "bag_of_embeddings", "transformer_encoder",
-          "matrix_factorization", "two_tower")
-TASKS = ("classification", "regression", "retrieval")
+          "matrix_factorization", "two_tower", "transformer_lm")
+TASKS = ("classification", "regression", "retrieval", "language_modeling")
 EARLY_STOPPING_MODES = ("min", "max")
 NAN_POLICIES = ("halt", "skip")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -91,7 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
       eval_split="test",          # evaluated every eval_every_steps ("" = never)
       test_split="",              # evaluated once after training ("" = none)
       prefetch=2,                 # batches read ahead on threads
-      cache_max_mb=1024))         # splits decoding to at most this many MB are held in memory
+      cache_max_mb=1024,          # splits decoding to at most this many MB are held in memory
+      synthetic=dict(vocab_size=50304, seq_len=1024, num_examples=4096)))  # name="synthetic_tokens"
 
   c.parallel = ml_collections.ConfigDict(dict(
       mode="jit",                 # jit: one program over a device mesh | pmap: one copy per device

@@ -2,6 +2,8 @@
 
 Three ways to name data in `config.dataset`:
 - `name="digits"`: scikit-learn's bundled handwritten digits (embedded, no download).
+- `name="synthetic_tokens"`: seeded token sequences for language models
+  (`dataset.synthetic`: vocabulary, length, count), generated, not downloaded.
 - `path=DIR`: source files in a directory, prepared once into `data_dir` under a
   name that includes a fingerprint of the files (so changed files are a new
   dataset, never a stale one). Today: MNIST-style IDX files.
@@ -9,8 +11,8 @@ Three ways to name data in `config.dataset`:
   version, or `"<name>:1.0.2"` for a given one.
 - any other `name`: a standard TFDS dataset already prepared in `data_dir`.
 
-Every example is a dict `{"image": uint8 [H, W, C], "label": int64}`; images
-are stored as 0..255 so one preprocessing serves every image dataset. Our
+Every image example is a dict `{"image": uint8 [H, W, C], "label": int64}`;
+images are stored as 0..255 so one preprocessing serves every image dataset. Our
 builders keep the source order (TFDS would hash-shuffle it), so a slice such
 as `test[8000:]` means the file's last 2,000 rows.
 """
@@ -120,6 +122,46 @@ class Digits(tfds.core.GeneratorBasedBuilder):
       yield int(i), {"image": images[i], "label": int(labels[i])}
 
 
+class SyntheticTokens(tfds.core.GeneratorBasedBuilder):
+  """Token sequences `{"tokens": int32 [seq_len + 1]}` from a seeded noisy Markov chain.
+
+  Each next token is a fixed permutation of the current one with probability
+  0.75, else uniform: a language model can learn it (the best loss is about
+  0.25 * ln(vocab_size) + 0.56 nats), so benchmarks train on something real
+  and tests can see the loss fall. Splits "train" and "test" (an eighth as many).
+  """
+  VERSION = tfds.core.Version("1.0.0")
+  FOLLOW = 0.75
+
+  def __init__(self, *, vocab_size: int, seq_len: int, num_examples: int, **kwargs):
+    if min(vocab_size, seq_len, num_examples) < 2 or vocab_size > 2**31 - 1:
+      raise UserError(f"dataset.synthetic: vocab_size={vocab_size}, seq_len={seq_len} and "
+                      f"num_examples={num_examples} must each be >= 2")
+    self._shape = (vocab_size, seq_len, num_examples)
+    config = tfds.core.BuilderConfig(name=f"v{vocab_size}_l{seq_len}_n{num_examples}")
+    super().__init__(config=config, **kwargs)
+
+  def _info(self):
+    features = tfds.features.FeaturesDict(
+        {"tokens": tfds.features.Tensor(shape=(self._shape[1] + 1,), dtype=np.int32)})
+    return tfds.core.DatasetInfo(builder=self, features=features, disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    vocab_size, seq_len, n = self._shape
+    rng = np.random.default_rng(0)
+    follow = rng.permutation(vocab_size).astype(np.int32)
+    tokens = np.empty((n + max(n // 8, 1), seq_len + 1), np.int32)
+    tokens[:, 0] = rng.integers(vocab_size, size=len(tokens))
+    for t in range(1, seq_len + 1):  # vectorised over sequences
+      noise = rng.integers(vocab_size, size=len(tokens), dtype=np.int32)
+      tokens[:, t] = np.where(rng.random(len(tokens)) < self.FOLLOW, follow[tokens[:, t - 1]], noise)
+    return {"train": self._generate_examples(tokens[:n]), "test": self._generate_examples(tokens[n:])}
+
+  def _generate_examples(self, tokens):
+    for i, row in enumerate(tokens):
+      yield i, {"tokens": row}
+
+
 class IdxImages(tfds.core.GeneratorBasedBuilder):
   """MNIST-style IDX image/label file pairs from a directory (`train-*`, `t10k-*`)."""
   VERSION = tfds.core.Version("1.1.0")  # 1.1: source order kept
@@ -202,6 +244,9 @@ def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
                                        file_format="array_record"))
   if dataset_config.name == "digits":
     return _prepared(lambda: Digits(data_dir=data_dir, file_format="array_record"))
+  if dataset_config.name == "synthetic_tokens":
+    return _prepared(lambda: SyntheticTokens(**dataset_config.synthetic, data_dir=data_dir,
+                                             file_format="array_record"))
   imported = imported_dir(data_dir, dataset_config.name)
   if imported is not None:
     return tfds.builder_from_directory(imported)

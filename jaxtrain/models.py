@@ -1,4 +1,5 @@
-"""Image models (an MLP, Flax's MNIST CNN, a small ResNet), and the registry of all models.
+"""Image models (an MLP, Flax's MNIST CNN, a small ResNet), and the registry of all models
+(table_models.py: tables and text; lm.py: the decoder-only language model).
 
 Each is a plain Flax linen module taking `(x, train)`; `create_model` builds one
 from `config.model` (its `name` picks the class, every other field is passed
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain.errors import UserError
+from jaxtrain.lm import TransformerLM
 from jaxtrain.table_models import TABLE_MODELS
 
 
@@ -128,7 +130,7 @@ class ResNet(nn.Module):
 
 
 IMAGE_MODELS = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
-MODELS = {**IMAGE_MODELS, **TABLE_MODELS}
+MODELS = {**IMAGE_MODELS, **TABLE_MODELS, "transformer_lm": TransformerLM}
 
 
 def create_model(model_config, axis_name: str | None = None, derived: dict | None = None) -> nn.Module:

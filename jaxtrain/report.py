@@ -17,7 +17,7 @@ from jaxtrain.errors import UserError
 from jaxtrain.metric_writers import flatten_config, read_metrics
 
 CURVES = ("train/loss", "eval/loss", "eval/accuracy")
-SKIPPED = ("time", "step", "split", "learning_rate", "steps_per_sec", "examples_per_sec")
+SKIPPED = ("time", "step", "split", "learning_rate", "steps_per_sec", "examples_per_sec", "data_wait")
 
 
 def _run(name: str, workdir: str, trial: dict | None = None) -> dict[str, Any]:

@@ -6,6 +6,7 @@
                     MAPE in the label's units (ratings, ETAs, demand)
     retrieval       two-tower in-batch sampled softmax; recall@k and NDCG@k of
                     each held-out item ranked against all items, seen items excluded
+    language_modeling  next-token cross-entropy per sequence; token accuracy, perplexity
 
 A loss returns per-example values (vectors where a metric needs more than a
 mean: per-class hits, a histogram of scores), which the steps sum exactly
@@ -129,6 +130,30 @@ def retrieval_loss(outputs, batch, *, temperature=0.1, top_k=10):
   return metrics
 
 
+def language_modeling_loss(logits, batch):
+  """Mean next-token cross-entropy of each sequence (tokens 1..T given 0..T-1), and token accuracy.
+
+  Every sequence has the same length, so the mean over sequences (what the
+  steps report) is the mean over tokens.
+  """
+  targets = batch["tokens"][:, 1:]
+  logits = logits.astype(jnp.float32)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  accuracy = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return {"loss": jnp.mean(loss, axis=1), "accuracy": jnp.mean(accuracy, axis=1)}
+
+
+def finalize_language_modeling(means: dict) -> dict:
+  out = dict(means)
+  out["perplexity"] = float(np.exp(min(means["loss"], 700.0))) if "loss" in means else float("nan")
+  return out
+
+
+def predict_next_token(logits, batch):
+  """The distribution of the token after each sequence's last input token."""
+  return {"next_token_probabilities": jax.nn.softmax(logits[:, -1].astype(jnp.float32))}
+
+
 def predict_classification(logits, batch):
   return {"probabilities": jax.nn.softmax(logits.astype(jnp.float32))}
 
@@ -178,4 +203,10 @@ def make_task(config, prep: dict) -> Task:
                       "preprocess.features='<user column>,<item column>'")
     return Task(functools.partial(retrieval_loss, temperature=lc.temperature, top_k=config.eval_top_k),
                 lambda means: dict(means), functools.partial(predict_retrieval, top_k=config.eval_top_k))
-  raise UserError(f"config.task={config.task!r} is not classification, regression or retrieval")
+  if config.task == "language_modeling":
+    if config.model.name != "transformer_lm":
+      raise UserError(f"config.task='language_modeling' needs config.model.name='transformer_lm', "
+                      f"not {config.model.name!r}")
+    return Task(language_modeling_loss, finalize_language_modeling, predict_next_token)
+  raise UserError(f"config.task={config.task!r} is not classification, regression, retrieval "
+                  "or language_modeling")

@@ -318,7 +318,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
   total_shapes = jax.eval_shape(one_step_fn, state, None, health,
                                 layout.put_batch(example_batch))[1]
   metric_names = sorted(total_shapes)
-  totals, t_log, steps_since_log = None, time.perf_counter(), 0
+  totals, t_log, steps_since_log, data_wait = None, time.perf_counter(), 0, 0.0
   save = lambda: _save(manager, workdir, step, layout.from_step(state), train_iter,
                        layout.fetch(health), metric_names, config)
   es = config.early_stopping
@@ -331,7 +331,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
   try:
     with PreemptionWatcher() as preemption:
       while step < last_step and not stopped_early:
+        t_data = time.perf_counter()
         batch = next(train_iter)
+        data_wait += time.perf_counter() - t_data
         if totals is None:
           totals = layout.zeros_like(total_shapes)
         with jax.transfer_guard("disallow"):
@@ -350,13 +352,16 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
           skipped = nan_guard.check(layout.fetch(health), metric_names, policy=config.nan_policy,
                                     max_consecutive=config.nan_max_consecutive_skips)
           elapsed = time.perf_counter() - t_log
+          # data_wait: the share of the interval the loop waited for input (the
+          # device idles only if that exceeds what it had queued: an upper bound).
           metrics.update(learning_rate=float(schedule(step - 1)),
                          steps_per_sec=steps_since_log / elapsed,
-                         examples_per_sec=metrics.pop("count") / elapsed)
+                         examples_per_sec=metrics.pop("count") / elapsed,
+                         data_wait=data_wait / elapsed)
           if skipped:
             metrics["skipped_steps"] = skipped
           emit("train", metrics)
-          totals, t_log, steps_since_log = None, time.perf_counter(), 0
+          totals, t_log, steps_since_log, data_wait = None, time.perf_counter(), 0, 0.0
         if sources["eval_split"] is not None and (step % config.eval_every_steps == 0 or final):
           metrics = _without_count(evaluate(state, sources["eval_split"], **eval_kw))
           emit("eval", metrics)
