@@ -19,7 +19,6 @@ after a warm-up (compilation excluded).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -27,28 +26,23 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from bench import load_config as load_config_file, timed_run  # noqa: E402
 from jaxtrain import datasets, input_pipeline  # noqa: E402
 from jaxtrain.lm import train_flops_per_token  # noqa: E402
-from jaxtrain.metric_writers import read_metrics  # noqa: E402
 from jaxtrain.optim import make_optimizer  # noqa: E402
-from jaxtrain.train import train_and_evaluate  # noqa: E402
 
 QUICK_MODEL = dict(num_layers=2, num_heads=4, embed_dim=64, vocab_size=256, max_length=32)
 
 
 def load_config(args):
-  spec = importlib.util.spec_from_file_location("lm_config", ROOT / "configs" / "lm_124m.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("124m" if args.quick else args.model)
+  c = load_config_file("lm_124m", "124m" if args.quick else args.model)
   if args.quick:
     c.model.update(QUICK_MODEL)
     c.batch_size = 8
@@ -81,14 +75,6 @@ def matmul_rate(n: int, chain: int = 8, repeats: int = 5) -> float:
     run(a).block_until_ready()
     best = min(best, time.perf_counter() - start)
   return 2.0 * n**3 * chain / best
-
-
-def jaxtrain_steps_per_sec(config, workdir: str, warmup: int) -> float:
-  train_and_evaluate(config, workdir)
-  intervals = [e for e in read_metrics(workdir) if e["split"] == "train" and e["step"] > warmup]
-  seconds = sum((e["step"] - p["step"]) / e["steps_per_sec"]
-                for p, e in zip([{"step": warmup}] + intervals, intervals))
-  return (config.num_train_steps - warmup) / seconds
 
 
 # The hand-written model: GPT-2's shape as plain functions of a params dict.
@@ -174,7 +160,7 @@ def main(argv=None) -> dict:
   m = config.model
   rate = matmul_rate(args.matmul_size)
   with tempfile.TemporaryDirectory() as tmp:
-    ours = jaxtrain_steps_per_sec(config, os.path.join(tmp, "run"), args.warmup)
+    ours = timed_run(config, os.path.join(tmp, "run"), args.warmup)["steps_per_sec"]
   source = datasets.get_builder(config.dataset).as_data_source(split="train")
   tokens = input_pipeline.InMemorySource(source).arrays["tokens"]
   theirs = hand_steps_per_sec(config, tokens, args.warmup, args.steps)

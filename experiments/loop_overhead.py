@@ -25,41 +25,27 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench import load_config as load_config_file, timed_run  # noqa: E402
 from jaxtrain import datasets  # noqa: E402
-from jaxtrain.metric_writers import read_metrics  # noqa: E402
 from jaxtrain.models import create_model  # noqa: E402
 from jaxtrain.state import linen_apply_fn  # noqa: E402
 from jaxtrain.steps import classification_loss  # noqa: E402
 from jaxtrain.optim import make_optimizer  # noqa: E402
 from jaxtrain.steps import train_step  # noqa: E402
-from jaxtrain.train import create_train_state, train_and_evaluate  # noqa: E402
+from jaxtrain.train import create_train_state  # noqa: E402
 
 
 def load_config(warmup: int, steps: int, data_dir: str):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("digits_config", ROOT / "configs" / "digits.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = load_config_file("digits")
   c.num_train_steps, c.log_every_steps = warmup + steps, warmup
   c.checkpoint_every_steps = c.eval_every_steps = 10 * (warmup + steps)  # the final save only
   c.dataset.update(eval_split="", test_split="", data_dir=data_dir)
   return c
-
-
-def jaxtrain_loop(config, workdir: str, warmup: int) -> float:
-  """Steps/s of jaxtrain's loop over every log interval after the first."""
-  train_and_evaluate(config, workdir)
-  intervals = [e for e in read_metrics(workdir) if e["split"] == "train" and e["step"] > warmup]
-  seconds = sum((e["step"] - p["step"]) / e["steps_per_sec"]
-                for p, e in zip([{"step": warmup}] + intervals, intervals))
-  return (config.num_train_steps - warmup) / seconds
 
 
 def hand_loop(config, warmup: int) -> float:
@@ -109,7 +95,7 @@ def main(argv=None) -> dict:
   ours, theirs = [], []
   with tempfile.TemporaryDirectory() as tmp:
     for r in range(args.repeats):
-      ours.append(jaxtrain_loop(config, os.path.join(tmp, f"run{r}"), args.warmup))
+      ours.append(timed_run(config, os.path.join(tmp, f"run{r}"), args.warmup)["steps_per_sec"])
       theirs.append(hand_loop(config, args.warmup))
   result = {
       "benchmark": "loop_overhead", "device": str(jax.devices()[0].device_kind),

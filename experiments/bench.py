@@ -1,0 +1,36 @@
+"""What the benchmark scripts share: loading a config file, and steps/s from a run's log."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from jaxtrain.metric_writers import read_metrics  # noqa: E402
+from jaxtrain.train import train_and_evaluate  # noqa: E402
+
+
+def load_config(name: str, *args):
+  """`configs/<name>.py`'s get_config(*args), as `jaxtrain train --config` loads it."""
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
+
+
+def timed_run(config, workdir: str, warmup: int) -> dict:
+  """Trains `config`; steps/s and mean data_wait over the log intervals after step `warmup`.
+
+  Set `config.log_every_steps = warmup` so the first interval (compilation)
+  is the one left out.
+  """
+  train_and_evaluate(config, workdir)
+  intervals = [e for e in read_metrics(workdir) if e["split"] == "train" and e["step"] > warmup]
+  seconds = [(e["step"] - p["step"]) / e["steps_per_sec"]
+             for p, e in zip([{"step": warmup}] + intervals, intervals)]
+  return {"steps_per_sec": (config.num_train_steps - warmup) / sum(seconds),
+          "data_wait": sum(e["data_wait"] * s for e, s in zip(intervals, seconds)) / sum(seconds),
+          "final": intervals[-1]}
