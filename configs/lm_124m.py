@@ -3,8 +3,8 @@
     jaxtrain train --config configs/lm_124m.py --workdir runs/lm_124m
 
 bfloat16 compute with float32 master weights, causal attention through
-`jax.nn.dot_product_attention` (cuDNN flash attention on a GPU: set
-`--config.model.attention=cudnn` to insist on it), AdamW with warm-up and
+`jax.nn.dot_product_attention` (on a GPU set `--config.model.attention=cudnn`
+for cuDNN's fused flash attention; "" leaves the choice to JAX), AdamW with warm-up and
 cosine decay. The tokens are a seeded noisy Markov chain (datasets.py), so
 the loss falls from ln(50304) = 10.8 towards its floor of about 3.3 nats.
 `--config.model.remat=dots_no_batch` trades compute for activation memory.

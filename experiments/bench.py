@@ -34,3 +34,24 @@ def timed_run(config, workdir: str, warmup: int) -> dict:
   return {"steps_per_sec": (config.num_train_steps - warmup) / sum(seconds),
           "data_wait": sum(e["data_wait"] * s for e, s in zip(intervals, seconds)) / sum(seconds),
           "final": intervals[-1]}
+
+
+MNIST = ROOT.parent / "shared" / "data" / "mnist_t10k"
+
+
+def mnist_config(*, quick: bool, warmup: int, steps: int, data_dir: str, evaluate: bool = False):
+  """configs/mnist.py for `warmup + steps` steps, logged once after the warm-up, saved at the end.
+
+  The data: the real MNIST files (train on the first 8,000, test on the last
+  2,000), or with `quick` the embedded digits. `evaluate`: the test examples
+  are evaluated after the last step.
+  """
+  c = load_config("mnist")
+  c.num_train_steps, c.log_every_steps = warmup + steps, warmup
+  c.checkpoint_every_steps = c.eval_every_steps = c.num_train_steps
+  if quick:
+    c.dataset.update(name="digits", path="", train_split="train", eval_split="test" if evaluate else "")
+  else:
+    c.dataset.update(path=str(MNIST), train_split="test[:8000]", eval_split="test[8000:]" if evaluate else "")
+  c.dataset.data_dir = data_dir
+  return c

@@ -26,26 +26,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 
-from bench import ROOT, load_config, timed_run  # noqa: E402
+from bench import MNIST, mnist_config, timed_run  # noqa: E402
 
-MNIST = ROOT.parent / "shared" / "data" / "mnist_t10k"
 MODELS = {"cnn": dict(name="cnn", num_classes=10, dropout_rate=0.1),
           "resnet": dict(name="resnet", num_classes=10, stage_sizes=(2, 2, 2), width=32)}
 
 
 def config_for(args, model: str, cached: bool):
-  c = load_config("mnist")
+  c = mnist_config(quick=args.quick, warmup=args.warmup, steps=args.steps, data_dir=args.data_dir)
   c.model = MODELS[model]
-  c.num_train_steps, c.log_every_steps = args.warmup + args.steps, args.warmup
-  c.checkpoint_every_steps = c.eval_every_steps = c.num_train_steps
   if args.quick:
-    c.dataset.update(name="digits", path="", train_split="train", eval_split="")
     c.batch_size = 32
     if model == "resnet":
       c.model = dict(MODELS[model], stage_sizes=(1, 1), width=8)
-  else:
-    c.dataset.update(path=str(MNIST), train_split="test[:8000]", eval_split="")
-  c.dataset.update(data_dir=args.data_dir, cache_max_mb=c.dataset.cache_max_mb if cached else 0)
+  if not cached:
+    c.dataset.cache_max_mb = 0
   return c
 
 

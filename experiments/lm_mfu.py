@@ -146,7 +146,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--steps", type=int, default=100, help="timed steps")
   parser.add_argument("--warmup", type=int, default=20)
   parser.add_argument("--batch_size", type=int, default=0, help="0: the config's")
-  parser.add_argument("--attention", default="", help="'' (JAX chooses), xla or cudnn")
+  parser.add_argument("--attention", default="best",
+                      help="best (cudnn on a GPU, else xla), '' (JAX chooses), xla or cudnn")
   parser.add_argument("--remat", default="", help="'', full, dots, dots_no_batch")
   parser.add_argument("--compute_dtype", default="bfloat16")
   parser.add_argument("--matmul_size", type=int, default=8192)
@@ -156,6 +157,8 @@ def main(argv=None) -> dict:
   args = parser.parse_args(argv)
   if args.quick:
     args.steps, args.warmup, args.matmul_size = 4, 2, 256
+  if args.attention == "best":
+    args.attention = "cudnn" if jax.default_backend() == "gpu" else "xla"
   config = load_config(args)
   m = config.model
   rate = matmul_rate(args.matmul_size)

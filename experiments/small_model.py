@@ -35,22 +35,12 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench import ROOT, load_config, timed_run  # noqa: E402
+from bench import MNIST, mnist_config, timed_run  # noqa: E402
 from jaxtrain import datasets, input_pipeline  # noqa: E402
 
-MNIST = ROOT.parent / "shared" / "data" / "mnist_t10k"
-
-
 def jaxtrain_config(args, k: int):
-  c = load_config("mnist")
+  c = mnist_config(quick=args.quick, warmup=args.warmup, steps=args.steps, data_dir=args.data_dir)
   c.steps_per_dispatch = k
-  c.num_train_steps, c.log_every_steps = args.warmup + args.steps, args.warmup
-  c.checkpoint_every_steps = c.eval_every_steps = c.num_train_steps
-  if args.quick:
-    c.dataset.update(name="digits", path="", train_split="train", eval_split="")
-  else:
-    c.dataset.update(path=str(MNIST), train_split="test[:8000]", eval_split="")
-  c.dataset.data_dir = args.data_dir
   return c
 
 
@@ -115,6 +105,8 @@ def main(argv=None) -> dict:
     args.steps, args.warmup, args.dispatch = 16, 8, 4
   elif not MNIST.exists():
     parser.error(f"the MNIST files are not at {MNIST} (see shared/data/SOURCES.md); try --quick")
+  if args.steps % args.dispatch or args.warmup % args.dispatch:
+    parser.error(f"--steps {args.steps} and --warmup {args.warmup} must be multiples of --dispatch {args.dispatch}")
   configs = {"jaxtrain": jaxtrain_config(args, 1), f"jaxtrain k={args.dispatch}": jaxtrain_config(args, args.dispatch)}
   source = datasets.get_source(datasets.get_builder(configs["jaxtrain"].dataset),
                                configs["jaxtrain"].dataset.train_split)

@@ -3,15 +3,18 @@
 Where things are:
   state.py           TrainState (the pytree a step reads and writes), linen_apply_fn
   steps.py           train_step, eval_step, predict_step (pure), on-device metric totals
-  tasks.py           classification, regression, retrieval: losses, metrics (F1, ROC-AUC,
-                     RMSE, MAPE, recall@k, NDCG@k), predictions
+  tasks.py           classification, regression, retrieval, language modeling: losses,
+                     metrics (F1, ROC-AUC, RMSE, MAPE, recall@k, NDCG@k, perplexity), predictions
   optim.py           Optax optimizers and schedules from config.optimizer
   finetune.py        init_from another run (params matched by path and shape), freezing,
                      per-group learning rates
   models.py          MLP, CNN (Flax's MNIST example with batch norm), small ResNet; registry
   table_models.py    tabular MLP, bag of embeddings, Transformer encoder, matrix
                      factorization, two towers
-  datasets.py        TFDS builders: embedded digits, IDX files, imports, standard TFDS by name
+  lm.py              decoder-only Transformer LM (GPT-2 shape, flash attention, remat);
+                     model FLOPs per token (MFU)
+  datasets.py        TFDS builders: embedded digits, synthetic tokens, IDX files, imports,
+                     standard TFDS by name
   data_import.py     `jaxtrain data import`: CSV/Parquet/JSONL/npz/folders -> versioned TFDS,
                      rows validated, split by fraction/column/time, lags
   preprocess.py      fitted on the train split, saved with the run: scaling, vocabularies,
@@ -36,7 +39,9 @@ Where things are:
   report.py          `jaxtrain report`: curves and sweep plots as HTML + PNGs
   predict.py         `jaxtrain predict` (files) and `jaxtrain export` (jax.export), evaluate_run
   cli.py             `jaxtrain train | sweep | report | inspect | rerun | data | predict | export`
-Scheduled retraining (promote only if better): experiments/retrain.py.
+Scheduled retraining (promote only if better): experiments/retrain.py. Benchmarks:
+experiments/ (loop_overhead, startup, small_model, input_wait, lm_mfu,
+checkpoint_blocking, lightning_compare; each has --quick).
 """
 
 from jaxtrain.checkpoint import tree_digest
