@@ -136,7 +136,7 @@ class SyntheticTokens(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, vocab_size: int, seq_len: int, num_examples: int, **kwargs):
     if min(vocab_size, seq_len, num_examples) < 2 or vocab_size > 2**31 - 1:
       raise UserError(f"dataset.synthetic: vocab_size={vocab_size}, seq_len={seq_len} and "
-                      f"num_examples={num_examples} must each be >= 2")
+                      f"num_examples={num_examples} must each be >= 2 (vocab_size < 2**31: int32 tokens)")
     self._shape = (vocab_size, seq_len, num_examples)
     config = tfds.core.BuilderConfig(name=f"v{vocab_size}_l{seq_len}_n{num_examples}")
     super().__init__(config=config, **kwargs)
