@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from jaxtrain import datasets, input_pipeline  # noqa: E402
 from jaxtrain.metric_writers import read_metrics  # noqa: E402
 from jaxtrain.train import train_and_evaluate  # noqa: E402
 
@@ -24,8 +25,8 @@ def load_config(name: str, *args):
 def timed_run(config, workdir: str, warmup: int) -> dict:
   """Trains `config`; steps/s and mean data_wait over the log intervals after step `warmup`.
 
-  Set `config.log_every_steps = warmup` so the first interval (compilation)
-  is the one left out.
+  `warmup` must be a multiple of `config.log_every_steps`; the intervals up to
+  it (compilation, first saves) are left out.
   """
   train_and_evaluate(config, workdir)
   intervals = [e for e in read_metrics(workdir) if e["split"] == "train" and e["step"] > warmup]
@@ -55,3 +56,9 @@ def mnist_config(*, quick: bool, warmup: int, steps: int, data_dir: str, evaluat
     c.dataset.update(path=str(MNIST), train_split="test[:8000]", eval_split="test[8000:]" if evaluate else "")
   c.dataset.data_dir = data_dir
   return c
+
+
+def split_arrays(dataset_config, split: str) -> dict:
+  """Every example of `split` as model inputs (images as float32 in [0, 1]), one array per feature."""
+  source = datasets.get_source(datasets.get_builder(dataset_config), split)
+  return input_pipeline.to_model_inputs(input_pipeline.InMemorySource(source).arrays)

@@ -28,13 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench import MNIST, mnist_config, timed_run  # noqa: E402
-from jaxtrain import datasets, input_pipeline  # noqa: E402
+from bench import MNIST, mnist_config, split_arrays, timed_run  # noqa: E402
 from jaxtrain.metric_writers import read_metrics  # noqa: E402
 
-def split_arrays(config, split: str):
-  source = datasets.get_source(datasets.get_builder(config.dataset), split)
-  arrays = input_pipeline.to_model_inputs(input_pipeline.InMemorySource(source).arrays)
+
+def images_and_labels(config, split: str):
+  arrays = split_arrays(config.dataset, split)
   return arrays["image"], arrays["label"].astype(np.int64)
 
 
@@ -44,8 +43,8 @@ def lightning_run(config, warmup: int, steps: int) -> dict:
   from torch import nn
 
   torch.manual_seed(config.seed)
-  images, labels = split_arrays(config, config.dataset.train_split)
-  test_images, test_labels = split_arrays(config, config.dataset.eval_split)
+  images, labels = images_and_labels(config, config.dataset.train_split)
+  test_images, test_labels = images_and_labels(config, config.dataset.eval_split)
   h, w = images.shape[1:3]
 
   class CNN(L.LightningModule):

@@ -35,8 +35,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench import MNIST, mnist_config, timed_run  # noqa: E402
-from jaxtrain import datasets, input_pipeline  # noqa: E402
+from bench import MNIST, mnist_config, split_arrays, timed_run  # noqa: E402
 
 def jaxtrain_config(args, k: int):
   c = mnist_config(quick=args.quick, warmup=args.warmup, steps=args.steps, data_dir=args.data_dir)
@@ -108,9 +107,7 @@ def main(argv=None) -> dict:
   if args.steps % args.dispatch or args.warmup % args.dispatch:
     parser.error(f"--steps {args.steps} and --warmup {args.warmup} must be multiples of --dispatch {args.dispatch}")
   configs = {"jaxtrain": jaxtrain_config(args, 1), f"jaxtrain k={args.dispatch}": jaxtrain_config(args, args.dispatch)}
-  source = datasets.get_source(datasets.get_builder(configs["jaxtrain"].dataset),
-                               configs["jaxtrain"].dataset.train_split)
-  arrays = input_pipeline.to_model_inputs(input_pipeline.InMemorySource(source).arrays)
+  arrays = split_arrays(configs["jaxtrain"].dataset, configs["jaxtrain"].dataset.train_split)
   rates = {"flax nnx example": nnx_example_steps_per_sec(
       arrays["image"], arrays["label"].astype(np.int32), batch_size=128, warmup=args.warmup, steps=args.steps)}
   accuracy = {}
