@@ -30,7 +30,7 @@ def get_config(arg: str = "124m"):
                           end_lr_factor=0.1)
   config.dataset.update(name="synthetic_tokens", train_split="train", eval_split="test",
                         test_split="")
-  config.dataset.synthetic.update(vocab_size=50304, seq_len=1024, num_examples=8192)
+  config.dataset.builder_kwargs.update(vocab_size=50304, seq_len=1024, num_examples=8192)
   config.model = dict(name="transformer_lm", vocab_size=50304, max_length=1024, mlp_ratio=4,
                       dropout_rate=0.0, attention="", remat="", **shapes[arg])
   return config

@@ -9,9 +9,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jaxtrain import datasets, input_pipeline  # noqa: E402
-from jaxtrain.metric_writers import read_metrics  # noqa: E402
-from jaxtrain.train import train_and_evaluate  # noqa: E402
+from jaxtrain.data import input_pipeline  # noqa: E402
+from jaxtrain.data import datasets
+from jaxtrain.run.metric_writers import read_metrics  # noqa: E402
+from jaxtrain.run.loop import train_and_evaluate  # noqa: E402
 
 
 def load_config(name: str, *args):

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_args(workdir: Path, data_dir: str, steps: int) -> list[str]:
-  return [sys.executable, "-m", "jaxtrain.cli", "train", "--config", str(ROOT / "configs/digits.py"),
+  return [sys.executable, "-m", "jaxtrain.tools.cli", "train", "--config", str(ROOT / "configs/digits.py"),
           "--workdir", str(workdir), f"--config.dataset.data_dir={data_dir}",
           f"--config.num_train_steps={steps}", "--config.checkpoint_every_steps=7",
           "--config.log_every_steps=10", "--config.eval_every_steps=100000",
@@ -36,7 +36,7 @@ def run_args(workdir: Path, data_dir: str, steps: int) -> list[str]:
 
 
 def state_digest(workdir: Path) -> str:
-  out = subprocess.run([sys.executable, "-m", "jaxtrain.cli", "inspect", str(workdir), "--json"],
+  out = subprocess.run([sys.executable, "-m", "jaxtrain.tools.cli", "inspect", str(workdir), "--json"],
                        capture_output=True, text=True, check=True, cwd=ROOT)
   return json.loads(out.stdout)["state_digest"]
 

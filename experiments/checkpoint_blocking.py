@@ -32,11 +32,11 @@ import jax.numpy as jnp  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
 from bench import load_config, timed_run  # noqa: E402
-from jaxtrain import checkpoint, tasks  # noqa: E402
-from jaxtrain.models import create_model  # noqa: E402
+from jaxtrain import tasks  # noqa: E402
+from jaxtrain.run import checkpoint
+from jaxtrain.run.inputs import build_model  # noqa: E402
 from jaxtrain.optim import make_optimizer  # noqa: E402
-from jaxtrain.state import linen_apply_fn  # noqa: E402
-from jaxtrain.train import create_train_state  # noqa: E402
+from jaxtrain.run.loop import create_train_state  # noqa: E402
 
 QUICK_MODEL = dict(num_layers=2, num_heads=4, embed_dim=64, vocab_size=256, max_length=32)
 
@@ -52,17 +52,17 @@ def config_for(args, save_every: int):
   c.checkpoint_every_steps, c.eval_every_steps = save_every, 10 * c.num_train_steps
   c.keep_checkpoints = 2
   c.dataset.update(eval_split="", data_dir=args.data_dir)
-  c.dataset.synthetic.update(vocab_size=c.model.vocab_size, seq_len=c.model.max_length,
+  c.dataset.builder_kwargs.update(vocab_size=c.model.vocab_size, seq_len=c.model.max_length,
                              num_examples=max(4 * c.batch_size, 64))
   return c
 
 
 def restore_seconds(config, workdir: str) -> tuple[float, int]:
   """Seconds to restore the newest checkpoint's state into a fresh state on the device; its bytes."""
-  model = create_model(config.model, derived={"dtype": jnp.dtype(config.compute_dtype)})
-  tx, _ = make_optimizer(config.optimizer, config.num_train_steps)
   batch = {"tokens": jnp.zeros((1, config.model.max_length + 1), jnp.int32)}
-  state = create_train_state(config, model, tx, batch, linen_apply_fn(model, None),
+  model = build_model(config, {"kind": "image"}, batch)
+  tx, _ = make_optimizer(config.optimizer, config.num_train_steps)
+  state = create_train_state(config, model, tx, batch, model.apply_fn(),
                              tasks.language_modeling_loss)
   manager = checkpoint.make_manager(workdir, read_only=True)
   step = manager.latest_step()

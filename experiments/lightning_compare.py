@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import MNIST, mnist_config, split_arrays, timed_run  # noqa: E402
-from jaxtrain.metric_writers import read_metrics  # noqa: E402
+from jaxtrain.run.metric_writers import read_metrics  # noqa: E402
 
 
 def images_and_labels(config, split: str):

@@ -34,8 +34,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from bench import load_config as load_config_file, timed_run  # noqa: E402
-from jaxtrain import datasets, input_pipeline  # noqa: E402
-from jaxtrain.lm import train_flops_per_token  # noqa: E402
+from jaxtrain.data import input_pipeline  # noqa: E402
+from jaxtrain.data import datasets
+from jaxtrain.models.lm import train_flops_per_token  # noqa: E402
 from jaxtrain.optim import make_optimizer  # noqa: E402
 
 QUICK_MODEL = dict(num_layers=2, num_heads=4, embed_dim=64, vocab_size=256, max_length=32)
@@ -53,7 +54,7 @@ def load_config(args):
   c.num_train_steps, c.log_every_steps = args.warmup + args.steps, args.warmup
   c.checkpoint_every_steps = c.eval_every_steps = 10 * c.num_train_steps  # the final save only
   c.dataset.update(eval_split="", data_dir=args.data_dir)
-  c.dataset.synthetic.update(vocab_size=m.vocab_size, seq_len=m.max_length,
+  c.dataset.builder_kwargs.update(vocab_size=m.vocab_size, seq_len=m.max_length,
                              num_examples=max(4 * c.batch_size, 64 if args.quick else 1024))
   return c
 

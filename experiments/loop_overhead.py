@@ -31,13 +31,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import load_config as load_config_file, timed_run  # noqa: E402
-from jaxtrain import datasets  # noqa: E402
-from jaxtrain.models import create_model  # noqa: E402
-from jaxtrain.state import linen_apply_fn  # noqa: E402
+from jaxtrain.data import datasets  # noqa: E402
+from jaxtrain.run.inputs import build_model  # noqa: E402
 from jaxtrain.steps import classification_loss  # noqa: E402
 from jaxtrain.optim import make_optimizer  # noqa: E402
 from jaxtrain.steps import train_step  # noqa: E402
-from jaxtrain.train import create_train_state  # noqa: E402
+from jaxtrain.run.loop import create_train_state  # noqa: E402
 
 
 def load_config(warmup: int, steps: int, data_dir: str):
@@ -56,9 +55,9 @@ def hand_loop(config, warmup: int) -> float:
   images = np.stack([r["image"] for r in rows]).astype(np.float32) / 255
   labels = np.stack([r["label"] for r in rows])
   per_epoch = len(rows) // config.batch_size
-  model = create_model(config.model)
+  model = build_model(config, {"kind": "image"}, {"image": images[:1]})
   tx, _ = make_optimizer(config.optimizer, config.num_train_steps)
-  state = create_train_state(config, model, tx, {"image": images[:1]}, linen_apply_fn(model),
+  state = create_train_state(config, model, tx, {"image": images[:1]}, model.apply_fn(),
                              classification_loss)
   step = jax.jit(train_step, donate_argnums=0)
   rng = np.random.default_rng(config.seed)

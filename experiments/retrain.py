@@ -29,7 +29,9 @@ import json
 import os
 import sys
 
-from jaxtrain import cli, data_import, datasets
+from jaxtrain.tools import cli
+from jaxtrain.data import importing as data_import
+from jaxtrain.data import datasets
 from jaxtrain.errors import UserError
 
 
@@ -51,8 +53,8 @@ def better(candidate: float, current: float, mode: str, min_improvement: float) 
 
 
 def decide(args, config) -> dict:
-  from jaxtrain.predict import evaluate_run
-  from jaxtrain.train import train_and_evaluate
+  from jaxtrain.tools.predict import evaluate_run
+  from jaxtrain.run.loop import train_and_evaluate
   data_dir = args.data_dir or config.dataset.data_dir or datasets.default_data_dir()
   spec = data_import.ImportSpec.from_config(config.data_import)
   if args.source:

@@ -36,7 +36,7 @@ def run_once(config: str, cache_dir: str, data_dir: str, workdir: str, overrides
   env.pop("JAXTRAIN_COMPILATION_CACHE", None)
   start = time.perf_counter()
   proc = subprocess.run(
-      [sys.executable, "-m", "jaxtrain.cli", "train", "--config", config, "--workdir", workdir, "--quiet",
+      [sys.executable, "-m", "jaxtrain.tools.cli", "train", "--config", config, "--workdir", workdir, "--quiet",
        f"--config.dataset.data_dir={data_dir}", "--config.num_train_steps=1", *overrides],
       capture_output=True, text=True, env=env, cwd=ROOT)
   wall = time.perf_counter() - start

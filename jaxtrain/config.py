@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxtrain.errors import UserError
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "piecewise")
-MODELS = ("mlp", "cnn", "resnet", "tabular_mlp", "bag_of_embeddings", "transformer_encoder",
-          "matrix_factorization", "two_tower", "transformer_lm")
-TASKS = ("classification", "regression", "retrieval", "language_modeling")
 EARLY_STOPPING_MODES = ("min", "max")
 NAN_POLICIES = ("halt", "skip")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -24,7 +23,7 @@ PARALLEL_MODES = ("jit", "pmap")
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.task = "classification"
+  c.task = "classification"      # a registry.TASKS name or an import path ("losses.py:smoothed_ce")
   c.batch_size = 128              # global, over all devices and processes
   c.num_train_steps = -1          # -1: num_epochs * (train examples // batch_size)
   c.num_epochs = 10
@@ -51,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
       freeze="",                  # regex over param paths (e.g. "Conv_|BatchNorm_"): never updated
       lr_multipliers=()))         # ((regex, factor), ...): the first match scales that param's lr
 
+  # The task's options (tasks.py): a field is passed to a task that declares it; fields a
+  # config adds here must be options of its task.
   c.loss = ml_collections.ConfigDict(dict(
       name="mse",                 # regression: mse | huber | quantile
       huber_delta=1.0, quantile=0.5,   # on the standardised label
@@ -84,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
       image_size=""))
 
   c.dataset = ml_collections.ConfigDict(dict(
-      name="digits",              # "digits" (embedded) or a TFDS name prepared in data_dir
+      name="digits",              # "digits" (embedded), a builder's import path, an import, a TFDS name
       path="",                    # a directory of source files (e.g. IDX) instead of a name
       data_dir="",                # where TFDS datasets live; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
       train_split="train",
@@ -92,7 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
       test_split="",              # evaluated once after training ("" = none)
       prefetch=2,                 # batches read ahead on threads
       cache_max_mb=1024,          # splits decoding to at most this many MB are held in memory
-      synthetic=dict(vocab_size=50304, seq_len=1024, num_examples=4096)))  # name="synthetic_tokens"
+      builder_kwargs={}))         # the builder's constructor arguments (synthetic_tokens: vocab_size...)
 
   c.parallel = ml_collections.ConfigDict(dict(
       mode="jit",                 # jit: one program over a device mesh | pmap: one copy per device
@@ -100,14 +101,18 @@ def base_config() -> ml_collections.ConfigDict:
       fsdp_min_size=1 << 14,      # arrays with fewer elements stay replicated
       prefetch_to_device=2))      # batches copied to the devices ahead of the step
 
+  # name: a registry.MODELS name or an import path of a Flax Linen or NNX module ("model.py:Net",
+  # relative to the config file); every other field is a constructor argument.
   c.model = ml_collections.ConfigDict(dict(name="mlp", num_classes=10))
+  c.model_input = ""              # the batch feature the model is called on; "" = the model's
+                                  # `input_key` attribute, else "image" if the data has one, else all
   return c
 
 
 def _checks(c):
   o = c.optimizer
   yield "seed", c.seed >= 0, "must be >= 0"
-  yield "task", c.task in TASKS, f"must be one of {TASKS}"
+  yield "task", isinstance(c.task, str) and bool(c.task), "must name a task"
   yield "batch_size", c.batch_size > 0, "must be > 0"
   yield "steps_per_dispatch", c.steps_per_dispatch >= 1, "must be >= 1"
   yield "compute_dtype", c.compute_dtype in COMPUTE_DTYPES, f"must be one of {COMPUTE_DTYPES}"
@@ -138,7 +143,7 @@ def _checks(c):
          "needs parallel.mode='jit' (pmap keeps a whole copy of the state on every device)")
   yield "parallel.fsdp_min_size", c.parallel.fsdp_min_size >= 0, "must be >= 0"
   yield "parallel.prefetch_to_device", c.parallel.prefetch_to_device >= 0, "must be >= 0"
-  yield "model.name", c.model.name in MODELS, f"must be one of {MODELS}"
+  yield "model.name", isinstance(c.model.get("name"), str) and bool(c.model.get("name")), "must name a model"
   e = c.early_stopping
   yield "early_stopping.mode", e.mode in EARLY_STOPPING_MODES, f"must be one of {EARLY_STOPPING_MODES}"
   yield "early_stopping.patience", e.patience >= 0, "must be >= 0 (0 = never stop early)"
@@ -149,14 +154,13 @@ def _checks(c):
          "needs dataset.eval_split (the metric is measured on it)")
   yield "keep_best_checkpoints", c.keep_best_checkpoints >= 0, "must be >= 0"
   yield "eval_top_k", c.eval_top_k > 0, "must be > 0"
-  yield "loss.temperature", c.loss.temperature > 0, "must be > 0"
-  yield "loss.quantile", 0 < c.loss.quantile < 1, "must be in (0, 1)"
-  yield "model.num_classes", c.model.get("num_classes", 1) > 0, "must be > 0"
+  yield "loss.temperature", c.loss.get("temperature", 1.0) > 0, "must be > 0"
+  yield "loss.quantile", 0 < c.loss.get("quantile", 0.5) < 1, "must be in (0, 1)"
+  yield "model.num_classes", not isinstance(c.model.get("num_classes"), int) or c.model.num_classes > 0, "must be > 0"
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UserError naming the first field whose value is out of range."""
-  from jaxtrain.errors import UserError
   for field, ok, requirement in _checks(config):
     if not ok:
       value = config

@@ -1,4 +1,8 @@
-"""The one exception type for mistakes a user can fix (config, data, paths, checkpoints)."""
+"""The one exception type for mistakes a user can fix, and the exit statuses that report them."""
+
+USAGE_ERROR = 2   # a bad command line
+RUN_ERROR = 1     # a mistake found while running (config value, data, checkpoint, non-finite loss)
+PREEMPTED = 75    # EX_TEMPFAIL: stopped on a signal with a checkpoint saved; run the same command again
 
 
 class UserError(Exception):

@@ -3,16 +3,66 @@
 The schedule's horizon is `num_train_steps` as the config resolves it, never
 how long this particular process happens to run: a run stopped and resumed
 follows the same curve as one that ran straight through.
+
+Param paths are `/`-joined names, e.g. `Conv_0/kernel`, `layers/0/bias`;
+`optimizer.freeze` and `optimizer.lr_multipliers` are regexes searched in them.
 """
 
 from __future__ import annotations
 
+import re
+
 import jax
 import optax
 
-from jaxtrain import finetune
 from jaxtrain.config import OPTIMIZERS, SCHEDULES
+from jaxtrain.errors import UserError
 
+
+def path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def flat(tree) -> dict[str, object]:
+  return {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def param_labels(params, freeze: str, multipliers) -> dict:
+  """A label per param: "frozen", "group_<i>" (first matching multiplier) or "default"."""
+  patterns = [(re.compile(regex), f"group_{i}") for i, (regex, _) in enumerate(multipliers)]
+
+  def label(path, _):
+    name = path_str(path)
+    if freeze and re.search(freeze, name):
+      return "frozen"
+    return next((g for p, g in patterns if p.search(name)), "default")
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def check_patterns(params, freeze: str, multipliers) -> None:
+  names = list(flat(params))
+  for field, regex in [("optimizer.freeze", freeze)] + [
+      ("optimizer.lr_multipliers", r) for r, _ in multipliers]:
+    if not regex:
+      continue
+    try:
+      compiled = re.compile(regex)
+    except re.error as e:
+      raise UserError(f"config.{field}={regex!r} is not a regex: {e}") from None
+    if not any(compiled.search(n) for n in names):
+      raise UserError(f"config.{field}={regex!r} matches no parameter (they are: "
+                      f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''})")
+
+
+def partitioned(make_tx, schedule, opt) -> optax.GradientTransformation:
+  """`make_tx(schedule)` per param group: frozen params get zero updates, groups scaled rates."""
+  multipliers, freeze = tuple(tuple(m) for m in opt.lr_multipliers), str(opt.freeze)
+  transforms = {"default": make_tx(schedule), "frozen": optax.set_to_zero()}
+  for i, (_, factor) in enumerate(multipliers):
+    transforms[f"group_{i}"] = make_tx(lambda count, f=float(factor): schedule(count) * f)
+  # Plain values captured (not the config): equal configs give equal optimizers (state.py).
+  labels = lambda params: param_labels(params, freeze, multipliers)
+  return optax.multi_transform(transforms, labels)
 
 def make_schedule(opt, num_train_steps: int) -> optax.Schedule:
   lr, warmup = opt.learning_rate, opt.warmup_steps
@@ -77,11 +127,12 @@ def make_optimizer(opt, num_train_steps: int) -> tuple[optax.GradientTransformat
   if opt.grad_clip_norm > 0:
     clip = optax.clip_by_global_norm(opt.grad_clip_norm)
     if opt.freeze:
+      freeze = str(opt.freeze)
       clip = optax.masked(clip, lambda p: jax.tree.map(
-          lambda label: label != "frozen", finetune.param_labels(p, opt.freeze, ())))
+          lambda label: label != "frozen", param_labels(p, freeze, ())))
     parts.append(clip)
   if partition:
-    parts.append(finetune.partitioned(lambda s: optax.chain(*_base_optimizer(opt, s)), schedule, opt))
+    parts.append(partitioned(lambda s: optax.chain(*_base_optimizer(opt, s)), schedule, opt))
   else:
     parts += _base_optimizer(opt, schedule)
   tx = optax.chain(*parts)

@@ -4,8 +4,11 @@
 metrics` have no side effects: wrap them in `jax.jit` (donating the state), in
 `jax.pmap` with `axis_name=...`, or call them inside your own scan.
 
-A loss function returns *per-example* values: `{"loss": [B], "accuracy": [B]}`
-(or vectors, `[B, K]`, summed the same way: per-class hits, score histograms).
+A loss function `loss_fn(outputs, batch[, params])` returns *per-example*
+values: `{"loss": [B], "accuracy": [B]}` (or vectors, `[B, K]`, summed the
+same way: per-class hits, score histograms). It gets the params if it takes
+a third argument, for terms such as L2 or a KL penalty; a scalar value
+counts for every example (its mean is itself).
 The steps reduce them with the batch's optional `mask` (1 for real examples, 0
 for padding), so an evaluation over padded batches counts every example once.
 Under `pmap` the reduction is a `psum` of sums over a `psum` of counts, which
@@ -15,7 +18,9 @@ examples.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import functools
+import inspect
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -40,16 +45,46 @@ def _psum(x, axis_name):
   return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
+@functools.lru_cache(maxsize=256)
+def takes_params(loss_fn: Callable) -> bool:
+  """Whether `loss_fn` takes a third positional argument (the params)."""
+  try:
+    parameters = inspect.signature(loss_fn).parameters.values()
+  except (TypeError, ValueError):
+    return False
+  positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+
+
+def per_example(loss_fn: Callable, outputs, batch, params) -> Metrics:
+  """`loss_fn`'s per-example values, passing `params` if it takes them."""
+  return loss_fn(outputs, batch, params) if takes_params(loss_fn) else loss_fn(outputs, batch)
+
+
+def _pmean_floats(tree, axis_name):
+  """Averages the floating-point leaves across devices; integer ones (counters) stay as they are."""
+  return jax.tree.map(lambda x: jax.lax.pmean(x, axis_name)
+                      if jnp.issubdtype(x.dtype, jnp.inexact) else x, tree)
+
+
 def _weighted_sums(per_example: Metrics, batch, axis_name):
   """Masked sums of each per-example metric and the global example count."""
-  some = next(iter(per_example.values()))
   mask = batch.get("mask")
-  mask = jnp.ones(some.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
+  if mask is None:
+    rows = next((v.shape[0] for v in per_example.values() if jnp.ndim(v)), None)
+    if rows is None:  # only scalars: the batch's leading dimension counts the examples
+      rows = jax.tree.leaves(batch)[0].shape[0]
+    mask = jnp.ones((rows,), jnp.float32)
+  mask = mask.astype(jnp.float32)
   count = _psum(jnp.sum(mask), axis_name)
-  # A metric may be a vector per example (per-class counts, score histograms).
-  sums = {k: jnp.sum(v.astype(jnp.float32) * mask.reshape(mask.shape + (1,) * (v.ndim - 1)), axis=0)
-          for k, v in per_example.items()}
-  return sums, count
+
+  def masked_sum(v):
+    v = jnp.asarray(v, jnp.float32)
+    if v.ndim == 0:  # a batch-level term (an L2 penalty): the same for every example
+      return v * jnp.sum(mask)
+    # A metric may be a vector per example (per-class counts, score histograms).
+    return jnp.sum(v * mask.reshape(mask.shape + (1,) * (v.ndim - 1)), axis=0)
+  return {k: masked_sum(v) for k, v in per_example.items()}, count
 
 
 def _means(sums, count, axis_name) -> Metrics:
@@ -77,7 +112,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
   def loss_and_aux(params):
     outputs, model_state = state.apply_fn({"params": params, **state.model_state},
                                           batch, train=True, rng=rng)
-    sums, count = _weighted_sums(state.loss_fn(outputs, batch), batch, axis_name)
+    sums, count = _weighted_sums(per_example(state.loss_fn, outputs, batch, params), batch,
+                                 axis_name)
     # The local sum over the global count: summing gradients across devices
     # then gives the gradient of the global mean.
     return sums["loss"] / jnp.maximum(count, 1.0), (model_state, sums, count)
@@ -85,7 +121,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
   grads, (model_state, sums, count) = jax.grad(loss_and_aux, has_aux=True)(state.params)
   if axis_name is not None:
     grads = jax.lax.psum(grads, axis_name)
-    model_state = jax.lax.pmean(model_state, axis_name)
+    model_state = _pmean_floats(model_state, axis_name)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = _means(sums, count, axis_name)
@@ -101,7 +137,8 @@ def eval_step(state: TrainState, batch: Mapping[str, jax.Array], *,
   """Mean metrics over the batch's real (unmasked) examples, plus their count."""
   rng = jax.random.fold_in(state.rng, state.step)
   outputs, _ = state.apply_fn(state.variables, batch, train=False, rng=rng)
-  sums, count = _weighted_sums(state.loss_fn(outputs, batch), batch, axis_name)
+  sums, count = _weighted_sums(per_example(state.loss_fn, outputs, batch, state.params), batch,
+                               axis_name)
   return _means(sums, count, axis_name)
 
 

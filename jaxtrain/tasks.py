@@ -1,5 +1,17 @@
 """Tasks: a loss with its per-example metrics, host-side summaries, and predictions.
 
+A task is what `config.task` names (see registry.py): a short name below, or
+the import path of a user's own. It is either
+- a function `loss(outputs, batch[, params], **options) -> {"loss": [B], ...}`:
+  a task that is only a loss; or
+- a class whose instances have `loss(outputs, batch[, params])`, and
+  optionally `finalize(means) -> metrics` (host side, after the per-example
+  values are averaged) and `predict(outputs, batch) -> {name: array}`.
+A function's keyword-only options and a class's fields come from
+`config.loss` (fields a config adds there must be such options), else from
+what the data says (`preprocess.task_kwargs`: the label's classes, weights or
+scale), else their defaults. The built-in tasks are classes of that kind:
+
     classification  softmax cross-entropy (class weights); accuracy, precision,
                     recall, F1 (binary: of class 1; else macro), ROC-AUC (binary)
     regression      mse | huber | quantile on the standardised label; MAE, RMSE,
@@ -32,11 +44,38 @@ from jaxtrain.errors import UserError
 AUC_BINS = 1000  # ROC-AUC from score histograms, as Keras's AUC does (exact up to ties in a bin)
 
 
+def report_means(means: dict) -> dict:
+  """The default `finalize`: scalar means as they are, a vector's entries as name_0, name_1, ..."""
+  out = {}
+  for k, v in means.items():
+    if np.ndim(v) == 0:
+      out[k] = v
+    else:
+      out.update({f"{k}_{i}": float(x) for i, x in enumerate(np.ravel(v))})
+  return out
+
+
+def outputs_as_they_are(outputs, batch):
+  """The default `predict`: the model's outputs (a dict of arrays stays a dict)."""
+  return outputs if isinstance(outputs, dict) else {"outputs": outputs}
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
+  """A task as the loop uses it: the loss the steps call, finalize and predict."""
   loss_fn: Callable
-  finalize: Callable[[dict], dict]
-  predict: Callable
+  finalize: Callable[[dict], dict] = report_means
+  predict: Callable = outputs_as_they_are
+
+  @classmethod
+  def of(cls, task) -> "Task":
+    """A `Task` from a loss function or an object with `loss` (and maybe finalize, predict)."""
+    if isinstance(task, Task):
+      return task
+    if hasattr(task, "loss"):
+      return cls(task.loss, getattr(task, "finalize", report_means),
+                 getattr(task, "predict", outputs_as_they_are))
+    return cls(task)
 
 
 def classification_loss(logits, batch, *, class_weights=None, binary=False):
@@ -174,39 +213,87 @@ def predict_retrieval(outputs, batch, *, top_k=10):
   return {"top_items": top_items, "top_scores": top_scores}
 
 
-def make_task(config, prep: dict) -> Task:
-  """The task `config.task` names, specialised to the fitted preprocessing `prep`."""
-  lc = config.loss
-  label = prep.get("label", {})
-  if config.task == "classification":
-    if label and label["kind"] != "class":
+@dataclasses.dataclass(frozen=True)
+class Classification:
+  """Softmax cross-entropy, weighted per class; accuracy, precision, recall, F1, ROC-AUC (binary)."""
+  class_weights: tuple[float, ...] | None = None   # from preprocess.class_weights
+  label_kind: str = "class"                         # from the data: class | value
+
+  def __post_init__(self):
+    if self.label_kind != "class":
       raise UserError("config.task='classification' but the dataset's label is a number; "
                       "use task='regression' or import with --label_kind class")
-    weights = label.get("class_weights")
-    weights = None if weights is None or all(w == 1.0 for w in weights) else tuple(weights)
-    binary = label.get("num_classes", config.model.get("num_classes", 0)) == 2
-    return Task(functools.partial(classification_loss, class_weights=weights, binary=binary),
-                finalize_classification, predict_classification)
-  if config.task == "regression":
-    if label.get("kind") != "value":
+
+  def loss(self, logits, batch):
+    return classification_loss(logits, batch, class_weights=self.class_weights,
+                               binary=logits.shape[-1] == 2)
+
+  def finalize(self, means):
+    return finalize_classification(means)
+
+  def predict(self, logits, batch):
+    return predict_classification(logits, batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Regression:
+  """mse | huber | quantile (`name`) on the standardised label; MAE, RMSE, MAPE in its units."""
+  name: str = "mse"
+  huber_delta: float = 1.0
+  quantile: float = 0.5
+  label_mean: float | None = None                   # from the data: the train split's label
+  label_std: float | None = None
+
+  def __post_init__(self):
+    if self.label_mean is None or self.label_std is None:
       raise UserError("config.task='regression' needs an imported dataset with a numeric label "
                       "(import with --label_kind value)")
-    if lc.name not in ("mse", "huber", "quantile"):
-      raise UserError(f"config.loss.name={lc.name!r}: regression takes mse, huber or quantile")
-    scale = dict(mean=label["mean"], std=label["std"])
-    return Task(functools.partial(regression_loss, loss=lc.name, huber_delta=lc.huber_delta,
-                                  quantile=lc.quantile, **scale),
-                finalize_regression, functools.partial(predict_regression, **scale))
-  if config.task == "retrieval":
-    if prep["kind"] != "table" or len(prep["categorical"]) < 2:
+    if self.name not in ("mse", "huber", "quantile"):
+      raise UserError(f"config.loss.name={self.name!r}: regression takes mse, huber or quantile")
+
+  def loss(self, outputs, batch):
+    return regression_loss(outputs, batch, mean=self.label_mean, std=self.label_std, loss=self.name,
+                           huber_delta=self.huber_delta, quantile=self.quantile)
+
+  def finalize(self, means):
+    return finalize_regression(means)
+
+  def predict(self, outputs, batch):
+    return predict_regression(outputs, batch, mean=self.label_mean, std=self.label_std)
+
+
+@dataclasses.dataclass(frozen=True)
+class Retrieval:
+  """Two-tower in-batch softmax; recall@k and NDCG@k against all items, seen items excluded."""
+  temperature: float = 0.1
+  top_k: int = 10                                    # from config.eval_top_k
+  num_categorical: int = 0                           # from the data: categorical features
+  needs_seen_items = True  # the run fits each user's training items (excluded when ranking)
+
+  def __post_init__(self):
+    if self.num_categorical < 2:
       raise UserError("config.task='retrieval' needs a user and an item column: set "
                       "preprocess.features='<user column>,<item column>'")
-    return Task(functools.partial(retrieval_loss, temperature=lc.temperature, top_k=config.eval_top_k),
-                lambda means: dict(means), functools.partial(predict_retrieval, top_k=config.eval_top_k))
-  if config.task == "language_modeling":
-    if config.model.name != "transformer_lm":
-      raise UserError(f"config.task='language_modeling' needs config.model.name='transformer_lm', "
-                      f"not {config.model.name!r}")
-    return Task(language_modeling_loss, finalize_language_modeling, predict_next_token)
-  raise UserError(f"config.task={config.task!r} is not classification, regression, retrieval "
-                  "or language_modeling")
+
+  def loss(self, outputs, batch):
+    return retrieval_loss(outputs, batch, temperature=self.temperature, top_k=self.top_k)
+
+  def finalize(self, means):
+    return dict(means)
+
+  def predict(self, outputs, batch):
+    return predict_retrieval(outputs, batch, top_k=self.top_k)
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModeling:
+  """Next-token cross-entropy of logits [B, T, V] against `batch["tokens"][:, 1:]`; perplexity."""
+
+  def loss(self, logits, batch):
+    return language_modeling_loss(logits, batch)
+
+  def finalize(self, means):
+    return finalize_language_modeling(means)
+
+  def predict(self, logits, batch):
+    return predict_next_token(logits, batch)

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from jaxtrain.cli import main
+from jaxtrain.tools.cli import main
 
 DIGITS = "configs/digits.py"
 
@@ -72,7 +72,7 @@ CASES = [
                            "--config.optimizer.piecewise_boundaries=(10,20)"], 1,
      "config.optimizer.piecewise_scales=(1.0,) must have as many entries as optimizer.piecewise_boundaries"),
     ("unknown model", ["train", "--config", DIGITS, "--workdir", "{w}", "--config.model.name=vit"], 1,
-     "config.model.name='vit' must be one of ('mlp', 'cnn', 'resnet', "),
+     "config.model.name='vit' is not one of bag_of_embeddings, cnn, "),
     ("unknown nan policy", ["train", "--config", DIGITS, "--workdir", "{w}", "--config.nan_policy=ignore"], 1,
      "config.nan_policy='ignore' must be one of ('halt', 'skip')"),
     ("stop_at_step zero", ["train", "--config", DIGITS, "--workdir", "{w}", "--stop_at_step=0"], 2,

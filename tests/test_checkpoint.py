@@ -11,8 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtrain import TrainState, checkpoint, input_pipeline, linen_apply_fn
-from jaxtrain.models import CNN
+from jaxtrain import TrainState, linen_apply_fn
+from jaxtrain.run import checkpoint
+from jaxtrain.data import input_pipeline
+from jaxtrain.models.image import CNN
 from jaxtrain.steps import classification_loss, train_step
 from test_input_pipeline import Numbers
 
@@ -84,7 +86,7 @@ def _corrupt(step_dir, kind):
 def test_corrupt_latest_checkpoint_falls_back_and_keeps_everything(small_config, tmp_path, kind,
                                                                    caplog, capsys, monkeypatch):
   from jaxtrain import train_and_evaluate
-  from jaxtrain.cli import main
+  from jaxtrain.tools.cli import main
   small_config.update(num_train_steps=90, checkpoint_every_steps=30, keep_checkpoints=5)
   straight = train_and_evaluate(small_config, str(tmp_path / "straight"))
   workdir = tmp_path / "run"

@@ -8,11 +8,11 @@ import time
 import pytest
 
 from conftest import ROOT, require_mnist
-from jaxtrain.metric_writers import read_metrics
+from jaxtrain.run.metric_writers import read_metrics
 
 
 def jaxtrain(*args, timeout=600, env=None):
-  return subprocess.run([sys.executable, "-m", "jaxtrain.cli", *args], cwd=ROOT, env=env,
+  return subprocess.run([sys.executable, "-m", "jaxtrain.tools.cli", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -59,7 +59,7 @@ def test_readme_demo_reaches_95_percent_and_inspect_reports_it(tmp_path, data_di
 
 
 def test_stop_at_step_then_same_command_matches_a_straight_run(tmp_path, data_dir):
-  from jaxtrain import checkpoint
+  from jaxtrain.run import checkpoint
   common = ["--config", "configs/digits.py", f"--config.dataset.data_dir={data_dir}",
             "--config.model.name=mlp", "--config.num_train_steps=150",
             "--config.checkpoint_every_steps=50"]

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxtrain import data_import, datasets
-from jaxtrain.cli import main
+from jaxtrain.data import importing as data_import
+from jaxtrain.data import datasets
+from jaxtrain.tools.cli import main
 from jaxtrain.errors import UserError
-from jaxtrain.input_pipeline import InMemorySource
+from jaxtrain.data.input_pipeline import InMemorySource
 
 from conftest import ROOT
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from jaxtrain import datasets
+from jaxtrain.data import datasets
 from jaxtrain.errors import UserError
 from conftest import require_mnist
 
@@ -126,7 +126,7 @@ def test_processes_preparing_one_data_dir_at_once_all_see_the_splits(tmp_path):
   import subprocess
   import sys
   from conftest import ROOT
-  code = ("import sys; from ml_collections import ConfigDict; from jaxtrain import datasets; "
+  code = ("import sys; from ml_collections import ConfigDict; from jaxtrain.data import datasets; "
           "b = datasets.get_builder(ConfigDict(dict(name='digits', path='', data_dir=sys.argv[1]))); "
           "print(len(datasets.get_source(b, 'train[:90%]')))")
   procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from jaxtrain import checkpoint, distributed
+from jaxtrain.run import checkpoint
+from jaxtrain.run import distributed
 from jaxtrain.errors import UserError
 
 from conftest import ROOT
@@ -40,7 +41,7 @@ def _launch(workdir, data_dir, *, processes: int, devices_each: int, tag: str):
   for i in range(processes):
     log = open(f"{workdir}.{tag}.{i}.log", "w")
     procs.append(subprocess.Popen(
-        [sys.executable, "-m", "jaxtrain.cli", "train", *CONFIG, "--workdir", str(workdir),
+        [sys.executable, "-m", "jaxtrain.tools.cli", "train", *CONFIG, "--workdir", str(workdir),
          "--coordinator", f"127.0.0.1:{port}", "--num_processes", str(processes),
          "--process_id", str(i)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
   return procs

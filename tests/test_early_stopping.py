@@ -2,8 +2,10 @@
 
 import json
 
-from jaxtrain import checkpoint, early_stopping, train
-from jaxtrain.metric_writers import read_metrics
+from jaxtrain.run import checkpoint
+from jaxtrain.run import early_stopping
+from jaxtrain.run import loop as train
+from jaxtrain.run.metric_writers import read_metrics
 
 
 def test_tracker_counts_evaluations_without_a_real_improvement():

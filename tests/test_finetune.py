@@ -6,13 +6,16 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtrain import checkpoint, finetune, make_optimizer, train
+from jaxtrain import make_optimizer, optim
+from jaxtrain.run import checkpoint
+from jaxtrain.run import finetune
+from jaxtrain.run import loop as train
 from jaxtrain.errors import UserError
-from jaxtrain.metric_writers import read_metrics
+from jaxtrain.run.metric_writers import read_metrics
 
 
 def _params(workdir):
-  return finetune.flat(checkpoint.load_arrays(str(workdir))[1]["params"])
+  return optim.flat(checkpoint.load_arrays(str(workdir))[1]["params"])
 
 
 def test_new_head_on_a_frozen_body(tmp_path, small_config):
@@ -41,7 +44,7 @@ def test_new_head_on_a_frozen_body(tmp_path, small_config):
       np.testing.assert_array_equal(value, pretrained[name], err_msg=name)  # bit for bit
   assert after["Dense_1/kernel"].shape == (256, 12)
   # The head trained: it moved away from where the fine-tuning run initialised it.
-  from jaxtrain.models import create_model
+  from jaxtrain.run.inputs import create_model
   init_rng = jax.random.split(jax.random.PRNGKey(tuned.seed))[0]
   initial = create_model(tuned.model).init({"params": init_rng, "dropout": init_rng},
                                            np.zeros((1, 8, 8, 1), np.float32), train=False)
@@ -77,13 +80,13 @@ def test_lr_multipliers_scale_updates_per_group():
 def test_patterns_are_checked(small_config):
   params = {"Dense_0": {"kernel": np.zeros((2, 2))}}
   with pytest.raises(UserError, match=r"optimizer.lr_multipliers='\[' is not a regex"):
-    finetune.check_patterns(params, "", (("[", 2.0),))
+    optim.check_patterns(params, "", (("[", 2.0),))
 
 
 def test_init_from_any_orbax_checkpoint_of_params(tmp_path, small_config):
   """A params tree someone saved with Orbax (not a jaxtrain run) initialises the model."""
   import orbax.checkpoint as ocp
-  from jaxtrain.models import create_model
+  from jaxtrain.run.inputs import create_model
   model = create_model(small_config.model)
   theirs = model.init(jax.random.PRNGKey(42), np.zeros((1, 8, 8, 1), np.float32))["params"]
   with ocp.StandardCheckpointer() as ckptr:
@@ -92,9 +95,9 @@ def test_init_from_any_orbax_checkpoint_of_params(tmp_path, small_config):
   small_config.optimizer.freeze = "^Dense_0/"
   train.train_and_evaluate(small_config, str(tmp_path / "run"))
   report = json.loads((tmp_path / "run" / "init_from.json").read_text())
-  assert sorted(report["restored"]) == sorted(finetune.flat(theirs)) and report["initialised"] == []
+  assert sorted(report["restored"]) == sorted(optim.flat(theirs)) and report["initialised"] == []
   after = _params(tmp_path / "run")
-  for name, value in finetune.flat(theirs).items():
+  for name, value in optim.flat(theirs).items():
     if name.startswith("Dense_0/"):
       np.testing.assert_array_equal(after[name], np.asarray(value))
     else:

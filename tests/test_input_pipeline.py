@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxtrain import input_pipeline
+from jaxtrain.data import input_pipeline
 from jaxtrain.errors import UserError
 
 
@@ -65,7 +65,7 @@ def test_iterator_state_resumes_the_same_stream():
 @pytest.mark.parametrize("size", [0, 1, 3])
 def test_device_prefetch_checkpoints_the_consumers_position(size):
   """Batches read ahead onto the device are not lost or skipped by a save/restore."""
-  from jaxtrain import parallel
+  from jaxtrain.run import parallel
   layout = parallel.Layout(parallel.make_mesh())
   ds = input_pipeline.train_dataset(Numbers(30), global_batch_size=4, seed=0)
   it = input_pipeline.DevicePrefetch(input_pipeline.iterate(ds), layout.put_batch, size)

@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from jaxtrain import datasets, tasks
+from jaxtrain import tasks
+from jaxtrain.data import datasets
 from jaxtrain.errors import UserError
-from jaxtrain.lm import TransformerLM, train_flops_per_token
-from jaxtrain.metric_writers import read_metrics
-from jaxtrain.train import train_and_evaluate
+from jaxtrain.models.lm import TransformerLM, train_flops_per_token
+from jaxtrain.run.metric_writers import read_metrics
+from jaxtrain.run.loop import train_and_evaluate
 
 
 def tiny_lm_config(data_dir, vocab=128, length=32):
   c = load_config("lm_124m")
   c.model.update(num_layers=2, num_heads=4, embed_dim=64, vocab_size=vocab, max_length=length)
-  c.dataset.synthetic.update(vocab_size=vocab, seq_len=length, num_examples=512)
+  c.dataset.builder_kwargs.update(vocab_size=vocab, seq_len=length, num_examples=512)
   c.dataset.data_dir = data_dir
   c.update(batch_size=16, num_train_steps=120, log_every_steps=40, eval_every_steps=120,
            checkpoint_every_steps=120)
@@ -60,8 +61,8 @@ def test_synthetic_tokens_are_the_same_everywhere_and_follow_the_chain(tmp_path)
 
 def test_bad_synthetic_shape_is_a_user_error(tmp_path):
   cfg = tiny_lm_config(str(tmp_path)).dataset
-  cfg.synthetic.seq_len = 1
-  with pytest.raises(UserError, match="dataset.synthetic: .*seq_len=1"):
+  cfg.builder_kwargs.seq_len = 1
+  with pytest.raises(UserError, match="dataset.builder_kwargs: .*seq_len=1"):
     datasets.get_builder(cfg)
 
 
@@ -123,8 +124,9 @@ def test_model_config_mistakes_are_one_line_errors():
     _init(TransformerLM(vocab_size=10, max_length=4, num_layers=1, num_heads=2, embed_dim=8), batch)
 
 
-def test_language_modeling_needs_the_language_model(data_dir):
+def test_a_model_that_cannot_read_tokens_is_refused_before_training(data_dir, tmp_path):
   c = tiny_lm_config(data_dir)
   c.model = dict(name="mlp", num_classes=10)
-  with pytest.raises(UserError, match="needs config.model.name='transformer_lm'"):
-    tasks.make_task(c, {"kind": "image"})
+  with pytest.raises(UserError, match=r"config.model \(mlp\) cannot take this dataset's inputs"):
+    train_and_evaluate(c, str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "checkpoints").exists()

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from conftest import ROOT
-from jaxtrain.lm import TransformerLM
+from jaxtrain.models.lm import TransformerLM
 
 QUICK_MODEL = dict(num_layers=2, num_heads=4, embed_dim=64, vocab_size=256, max_length=32)
 

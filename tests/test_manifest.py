@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from jaxtrain import manifest, train_and_evaluate
+from jaxtrain import train_and_evaluate
+from jaxtrain.run import manifest
 from jaxtrain.errors import UserError
 from test_cli import jaxtrain
 

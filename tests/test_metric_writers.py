@@ -9,7 +9,7 @@ import subprocess
 import sys
 import termios
 
-from jaxtrain.metric_writers import ProgressBar, flatten_config
+from jaxtrain.run.metric_writers import ProgressBar, flatten_config
 
 from conftest import ROOT
 
@@ -23,7 +23,7 @@ def _run_on_a_terminal(args, data_dir) -> str:
   primary, secondary = pty.openpty()
   fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # rows, columns
   env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen([sys.executable, "-m", "jaxtrain.cli", *args], cwd=ROOT, env=env,
+  proc = subprocess.Popen([sys.executable, "-m", "jaxtrain.tools.cli", *args], cwd=ROOT, env=env,
                           stdout=secondary, stderr=subprocess.DEVNULL)
   os.close(secondary)
   chunks = []
@@ -54,7 +54,7 @@ def test_a_terminal_gets_a_live_bar_and_quiet_gets_plain_lines(tmp_path, data_di
 def test_the_bar_is_off_without_a_terminal(capsys):
   bar = ProgressBar(100, 0, 10, enabled=True)  # pytest's stdout is not a terminal
   bar.update(5)
-  bar.set_metrics("train", {"loss": 0.5})
+  bar.set_metrics(3, "train", {"loss": 0.5})
   bar.close()
   assert capsys.readouterr().out == ""
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from flax import struct
 
-from jaxtrain import checkpoint, train_and_evaluate
-from jaxtrain.metric_writers import read_metrics
-from jaxtrain.nan_guard import NonFiniteError, all_finite, check, guard, new_health
+from jaxtrain import train_and_evaluate
+from jaxtrain.run import checkpoint
+from jaxtrain.run.metric_writers import read_metrics
+from jaxtrain.run.nan_guard import NonFiniteError, all_finite, check, guard, new_health
 
 
 def _blow_up_at(config, step, scale):
@@ -31,7 +32,7 @@ def test_halt_names_the_step_and_keeps_the_last_finite_checkpoint(small_config, 
 
 
 def test_skip_carries_on_past_one_bad_batch_and_counts_it(small_config, tmp_path, monkeypatch):
-  from jaxtrain import input_pipeline
+  from jaxtrain.data import input_pipeline
   real = input_pipeline.train_dataset
 
   def with_a_corrupt_record(*args, **kwargs):  # batch 30 holds a NaN pixel

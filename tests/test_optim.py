@@ -86,7 +86,7 @@ def test_accumulating_two_half_batches_is_one_full_batch():
   import numpy as np
   from jaxtrain import TrainState, classification_loss, linen_apply_fn, train_step
   from jaxtrain.config import base_config
-  from jaxtrain.models import MLP
+  from jaxtrain.models.image import MLP
 
   model = MLP(num_classes=3, features=(16,))
   rng = np.random.default_rng(0)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxtrain import parallel
+from jaxtrain.run import parallel
 from jaxtrain.config import base_config
 from jaxtrain.errors import UserError
-from jaxtrain.train import train_and_evaluate
+from jaxtrain.run.loop import train_and_evaluate
 
 from conftest import ROOT
 
@@ -30,9 +30,9 @@ import json, sys
 import jax, numpy as np
 sys.path.insert(0, "tests")
 from conftest import load_config
-from jaxtrain import checkpoint
-from jaxtrain.metric_writers import read_metrics
-from jaxtrain.train import train_and_evaluate
+from jaxtrain.run import checkpoint
+from jaxtrain.run.metric_writers import read_metrics
+from jaxtrain.run.loop import train_and_evaluate
 
 out = {}
 for name, overrides in json.loads(sys.argv[1]).items():
@@ -159,7 +159,7 @@ def test_batch_size_error_through_the_cli_on_8_devices(tmp_path, data_dir):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
              TFDS_DATA_DIR=data_dir)
   proc = subprocess.run(
-      [sys.executable, "-m", "jaxtrain.cli", "train", "--config", "configs/digits.py",
+      [sys.executable, "-m", "jaxtrain.tools.cli", "train", "--config", "configs/digits.py",
        "--workdir", str(tmp_path / "w"), "--config.batch_size=60"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1

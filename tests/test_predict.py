@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxtrain import predict, preprocess
-from jaxtrain.cli import main
-from jaxtrain.input_pipeline import InMemorySource
-from jaxtrain.metric_writers import read_metrics
+from jaxtrain.tools import predict
+from jaxtrain.data import preprocess
+from jaxtrain.tools.cli import main
+from jaxtrain.data.input_pipeline import InMemorySource
+from jaxtrain.run.metric_writers import read_metrics
 
 
 def _train(tmp_path, capsys, config, *overrides):

@@ -18,7 +18,7 @@ def _args(workdir, data_dir):
 
 
 def test_sigterm_saves_the_step_reached_and_resumes_exactly(tmp_path, data_dir):
-  proc = subprocess.Popen([sys.executable, "-u", "-m", "jaxtrain.cli", "train",
+  proc = subprocess.Popen([sys.executable, "-u", "-m", "jaxtrain.tools.cli", "train",
                            *_args(tmp_path / "run", data_dir)], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   for line in proc.stdout:  # wait until training is under way

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from jaxtrain import preprocess, tasks
+from jaxtrain import tasks
+from jaxtrain.run.inputs import build_task
+from jaxtrain.data import preprocess
 from jaxtrain.config import base_config
 from jaxtrain.errors import UserError
 
@@ -71,11 +73,11 @@ def test_tasks_refuse_data_they_cannot_use():
   config = base_config()
   config.task = "regression"
   with pytest.raises(UserError, match="needs an imported dataset with a numeric label"):
-    tasks.make_task(config, prep)
+    build_task(config, prep)
   config.task = "retrieval"
   config.preprocess.features = "amount"
   with pytest.raises(UserError, match="needs a user and an item column"):
-    tasks.make_task(config, preprocess.fit(SCHEMA, TRAIN, config))
+    build_task(config, preprocess.fit(SCHEMA, TRAIN, config))
 
 
 def test_calendar_fields_match_python_datetime():

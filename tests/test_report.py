@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from jaxtrain import report
+from jaxtrain.tools import report
 from jaxtrain.errors import UserError
-from jaxtrain.train import train_and_evaluate
+from jaxtrain.run.loop import train_and_evaluate
 
 from conftest import ROOT
 
@@ -20,7 +20,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def runs(tmp_path_factory, data_dir):
   """Two plain runs and a 4-trial sweep, trained in this process."""
   from conftest import load_config
-  from jaxtrain import sweep
+  from jaxtrain.tools import sweep
   root = tmp_path_factory.mktemp("report")
   base = load_config("digits")
   base.num_train_steps, base.log_every_steps, base.eval_every_steps = 40, 10, 20
@@ -42,7 +42,7 @@ def runs(tmp_path_factory, data_dir):
 def test_report_has_every_run_in_the_plot_data_and_writes_pngs(runs, tmp_path):
   workdirs, sweep_dir = runs
   out = tmp_path / "report"
-  proc = subprocess.run([sys.executable, "-m", "jaxtrain.cli", "report", *workdirs, sweep_dir,
+  proc = subprocess.run([sys.executable, "-m", "jaxtrain.tools.cli", "report", *workdirs, sweep_dir,
                          "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   data = json.load(open(out / "plot_data.json"))

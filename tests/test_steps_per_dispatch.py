@@ -2,9 +2,10 @@
 
 import pytest
 
-from jaxtrain import checkpoint, train
+from jaxtrain.run import checkpoint
+from jaxtrain.run import loop as train
 from jaxtrain.errors import UserError
-from jaxtrain.metric_writers import read_metrics
+from jaxtrain.run.metric_writers import read_metrics
 
 
 def _digest(workdir):

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from jaxtrain import checkpoint, sweep
+from jaxtrain.run import checkpoint
+from jaxtrain.tools import sweep
 from jaxtrain.errors import UserError
 
 from conftest import ROOT, load_config
@@ -24,7 +25,7 @@ SMALL = ["--config.num_train_steps=60", "--config.eval_every_steps=15",
 
 
 def _sweep(sweep_dir, data_dir, *extra, space="configs/sweeps/digits_lr_wd.py", trials=12, wait=True):
-  cmd = [sys.executable, "-m", "jaxtrain.cli", "sweep", "--config", "configs/digits.py",
+  cmd = [sys.executable, "-m", "jaxtrain.tools.cli", "sweep", "--config", "configs/digits.py",
          "--space", space, "--trials", str(trials), "--workdir", str(sweep_dir), "--quiet",
          *SMALL, *extra]
   env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
@@ -66,7 +67,7 @@ def test_best_config_reproduces_the_best_trials_bits(twelve, data_dir, tmp_path)
   sweep_dir, _ = twelve
   best = sweep.summary(str(sweep_dir))["best"]
   env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "jaxtrain.cli", "train", "--config",
+  proc = subprocess.run([sys.executable, "-m", "jaxtrain.tools.cli", "train", "--config",
                          str(sweep_dir / "best_config.py"), "--workdir", str(tmp_path / "again"),
                          "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -154,7 +155,7 @@ def test_two_workers_share_one_postgresql_study(data_dir, tmp_path):
       assert steps == [30, 60]
       assert json.load(open(sweep_dir / t["workdir"] / "manifest.json"))["resumes"] == []
     assert all("trial" in o[0] for o in outputs)  # both workers ran trials
-    from jaxtrain import report  # the report finds the study through sweep.json
+    from jaxtrain.tools import report  # the report finds the study through sweep.json
     assert len(report.collect([str(sweep_dir)])["runs"]) == len(finished)
   finally:
     stop()
@@ -166,7 +167,7 @@ def test_space_errors_name_what_to_fix(tmp_path):
     sweep.load_space(str(tmp_path / "nope.py"))
   bad = tmp_path / "bad.py"
   bad.write_text("def get_space():\n  return {'optimizer.learning_rate': (1e-3, 1e-1)}\n")
-  with pytest.raises(UserError, match="must map config fields to jaxtrain.sweep distributions"):
+  with pytest.raises(UserError, match="must map config fields to jaxtrain.tools.sweep distributions"):
     sweep.load_space(str(bad))
   with pytest.raises(UserError, match="names config.optimizer.lr, which the config does not have"):
     sweep.check_space({"optimizer.lr": sweep.loguniform(1e-3, 1)}, config, "tpe")

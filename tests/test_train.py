@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from jaxtrain import checkpoint, train_and_evaluate
-from jaxtrain.metric_writers import read_metrics
+from jaxtrain import train_and_evaluate
+from jaxtrain.run import checkpoint
+from jaxtrain.run.metric_writers import read_metrics
 
 
 def _digest(state):

@@ -4,7 +4,7 @@
         --trials 12 --workdir runs/digits-sweep --metric eval/loss
 """
 
-from jaxtrain.sweep import loguniform
+from jaxtrain.tools.sweep import loguniform
 
 
 def get_space():

@@ -18,9 +18,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain import data_import, finetune, run_inputs
+from jaxtrain.data import datasets, importing
 from jaxtrain.errors import UserError
-from jaxtrain.state import TrainState
+from jaxtrain.run import finetune, manifest, parallel
+from jaxtrain.run import inputs as run_inputs
+from jaxtrain.run.compiled import evaluate, without_count
+from jaxtrain.state import Functions, TrainState
 from jaxtrain.steps import predict_step
 
 EXPORT_FILE, SIGNATURE_FILE = "model.jaxexport", "signature.json"
@@ -33,11 +36,18 @@ def load_run(workdir: str, *, best: bool = False):
       config = ml_collections.ConfigDict(json.load(f))
   except FileNotFoundError:
     raise UserError(f"{workdir} has no config.json (not a jaxtrain workdir?)") from None
-  inputs = run_inputs.load_for_inference(config, workdir)
+  record = manifest.read(workdir) if os.path.exists(manifest.path(workdir)) else {}
+  inputs = run_inputs.load_for_inference(config, workdir, record.get("config_dir"))
+  changed = manifest.code_changes(record.get("code", {}), inputs.code)
+  if changed:
+    raise UserError(f"{workdir} was trained with other code: {'; '.join(changed)}")
   arrays, step = finetune.read_source(workdir, -1, best)
+  example = jax.tree.map(lambda s: np.zeros((1, *s.shape[1:]), s.dtype),
+                         input_signature(inputs, config, batch=1))
+  model = inputs.model(config, example)
   state = TrainState(step=arrays["step"], params=arrays["params"], opt_state=None,
                      model_state=arrays.get("model_state", {}), rng=arrays["rng"],
-                     apply_fn=inputs.apply_fn(config), tx=None, loss_fn=inputs.task.loss_fn)
+                     functions=Functions(model.apply_fn(), None, inputs.task.loss_fn))
   return config, inputs, state, step
 
 
@@ -67,7 +77,7 @@ def _read_input(path: str, inputs) -> tuple[dict, np.ndarray | None]:
     needed |= {prep[k]["feature"] for k in ("text", "image") if prep[k]}
     if inputs.seen is not None:  # retrieval: recommending needs only the user
       needed.discard(prep["categorical"][1]["feature"])
-    return data_import.read_prediction_rows(path, inputs.schema, needed)
+    return importing.read_prediction_rows(path, inputs.schema, needed)
   if not path.endswith(".npz"):
     raise UserError(f"{path}: an image run predicts from a .npz with an 'image' array")
   with np.load(path, allow_pickle=False) as f:
@@ -121,12 +131,14 @@ def _label_name(inputs, label):
   return label.item() if hasattr(label, "item") else label
 
 
-def input_signature(inputs, config) -> dict[str, jax.ShapeDtypeStruct]:
-  """The model inputs' shapes after preprocessing, with a symbolic batch size `b`."""
-  prep, (b,) = inputs.prep, jax.export.symbolic_shape("b")
-  if prep["kind"] == "image":
-    shape = inputs.builder.info.features["image"].shape
-    return {"image": jax.ShapeDtypeStruct((b, *shape), jnp.float32)}
+def input_signature(inputs, config, batch: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+  """The model inputs' shapes after preprocessing, with a symbolic batch size `b` (or `batch`)."""
+  prep = inputs.prep
+  b = batch if batch is not None else jax.export.symbolic_shape("b")[0]
+  if prep["kind"] == "image":  # a dataset without an import schema: its features as they are
+    return {name: jax.ShapeDtypeStruct((b, *feature.shape),
+                                       jnp.float32 if name == "image" else feature.dtype)
+            for name, feature in inputs.builder.info.features.items() if name != "label"}
   sig = {}
   if prep["numeric"]:
     sig["numeric"] = jax.ShapeDtypeStruct((b, len(prep["numeric"])), jnp.float32)
@@ -181,15 +193,12 @@ def evaluate_run(workdir: str, dataset_name: str, split: str = "test", *, best: 
   How retraining compares a candidate with the production model: the same
   rows, each model with the vocabulary and scaling it was trained with.
   """
-  from jaxtrain import datasets, parallel
-  from jaxtrain.train import evaluate
   config, inputs, state, _ = load_run(workdir, best=best)
   dataset = config.dataset.copy_and_resolve_references()
   dataset.name = dataset_name
   source = datasets.get_source(datasets.get_builder(dataset), split, "split")
   layout = parallel.Layout.from_config(config.parallel)
   placed = layout.to_step(layout.place_state(state.replace(opt_state={})))
-  metrics = evaluate(placed, source, batch_size=config.batch_size, layout=layout,
-                     transform=inputs.transform(train=False), finalize=inputs.task.finalize)
-  metrics["num_examples"] = int(metrics.pop("count"))
-  return metrics
+  return without_count(evaluate(placed, source, batch_size=config.batch_size, layout=layout,
+                                transform=inputs.transform(train=False),
+                                finalize=inputs.task.finalize))

@@ -1,7 +1,7 @@
 """Models for imported tables: text classifiers, tabular MLPs, recommenders.
 
-Each takes the whole preprocessed batch (see preprocess.py: `numeric`,
-`categorical`, `tokens`) and learns its vocabulary sizes and output width from
+Each takes the whole preprocessed batch (`input_key = None`; see
+data/preprocess.py: `numeric`, `categorical`, `tokens`) and learns its vocabulary sizes and output width from
 the fitted preprocessing (`preprocess.model_kwargs`), so a config names only
 the architecture.
 """
@@ -12,6 +12,8 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from jaxtrain.models.remat import rematted
 
 
 def _masked_mean(x, valid):
@@ -26,6 +28,7 @@ def _embedding_width(size: int, cap: int) -> int:
 
 class TabularMLP(nn.Module):
   """Categorical embeddings concatenated with standardised numbers, then an MLP."""
+  input_key = None                # the whole preprocessed batch
   num_outputs: int
   categorical_sizes: Sequence[int] = ()
   features: Sequence[int] = (128, 64)
@@ -46,6 +49,7 @@ class TabularMLP(nn.Module):
 
 class BagOfEmbeddings(nn.Module):
   """Mean of the text's token embeddings (padding excluded), then a hidden layer."""
+  input_key = None                # the whole preprocessed batch
   num_outputs: int
   vocab_size: int
   embed_dim: int = 64
@@ -77,6 +81,7 @@ class EncoderBlock(nn.Module):
 
 class TransformerEncoder(nn.Module):
   """A small pre-norm Transformer encoder over tokens; masked mean pooling; a linear head."""
+  input_key = None                # the whole preprocessed batch
   num_outputs: int
   vocab_size: int
   max_length: int = 128
@@ -90,7 +95,6 @@ class TransformerEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
-    from jaxtrain.models import rematted
     tokens = batch["tokens"]
     valid = tokens > 0
     x = nn.Embed(self.vocab_size, self.width)(tokens)
@@ -109,6 +113,7 @@ class MatrixFactorization(nn.Module):
 
   The first two categorical features are the user and the item.
   """
+  input_key = None                # the whole preprocessed batch
   categorical_sizes: Sequence[int]
   num_outputs: int = 1
   dim: int = 32
@@ -130,6 +135,7 @@ class TwoTower(nn.Module):
   Returns (user vectors, the batch's item vectors, every item's vector): the
   loss scores users against the batch's items; evaluation against all items.
   """
+  input_key = None                # the whole preprocessed batch
   categorical_sizes: Sequence[int]
   num_outputs: int = 1
   dim: int = 32
@@ -149,8 +155,3 @@ class TwoTower(nn.Module):
     u = self.user_tower(nn.relu(self.user_embed(batch["categorical"][:, 0])))
     u = u / jnp.linalg.norm(u, axis=-1, keepdims=True).clip(1e-6)
     return u, self._item(batch["categorical"][:, 1]), self._item(jnp.arange(self.categorical_sizes[1]))
-
-
-TABLE_MODELS = {"tabular_mlp": TabularMLP, "bag_of_embeddings": BagOfEmbeddings,
-                "transformer_encoder": TransformerEncoder, "matrix_factorization": MatrixFactorization,
-                "two_tower": TwoTower}

@@ -1,15 +1,18 @@
 """Datasets as TFDS builders written to array_record, read with random access.
 
-Three ways to name data in `config.dataset`:
-- `name="digits"`: scikit-learn's bundled handwritten digits (embedded, no download).
-- `name="synthetic_tokens"`: seeded token sequences for language models
-  (`dataset.synthetic`: vocabulary, length, count), generated, not downloaded.
+Ways to name data in `config.dataset`:
+- `name=` a builder class, by import path (`"my_data.py:Reviews"`, any
+  `tfds.core.GeneratorBasedBuilder` subclass; registry.py) or by a short name
+  mapped to one: `"digits"` (scikit-learn's bundled handwritten digits,
+  embedded, no download), `"synthetic_tokens"` (seeded token sequences for
+  language models). `dataset.builder_kwargs` are its constructor's arguments.
+  It is prepared once, as array_record, into `data_dir`.
 - `path=DIR`: source files in a directory, prepared once into `data_dir` under a
   name that includes a fingerprint of the files (so changed files are a new
   dataset, never a stale one). Today: MNIST-style IDX files.
-- `name="<name>"` of a `jaxtrain data import` (see data_import.py): its newest
+- `name="<name>"` of a `jaxtrain data import` (see importing.py): its newest
   version, or `"<name>:1.0.2"` for a given one.
-- any other `name`: a standard TFDS dataset already prepared in `data_dir`.
+- any other `name`: a TFDS dataset already prepared in `data_dir`.
 
 Every image example is a dict `{"image": uint8 [H, W, C], "label": int64}`;
 images are stored as 0..255 so one preprocessing serves every image dataset. Our
@@ -19,10 +22,9 @@ as `test[8000:]` means the file's last 2,000 rows.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import gzip
 import hashlib
+import inspect
 import os
 import re
 from pathlib import Path
@@ -30,16 +32,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxtrain import registry
+from jaxtrain.data import store
 from jaxtrain.errors import UserError
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 # MNIST's file names: train-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz), ...
 _IDX_FILE = re.compile(r"^(?P<prefix>[a-z0-9]+)-(?P<kind>images|labels)-idx(?P<ndim>\d)-ubyte(\.gz)?$")
 _IDX_SPLITS = {"train": "train", "t10k": "test", "test": "test"}
-
-
-def default_data_dir() -> str:
-  return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -133,9 +133,10 @@ class SyntheticTokens(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   FOLLOW = 0.75
 
-  def __init__(self, *, vocab_size: int, seq_len: int, num_examples: int, **kwargs):
+  def __init__(self, *, vocab_size: int = 50304, seq_len: int = 1024, num_examples: int = 4096,
+               **kwargs):
     if min(vocab_size, seq_len, num_examples) < 2 or vocab_size > 2**31 - 1:
-      raise UserError(f"dataset.synthetic: vocab_size={vocab_size}, seq_len={seq_len} and "
+      raise UserError(f"dataset.builder_kwargs: vocab_size={vocab_size}, seq_len={seq_len} and "
                       f"num_examples={num_examples} must each be >= 2 (vocab_size < 2**31: int32 tokens)")
     self._shape = (vocab_size, seq_len, num_examples)
     config = tfds.core.BuilderConfig(name=f"v{vocab_size}_l{seq_len}_n{num_examples}")
@@ -206,18 +207,6 @@ class IdxImages(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": images[i][..., None], "label": int(labels[i])}
 
 
-@contextlib.contextmanager
-def _lock(data_dir: str, name: str):
-  """Serialises preparation of one dataset among processes sharing a data_dir."""
-  os.makedirs(data_dir, exist_ok=True)
-  with open(os.path.join(data_dir, f".{name}.lock"), "w") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _prepared(make_builder):
   """A builder made after its data is on disk.
 
@@ -226,28 +215,57 @@ def _prepared(make_builder):
   splits, so the builder used is made once the lock is held.
   """
   builder = make_builder()
-  with _lock(builder._data_dir_root, builder.name):
+  with store.lock(builder._data_dir_root, builder.name):
     builder = make_builder()
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(verify_ssl=False))
   return builder
 
 
-def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
-  """The prepared TFDS builder `config.dataset` names (preparing embedded/local data once)."""
-  data_dir = dataset_config.data_dir or default_data_dir()
+def builder_class(dataset_config, base_dir: str | None = None) -> registry.Loaded | None:
+  """The builder class `dataset.name` names by import path or short name (None: another kind)."""
+  name = dataset_config.name
+  if dataset_config.path or not (name in registry.DATASETS or registry.is_import_path(name)):
+    return None
+  loaded = registry.resolve(name, registry.DATASETS, "config.dataset.name", base_dir)
+  if not (isinstance(loaded.obj, type) and issubclass(loaded.obj, tfds.core.DatasetBuilder)):
+    raise UserError(f"config.dataset.name={name!r} is not a TFDS dataset builder class "
+                    "(a tfds.core.GeneratorBasedBuilder subclass)")
+  return loaded
+
+
+def _check_builder_kwargs(loaded: registry.Loaded, kwargs: dict) -> None:
+  """`dataset.builder_kwargs` against the arguments the builder's own `__init__` names."""
+  own = loaded.obj.__dict__.get("__init__")
+  params = {} if own is None else {
+      n: p for n, p in inspect.signature(own).parameters.items()
+      if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+  unknown = sorted(set(kwargs) - set(params))
+  missing = sorted(n for n, p in params.items() if p.default is p.empty and n not in kwargs)
+  if unknown or missing:
+    takes = ", ".join(params) or "no arguments"
+    problem = f"has no argument(s) {', '.join(unknown)}" if unknown else f"needs {', '.join(missing)}"
+    raise UserError(f"config.dataset.builder_kwargs: {loaded.target} {problem} (it takes: {takes})")
+
+
+def get_builder(dataset_config, base_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """The prepared TFDS builder `config.dataset` names (preparing builders' data once).
+
+  `base_dir` anchors a builder's relative file path (the config file's directory).
+  """
+  data_dir = dataset_config.data_dir or store.default_data_dir()
   if dataset_config.path:
     path = Path(dataset_config.path).expanduser()
     if not path.is_dir():
       raise UserError(f"dataset.path={dataset_config.path} is not a directory")
     return _prepared(lambda: IdxImages(source_dir=str(path), data_dir=data_dir,
                                        file_format="array_record"))
-  if dataset_config.name == "digits":
-    return _prepared(lambda: Digits(data_dir=data_dir, file_format="array_record"))
-  if dataset_config.name == "synthetic_tokens":
-    return _prepared(lambda: SyntheticTokens(**dataset_config.synthetic, data_dir=data_dir,
-                                             file_format="array_record"))
-  imported = imported_dir(data_dir, dataset_config.name)
+  loaded = builder_class(dataset_config, base_dir)
+  if loaded is not None:
+    kwargs = dict(dataset_config.get("builder_kwargs") or {})
+    _check_builder_kwargs(loaded, kwargs)
+    return _prepared(lambda: loaded.obj(**kwargs, data_dir=data_dir, file_format="array_record"))
+  imported = store.imported_dir(data_dir, dataset_config.name)
   if imported is not None:
     return tfds.builder_from_directory(imported)
   try:
@@ -260,21 +278,6 @@ def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
         f"`tfds build {dataset_config.name} --data_dir {data_dir} --file_format array_record`, "
         "or set dataset.path to a directory of its source files")
   return builder
-
-
-def imported_dir(data_dir: str, name: str) -> str | None:
-  """The directory of a `jaxtrain data import` dataset `name` or `name:version` (None if not one)."""
-  from jaxtrain import data_import
-  base, _, version = name.partition(":")
-  if not data_import.history_path(data_dir, base).exists():
-    return None
-  version = version or data_import.latest_version(data_dir, base)
-  path = Path(data_dir) / base / (version or "")
-  if not version or not (path / "dataset_info.json").exists():
-    known = [e["version"] for e in data_import.read_history(data_dir, base)]
-    raise UserError(f"dataset.name={name!r}: no such version in {data_dir}/{base} "
-                    f"(imported: {', '.join(known) or 'none'})")
-  return str(path)
 
 
 def get_source(builder, split: str, field: str = "dataset.train_split"):

@@ -31,15 +31,31 @@ import os
 import re
 import sys
 
-from jaxtrain.preemption import PREEMPTED
+from jaxtrain import __version__
+from jaxtrain.errors import PREEMPTED, RUN_ERROR, USAGE_ERROR
 
-USAGE_ERROR, RUN_ERROR = 2, 1
+COMMAND_SUMMARIES = {
+    "train": "train a config in a workdir (the same command resumes it)",
+    "sweep": "an Optuna study of runs of a config over a search space",
+    "report": "curves and sweep plots of workdirs and sweeps as HTML",
+    "inspect": "a workdir's latest step, metrics, digests and bad checkpoints",
+    "rerun": "train a workdir's manifest again and compare the bits",
+    "data": "`data import`: files as a versioned TFDS dataset",
+    "predict": "predictions of a trained run for the rows of a file",
+    "export": "a trained run's inference function, weights inside (jax.export)",
+}
 
 
 class _Fail(Exception):
   def __init__(self, message: str, status: int):
     super().__init__(message)
     self.status = status
+
+
+def _usage() -> str:
+  commands = "\n".join(f"  {name:<9}{summary}" for name, summary in COMMAND_SUMMARIES.items())
+  return (f"usage: jaxtrain COMMAND [options]    (jaxtrain COMMAND --help for its options)\n\n"
+          f"commands:\n{commands}\n\nExit status:{__doc__.split('Exit status:')[1]}")
 
 
 def _config_error(error: Exception, argv: list[str]) -> str:
@@ -60,9 +76,22 @@ def _config_error(error: Exception, argv: list[str]) -> str:
   return text.splitlines()[0] if text else type(error).__name__
 
 
+TRAIN_FLAGS = (
+    ("workdir", "string", "Directory for checkpoints, metrics, config and manifest (required)."),
+    ("stop_at_step", "integer", "Stop (with a checkpoint) after this global step; the run itself "
+     "is unchanged and resumes later."),
+    ("allow_config_change", "bool", "Resume a run under a config or user code that differs in what "
+     "changes training (recorded in manifest.json)."),
+    ("debug", "bool", "Show tracebacks."),
+    ("quiet", "bool", "No live progress bar: plain log lines only."),
+    ("coordinator", "string", "Multi-process: HOST:PORT of process 0's coordination service (not "
+     "needed under SLURM or Open MPI)."),
+    ("num_processes", "integer", "Multi-process: how many processes the job has."),
+    ("process_id", "integer", "Multi-process: this process's index, 0-based."),
+)
 SWEEP_FLAGS = (
     ("space", "string", "Search space: a .py file whose get_space() maps config fields to "
-     "jaxtrain.sweep distributions."),
+     "jaxtrain.tools.sweep distributions."),
     ("trials", "integer", "How many finished trials the study should hold."),
     ("storage", "string", "An Optuna RDB URL (e.g. postgresql://user@host/db) shared by "
      "workers; default: SQLite in the sweep directory."),
@@ -73,6 +102,22 @@ SWEEP_FLAGS = (
     ("grace_seconds", "integer", "A trial whose worker sent no heartbeat for this long is "
      "retried (default 20)."),
 )
+
+
+def _flag_help(command: str) -> str:
+  """`jaxtrain train --help` (and sweep's): every flag with its description."""
+  flags = (SWEEP_FLAGS if command == "sweep" else ()) + TRAIN_FLAGS
+  lines = [f"usage: jaxtrain {command} --config FILE[:ARG] --workdir DIR "
+           + ("--space S.py --trials N " if command == "sweep" else "")
+           + "[--config.FIELD=VALUE ...] [options]", "",
+           "  --config FILE[:ARG]   Config file: a .py whose get_config([ARG]) returns the config "
+           "(built on jaxtrain.config.base_config()).",
+           "  --config.FIELD=VALUE  Override any field of the config (e.g. "
+           "--config.optimizer.learning_rate=0.05); unknown fields and wrong types are errors."]
+  for name, kind, text in flags:
+    arg = "" if kind == "bool" else "=" + {"string": "S", "integer": "N"}[kind]
+    lines.append(f"  --{name + arg:<19} {text}")
+  return "\n".join(lines)
 
 
 def _parse_flags(argv: list[str], command: str = "train"):
@@ -87,22 +132,9 @@ def _parse_flags(argv: list[str], command: str = "train"):
   # config_flags reads overrides from sys_argv (default: sys.argv), not from fv(argv).
   config_flags.DEFINE_config_file("config", None, "Config file (a .py with get_config()).",
                                   flag_values=fv, lock_config=True, sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.",
-                      flag_values=fv)
-  flags.DEFINE_integer("stop_at_step", None, "Stop (with a checkpoint) after this global "
-                       "step; the run itself is unchanged and resumes later.", flag_values=fv)
-  flags.DEFINE_bool("allow_config_change", False, "Resume a run under a config that differs "
-                    "in fields that change training (recorded in manifest.json).", flag_values=fv)
-  flags.DEFINE_bool("debug", False, "Show tracebacks.", flag_values=fv)
-  flags.DEFINE_bool("quiet", False, "No live progress bar: plain log lines only.", flag_values=fv)
-  for name, kind, help_text in SWEEP_FLAGS if command == "sweep" else ():
-    getattr(flags, f"DEFINE_{kind}")(name, None, help_text, flag_values=fv)
-  flags.DEFINE_string("coordinator", None, "Multi-process: HOST:PORT of process 0's "
-                      "coordination service (not needed under SLURM or Open MPI).", flag_values=fv)
-  flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes the job has.",
-                       flag_values=fv)
-  flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0-based.",
-                       flag_values=fv)
+  for name, kind, help_text in (SWEEP_FLAGS if command == "sweep" else ()) + TRAIN_FLAGS:
+    default = False if kind == "bool" else None
+    getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=fv)
   try:
     fv(argv)
     if fv.config is not None:
@@ -110,6 +142,14 @@ def _parse_flags(argv: list[str], command: str = "train"):
   except Exception as e:  # absl and ml_collections raise several types here
     raise _Fail(_config_error(e, argv), USAGE_ERROR) from None
   return fv
+
+
+def config_dir(fv) -> str:
+  """The directory of the config file: where its relative `file.py:Name` paths start."""
+  filename = fv["config"].config_filename
+  if ".py:" in filename:  # configs/spam.py:transformer
+    filename = filename[:filename.rindex(".py:") + 3]
+  return os.path.dirname(os.path.abspath(filename))
 
 
 def _parse_train_flags(argv: list[str], command: str = "train"):
@@ -176,18 +216,19 @@ def train(argv: list[str]) -> int:
   fv = _parse_train_flags(argv)
   _use_deterministic_gpu_ops(fv.config)
   _quiet_libraries()
-  from jaxtrain import distributed
+  from jaxtrain.run import distributed
   if distributed.initialize(fv.coordinator, fv.num_processes, fv.process_id):
     import jax
     if jax.process_index() != 0:  # one process speaks for the job
       logging.getLogger("jaxtrain").setLevel(logging.WARNING)
-  from jaxtrain.preemption import Preempted
-  from jaxtrain.train import train_and_evaluate
+  from jaxtrain.run.loop import train_and_evaluate
+  from jaxtrain.run.preemption import Preempted
   try:
     logging.getLogger("jaxtrain").info(
         "curves: tensorboard --logdir %s", os.path.join(fv.workdir, "tensorboard"))
-    train_and_evaluate(fv.config, fv.workdir, stop_at_step=fv.stop_at_step,
-                       allow_config_change=fv.allow_config_change, progress=not fv.quiet)
+    train_and_evaluate(fv.config, fv.workdir, config_dir=config_dir(fv),
+                       stop_at_step=fv.stop_at_step, allow_config_change=fv.allow_config_change,
+                       progress=not fv.quiet)
   except Preempted as e:
     print(f"jaxtrain: preempted: {e}", file=sys.stderr)
     return PREEMPTED
@@ -200,8 +241,8 @@ def inspect(argv: list[str]) -> int:
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
   _quiet_libraries()
-  from jaxtrain import checkpoint
-  from jaxtrain.metric_writers import read_metrics
+  from jaxtrain.run import checkpoint
+  from jaxtrain.run.metric_writers import read_metrics
   step, arrays = checkpoint.load_arrays(args.workdir)
   last = {}
   for event in read_metrics(args.workdir):
@@ -242,10 +283,10 @@ def rerun(argv: list[str]) -> int:
     raise _Fail(f"--into {args.into} is not empty: rerun into a new directory", USAGE_ERROR)
   _log_to_console(sys.stderr)  # stdout carries the report
   from ml_collections import ConfigDict
-  from jaxtrain import manifest
+  from jaxtrain.run import manifest
   _use_deterministic_gpu_ops(ConfigDict(manifest.read(args.workdir)["config"]))
   _quiet_libraries()
-  from jaxtrain import rerun as rerun_lib
+  from jaxtrain.tools import rerun as rerun_lib
   report = rerun_lib.rerun(args.workdir, args.into)
   print(json.dumps(report, indent=2) if args.json else rerun_lib.describe(report))
   return 0 if report["match"] else RUN_ERROR
@@ -256,7 +297,7 @@ def sweep(argv: list[str]) -> int:
   fv = _parse_train_flags(argv, "sweep")
   if not fv.space or not fv.trials or fv.trials < 1:
     raise _Fail("--space and --trials (>= 1) are required", USAGE_ERROR)
-  from jaxtrain import sweep as sweep_lib
+  from jaxtrain.tools import sweep as sweep_lib
   choices = {"direction": ("minimize", "maximize"), "sampler": sweep_lib.SAMPLERS,
              "pruner": sweep_lib.PRUNERS}
   for name, allowed in choices.items():
@@ -268,7 +309,7 @@ def sweep(argv: list[str]) -> int:
       fv.config, space, fv.workdir, trials=fv.trials, metric=fv.metric or "eval/loss",
       direction=fv.direction or "minimize", sampler=fv.sampler or "tpe",
       pruner=fv.pruner or "median", storage=fv.storage,
-      grace_seconds=fv.grace_seconds or sweep_lib.GRACE_SECONDS)
+      grace_seconds=fv.grace_seconds or sweep_lib.GRACE_SECONDS, config_dir=config_dir(fv))
   print(sweep_lib.format_table(result))
   if result["best"]:
     print(f"best config: {os.path.join(fv.workdir, 'best_config.py')}")
@@ -280,7 +321,7 @@ def report(argv: list[str]) -> int:
   parser.add_argument("dirs", nargs="+", help="workdirs and sweep directories")
   parser.add_argument("--out", required=True, help="where index.html and the PNGs go")
   args = parser.parse_args(argv)
-  from jaxtrain import report as report_lib
+  from jaxtrain.tools import report as report_lib
   summary = report_lib.write_report(args.dirs, args.out)
   print(report_lib.format_summary(summary))
   print(f"report: {os.path.join(args.out, 'index.html')}")
@@ -289,9 +330,13 @@ def report(argv: list[str]) -> int:
 
 def data(argv: list[str]) -> int:
   """`jaxtrain data import SOURCES... --name N [options]`, or `--config C` (its data_import)."""
-  from jaxtrain import data_import
+  if argv and argv[0] in ("-h", "--help"):
+    print("usage: jaxtrain data import SOURCES... --name NAME [options]   "
+          "(jaxtrain data import --help for the options)")
+    return 0
   if not argv or argv[0] != "import":
     raise _Fail("usage: jaxtrain data import SOURCES... --name NAME [--data_dir DIR] ...", USAGE_ERROR)
+  from jaxtrain.data import importing as data_import
   parser = argparse.ArgumentParser(prog="jaxtrain data import")
   parser.add_argument("sources", nargs="*", help="CSV, Parquet, JSONL or .npz files, or class folders")
   parser.add_argument("--config", help="a config file whose data_import section says what to import")
@@ -318,8 +363,8 @@ def data(argv: list[str]) -> int:
       setattr(spec, field.name, tuple(value) if field.name == "sources" else value)
   if not spec.sources or not spec.name:
     raise _Fail("give the files to import and --name (or a --config with data_import set)", USAGE_ERROR)
-  from jaxtrain import datasets
-  directory, new = data_import.run_import(spec, args.data_dir or data_dir or datasets.default_data_dir())
+  from jaxtrain.data import store
+  directory, new = data_import.run_import(spec, args.data_dir or data_dir or store.default_data_dir())
   schema = data_import.read_schema(directory)
   counts = ", ".join(f"{k} {v}" for k, v in schema["num_examples"].items())
   print(f"{'imported' if new else 'unchanged, already imported as'} {spec.name}:{schema['version']} "
@@ -337,7 +382,7 @@ def predict(argv: list[str]) -> int:
   parser.add_argument("--debug", action="store_true")
   args = parser.parse_args(argv)
   _quiet_libraries()
-  from jaxtrain import predict as predict_lib
+  from jaxtrain.tools import predict as predict_lib
   n = predict_lib.predict_file(args.workdir, args.input, args.output, batch_size=args.batch_size,
                                best=args.best)
   print(f"wrote {n} predictions to {args.output}")
@@ -352,7 +397,7 @@ def export(argv: list[str]) -> int:
   parser.add_argument("--debug", action="store_true")
   args = parser.parse_args(argv)
   _quiet_libraries()
-  from jaxtrain import predict as predict_lib
+  from jaxtrain.tools import predict as predict_lib
   out = args.output or os.path.join(args.workdir, "export")
   record = predict_lib.export(args.workdir, out, best=args.best)
   print(f"exported step {record['step']} to {out} (inputs: {', '.join(record['inputs'])}; "
@@ -366,10 +411,21 @@ COMMANDS = {"train": train, "sweep": sweep, "report": report, "inspect": inspect
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
-  _log_to_console()
+  if argv[:1] in (["-h"], ["--help"], ["help"]):
+    print(_usage())
+    return 0
+  if argv[:1] == ["--version"]:
+    print(f"jaxtrain {__version__}")
+    return 0
   if not argv or argv[0] not in COMMANDS:
-    print(f"usage: jaxtrain {{{'|'.join(COMMANDS)}}} ...", file=sys.stderr)
+    unknown = f"unknown command {argv[0]!r}; " if argv else ""
+    print(f"{unknown}usage: jaxtrain {{{'|'.join(COMMANDS)}}} ... (jaxtrain --help tells more)",
+          file=sys.stderr)
     return USAGE_ERROR
+  if argv[0] in ("train", "sweep") and any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print(_flag_help(argv[0]))
+    return 0
+  _log_to_console()
   debug = "--debug" in argv
   if argv[0] in COMPILING_COMMANDS:
     _use_compilation_cache()

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from jaxtrain.errors import UserError
-from jaxtrain.input_pipeline import Batch, to_model_inputs
+from jaxtrain.data.input_pipeline import Batch, to_model_inputs
 
 CALENDAR = {"dayofweek": 7, "month": 12, "hour": 24, "dayofmonth": 31}
 _TOKEN = re.compile(r"\w+", re.UNICODE)
@@ -240,6 +240,26 @@ def model_kwargs(prep: dict) -> dict:
   if prep["text"]:
     kwargs.update(vocab_size=prep["text"]["size"], max_length=prep["text"]["max_length"])
   kwargs["num_outputs"] = prep["label"].get("num_classes", 1)
+  return kwargs
+
+
+def task_kwargs(prep: dict) -> dict:
+  """What a task may need to know about the data: the label's kind, class weights, scale.
+
+  Given to a task only for the fields it declares (tasks.py), unless
+  `config.loss` sets them.
+  """
+  label = prep.get("label") or {}
+  kwargs = {}
+  if label:
+    kwargs["label_kind"] = label["kind"]
+  weights = label.get("class_weights")
+  if weights is not None and any(w != 1.0 for w in weights):
+    kwargs["class_weights"] = tuple(weights)
+  if label.get("kind") == "value":
+    kwargs.update(label_mean=label["mean"], label_std=label["std"])
+  if prep["kind"] == "table":
+    kwargs["num_categorical"] = len(prep["categorical"])
   return kwargs
 
 

@@ -35,6 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxtrain.data import store
 from jaxtrain.errors import UserError
 
 log = logging.getLogger("jaxtrain")
@@ -437,18 +438,6 @@ def fingerprint(files, spec: ImportSpec) -> str:
   return h.hexdigest()
 
 
-def history_path(data_dir: str, name: str) -> Path:
-  return Path(data_dir) / name / "imports.json"
-
-
-def read_history(data_dir: str, name: str) -> list[dict]:
-  path = history_path(data_dir, name)
-  if not path.exists():
-    return []
-  with open(path) as f:
-    return json.load(f)
-
-
 def _features(schema, class_names, shapes):
   kinds = {"int": tfds.features.Scalar(np.int64), "float": tfds.features.Scalar(np.float32),
            "time": tfds.features.Scalar(np.int64), "category": tfds.features.Text(),
@@ -490,7 +479,7 @@ def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
     raise UserError(f"--name={spec.name!r} must be lower case letters, digits and underscores")
   files = source_files(spec.sources)
   fp = fingerprint(files, spec)
-  for entry in read_history(data_dir, spec.name):
+  for entry in store.read_history(data_dir, spec.name):
     if entry["fingerprint"] == fp and (Path(data_dir) / spec.name / entry["version"]).is_dir():
       return str(Path(data_dir) / spec.name / entry["version"]), False
 
@@ -530,9 +519,8 @@ def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
   if "train" not in examples:
     raise UserError(f"--split={spec.split}: no row falls in the train split")
 
-  from jaxtrain.datasets import _lock
-  with _lock(data_dir, spec.name):
-    history = read_history(data_dir, spec.name)
+  with store.lock(data_dir, spec.name):
+    history = store.read_history(data_dir, spec.name)
     version = f"1.0.{max((int(e['version'].split('.')[-1]) + 1 for e in history), default=0)}"
     builder = TableDataset(name=spec.name, version=version,
                            features=_features(schema, class_names, shapes), examples=examples,
@@ -545,7 +533,7 @@ def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
     history.append({"version": version, "fingerprint": fp, "files": [str(f) for f in files],
                     "num_examples": schema["num_examples"],
                     "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-    _write_json(history_path(data_dir, spec.name), history)
+    _write_json(store.history_path(data_dir, spec.name), history)
   return str(builder.data_dir), True
 
 
@@ -563,12 +551,6 @@ def read_schema(dataset_dir: str) -> dict | None:
     return None
   with open(path) as f:
     return json.load(f)
-
-
-def latest_version(data_dir: str, name: str) -> str | None:
-  versions = [e["version"] for e in read_history(data_dir, name)
-              if (Path(data_dir) / name / e["version"]).is_dir()]
-  return max(versions, key=lambda v: tuple(int(x) for x in v.split("."))) if versions else None
 
 
 def read_prediction_rows(path: str, schema: dict, needed: set[str] | None = None

@@ -166,7 +166,8 @@ class ProgressBar:
       self._bar.set_description(f"epoch {step // self._per_epoch + 1}", refresh=False)
       self._bar.update(step - self._bar.n)
 
-  def set_metrics(self, split: str, metrics: dict) -> None:
+  def set_metrics(self, step: int, split: str, metrics: dict) -> None:
+    """Shows an event's losses (a listener of `Loop.emit`, like `MetricWriter.write`)."""
     if self._bar is None:
       return
     if split == "train":

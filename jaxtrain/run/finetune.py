@@ -1,12 +1,13 @@
-"""Fine-tuning: start from another run's parameters; freeze some; scale others' learning rates.
+"""Fine-tuning: start from another run's (or any Orbax checkpoint's) parameters.
 
 `init_from` copies every parameter (and batch-norm statistic) whose path and
 shape match the source checkpoint's, and leaves the rest as initialised: a new
 head for new classes is initialised afresh, the body comes from the source.
 What was and was not copied is logged and written to `<workdir>/init_from.json`.
 
-Param paths are `/`-joined module names, e.g. `Conv_0/kernel`, `head/bias`;
-`optimizer.freeze` and `optimizer.lr_multipliers` are regexes searched in them.
+Param paths are `/`-joined module names, e.g. `Conv_0/kernel`, `head/bias`
+(`optimizer.freeze` and `optimizer.lr_multipliers`, regexes searched in them,
+are applied by optim.py).
 """
 
 from __future__ import annotations
@@ -14,52 +15,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 
 import jax
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 
-from jaxtrain import checkpoint, early_stopping
+from jaxtrain.optim import flat, path_str
+from jaxtrain.run import checkpoint, early_stopping
 from jaxtrain.errors import UserError
 
 log = logging.getLogger("jaxtrain")
-
-
-def path_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
-def flat(tree) -> dict[str, object]:
-  return {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def param_labels(params, freeze: str, multipliers) -> dict:
-  """A label per param: "frozen", "group_<i>" (first matching multiplier) or "default"."""
-  patterns = [(re.compile(regex), f"group_{i}") for i, (regex, _) in enumerate(multipliers)]
-
-  def label(path, _):
-    name = path_str(path)
-    if freeze and re.search(freeze, name):
-      return "frozen"
-    return next((g for p, g in patterns if p.search(name)), "default")
-  return jax.tree_util.tree_map_with_path(label, params)
-
-
-def check_patterns(params, freeze: str, multipliers) -> None:
-  names = list(flat(params))
-  for field, regex in [("optimizer.freeze", freeze)] + [
-      ("optimizer.lr_multipliers", r) for r, _ in multipliers]:
-    if not regex:
-      continue
-    try:
-      compiled = re.compile(regex)
-    except re.error as e:
-      raise UserError(f"config.{field}={regex!r} is not a regex: {e}") from None
-    if not any(compiled.search(n) for n in names):
-      raise UserError(f"config.{field}={regex!r} matches no parameter (they are: "
-                      f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''})")
 
 
 def _source_step(workdir: str, step: int, best: bool) -> tuple[str, int]:
@@ -141,11 +106,3 @@ def init_from(state, config, workdir: str):
   return state.replace(params=params, model_state=model_state, opt_state=state.tx.init(params))
 
 
-def partitioned(make_tx, schedule, opt) -> optax.GradientTransformation:
-  """`make_tx(schedule)` per param group: frozen params get zero updates, groups scaled rates."""
-  multipliers = [tuple(m) for m in opt.lr_multipliers]
-  transforms = {"default": make_tx(schedule), "frozen": optax.set_to_zero()}
-  for i, (_, factor) in enumerate(multipliers):
-    transforms[f"group_{i}"] = make_tx(lambda count, f=float(factor): schedule(count) * f)
-  labels = lambda params: param_labels(params, opt.freeze, multipliers)
-  return optax.multi_transform(transforms, labels)

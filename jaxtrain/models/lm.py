@@ -5,7 +5,7 @@ dtype (bfloat16 for speed), and the logits come out in it too: the loss
 takes them to float32. Attention is `jax.nn.dot_product_attention` with a
 causal mask, so on a GPU it can run cuDNN's fused flash attention
 (`attention="cudnn"`; "" lets JAX choose, "xla" is the portable einsum).
-`remat` rematerialises each block under a named policy (models.REMAT_POLICIES).
+`remat` rematerialises each block under a named policy (models.remat).
 
 The model reads `batch["tokens"]` ([B, T + 1]) and predicts tokens 1..T from
 0..T-1; `tasks.language_modeling_loss` scores it.
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain.errors import UserError
+from jaxtrain.models.remat import rematted
 
 ATTENTION_IMPLEMENTATIONS = ("", "xla", "cudnn")
 
@@ -58,6 +59,7 @@ class DecoderBlock(nn.Module):
 
 class TransformerLM(nn.Module):
   """Token and position embeddings, `num_layers` decoder blocks, a head tied to the embedding."""
+  input_key = None                # reads batch["tokens"] itself
   vocab_size: int = 50304         # GPT-2's 50,257 rounded up to a multiple of 128
   max_length: int = 1024
   num_layers: int = 12
@@ -71,7 +73,6 @@ class TransformerLM(nn.Module):
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
-    from jaxtrain.models import rematted
     if self.attention not in ATTENTION_IMPLEMENTATIONS:
       raise UserError(f"config.model.attention={self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
     if self.embed_dim % self.num_heads:

@@ -17,7 +17,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from jaxtrain import checkpoint
+from jaxtrain.run import checkpoint
 from jaxtrain.errors import UserError
 
 
@@ -73,7 +73,7 @@ def best_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "best_checkpoints")
 
 
-def make_best_manager(workdir: str, config, read_only: bool = False) -> ocp.CheckpointManager:
+def make_best_manager(workdir: str, read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=None, create=not read_only, read_only=read_only,
                                          enable_async_checkpointing=False)
   return ocp.CheckpointManager(best_dir(workdir), options=options, item_names=("state",))
@@ -87,7 +87,8 @@ def read_best(workdir: str) -> dict:
     return {}
 
 
-def save_best(manager, workdir: str, step: int, state, config, tracker: Tracker) -> None:
+def save_best(manager, workdir: str, step: int, state, keep: int, metric: str,
+              tracker: Tracker) -> None:
   """Keeps this evaluation's state if it is among the k best so far; drops the one it displaces.
 
   Best is by value; among equal values the earlier step wins (a later copy
@@ -95,7 +96,7 @@ def save_best(manager, workdir: str, step: int, state, config, tracker: Tracker)
   Every process calls this (saving is collective); the ranking comes from
   the evaluations' values, which all processes share.
   """
-  ranked = tracker.ranked(config.keep_best_checkpoints)
+  ranked = tracker.ranked(keep)
   on_disk = set(manager.all_steps())
   if step in ranked and step not in on_disk:
     manager.save(step, args=ocp.args.Composite(
@@ -106,7 +107,7 @@ def save_best(manager, workdir: str, step: int, state, config, tracker: Tracker)
   if jax.process_index() == 0:
     tmp = os.path.join(best_dir(workdir), "best.json.tmp")
     with open(tmp, "w") as f:
-      json.dump({"metric": config.early_stopping.metric, "mode": tracker.mode, "best_step": ranked[0],
+      json.dump({"metric": metric, "mode": tracker.mode, "best_step": ranked[0],
                  "best_value": tracker.history[ranked[0]],
                  "kept": {str(s): tracker.history[s] for s in ranked}, "kept_steps": sorted(ranked)},
                 f, indent=2)

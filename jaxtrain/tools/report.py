@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from jaxtrain.errors import UserError
-from jaxtrain.metric_writers import flatten_config, read_metrics
+from jaxtrain.run.metric_writers import flatten_config, read_metrics
 
 CURVES = ("train/loss", "eval/loss", "eval/accuracy")
 SKIPPED = ("time", "step", "split", "learning_rate", "steps_per_sec", "examples_per_sec", "data_wait")
@@ -38,7 +38,7 @@ def _run(name: str, workdir: str, trial: dict | None = None) -> dict[str, Any]:
 
 def collect(dirs: list[str]) -> dict[str, Any]:
   """Runs and sweeps found in `dirs`; an unknown directory is a UserError naming it."""
-  from jaxtrain import sweep
+  from jaxtrain.tools import sweep
   runs, sweeps = [], []
   for d in dirs:
     if os.path.exists(os.path.join(d, "sweep.json")):
@@ -60,7 +60,7 @@ def collect(dirs: list[str]) -> dict[str, Any]:
 
 def _importance(sweep_dir: str, storage: str | None) -> dict[str, float]:
   import optuna
-  from jaxtrain import sweep
+  from jaxtrain.tools import sweep
   study = sweep.open_study(sweep_dir, storage, create=False)
   complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
   if len(complete) < 2:

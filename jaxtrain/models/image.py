@@ -1,11 +1,10 @@
-"""Image models (an MLP, Flax's MNIST CNN, a small ResNet), and the registry of all models
-(table_models.py: tables and text; lm.py: the decoder-only language model).
+"""Image models: an MLP, Flax's MNIST CNN with batch norm, a small ResNet.
 
-Each is a plain Flax linen module taking `(x, train)`; `create_model` builds one
-from `config.model` (its `name` picks the class, every other field is passed
-to the constructor), so a config names exactly what it trains. Models with
-batch norm take `axis_name`: under `pmap` their batch statistics are then
-computed over the global batch, as they are under `jit`.
+Each is a plain Flax linen module taking `(x, train)` on `batch["image"]`,
+named in a config like any user's module (registry.MODELS maps "cnn" to
+"jaxtrain.models.image:CNN"); every other `config.model` field is a
+constructor argument. Models with batch norm take `axis_name`: under `pmap`
+their batch statistics are then computed over the global batch, as under `jit`.
 """
 
 from __future__ import annotations
@@ -16,9 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtrain.errors import UserError
-from jaxtrain.lm import TransformerLM
-from jaxtrain.table_models import TABLE_MODELS
+from jaxtrain.models.remat import rematted
 
 
 class MLP(nn.Module):
@@ -81,27 +78,6 @@ class ResidualBlock(nn.Module):
     return nn.relu(x + y)
 
 
-REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,            # recompute everything
-    "dots": jax.checkpoint_policies.dots_saveable,                # keep matmul outputs
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
-def rematted(block: type[nn.Module], policy: str, train_argnum: int) -> type[nn.Module]:
-  """`block` recomputed in the backward pass under a named policy ("" = stored, as usual).
-
-  Rematerialisation trades compute for activation memory; it does not change
-  the values computed. `train_argnum` is the position of `train` in
-  `__call__` (self = 0), which must be static.
-  """
-  if not policy:
-    return block
-  if policy not in REMAT_POLICIES:
-    raise UserError(f"config.model.remat={policy!r} is not one of {sorted(REMAT_POLICIES)} or ''")
-  return nn.remat(block, policy=REMAT_POLICIES[policy], static_argnums=(train_argnum,))
-
-
 class ResNet(nn.Module):
   """A small ResNet for 28x28 to 64x64 images: a 3x3 stem, then stages of blocks."""
   num_classes: int
@@ -127,31 +103,3 @@ class ResNet(nn.Module):
         n += 1
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
-
-
-IMAGE_MODELS = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
-MODELS = {**IMAGE_MODELS, **TABLE_MODELS, "transformer_lm": TransformerLM}
-
-
-def create_model(model_config, axis_name: str | None = None, derived: dict | None = None) -> nn.Module:
-  """The module named by `model_config.name`, built from the config's other fields.
-
-  `axis_name` (the pmap axis) goes to models whose batch norm needs it;
-  `derived` (vocabulary sizes, output width: `preprocess.model_kwargs`) to
-  models that have such fields, unless the config sets them.
-  """
-  kwargs = dict(model_config)
-  name = kwargs.pop("name")
-  if name not in MODELS:
-    raise ValueError(f"config.model.name={name!r} is not one of {sorted(MODELS)}")
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-  fields = MODELS[name].__dataclass_fields__
-  for k, v in (derived or {}).items():
-    if k in fields:
-      kwargs.setdefault(k, v)
-  if axis_name is not None and "axis_name" in fields:
-    kwargs["axis_name"] = axis_name
-  unknown = sorted(set(kwargs) - set(fields))
-  if unknown:
-    raise ValueError(f"config.model: {name} has no field(s) {', '.join(unknown)}")
-  return MODELS[name](**kwargs)

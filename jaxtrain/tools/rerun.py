@@ -2,23 +2,24 @@
 
 The rerun stops at the original's latest checkpointed step, so an unfinished
 original is compared like for like. When the params digests differ, the
-report names what differs between the two manifests (library versions,
-devices, XLA flags, dataset fingerprint), the usual causes.
+report names what differs between the two manifests (a user's model, task
+or dataset file that changed; library versions, devices, XLA flags, dataset
+fingerprint), the usual causes.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from jaxtrain import checkpoint, manifest
-from jaxtrain.train import train_and_evaluate
+from jaxtrain.run import checkpoint, manifest
+from jaxtrain.run.loop import train_and_evaluate
 
 
 def rerun(workdir: str, into: str) -> dict:
   original = manifest.read(workdir)
   step, arrays = checkpoint.load_arrays(workdir)
   config = ml_collections.ConfigDict(original["config"])
-  train_and_evaluate(config, into, stop_at_step=step)
+  train_and_evaluate(config, into, stop_at_step=step, config_dir=original.get("config_dir"))
   rerun_step, rerun_arrays = checkpoint.load_arrays(into)
   new = manifest.read(into)
   expected = checkpoint.tree_digest(arrays["params"])
@@ -27,7 +28,8 @@ def rerun(workdir: str, into: str) -> dict:
           "match": expected == got and step == rerun_step,
           "params_digest": expected, "rerun_params_digest": got,
           "environment_differences": manifest.differences(original["environment"], new["environment"]),
-          "dataset_differences": manifest.differences(original["dataset"], new["dataset"])}
+          "dataset_differences": manifest.differences(original["dataset"], new["dataset"]),
+          "code_differences": manifest.code_changes(original.get("code", {}), new.get("code", {}))}
 
 
 def describe(report: dict) -> str:
@@ -37,8 +39,9 @@ def describe(report: dict) -> str:
            f"{report['rerun_params_digest']} (rerun)"]
   differences = {**{f"environment.{k}": v for k, v in report["environment_differences"].items()},
                  **{f"dataset.{k}": v for k, v in report["dataset_differences"].items()}}
-  if differences:
+  if differences or report["code_differences"]:
     lines.append("what differs between the two runs' manifests:")
+    lines += [f"  {line}" for line in report["code_differences"]]
     lines += [f"  {k}: {old!r} (original) vs {new!r} (rerun)" for k, (old, new) in differences.items()]
   elif not report["match"]:
     lines.append("the manifests agree on versions, devices, XLA flags and data: "

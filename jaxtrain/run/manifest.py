@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 
+from jaxtrain.config import base_config
 from jaxtrain.errors import UserError
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
@@ -117,20 +118,46 @@ def _write(workdir: str, record: dict) -> None:
   os.replace(tmp, path(workdir))  # never a half-written manifest
 
 
-def record_start(workdir: str, config_dict: dict, dataset: dict, step: int) -> None:
-  """Writes the manifest of a new run, or appends this start's changes to an existing one."""
+def record_start(workdir: str, config_dict: dict, dataset: dict, step: int, *,
+                 code: dict | None = None, config_dir: str | None = None) -> None:
+  """Writes the manifest of a new run, or appends this start's changes to an existing one.
+
+  `code`: the user files the run loaded, with their SHA-256 (run/inputs.py);
+  `config_dir`: the directory their relative paths start from.
+  """
   env = environment()
   if step == 0 or not os.path.exists(path(workdir)):
     _write(workdir, {"config": config_dict, "seed": config_dict["seed"], "environment": env,
-                     "dataset": dataset, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                     "resumes": []})
+                     "dataset": dataset, "code": code or {}, "config_dir": config_dir,
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumes": []})
     return
   record = read(workdir)
   record["resumes"].append({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                             "environment_changes": differences(record["environment"], env),
-                            "config_changes": differences(record["config"], config_dict)})
-  record["config"] = config_dict
+                            "config_changes": differences(record["config"], config_dict),
+                            "code_changes": differences(record.get("code", {}), code or {})})
+  record.update(config=config_dict, code=code or {}, config_dir=config_dir)
   _write(workdir, record)
+
+
+def code_changes(old: dict, new: dict) -> list[str]:
+  """One line per user file that differs between two runs' `code` records."""
+  lines = []
+  for field in sorted(set(old) | set(new)):
+    before, after = old.get(field), new.get(field)
+    if before == after:
+      continue
+    if before is None or after is None:
+      which = after or before
+      lines.append(f"{which['file']} ({field}={which['name']!r}) was "
+                   f"{'not used' if before is None else 'used'} before and is "
+                   f"{'used' if before is None else 'not used'} now")
+    elif before["file"] != after["file"]:
+      lines.append(f"{field} was read from {before['file']} and now from {after['file']}")
+    else:
+      lines.append(f"{after['file']} ({field}={after['name']!r}) changed: sha256 "
+                   f"{before['sha256'][:12]}... -> {after['sha256'][:12]}...")
+  return lines
 
 
 def differences(old, new, prefix: str = "") -> dict[str, list]:
@@ -166,7 +193,6 @@ def blocking_config_changes(old: dict, new: dict) -> dict[str, list]:
   for field in list(changes):
     if field.split(".")[0] in START_ONLY_SECTIONS:
       changes.pop(field)
-  from jaxtrain.config import base_config
   defaults = json.loads(base_config().to_json_best_effort())
   for field in list(changes):  # a run from before a field existed ran as its default
     if not _has_path(old, field) and _get_path(new, field) == _get_path(defaults, field, object()):

@@ -9,7 +9,7 @@ reported to Optuna, so a pruner can stop a poor trial early.
 The search space is a Python file whose `get_space()` maps config fields to
 distributions:
 
-    from jaxtrain.sweep import choice, loguniform
+    from jaxtrain.tools.sweep import choice, loguniform
     def get_space():
       return {"optimizer.learning_rate": loguniform(1e-4, 1e-1),
               "optimizer.weight_decay": choice([0.0, 1e-4, 1e-3])}
@@ -33,7 +33,11 @@ import time
 import warnings
 from typing import Any, Callable, Sequence
 
+from jaxtrain import registry
 from jaxtrain.errors import UserError
+from jaxtrain.run.hooks import Hook
+from jaxtrain.run.loop import train_and_evaluate
+from jaxtrain.run.metric_writers import read_metrics
 
 log = logging.getLogger("jaxtrain")
 
@@ -80,7 +84,7 @@ def load_space(path: str) -> dict[str, Distribution]:
   bad = [k for k, v in space.items() if not isinstance(v, Distribution)]
   if not space or bad:
     raise UserError(f"--space {path}: get_space() must map config fields to "
-                    f"jaxtrain.sweep distributions (not {bad or 'nothing'})")
+                    f"jaxtrain.tools.sweep distributions (not {bad or 'nothing'})")
   return space
 
 
@@ -195,10 +199,13 @@ def _metric(events: dict, metric: str):
 def run_sweep(config, space: dict[str, Distribution], sweep_dir: str, *, trials: int,
               metric: str = "eval/loss", direction: str = "minimize", sampler: str = "tpe",
               pruner: str = "median", storage: str | None = None,
-              grace_seconds: int = GRACE_SECONDS, train: Callable | None = None) -> dict[str, Any]:
-  """Runs trials until the study holds `trials` finished ones; returns `summary()`."""
+              grace_seconds: int = GRACE_SECONDS, train: Callable | None = None,
+              config_dir: str | None = None) -> dict[str, Any]:
+  """Runs trials until the study holds `trials` finished ones; returns `summary()`.
+
+  `config_dir` anchors the config's relative file paths (the config file's directory).
+  """
   import optuna
-  from jaxtrain.train import train_and_evaluate
   train = train or train_and_evaluate
   if "/" not in metric or metric.split("/")[0] not in ("train", "eval", "test"):
     raise UserError(f"--metric={metric!r} must be split/name, e.g. eval/accuracy or eval/loss")
@@ -209,24 +216,16 @@ def run_sweep(config, space: dict[str, Distribution], sweep_dir: str, *, trials:
   study = open_study(sweep_dir, storage, direction=direction, pruner=_pruner(pruner),
                      sampler=_sampler(sampler, space, _sampler_seed(config.seed, study, storage)),
                      grace_seconds=grace_seconds)
-  _record_sweep(sweep_dir, config, space, metric, direction, storage)
+  _record_sweep(sweep_dir, config, space, metric, direction, storage, config_dir)
 
   def objective(trial):
     overrides = suggest(trial, space)
     workdir = trial_workdir(sweep_dir, trial)
     trial.set_user_attr("workdir", os.path.relpath(workdir, sweep_dir))
     log.info("trial %d: %s", trial.number, _describe(overrides))
-    last = {}
-
-    def on_eval(step, split, metrics):
-      last[split] = metrics
-      value = _metric(last, metric)
-      if split == metric.split("/")[0] and value is not None:
-        trial.report(value, step)
-        if trial.should_prune():
-          raise optuna.TrialPruned(f"pruned at step {step}: {metric}={value:.4g}")
-
-    train(apply_overrides(config, overrides), workdir, on_metrics=on_eval)
+    train(apply_overrides(config, overrides), workdir, hooks=[Pruning(trial, metric)],
+          config_dir=config_dir)
+    last = {e["split"]: e for e in read_metrics(workdir)}  # resumed segments included
     value = _metric(last, metric)
     if value is None:
       raise UserError(f"--metric={metric} was never reported: the config has no "
@@ -261,7 +260,26 @@ def _describe(overrides: dict) -> str:
                    for k, v in overrides.items())
 
 
-def _record_sweep(sweep_dir, config, space, metric, direction, storage) -> None:
+class Pruning(Hook):
+  """Reports each evaluation of the objective to the trial; raises TrialPruned when told to."""
+
+  def __init__(self, trial, metric: str):
+    super().__init__(1)
+    self.trial, self.metric = trial, metric
+
+  def due(self, loop) -> bool:
+    return self.metric.split("/")[0] in loop.events
+
+  def run(self, loop) -> None:
+    import optuna
+    value = _metric(loop.events, self.metric)
+    if value is not None:
+      self.trial.report(value, loop.step)
+      if self.trial.should_prune():
+        raise optuna.TrialPruned(f"pruned at step {loop.step}: {self.metric}={value:.4g}")
+
+
+def _record_sweep(sweep_dir, config, space, metric, direction, storage, config_dir=None) -> None:
   if storage:  # for `jaxtrain report`; a password in the URL is not written down
     from sqlalchemy.engine import make_url
     storage = make_url(storage).render_as_string(hide_password=False) \
@@ -269,7 +287,8 @@ def _record_sweep(sweep_dir, config, space, metric, direction, storage) -> None:
   with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
     json.dump({"metric": metric, "direction": direction, "storage": storage,
                "space": {k: dataclasses.asdict(v) for k, v in space.items()},
-               "config": json.loads(config.to_json_best_effort())}, f, indent=2)
+               "config": json.loads(config.to_json_best_effort()),
+               "config_dir": os.path.abspath(config_dir) if config_dir else None}, f, indent=2)
 
 
 def summary(sweep_dir: str, storage: str | None = None) -> dict[str, Any]:
@@ -304,6 +323,9 @@ def write_best_config(sweep_dir: str, best: dict) -> str:
     with open(os.path.join(sweep_dir, "sweep.json")) as f:
       base = ml_collections.ConfigDict(json.load(f)["config"])
     config = json.loads(apply_overrides(base, best["params"]).to_json_best_effort())
+  with open(os.path.join(sweep_dir, "sweep.json")) as f:
+    config_dir = json.load(f).get("config_dir")
+  config = _absolute_code_paths(config, config_dir)
   path = os.path.join(sweep_dir, "best_config.py")
   with open(path, "w") as f:
     f.write(f'"""The best trial (#{best["number"]}, value {best["value"]!r}) of the sweep in '
@@ -313,6 +335,19 @@ def write_best_config(sweep_dir: str, best: dict) -> str:
             f"CONFIG = json.loads(r'''{json.dumps(config, indent=2, sort_keys=True)}''')\n\n\n"
             "def get_config():\n  return ConfigDict(CONFIG)\n")
   return path
+
+
+def _absolute_code_paths(config: dict, config_dir: str | None) -> dict:
+  """The config with relative `file.py:Name` paths made absolute: best_config.py lives elsewhere."""
+  config = json.loads(json.dumps(config))
+  for section, field in (("model", "name"), (None, "task"), ("dataset", "name")):
+    holder = config.get(section, {}) if section else config
+    name = holder.get(field) if isinstance(holder, dict) else None
+    if isinstance(name, str) and registry.is_import_path(name) and ".py:" in name:
+      where, _, attr = name.rpartition(":")
+      if not os.path.isabs(where):
+        holder[field] = f"{os.path.join(config_dir or os.getcwd(), where)}:{attr}"
+  return config
 
 
 def format_table(result: dict) -> str:

@@ -4,6 +4,7 @@ A checkpoint at step s is a directory `<workdir>/checkpoints/s/` with two
 items: `state` (the TrainState's arrays, via StandardSave) and `data` (the
 Grain iterator's position, JSON per process). Saving both together is what
 makes a resumed run see the same batches an uninterrupted one would have.
+A loop of one's own may save and restore a state alone (`data_iterator=None`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxtrain import parallel
+from jaxtrain.run import parallel
 from jaxtrain.errors import UserError
 
 log = logging.getLogger("jaxtrain")
@@ -39,21 +40,28 @@ def make_manager(workdir: str, *, max_to_keep: int = 3,
                                item_names=("state", "data"))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
-  """Starts an asynchronous save; the device arrays are copied before it returns."""
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state_arrays(state)),
-      data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None) -> None:
+  """Starts an asynchronous save; the device arrays are copied before it returns.
+
+  `data_iterator` (anything with Grain's get_state/set_state) is saved beside
+  the state, or left out with None.
+  """
+  items = {"state": ocp.args.StandardSave(state_arrays(state))}
+  if data_iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+  manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
-def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator):
+def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator=None):
   """`state` with its arrays read from checkpoint `step`; moves `data_iterator` there too.
 
-  `state` gives the structure, dtypes and shardings to restore into.
+  `state` gives the structure, dtypes and shardings to restore into; with no
+  `data_iterator` only the state is read.
   """
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(state_target(state)),
-      data=grain.checkpoint.CheckpointRestore(data_iterator)))
+  items = {"state": ocp.args.StandardRestore(state_target(state))}
+  if data_iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
   return state.replace(**restored.state)
 
 
@@ -138,8 +146,10 @@ def verify(workdir: str) -> dict[int, str]:
   for step in manager.all_steps():
     try:
       _restore_local(manager, workdir, step)
+      with open(os.path.join(checkpoint_dir(workdir), str(step), "_CHECKPOINT_METADATA")) as f:
+        saved_items = json.load(f)["item_handlers"]  # a state-only save has no "data"
       data = os.path.join(checkpoint_dir(workdir), str(step), "data")
-      for name in os.listdir(data):
+      for name in os.listdir(data) if "data" in saved_items else ():
         if name.endswith(".json"):
           with open(os.path.join(data, name)) as f:
             json.load(f)

@@ -15,7 +15,7 @@ import threading
 
 import jax
 
-PREEMPTED = 75  # EX_TEMPFAIL: a temporary failure; rerun the same command to resume
+from jaxtrain.errors import PREEMPTED  # noqa: F401  (the exit status that goes with Preempted)
 
 
 class Preempted(Exception):

@@ -1,0 +1,18 @@
+"""The run loop around the pure steps: setup, hooks, checkpoints, devices, processes.
+
+    loop.py            train_and_evaluate = setup -> train (steps + hooks) -> finish
+    hooks.py           periodic work between steps: Loop (what hooks see), Hook, and the
+                       built-in ones (progress, train metrics, evaluation with early
+                       stopping and best-k, preemption, checkpoints)
+    inputs.py          a run's data, preprocessing, model and task, found through registry.py
+    compiled.py        the steps compiled per layout; evaluation over a split
+    checkpoint.py      Orbax save/restore of state + data position; digests
+    parallel.py        Layout: jit over a device mesh (optionally fsdp) or pmap
+    distributed.py     multi-host: jax.distributed from flags, SLURM, Open MPI, JobSet
+    preemption.py      SIGTERM/SIGINT: save and exit 75
+    nan_guard.py       non-finite steps: never applied or saved; halt or skip
+    early_stopping.py  patience on an eval metric; the k best checkpoints
+    finetune.py        init_from another run or any Orbax checkpoint
+    manifest.py        manifest.json: versions, devices, data, user code; config checks
+    metric_writers.py  console, metrics.jsonl, TensorBoard, live bar
+"""

@@ -1,0 +1,406 @@
+"""`train_and_evaluate(config, workdir)`: the pure steps in a loop, and periodic hooks around them.
+
+A run is a pure function of (config, data, seed): the workdir holds what it
+needs to resume (checkpoints of state + data position) and to be read back
+(config.json, manifest.json, metrics.jsonl, TensorBoard events). Running the
+same command in the same workdir resumes from the latest checkpoint and ends
+with the bits an uninterrupted run would have.
+
+Three parts: `setup` checks the config, the workdir and the user's code,
+builds the data, model, task and state, and restores the newest checkpoint;
+`train` dispatches steps without waiting for them (metrics are summed on
+device) and runs the hooks (hooks.py) after each; `finish` tests the model
+one would deploy. Everything periodic (logging, evaluation, early stopping,
+checkpoints, preemption, progress, a sweep's pruning, your own) is a hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+
+import jax
+import numpy as np
+
+from jaxtrain import optim
+from jaxtrain.config import validate
+from jaxtrain.data import input_pipeline
+from jaxtrain.errors import UserError
+from jaxtrain.run import (checkpoint, compiled, early_stopping, finetune, inputs as run_inputs,
+                          manifest, nan_guard, parallel)
+from jaxtrain.run.hooks import (Checkpoint, Evaluate, LogTrainMetrics, Loop, Preemption,
+                                Progress)
+from jaxtrain.run.metric_writers import MetricWriter, ProgressBar, read_metrics
+from jaxtrain.run.preemption import Preempted, PreemptionWatcher
+from jaxtrain.state import TrainState
+from jaxtrain.steps import eval_step
+
+log = logging.getLogger("jaxtrain")
+
+
+def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
+                       stop_at_step: int | None = None, allow_config_change: bool = False,
+                       progress: bool = False, hooks: tuple | list = ()) -> TrainState:
+  """Trains `config` in `workdir`, resuming from its newest readable checkpoint.
+
+  `config_dir` anchors the config's relative file paths (`model.py:Net`; the
+  CLI passes the config file's directory). `stop_at_step` ends this process
+  after that global step (with a checkpoint) without changing the run:
+  starting again continues to `num_train_steps`. SIGTERM/SIGINT save a
+  checkpoint and raise `Preempted`. `hooks` (hooks.Hook) run after the
+  built-in evaluation and before checkpointing; an exception from one (a
+  sweep's pruner) ends the run. `progress` shows a live bar (on a terminal).
+  """
+  t_entry = time.perf_counter()
+  loop = setup(config, workdir, config_dir=config_dir, stop_at_step=stop_at_step,
+               allow_config_change=allow_config_change)
+  bar = ProgressBar(loop.num_train_steps, loop.step, loop.steps_per_epoch,
+                    enabled=progress and jax.process_index() == 0)
+  loop.listeners += [loop.writer.write, bar.set_metrics]
+  evaluation, watcher = make_evaluation(loop), PreemptionWatcher()
+  every = [Progress(bar),
+           LogTrainMetrics(config.log_every_steps, loop.schedule, nan_policy=config.nan_policy,
+                           nan_max_consecutive_skips=config.nan_max_consecutive_skips),
+           *([evaluation] if evaluation is not None else []),
+           *hooks,
+           Preemption(watcher),
+           Checkpoint(config.checkpoint_every_steps, save)]
+  try:
+    with watcher:
+      train(loop, every, t_entry)
+    finish(loop, evaluation)
+  except BaseException as e:
+    abort(loop, every, e)
+    raise
+  close(loop, every)
+  return loop.host_state()
+
+
+def train(loop: Loop, every: list, t_entry: float | None = None) -> None:
+  """Steps until this process's last step or a hook's stop; raises `Preempted` on a signal."""
+  k = loop.config.steps_per_dispatch
+  step_fn = compiled.train_fn(loop.layout, loop.state, k)
+  t_entry = time.perf_counter() if t_entry is None else t_entry
+  while loop.step < loop.last_step and loop.stop is None:
+    t_data = time.perf_counter()
+    batch = next(loop.train_iter)
+    loop.data_wait += time.perf_counter() - t_data
+    if loop.totals is None:
+      loop.totals = loop.layout.zeros_like(loop.total_shapes)
+    with jax.transfer_guard("disallow"):
+      loop.state, loop.totals, loop.health = step_fn(loop.state, loop.totals, loop.health, batch)
+    loop.previous_step, loop.step = loop.step, loop.step + k
+    if loop.previous_step == loop.first_step:  # start-up cost (compiling, mostly): one wait, once
+      jax.block_until_ready(loop.totals)
+      log.info("first step done %.3f s after the run started (compiling included)",
+               time.perf_counter() - t_entry)
+    loop.events = {}
+    for hook in every:
+      hook(loop)
+    if loop.stop == "preempted":
+      raise Preempted(loop.step, loop.stop_signal or "SIGTERM")
+
+
+def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: int | None = None,
+          allow_config_change: bool = False) -> Loop:
+  """Checks, data, model, task and state of a run, restored from its newest checkpoint."""
+  validate(config)
+  _check_workdir(workdir)
+  config_dict = json.loads(config.to_json_best_effort())
+  resuming = bool(checkpoint.saved_steps(workdir))
+  _check_config_unchanged(workdir, config_dict, allow_config_change)
+  layout = parallel.Layout.from_config(config.parallel)
+  layout.check_batch_size(config.batch_size)
+
+  inputs = run_inputs.load(config, workdir, fit=not resuming, base_dir=config_dir)
+  if resuming:
+    _check_code_unchanged(workdir, inputs.code, allow_config_change)
+  train_source = inputs.sources["train_split"]
+  num_train_steps = resolve_num_train_steps(config, len(train_source))
+  _check_dispatch_cadence(config, num_train_steps, stop_at_step)
+  train_data = input_pipeline.train_dataset(
+      train_source, global_batch_size=config.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      transform=inputs.transform(train=True))
+  k = config.steps_per_dispatch
+  train_iter = input_pipeline.DevicePrefetch(
+      input_pipeline.iterate(train_data if k == 1 else input_pipeline.grouped(train_data, k),
+                             _host_prefetch(train_source, config)),
+      layout.put_batch if k == 1 else layout.put_batches, config.parallel.prefetch_to_device)
+
+  tx, schedule = optim.make_optimizer(config.optimizer, num_train_steps)
+  example_batch = train_data[0]
+  model = inputs.model(config, example_batch)
+  _check_data_fits_model(config, inputs.builder, model, example_batch)
+  axis_name = parallel.DATA_AXIS if layout.mode == "pmap" else None
+  state = create_train_state(config, model, tx, example_batch, model.apply_fn(axis_name),
+                             inputs.task.loss_fn)
+  optim.check_patterns(state.params, config.optimizer.freeze, config.optimizer.lr_multipliers)
+  if config.early_stopping.metric:
+    _check_eval_metric(config, inputs, state)
+  if (config.init_from.workdir or config.init_from.checkpoint) and not resuming:
+    state = finetune.init_from(state, config, workdir)
+  state = layout.place_state(state)
+
+  manager, state = checkpoint.restore_latest_valid(
+      workdir, state, train_iter, max_to_keep=config.keep_checkpoints,
+      async_save=config.async_checkpointing)
+  step = int(parallel.host_value(state.step))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    manifest.record_start(workdir, config_dict, manifest.dataset_record(inputs.builder, config.dataset),
+                          step, code=inputs.code,
+                          config_dir=os.path.abspath(config_dir) if config_dir else None)
+  if step:
+    log.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir), step)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  if step == 0:
+    writer.write_text("config", "```\n" + str(config) + "\n```")
+
+  loop = Loop(config=config, workdir=workdir, layout=layout, inputs=inputs,
+              state=layout.to_step(state), step=step, num_train_steps=num_train_steps,
+              last_step=min(stop_at_step or num_train_steps, num_train_steps), first_step=step,
+              previous_step=step, schedule=schedule, train_iter=train_iter, manager=manager,
+              writer=writer, config_dict=config_dict,
+              steps_per_epoch=input_pipeline.steps_per_epoch(len(train_source), config.batch_size))
+  loop.health = layout.put_replicated(nan_guard.new_health())
+  # Metric totals' shapes, from one trace of the step (not per log interval).
+  loop.total_shapes = jax.eval_shape(compiled.train_fn(layout, state), loop.state, None,
+                                     loop.health, layout.put_batch(example_batch))[1]
+  loop.metric_names = tuple(sorted(loop.total_shapes))
+  if any(e.get("split") == "early_stop" and e["step"] <= step for e in read_metrics(workdir)):
+    loop.stop = "early_stop"  # stopped early before: nothing more to train
+  return loop
+
+
+def make_evaluation(loop: Loop) -> Evaluate | None:
+  """The evaluation hook: eval split metrics, early stopping and the best checkpoints."""
+  config, source = loop.config, loop.inputs.sources["eval_split"]
+  if source is None:
+    return None
+  es = config.early_stopping
+  tracker = early_stopping.Tracker.from_events(read_metrics(loop.workdir), config,
+                                               up_to_step=loop.step) if es.metric else None
+  best_manager = (early_stopping.make_best_manager(loop.workdir)
+                  if es.metric and config.keep_best_checkpoints else None)
+  return Evaluate(config.eval_every_steps, source, batch_size=config.batch_size,
+                        early_stop_config=es, tracker=tracker, best_manager=best_manager,
+                        keep_best=config.keep_best_checkpoints)
+
+
+def save(loop: Loop) -> None:
+  """Saves unless the state is non-finite; a failed write names the intact checkpoint."""
+  config = loop.config
+  nan_guard.check(loop.layout.fetch(loop.health), loop.metric_names, policy=config.nan_policy,
+                  max_consecutive=config.nan_max_consecutive_skips)
+  state = loop.host_state()
+  if not bool(nan_guard.all_finite(checkpoint.state_arrays(state))):
+    raise nan_guard.NonFiniteError(f"the state at step {loop.step} holds non-finite values; "
+                                   "not saved (the latest checkpoint is the last finite state)")
+  try:
+    checkpoint.save(loop.manager, loop.step, state, loop.train_iter)
+  except Exception as e:  # this save, or an earlier asynchronous one, failed to write
+    failure = _write_failure(e, loop.manager, loop.workdir, loop.step)
+    if failure is None:
+      raise
+    raise failure from None
+
+
+def finish(loop: Loop, evaluation: Evaluate | None) -> None:
+  """After the last step (or an early stop): the test split, measured on the best checkpoint."""
+  source = loop.inputs.sources["test_split"]
+  done = loop.step == loop.num_train_steps or loop.stop == "early_stop"
+  if not done or source is None or _has_event(loop.workdir, "test"):
+    return
+  state, best_step = evaluation.best_state(loop) if evaluation is not None else (None, None)
+  if state is not None:  # the test measures the model one would deploy: the best
+    log.info("testing the best checkpoint (step %d)", best_step)
+  loop.emit("test", compiled.without_count(compiled.evaluate(
+      state if state is not None else loop.state, source, batch_size=loop.config.batch_size,
+      layout=loop.layout, transform=loop.inputs.transform(train=False),
+      finalize=loop.inputs.task.finalize)))
+
+
+def close(loop: Loop, every: list) -> None:
+  """Waits for the saves, closes the hooks and writers; a finished run records its hparams."""
+  _finish_saves(loop.manager, loop.workdir, loop.step)
+  for hook in every:
+    hook.close(loop)
+  if (loop.step == loop.num_train_steps or loop.stop == "early_stop") and loop.step > loop.first_step:
+    loop.writer.write_hparams(loop.config_dict, _final_metrics(loop.workdir))
+  loop.writer.close()
+
+
+def abort(loop: Loop, every: list, error: BaseException) -> None:
+  """Best effort, never masking `error`: lets a save in flight (a preemption's) reach the
+  disk, closes what can be closed, and turns a failed write into one line."""
+  for cleanup in [loop.manager.wait_until_finished, loop.writer.close] + [
+      lambda h=h: h.close(loop) for h in every]:
+    with contextlib.suppress(Exception):
+      cleanup()
+  failure = _write_failure(error, loop.manager, loop.workdir, loop.step) if isinstance(
+      error, Exception) else None
+  with contextlib.suppress(Exception):
+    loop.manager.close()
+  if failure is not None and not isinstance(error, UserError):
+    raise failure from None
+
+
+def create_train_state(config, model: run_inputs.Model, tx, example_batch, apply_fn,
+                       loss_fn) -> TrainState:
+  """The step-0 state: parameters initialised from `fold_in`s of the config's seed.
+
+  `apply_fn` applies the model (under pmap: the same model built for the
+  device axis, whose parameters are the same); `loss_fn` is the task's.
+  """
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  return TrainState.create(apply_fn=apply_fn, variables=model.init(init_rng, example_batch),
+                           tx=tx, loss_fn=loss_fn, rng=state_rng)
+
+
+def _host_prefetch(source, config) -> int:
+  """Reader threads only where reading costs: a split in memory is read in the loop's thread."""
+  return 0 if isinstance(source, input_pipeline.InMemorySource) else config.dataset.prefetch
+
+
+def resolve_num_train_steps(config, num_train_examples: int) -> int:
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return config.num_epochs * input_pipeline.steps_per_epoch(num_train_examples, config.batch_size)
+
+
+def _check_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+
+
+def _check_data_fits_model(config, builder, model: run_inputs.Model, example_batch) -> None:
+  """Catches data the model cannot take before anything compiles."""
+  label = builder.info.features["label"] if "label" in builder.info.features else None
+  num_classes = getattr(label, "num_classes", None)
+  configured = config.model.get("num_classes")
+  if num_classes and isinstance(configured, int) and num_classes > configured:
+    raise UserError(f"dataset {builder.name} has labels 0..{num_classes - 1} but "
+                    f"config.model.num_classes={configured}")
+  try:
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), example_batch)
+    jax.eval_shape(lambda v, b: model.apply_fn()(v, b, train=False, rng=jax.random.PRNGKey(0)),
+                   variables, jax.tree.map(lambda x: np.zeros((1,) + x.shape[1:], x.dtype),
+                                           example_batch))
+  except UserError:  # the model's own check of its config
+    raise
+  except Exception as e:
+    shapes = jax.tree.map(lambda x: f"{x.shape[1:]} {x.dtype}", model.inputs(example_batch))
+    raise UserError(f"config.model ({config.model.name}) cannot take this dataset's inputs "
+                    f"{shapes}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def _check_dispatch_cadence(config, num_train_steps: int, stop_at_step: int | None) -> None:
+  """With k steps per dispatch, everything the loop does between steps falls on multiples of k."""
+  k = config.steps_per_dispatch
+  if k == 1:
+    return
+  for name, value in (("num_train_steps", num_train_steps), ("log_every_steps", config.log_every_steps),
+                      ("eval_every_steps", config.eval_every_steps),
+                      ("checkpoint_every_steps", config.checkpoint_every_steps), ("--stop_at_step", stop_at_step)):
+    if value is not None and value % k:
+      raise UserError(f"{name}={value} must be a multiple of steps_per_dispatch={k}")
+
+
+def _check_eval_metric(config, inputs, state) -> None:
+  """An early-stopping metric the evaluation does not report fails before training, not after."""
+  batch = input_pipeline.eval_dataset(inputs.sources["eval_split"], global_batch_size=config.batch_size,
+                                      transform=inputs.transform(train=False))[0]
+  shapes = jax.eval_shape(eval_step, state, batch)
+  means = {k: np.zeros(v.shape, np.float64) if v.ndim else 0.0 for k, v in shapes.items()}
+  early_stopping.metric_value(compiled.without_count(inputs.task.finalize(means)),
+                              config.early_stopping.metric)
+
+
+def _check_config_unchanged(workdir: str, config_dict: dict, allow: bool) -> None:
+  """Refuses to resume a run under a config that would change the steps it took."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path) or not checkpoint.make_manager(workdir, read_only=True).all_steps():
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  changes = manifest.blocking_config_changes(saved, config_dict)
+  if changes and not allow:
+    listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+    raise UserError(f"{workdir} holds a run of a different config ({listed}); use a new "
+                    "workdir, or pass --allow_config_change to resume under the new config")
+
+
+def _check_code_unchanged(workdir: str, code: dict, allow: bool) -> None:
+  """Refuses to resume a run whose model, task or dataset code (a user's file) has changed."""
+  if allow or not os.path.exists(manifest.path(workdir)):
+    return
+  changes = manifest.code_changes(manifest.read(workdir).get("code", {}), code)
+  if changes:
+    raise UserError(f"{workdir} was trained with other code: {'; '.join(changes)}; use a new "
+                    "workdir, or pass --allow_config_change to resume with the code as it is now")
+
+
+_WRITE_FAILURES = ("No space left on device", "RESOURCE_EXHAUSTED", "Disk quota exceeded",
+                   "Read-only file system", "Failed writing")
+
+
+def _write_failure(error: Exception, manager, workdir: str, step: int) -> UserError | None:
+  """A one-line UserError if `error` is a failed write (disk full...), else None.
+
+  Orbax reports an asynchronous write's failure at the next save or wait,
+  often as a ValueError from TensorStore, so the text is what identifies it.
+  """
+  text = str(error)
+  reason = next((r for r in _WRITE_FAILURES if r in text), None)
+  if reason is None and not isinstance(error, OSError):
+    return None
+  in_checkpoint = re.search(r"checkpoints/(\d+)", text)
+  failed = int(in_checkpoint[1]) if in_checkpoint else step
+  with contextlib.suppress(Exception):
+    manager.reload()  # a failed asynchronous save must not count as a step
+  intact = [s for s in manager.all_steps() if s < failed or (s == failed and not in_checkpoint)]
+  kept = f"the checkpoint of step {max(intact)} is intact" if intact else "no earlier checkpoint exists"
+  why = getattr(error, "strerror", None) or reason or text.splitlines()[0]
+  target = (f"the checkpoint of step {failed} to {checkpoint.checkpoint_dir(workdir)}"
+            if in_checkpoint or not getattr(error, "filename", None) else error.filename)
+  return UserError(f"could not write {target}: {why}; {kept}")
+
+
+def _finish_saves(manager, workdir: str, step: int) -> None:
+  """Waits for asynchronous saves; a write that failed is reported as such."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    failure = _write_failure(e, manager, workdir, step)
+    if failure is None:
+      raise
+    raise failure from None
+  finally:
+    manager.close()
+
+
+def _final_metrics(workdir: str) -> dict[str, float]:
+  """{"split/name": last value} over the whole run (resumed segments included)."""
+  final = {}
+  for event in read_metrics(workdir):
+    for k, v in event.items():
+      if k not in ("step", "split", "time") and isinstance(v, (int, float)):
+        final[f"{event['split']}/{k}"] = v
+  return final
+
+
+def _has_event(workdir: str, split: str) -> bool:
+  return any(event.get("split") == split for event in read_metrics(workdir))
