@@ -156,7 +156,8 @@ def _checks(c):
   yield "eval_top_k", c.eval_top_k > 0, "must be > 0"
   yield "loss.temperature", c.loss.get("temperature", 1.0) > 0, "must be > 0"
   yield "loss.quantile", 0 < c.loss.get("quantile", 0.5) < 1, "must be in (0, 1)"
-  yield "model.num_classes", not isinstance(c.model.get("num_classes"), int) or c.model.num_classes > 0, "must be > 0"
+  classes = c.model.get("num_classes")
+  yield "model.num_classes", not isinstance(classes, int) or classes > 0, "must be > 0"
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -87,7 +87,7 @@ def _load_file(path: str, sha: str, field: str):
   if cached is not None:
     return cached
   stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
-  name = f"jaxtrain_user.{stem}_{sha[:12]}"
+  name = f"jaxtrain_user_{stem}_{sha[:12]}"  # top level: TFDS looks up a builder's package
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   sys.modules[name] = module  # dataclasses (Flax modules) look their module up while being made

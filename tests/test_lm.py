@@ -1,4 +1,4 @@
-"""The decoder-only language model (jaxtrain/lm.py), its task, and the synthetic token dataset."""
+"""The decoder-only language model (jaxtrain/models/lm.py), its task, and the synthetic token dataset."""
 
 import math
 

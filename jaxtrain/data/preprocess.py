@@ -1,6 +1,6 @@
 """Preprocessing fitted on the training split only, saved with the run.
 
-For an imported table (data_import.py) `fit` learns, from the train split
+For an imported table (importing.py) `fit` learns, from the train split
 alone: numeric means and standard deviations, each category's vocabulary,
 the text tokenizer's vocabulary (or a hashing tokenizer), the label's
 classes and weights or its mean and scale, and for recommendation the items

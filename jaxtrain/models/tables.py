@@ -1,9 +1,9 @@
 """Models for imported tables: text classifiers, tabular MLPs, recommenders.
 
 Each takes the whole preprocessed batch (`input_key = None`; see
-data/preprocess.py: `numeric`, `categorical`, `tokens`) and learns its vocabulary sizes and output width from
-the fitted preprocessing (`preprocess.model_kwargs`), so a config names only
-the architecture.
+data/preprocess.py: `numeric`, `categorical`, `tokens`) and learns its
+vocabulary sizes and output width from the fitted preprocessing
+(`preprocess.model_kwargs`), so a config names only the architecture.
 """
 
 from __future__ import annotations

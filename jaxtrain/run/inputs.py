@@ -278,7 +278,10 @@ def load_for_inference(config, workdir: str, base_dir: str | None = None) -> Run
   dataset = pinned_dataset(config, workdir)
   builder = datasets.get_builder(dataset, base_dir)
   schema = importing.read_schema(builder.data_dir)
-  prep, seen = preprocess.load(workdir) if preprocess.saved(workdir) else (preprocess.fit(None, {}, config), None)
+  if preprocess.saved(workdir):
+    prep, seen = preprocess.load(workdir)
+  else:
+    prep, seen = preprocess.fit(None, {}, config), None
   task, task_code = build_task(config, prep, base_dir)
   model_code = registry.resolve(config.model.name, registry.MODELS, "config.model.name", base_dir)
   code = _code_record(model_code, task_code, datasets.builder_class(dataset, base_dir))

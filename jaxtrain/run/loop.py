@@ -122,29 +122,9 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
   train_source = inputs.sources["train_split"]
   num_train_steps = resolve_num_train_steps(config, len(train_source))
   _check_dispatch_cadence(config, num_train_steps, stop_at_step)
-  train_data = input_pipeline.train_dataset(
-      train_source, global_batch_size=config.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      transform=inputs.transform(train=True))
-  k = config.steps_per_dispatch
-  train_iter = input_pipeline.DevicePrefetch(
-      input_pipeline.iterate(train_data if k == 1 else input_pipeline.grouped(train_data, k),
-                             _host_prefetch(train_source, config)),
-      layout.put_batch if k == 1 else layout.put_batches, config.parallel.prefetch_to_device)
-
+  train_data, train_iter = _train_data(config, inputs, layout)
   tx, schedule = optim.make_optimizer(config.optimizer, num_train_steps)
-  example_batch = train_data[0]
-  model = inputs.model(config, example_batch)
-  _check_data_fits_model(config, inputs.builder, model, example_batch)
-  axis_name = parallel.DATA_AXIS if layout.mode == "pmap" else None
-  state = create_train_state(config, model, tx, example_batch, model.apply_fn(axis_name),
-                             inputs.task.loss_fn)
-  optim.check_patterns(state.params, config.optimizer.freeze, config.optimizer.lr_multipliers)
-  if config.early_stopping.metric:
-    _check_eval_metric(config, inputs, state)
-  if (config.init_from.workdir or config.init_from.checkpoint) and not resuming:
-    state = finetune.init_from(state, config, workdir)
-  state = layout.place_state(state)
+  state = _initial_state(config, workdir, inputs, layout, tx, train_data[0], resuming)
 
   manager, state = checkpoint.restore_latest_valid(
       workdir, state, train_iter, max_to_keep=config.keep_checkpoints,
@@ -171,11 +151,42 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
   loop.health = layout.put_replicated(nan_guard.new_health())
   # Metric totals' shapes, from one trace of the step (not per log interval).
   loop.total_shapes = jax.eval_shape(compiled.train_fn(layout, state), loop.state, None,
-                                     loop.health, layout.put_batch(example_batch))[1]
+                                     loop.health, layout.put_batch(train_data[0]))[1]
   loop.metric_names = tuple(sorted(loop.total_shapes))
   if any(e.get("split") == "early_stop" and e["step"] <= step for e in read_metrics(workdir)):
     loop.stop = "early_stop"  # stopped early before: nothing more to train
   return loop
+
+
+def _train_data(config, inputs: run_inputs.RunInputs, layout: parallel.Layout):
+  """The training batches (element g = global step g) and their checkpointable iterator."""
+  source = inputs.sources["train_split"]
+  train_data = input_pipeline.train_dataset(
+      source, global_batch_size=config.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      transform=inputs.transform(train=True))
+  k = config.steps_per_dispatch
+  train_iter = input_pipeline.DevicePrefetch(
+      input_pipeline.iterate(train_data if k == 1 else input_pipeline.grouped(train_data, k),
+                             _host_prefetch(source, config)),
+      layout.put_batch if k == 1 else layout.put_batches, config.parallel.prefetch_to_device)
+  return train_data, train_iter
+
+
+def _initial_state(config, workdir: str, inputs: run_inputs.RunInputs, layout: parallel.Layout,
+                   tx, example_batch, resuming: bool) -> TrainState:
+  """The step-0 state (or a fine-tuning start), checked against the data, placed on the devices."""
+  model = inputs.model(config, example_batch)
+  _check_data_fits_model(config, inputs.builder, model, example_batch)
+  axis_name = parallel.DATA_AXIS if layout.mode == "pmap" else None
+  state = create_train_state(config, model, tx, example_batch, model.apply_fn(axis_name),
+                             inputs.task.loss_fn)
+  optim.check_patterns(state.params, config.optimizer.freeze, config.optimizer.lr_multipliers)
+  if config.early_stopping.metric:
+    _check_eval_metric(config, inputs, state)
+  if (config.init_from.workdir or config.init_from.checkpoint) and not resuming:
+    state = finetune.init_from(state, config, workdir)
+  return layout.place_state(state)
 
 
 def make_evaluation(loop: Loop) -> Evaluate | None:
@@ -189,8 +200,8 @@ def make_evaluation(loop: Loop) -> Evaluate | None:
   best_manager = (early_stopping.make_best_manager(loop.workdir)
                   if es.metric and config.keep_best_checkpoints else None)
   return Evaluate(config.eval_every_steps, source, batch_size=config.batch_size,
-                        early_stop_config=es, tracker=tracker, best_manager=best_manager,
-                        keep_best=config.keep_best_checkpoints)
+                  early_stop_config=es, tracker=tracker, best_manager=best_manager,
+                  keep_best=config.keep_best_checkpoints)
 
 
 def save(loop: Loop) -> None:
