@@ -185,3 +185,35 @@ def test_bad_sweep_flags_are_one_line(tmp_path, data_dir):
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "jaxtrain: error: --storage postgresql://nobody@127.0.0.1:1/none cannot be opened")
+
+
+def test_the_pruning_hook_alone_reports_each_evaluation_and_prunes_when_told():
+  import types
+  import optuna
+  reported = []
+  trial = types.SimpleNamespace(report=lambda value, step: reported.append((step, value)),
+                                should_prune=lambda: len(reported) >= 2)
+  hook = sweep.Pruning(trial, "eval/accuracy")
+  loop = types.SimpleNamespace(step=10, events={"train": {"accuracy": 0.1}})
+  hook(loop)  # no evaluation at this step: nothing reported
+  loop.events = {"eval": {"accuracy": 0.5}}
+  hook(loop)
+  loop.step, loop.events = 20, {"eval": {"accuracy": 0.6}}
+  with pytest.raises(optuna.TrialPruned, match="pruned at step 20: eval/accuracy=0.6"):
+    hook(loop)
+  assert reported == [(10, 0.5), (20, 0.6)]
+
+
+def test_best_config_of_a_sweep_over_user_code_names_its_files_absolutely(tmp_path):
+  (tmp_path / "sweep.json").write_text(json.dumps({"config_dir": "/experiments/x"}))
+  best = {"number": 3, "value": 0.5, "params": {"optimizer.learning_rate": 0.1}, "workdir": "trials/3"}
+  (tmp_path / "trials" / "3").mkdir(parents=True)
+  config = load_config("digits")
+  config.model.name, config.task = "model.py:Net", "/abs/loss.py:ce"
+  (tmp_path / "trials" / "3" / "config.json").write_text(config.to_json_best_effort())
+  path = sweep.write_best_config(str(tmp_path), best)
+  spec = __import__("importlib.util").util.spec_from_file_location("best", path)
+  module = __import__("importlib.util").util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  written = module.get_config()
+  assert written.model.name == "/experiments/x/model.py:Net" and written.task == "/abs/loss.py:ce"

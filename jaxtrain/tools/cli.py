@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   _log_to_console()
   debug = "--debug" in argv
-  if argv[0] in COMPILING_COMMANDS:
+  if argv[0] in COMPILING_COMMANDS and not {"-h", "--help"} & set(argv):
     _use_compilation_cache()
   try:
     return COMMANDS[argv[0]](argv[1:])
