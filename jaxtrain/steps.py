@@ -45,9 +45,16 @@ def _psum(x, axis_name):
   return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
-@functools.lru_cache(maxsize=256)
 def takes_params(loss_fn: Callable) -> bool:
   """Whether `loss_fn` takes a third positional argument (the params)."""
+  try:
+    return _takes_params(loss_fn)
+  except TypeError:  # an unhashable callable: asked afresh (only while tracing)
+    return _takes_params.__wrapped__(loss_fn)
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_params(loss_fn: Callable) -> bool:
   try:
     parameters = inspect.signature(loss_fn).parameters.values()
   except (TypeError, ValueError):

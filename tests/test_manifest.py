@@ -103,3 +103,15 @@ def test_rerun_refuses_a_non_empty_target(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip() == f"jaxtrain: error: --into {tmp_path / 'b'} is not empty: rerun into a new directory"
   assert (tmp_path / "b" / "keep.txt").read_text() == "mine"
+
+
+def test_user_code_changes_are_content_not_paths():
+  record = {"config.model.name": {"name": "model.py:Net", "file": "/a/model.py", "sha256": "1" * 64}}
+  moved = {"config.model.name": dict(record["config.model.name"], file="/b/model.py")}
+  assert manifest.code_changes(record, moved) == []  # the same file on another machine
+  edited = {"config.model.name": dict(moved["config.model.name"], sha256="2" * 64)}
+  assert manifest.code_changes(record, edited) == [
+      "/b/model.py (config.model.name='model.py:Net') changed (read from /a/model.py before): "
+      "sha256 111111111111... -> 222222222222..."]
+  assert manifest.code_changes(record, {}) == [
+      "/a/model.py (config.model.name='model.py:Net') was used before and is not used now"]

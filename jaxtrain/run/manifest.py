@@ -141,21 +141,23 @@ def record_start(workdir: str, config_dict: dict, dataset: dict, step: int, *,
 
 
 def code_changes(old: dict, new: dict) -> list[str]:
-  """One line per user file that differs between two runs' `code` records."""
+  """One line per user file whose content differs between two runs' `code` records.
+
+  The same content at another path (a checkout moved, another machine) is no change.
+  """
   lines = []
   for field in sorted(set(old) | set(new)):
     before, after = old.get(field), new.get(field)
-    if before == after:
+    if before is not None and after is not None and before["sha256"] == after["sha256"]:
       continue
     if before is None or after is None:
       which = after or before
       lines.append(f"{which['file']} ({field}={which['name']!r}) was "
                    f"{'not used' if before is None else 'used'} before and is "
                    f"{'used' if before is None else 'not used'} now")
-    elif before["file"] != after["file"]:
-      lines.append(f"{field} was read from {before['file']} and now from {after['file']}")
     else:
-      lines.append(f"{after['file']} ({field}={after['name']!r}) changed: sha256 "
+      moved = "" if before["file"] == after["file"] else f" (read from {before['file']} before)"
+      lines.append(f"{after['file']} ({field}={after['name']!r}) changed{moved}: sha256 "
                    f"{before['sha256'][:12]}... -> {after['sha256'][:12]}...")
   return lines
 
