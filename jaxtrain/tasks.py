@@ -107,9 +107,8 @@ def finalize_classification(means: dict) -> dict:
     out.update(precision=_finite(precision[1]), recall=_finite(recall[1]), f1=_finite(f1[1]))
   else:  # macro, over classes present in the labels or the predictions
     present = (tp + fp + fn) > 0
-    out.update(precision=_finite(np.nanmean(np.where(present, np.nan_to_num(precision), np.nan))),
-               recall=_finite(np.nanmean(np.where(present, np.nan_to_num(recall), np.nan))),
-               f1=_finite(np.nanmean(np.where(present, f1, np.nan))))
+    macro = lambda x: float(np.mean(np.nan_to_num(x)[present])) if present.any() else 0.0
+    out.update(precision=macro(precision), recall=macro(recall), f1=macro(f1))
   if "pos_scores" in means:
     out["roc_auc"] = roc_auc(means["pos_scores"], means["neg_scores"])
   return out

@@ -2,6 +2,8 @@
 
 import csv
 import datetime as dt
+import json
+import os
 
 import numpy as np
 import pytest
@@ -48,16 +50,31 @@ def _exported_outputs(workdir, out, rows):
   prep, seen = preprocess.load(str(workdir))
   batch = preprocess.make_transform(prep, train=False, seen=seen)(rows)
   batch.pop("label", None)
-  return {k: np.asarray(v) for k, v in predict.load_exported(str(out))(batch).items()}
+  outputs = {k: np.asarray(v) for k, v in predict.load_exported(str(out))(batch).items()}
+  if best:  # the default is the same checkpoint, and a relative workdir works
+    again = str(out) + "-default"
+    assert main(["export", "--workdir", os.path.relpath(workdir), "--output", again]) == 0
+    for k, v in predict.load_exported(again)(batch).items():
+      np.testing.assert_array_equal(np.asarray(v), outputs[k])
+  return outputs
 
 
-def test_classifier_predictions_and_export_reproduce_the_test_metrics(tmp_path, capsys):
+def test_classifier_predictions_and_export_reproduce_the_test_metrics(tmp_path, capsys, monkeypatch):
   dd, workdir, test = _train(tmp_path, capsys, "spam")
   rows = _test_rows(dd, "spam")
   _write(tmp_path / "test.csv", {"text": [t.decode() for t in rows["text"]],
                                  "label": [["ham", "spam"][i] for i in rows["label"]]})
-  assert main(["predict", "--workdir", str(workdir), "--input", str(tmp_path / "test.csv"),
-               "--output", str(tmp_path / "preds.csv"), "--best", "--batch_size", "48"]) == 0
+  # As the README shows it: a relative workdir, and by default the checkpoint the test
+  # metrics came from (this early-stopped run's best, not its newest).
+  monkeypatch.chdir(tmp_path)
+  assert main(["predict", "--workdir", "run", "--input", "test.csv", "--output", "preds.csv",
+               "--batch_size", "48"]) == 0
+  best_step = json.loads((workdir / "best_checkpoints" / "best.json").read_text())["best_step"]
+  assert capsys.readouterr().out.strip() == f"wrote 200 predictions of step {best_step} to preds.csv"
+  assert main(["predict", "--workdir", "run", "--input", "test.csv", "--output", "newest.csv",
+               "--newest"]) == 0
+  newest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert newest > best_step and f"of step {newest} " in capsys.readouterr().out
   preds = _read(tmp_path / "preds.csv")
   assert len(preds) == test["num_examples"] == len(rows["label"])
   probs = np.array([[float(p["prob_ham"]), float(p["prob_spam"])] for p in preds])

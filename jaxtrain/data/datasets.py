@@ -222,6 +222,14 @@ def _prepared(make_builder):
   return builder
 
 
+class DatasetNotFound(UserError):
+  """`dataset.name` names nothing in the data_dir (not yet imported, or another data_dir)."""
+
+  def __init__(self, message: str, name: str, data_dir: str):
+    super().__init__(message)
+    self.name, self.data_dir = name, data_dir
+
+
 def builder_class(dataset_config, base_dir: str | None = None) -> registry.Loaded | None:
   """The builder class `dataset.name` names by import path or short name (None: another kind)."""
   name = dataset_config.name
@@ -271,6 +279,10 @@ def get_builder(dataset_config, base_dir: str | None = None) -> tfds.core.Datase
   try:
     builder = tfds.builder(dataset_config.name, data_dir=data_dir)
   except Exception as e:  # unknown name, or a builder whose code needs TensorFlow
+    if type(e).__name__ == "DatasetNotFoundError":
+      raise DatasetNotFound(f"dataset.name={dataset_config.name!r} is not in {data_dir}: neither a "
+                            "`jaxtrain data import` there nor a TFDS dataset", dataset_config.name,
+                            data_dir) from None
     raise UserError(f"dataset.name={dataset_config.name!r} cannot be loaded: {e}".split("\n")[0]) from None
   if not builder.is_prepared():
     raise UserError(

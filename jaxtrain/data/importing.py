@@ -47,22 +47,34 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SCHEMA_FILE = "schema.json"
 
 
+def _option(default, help_text: str):
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
 @dataclasses.dataclass
 class ImportSpec:
   """What `jaxtrain data import` does; the same fields as a config's `data_import`."""
-  sources: tuple[str, ...]
-  name: str
-  label: str = "label"
-  label_kind: str = ""            # class | value | "" (inferred)
-  columns: str = ""               # "col=kind,..." (kinds: int float category text time)
-  ignore: str = ""                # "col,..." not imported
-  split: str = "fraction"         # fraction | column:COL | time:COL
-  fractions: str = "0.8,0.1,0.1"  # train, validation, test
-  cutoffs: str = ""               # time split: "validation starts,test starts"
-  seed: int = 0
-  lags: str = ""                  # "1,7": the label k rows earlier in its series
-  series: str = ""                # the column naming a series (for lags)
-  image_size: str = ""            # "H,W": folder images resized to this
+  sources: tuple[str, ...] = _option((), "CSV, Parquet, JSON Lines or .npz files, or folders "
+                                     "with one sub-folder per class (text files or images)")
+  name: str = _option("", "the dataset's name (lower case, digits, _); configs train it by "
+                      "dataset.name; each import of changed files is a new version NAME:1.0.k")
+  label: str = _option("label", "the column to predict")
+  label_kind: str = _option("", "class or value (default: inferred: decimals, and integers "
+                            "with over 50 distinct values, are values; the rest classes)")
+  columns: str = _option("", "declared kinds, e.g. 'date=time,store=category' (kinds: int, "
+                         "float, category, text, time); the rest are inferred from all rows")
+  ignore: str = _option("", "columns not to import, e.g. 'id,comment'")
+  split: str = _option("fraction", "fraction (a seeded permutation), column:COL (COL names each "
+                       "row's split: train, validation or test) or time:COL (by --cutoffs)")
+  fractions: str = _option("0.8,0.1,0.1", "train, validation, test shares for --split fraction")
+  cutoffs: str = _option("", "for --split time:COL: 'validation starts,test starts' (dates or "
+                         "times); earlier rows train")
+  seed: int = _option(0, "the permutation's seed for --split fraction")
+  lags: str = _option("", "e.g. '1,7': add the label 1 and 7 rows earlier in its series (time "
+                      "order) as columns; rows without that history are dropped")
+  series: str = _option("", "the column naming each row's series, for --lags (e.g. store)")
+  image_size: str = _option("", "'H,W': resize folder images to this (default: as they are, "
+                            "which must then all be one size)")
 
   @classmethod
   def from_config(cls, c) -> "ImportSpec":
@@ -428,14 +440,28 @@ def assign_splits(parsed, rows_where, spec: ImportSpec, raw_split_column=None) -
 
 # --- fingerprints, versions, writing ---------------------------------------------------
 
-def fingerprint(files, spec: ImportSpec) -> str:
-  h = hashlib.sha256(json.dumps(spec.options(), sort_keys=True).encode())
-  for f in files:
-    h.update(str(f.name).encode() + b"\0")
-    with open(f, "rb") as fh:
-      for chunk in iter(lambda: fh.read(1 << 20), b""):
-        h.update(chunk)
-  return h.hexdigest()
+def fingerprints(spec: ImportSpec) -> tuple[str, str]:
+  """(this import's fingerprint, the one versions up to 0.1 recorded), in one read of the files.
+
+  The fingerprint covers the options and what the rows depend on: each file's
+  bytes in the order read, its type (suffix) and, inside a class folder, its
+  path there (the class). Not where the files are or what they are called: the
+  same bytes imported from elsewhere are the same version. Older versions
+  hashed file names too; an import that matches either is unchanged.
+  """
+  options = json.dumps(spec.options(), sort_keys=True).encode()
+  new, legacy = hashlib.sha256(options), hashlib.sha256(options)
+  for source in spec.sources:
+    root = Path(source).expanduser()
+    for f in source_files([source]):
+      meaning = f.relative_to(root).as_posix() if root.is_dir() else f.suffix.lower()
+      new.update(meaning.encode() + b"\0")
+      legacy.update(f.name.encode() + b"\0")
+      with open(f, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+          new.update(chunk)
+          legacy.update(chunk)
+  return new.hexdigest(), legacy.hexdigest()
 
 
 def _features(schema, class_names, shapes):
@@ -478,9 +504,9 @@ def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
   if not re.fullmatch(r"[a-z][a-z0-9_]*", spec.name or ""):
     raise UserError(f"--name={spec.name!r} must be lower case letters, digits and underscores")
   files = source_files(spec.sources)
-  fp = fingerprint(files, spec)
+  fp, legacy = fingerprints(spec)
   for entry in store.read_history(data_dir, spec.name):
-    if entry["fingerprint"] == fp and (Path(data_dir) / spec.name / entry["version"]).is_dir():
+    if entry["fingerprint"] in (fp, legacy) and (Path(data_dir) / spec.name / entry["version"]).is_dir():
       return str(Path(data_dir) / spec.name / entry["version"]), False
 
   rows = list(read_rows(spec))

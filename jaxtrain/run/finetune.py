@@ -31,7 +31,7 @@ def _source_step(workdir: str, step: int, best: bool) -> tuple[str, int]:
   """The checkpoint directory root and step that `init_from` names."""
   if not os.path.isdir(workdir):
     raise UserError(f"init_from.workdir={workdir} does not exist")
-  root = os.path.join(workdir, "best_checkpoints") if best else checkpoint.checkpoint_dir(workdir)
+  root = early_stopping.best_dir(workdir) if best else checkpoint.checkpoint_dir(workdir)
   steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
   if not steps:
     raise UserError(f"init_from.workdir={workdir} has no {'best ' if best else ''}checkpoints in {root}")

@@ -207,6 +207,11 @@ class RunInputs:
   def transform(self, train: bool) -> Callable:
     return preprocess.make_transform(self.prep, train=train, seen=self.seen)
 
+  def save_preprocessing(self, workdir: str) -> None:
+    """Writes the fitted preprocessing into the run (once its checks have passed)."""
+    if jax.process_index() == 0:
+      preprocess.save(workdir, self.prep, self.seen)
+
   def model(self, config, example_batch) -> Model:
     return build_model(config, self.prep, example_batch, self.base_dir)
 
@@ -266,8 +271,6 @@ def load(config, workdir: str | None = None, *, fit: bool, dataset=None,
       prep = preprocess.inherit(prep, config.init_from.workdir)
     task, task_code = build_task(config, prep, base_dir)  # a task that cannot use this data says so first
     seen = preprocess.fit_seen(train, prep) if _needs_seen(task) else None
-    if workdir and jax.process_index() == 0:
-      preprocess.save(workdir, prep, seen)
   model_code = registry.resolve(config.model.name, registry.MODELS, "config.model.name", base_dir)
   code = _code_record(model_code, task_code, datasets.builder_class(dataset, base_dir))
   return RunInputs(builder, schema, sources, prep, seen, task, code, base_dir)

@@ -17,6 +17,7 @@ checkpoints, preemption, progress, a sweep's pruning, your own) is a hook.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -109,22 +110,24 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
           allow_config_change: bool = False) -> Loop:
   """Checks, data, model, task and state of a run, restored from its newest checkpoint."""
   validate(config)
-  _check_workdir(workdir)
-  config_dict = json.loads(config.to_json_best_effort())
-  resuming = bool(checkpoint.saved_steps(workdir))
-  _check_config_unchanged(workdir, config_dict, allow_config_change)
-  layout = parallel.Layout.from_config(config.parallel)
-  layout.check_batch_size(config.batch_size)
+  with _new_workdir_removed_on_error(workdir):
+    config_dict = json.loads(config.to_json_best_effort())
+    resuming = bool(checkpoint.saved_steps(workdir))
+    _check_config_unchanged(workdir, config_dict, allow_config_change)
+    layout = parallel.Layout.from_config(config.parallel)
+    layout.check_batch_size(config.batch_size)
 
-  inputs = run_inputs.load(config, workdir, fit=not resuming, base_dir=config_dir)
-  if resuming:
-    _check_code_unchanged(workdir, inputs.code, allow_config_change)
-  train_source = inputs.sources["train_split"]
-  num_train_steps = resolve_num_train_steps(config, len(train_source))
-  _check_dispatch_cadence(config, num_train_steps, stop_at_step)
-  train_data, train_iter = _train_data(config, inputs, layout)
-  tx, schedule = optim.make_optimizer(config.optimizer, num_train_steps)
-  state = _initial_state(config, workdir, inputs, layout, tx, train_data[0], resuming)
+    inputs = run_inputs.load(config, workdir, fit=not resuming, base_dir=config_dir)
+    if resuming:
+      _check_code_unchanged(workdir, inputs.code, allow_config_change)
+    train_source = inputs.sources["train_split"]
+    num_train_steps = resolve_num_train_steps(config, len(train_source))
+    _check_dispatch_cadence(config, num_train_steps, stop_at_step)
+    train_data, train_iter = _train_data(config, inputs, layout)
+    tx, schedule = optim.make_optimizer(config.optimizer, num_train_steps)
+    state = _initial_state(config, workdir, inputs, layout, tx, train_data[0], resuming)
+  if not resuming:
+    inputs.save_preprocessing(workdir)
 
   manager, state = checkpoint.restore_latest_valid(
       workdir, state, train_iter, max_to_keep=config.keep_checkpoints,
@@ -155,7 +158,15 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
   loop.metric_names = tuple(sorted(loop.total_shapes))
   if any(e.get("split") == "early_stop" and e["step"] <= step for e in read_metrics(workdir)):
     loop.stop = "early_stop"  # stopped early before: nothing more to train
+  log.info("curves: %s", _curves_hint(workdir))
   return loop
+
+
+def _curves_hint(workdir: str) -> str:
+  if importlib.util.find_spec("tensorboard") is not None:
+    return f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}"
+  return (f"{os.path.join(workdir, 'metrics.jsonl')}; TensorBoard event files in "
+          f"{os.path.join(workdir, 'tensorboard')} (to view them: pip install 'jaxtrain[tensorboard]')")
 
 
 def _train_data(config, inputs: run_inputs.RunInputs, layout: parallel.Layout):
@@ -286,7 +297,13 @@ def resolve_num_train_steps(config, num_train_examples: int) -> int:
   return config.num_epochs * input_pipeline.steps_per_epoch(num_train_examples, config.batch_size)
 
 
-def _check_workdir(workdir: str) -> None:
+@contextlib.contextmanager
+def _new_workdir_removed_on_error(workdir: str):
+  """Makes sure `workdir` is writable; a workdir made here is removed again if setup fails.
+
+  So a refused config leaves no trace, and running the fixed command starts clean.
+  """
+  created = not os.path.exists(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write_test.{os.getpid()}")
@@ -295,6 +312,13 @@ def _check_workdir(workdir: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+  try:
+    yield
+  except BaseException:
+    if created:
+      with contextlib.suppress(OSError):
+        os.rmdir(workdir)  # only if nothing was written
+    raise
 
 
 def _check_data_fits_model(config, builder, model: run_inputs.Model, example_batch) -> None:

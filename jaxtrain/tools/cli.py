@@ -64,12 +64,16 @@ def _config_error(error: Exception, argv: list[str]) -> str:
   if isinstance(error, AttributeError) and "get_config" in text:
     return "--config: the config file has no get_config() function"
   if isinstance(error, AttributeError):  # ml_collections: a field that does not exist
-    key = text.strip("\"'")
+    # Its text names the key in quotes (escaped, when ml_collections adds a second line
+    # 'Did you mean "learning_rate" ...?').
+    key = (re.findall(r"[A-Za-z_]\w*", text) or [text])[0]
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    suggestion = f"; did you mean '{hint[1]}'?" if hint else ""
     for arg in argv:
       m = re.match(r"--config\.([\w.]+)", arg)
       if m and key in m[1].split("."):
-        return f"config has no field '{m[1]}' (from {arg})"
-    return f"config has no field '{key}'"
+        return f"config has no field '{m[1]}' (from {arg}){suggestion}"
+    return f"config has no field '{key}'{suggestion}"
   if "Failed loading config file" in text or "earlier failure to load" in text:
     detail = [l.strip() for l in text.splitlines() if l.strip()][-1]
     return f"--config: cannot load the config file: {detail}"
@@ -221,14 +225,19 @@ def train(argv: list[str]) -> int:
     import jax
     if jax.process_index() != 0:  # one process speaks for the job
       logging.getLogger("jaxtrain").setLevel(logging.WARNING)
+  from jaxtrain.data.datasets import DatasetNotFound
+  from jaxtrain.errors import UserError
   from jaxtrain.run.loop import train_and_evaluate
   from jaxtrain.run.preemption import Preempted
   try:
-    logging.getLogger("jaxtrain").info(
-        "curves: tensorboard --logdir %s", os.path.join(fv.workdir, "tensorboard"))
     train_and_evaluate(fv.config, fv.workdir, config_dir=config_dir(fv),
                        stop_at_step=fv.stop_at_step, allow_config_change=fv.allow_config_change,
                        progress=not fv.quiet)
+  except DatasetNotFound as e:
+    if fv.config.data_import.name != e.name.partition(":")[0]:
+      raise
+    raise UserError(f"{e}; this config imports it: run `jaxtrain data import --config "
+                    f"{fv['config'].config_filename} --data_dir {e.data_dir}` first") from None
   except Preempted as e:
     print(f"jaxtrain: preempted: {e}", file=sys.stderr)
     return PREEMPTED
@@ -328,24 +337,35 @@ def report(argv: list[str]) -> int:
   return 0
 
 
-def data(argv: list[str]) -> int:
-  """`jaxtrain data import SOURCES... --name N [options]`, or `--config C` (its data_import)."""
-  if argv and argv[0] in ("-h", "--help"):
-    print("usage: jaxtrain data import SOURCES... --name NAME [options]   "
-          "(jaxtrain data import --help for the options)")
-    return 0
-  if not argv or argv[0] != "import":
-    raise _Fail("usage: jaxtrain data import SOURCES... --name NAME [--data_dir DIR] ...", USAGE_ERROR)
-  from jaxtrain.data import importing as data_import
-  parser = argparse.ArgumentParser(prog="jaxtrain data import")
-  parser.add_argument("sources", nargs="*", help="CSV, Parquet, JSONL or .npz files, or class folders")
+def _import_parser(data_import) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="jaxtrain data import",
+      description="Files as a versioned TFDS dataset in a data_dir: every value is checked before "
+      "anything is written; unchanged files import as the version they already are.",
+      epilog="--config.FIELD=VALUE overrides the config's fields, as for train.")
+  fields = {f.name: f for f in data_import.dataclasses.fields(data_import.ImportSpec)}
+  parser.add_argument("sources", nargs="*", help=fields["sources"].metadata["help"])
   parser.add_argument("--config", help="a config file whose data_import section says what to import")
   parser.add_argument("--data_dir", help="where TFDS datasets live (default: the config's, "
                       "$TFDS_DATA_DIR or ~/tensorflow_datasets)")
-  parser.add_argument("--debug", action="store_true")
-  for field in data_import.dataclasses.fields(data_import.ImportSpec):
-    if field.name != "sources":
-      parser.add_argument(f"--{field.name}", type=int if isinstance(field.default, int) else str)
+  parser.add_argument("--debug", action="store_true", help="show tracebacks")
+  for name, field in fields.items():
+    if name != "sources":
+      parser.add_argument(f"--{name}", type=int if isinstance(field.default, int) else str,
+                          help=f"{field.metadata['help']} (default: {field.default!r})")
+  return parser
+
+
+def data(argv: list[str]) -> int:
+  """`jaxtrain data import SOURCES... --name N [options]`, or `--config C` (its data_import)."""
+  from jaxtrain.data import importing as data_import
+  parser = _import_parser(data_import)
+  if argv[:1] in (["-h"], ["--help"]):
+    parser.print_help()
+    return 0
+  if not argv or argv[0] != "import":
+    raise _Fail("usage: jaxtrain data import SOURCES... --name NAME [options] "
+                "(jaxtrain data import --help lists them)", USAGE_ERROR)
   args, rest = parser.parse_known_args(argv[1:])
   overrides = [a for a in rest if a.startswith("--config.")]
   if set(rest) - set(overrides):
@@ -372,20 +392,30 @@ def data(argv: list[str]) -> int:
   return 0
 
 
+def _checkpoint_choice(parser: argparse.ArgumentParser) -> None:
+  which = parser.add_mutually_exclusive_group()
+  which.add_argument("--best", dest="best", action="store_true", default=None,
+                     help="the best checkpoint (keep_best_checkpoints)")
+  which.add_argument("--newest", dest="best", action="store_false",
+                     help="the newest checkpoint")
+  parser.epilog = ("Default: the checkpoint the run's test metrics came from: its best if it "
+                   "kept its best checkpoints, else its newest.")
+  parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
 def predict(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="jaxtrain predict")
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--input", required=True, help="rows to predict: a file like the imported ones")
   parser.add_argument("--output", required=True, help="the CSV to write")
-  parser.add_argument("--batch_size", type=int, default=256)
-  parser.add_argument("--best", action="store_true", help="the best checkpoint, not the newest")
-  parser.add_argument("--debug", action="store_true")
+  parser.add_argument("--batch_size", type=int, default=256, help="rows per batch (default 256)")
+  _checkpoint_choice(parser)
   args = parser.parse_args(argv)
   _quiet_libraries()
   from jaxtrain.tools import predict as predict_lib
-  n = predict_lib.predict_file(args.workdir, args.input, args.output, batch_size=args.batch_size,
-                               best=args.best)
-  print(f"wrote {n} predictions to {args.output}")
+  n, step = predict_lib.predict_file(args.workdir, args.input, args.output,
+                                     batch_size=args.batch_size, best=args.best)
+  print(f"wrote {n} predictions of step {step} to {args.output}")
   return 0
 
 
@@ -393,8 +423,7 @@ def export(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="jaxtrain export")
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--output", help="default: <workdir>/export")
-  parser.add_argument("--best", action="store_true", help="the best checkpoint, not the newest")
-  parser.add_argument("--debug", action="store_true")
+  _checkpoint_choice(parser)
   args = parser.parse_args(argv)
   _quiet_libraries()
   from jaxtrain.tools import predict as predict_lib

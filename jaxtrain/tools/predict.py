@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxtrain.data import datasets, importing
 from jaxtrain.errors import UserError
-from jaxtrain.run import finetune, manifest, parallel
+from jaxtrain.run import early_stopping, finetune, manifest, parallel
 from jaxtrain.run import inputs as run_inputs
 from jaxtrain.run.compiled import evaluate, without_count
 from jaxtrain.state import Functions, TrainState
@@ -29,8 +29,16 @@ from jaxtrain.steps import predict_step
 EXPORT_FILE, SIGNATURE_FILE = "model.jaxexport", "signature.json"
 
 
-def load_run(workdir: str, *, best: bool = False):
-  """(config, inputs, state, step) of a run: its newest (or best) checkpoint's weights."""
+def uses_best(workdir: str, best: bool | None) -> bool:
+  """`best`, or by default: the checkpoint the run's test metrics came from (its best, if it
+  kept its best checkpoints; else its newest)."""
+  if best is not None:
+    return best
+  return bool(early_stopping.read_best(workdir).get("kept_steps"))
+
+
+def load_run(workdir: str, *, best: bool | None = None):
+  """(config, inputs, state, step) of a run: its best or newest checkpoint's weights (`uses_best`)."""
   try:
     with open(os.path.join(workdir, "config.json")) as f:
       config = ml_collections.ConfigDict(json.load(f))
@@ -41,7 +49,7 @@ def load_run(workdir: str, *, best: bool = False):
   changed = manifest.code_changes(record.get("code", {}), inputs.code)
   if changed:
     raise UserError(f"{workdir} was trained with other code: {'; '.join(changed)}")
-  arrays, step = finetune.read_source(workdir, -1, best)
+  arrays, step = finetune.read_source(workdir, -1, uses_best(workdir, best))
   example = jax.tree.map(lambda s: np.zeros((1, *s.shape[1:]), s.dtype),
                          input_signature(inputs, config, batch=1))
   model = inputs.model(config, example)
@@ -104,11 +112,11 @@ def output_columns(inputs, outputs: dict) -> dict[str, list]:
 
 
 def predict_file(workdir: str, input_path: str, output_path: str, *, batch_size: int = 256,
-                 best: bool = False) -> int:
-  """Writes `output_path` (CSV: row, label if given, predictions); returns the row count."""
+                 best: bool | None = None) -> int:
+  """Writes `output_path` (CSV: row, label if given, predictions); returns (rows, the step used)."""
   if not os.path.exists(input_path):
     raise UserError(f"--input {input_path} does not exist")
-  config, inputs, state, _ = load_run(workdir, best=best)
+  config, inputs, state, step = load_run(workdir, best=best)
   raw, labels = _read_input(input_path, inputs)
   columns = output_columns(inputs, predict_arrays(inputs, state, raw, batch_size))
   n = len(next(iter(columns.values())))
@@ -122,7 +130,7 @@ def predict_file(workdir: str, input_path: str, output_path: str, *, batch_size:
       writer.writerow([i + 1] + label + [repr(c[i]) if isinstance(c[i], float) else c[i]
                                          for c in columns.values()])
   os.replace(tmp, output_path)
-  return n
+  return n, step
 
 
 def _label_name(inputs, label):
@@ -155,7 +163,7 @@ def input_signature(inputs, config, batch: int | None = None) -> dict[str, jax.S
   return sig
 
 
-def export(workdir: str, out_dir: str, *, best: bool = False) -> dict:
+def export(workdir: str, out_dir: str, *, best: bool | None = None) -> dict:
   """Serializes the run's inference function (weights inside) to `out_dir`."""
   config, inputs, state, step = load_run(workdir, best=best)
   signature = input_signature(inputs, config)
@@ -187,7 +195,7 @@ def load_exported(out_dir: str):
   return exported.call
 
 
-def evaluate_run(workdir: str, dataset_name: str, split: str = "test", *, best: bool = False) -> dict:
+def evaluate_run(workdir: str, dataset_name: str, split: str = "test", *, best: bool | None = None) -> dict:
   """A finished run's metrics on `split` of `dataset_name`, through its own preprocessing.
 
   How retraining compares a candidate with the production model: the same

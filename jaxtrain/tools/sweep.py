@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 
 from jaxtrain import registry
 from jaxtrain.errors import UserError
+from jaxtrain.run import manifest
 from jaxtrain.run.hooks import Hook
 from jaxtrain.run.loop import train_and_evaluate
 from jaxtrain.run.metric_writers import read_metrics
@@ -44,6 +45,10 @@ log = logging.getLogger("jaxtrain")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
 GRACE_SECONDS = 20  # a trial whose worker is silent this long is retried
+# Config fields that cannot change a trial's result: a rerun of the sweep may change them.
+NEUTRAL_FIELDS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                  "async_checkpointing", "dataset.prefetch", "dataset.cache_max_mb",
+                  "parallel.prefetch_to_device")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +215,7 @@ def run_sweep(config, space: dict[str, Distribution], sweep_dir: str, *, trials:
   if "/" not in metric or metric.split("/")[0] not in ("train", "eval", "test"):
     raise UserError(f"--metric={metric!r} must be split/name, e.g. eval/accuracy or eval/loss")
   check_space(space, config, sampler)
+  _check_same_sweep(sweep_dir, config, space, metric, direction)
   os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   study = open_study(sweep_dir, storage, direction=direction, grace_seconds=grace_seconds)
@@ -279,6 +285,35 @@ class Pruning(Hook):
         raise optuna.TrialPruned(f"pruned at step {loop.step}: {self.metric}={value:.4g}")
 
 
+def _space_record(space: dict[str, Distribution]) -> dict:
+  return json.loads(json.dumps({k: dataclasses.asdict(v) for k, v in space.items()}))
+
+
+def _check_same_sweep(sweep_dir: str, config, space, metric: str, direction: str) -> None:
+  """A sweep directory holds one study: running it again must ask the same question.
+
+  Another objective, direction, space or trial config (its length included)
+  would mix incomparable trials in one ranking; `--trials` may grow.
+  """
+  path = os.path.join(sweep_dir, "sweep.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  config_changes = {k: v for k, v in manifest.differences(
+      old["config"], json.loads(config.to_json_best_effort())).items()
+      if k not in NEUTRAL_FIELDS and k not in space}
+  changes = [f"--metric {old['metric']} -> {metric}" if old["metric"] != metric else "",
+             f"--direction {old['direction']} -> {direction}" if old["direction"] != direction else "",
+             "--space changed" if old["space"] != _space_record(space) else "",
+             "config " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in config_changes.items())
+             if config_changes else ""]
+  changes = [c for c in changes if c]
+  if changes:
+    raise UserError(f"{sweep_dir} holds a sweep of {old['metric']} ({old['direction']}) that differs "
+                    f"from this one ({', '.join(changes)}): use a new sweep directory")
+
+
 def _record_sweep(sweep_dir, config, space, metric, direction, storage, config_dir=None) -> None:
   if storage:  # for `jaxtrain report`; a password in the URL is not written down
     from sqlalchemy.engine import make_url
@@ -286,7 +321,7 @@ def _record_sweep(sweep_dir, config, space, metric, direction, storage, config_d
         if make_url(storage).password is None else None
   with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
     json.dump({"metric": metric, "direction": direction, "storage": storage,
-               "space": {k: dataclasses.asdict(v) for k, v in space.items()},
+               "space": _space_record(space),
                "config": json.loads(config.to_json_best_effort()),
                "config_dir": os.path.abspath(config_dir) if config_dir else None}, f, indent=2)
 
