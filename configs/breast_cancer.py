@@ -7,13 +7,13 @@ Thirty numeric columns, standardised with the training split's statistics;
 the label is the diagnosis (benign or malignant).
 """
 
-from jaxtrain.config import base_config
+from jaxtrain.config import base_config, sample_file
 
 
 def get_config():
   config = base_config()
   config.task = "classification"
-  config.data_import.update(sources=("jaxtrain/sample_data/breast_cancer.jsonl",),
+  config.data_import.update(sources=(sample_file("breast_cancer.jsonl"),),
                             name="breast_cancer", label="diagnosis", fractions="0.7,0.15,0.15")
   config.dataset.update(name="breast_cancer", train_split="train", eval_split="validation",
                         test_split="test")

@@ -10,13 +10,13 @@ and as day-of-week and month categories) and the demand 1 and 7 days earlier.
 For a P90 forecast instead of the mean: --config.loss.name=quantile --config.loss.quantile=0.9
 """
 
-from jaxtrain.config import base_config
+from jaxtrain.config import base_config, sample_file
 
 
 def get_config():
   config = base_config()
   config.task = "regression"
-  config.data_import.update(sources=("jaxtrain/sample_data/demand.csv",), name="demand",
+  config.data_import.update(sources=(sample_file("demand.csv"),), name="demand",
                             label="demand", label_kind="value", columns="date=time,promo=int",
                             split="time:date", cutoffs="2024-09-01,2024-11-01", lags="1,7",
                             series="store")

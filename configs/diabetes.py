@@ -7,13 +7,13 @@ MAE, RMSE and MAPE are in the label's units; the loss is Huber on the
 standardised label (robust to the outliers of a small table).
 """
 
-from jaxtrain.config import base_config
+from jaxtrain.config import base_config, sample_file
 
 
 def get_config():
   config = base_config()
   config.task = "regression"
-  config.data_import.update(sources=("jaxtrain/sample_data/diabetes.parquet",), name="diabetes",
+  config.data_import.update(sources=(sample_file("diabetes.parquet"),), name="diabetes",
                             label="progression", label_kind="value", columns="sex=category",
                             fractions="0.7,0.15,0.15")
   config.dataset.update(name="diabetes", train_split="train", eval_split="validation",

@@ -7,13 +7,13 @@ Reports RMSE and MAE in stars. Users and items are vocabularies built from
 the training split; unseen ones share index 0 (their biases learn the mean).
 """
 
-from jaxtrain.config import base_config
+from jaxtrain.config import base_config, sample_file
 
 
 def get_config():
   config = base_config()
   config.task = "regression"
-  config.data_import.update(sources=("jaxtrain/sample_data/ratings.csv",), name="ratings",
+  config.data_import.update(sources=(sample_file("ratings.csv"),), name="ratings",
                             label="rating", label_kind="value", columns="user=category,item=category",
                             ignore="timestamp", fractions="0.8,0.1,0.1")
   config.dataset.update(name="ratings", train_split="train", eval_split="validation",

@@ -10,13 +10,13 @@ held-out item against all items, the user's training items excluded:
 recall@10 and NDCG@10.
 """
 
-from jaxtrain.config import base_config
+from jaxtrain.config import base_config, sample_file
 
 
 def get_config():
   config = base_config()
   config.task = "retrieval"
-  config.data_import.update(sources=("jaxtrain/sample_data/ratings.csv",), name="interactions",
+  config.data_import.update(sources=(sample_file("ratings.csv"),), name="interactions",
                             label="rating", label_kind="value", columns="user=category,item=category",
                             split="time:timestamp", cutoffs="2024-10-01,2024-11-15")
   config.dataset.update(name="interactions", train_split="train", eval_split="validation",

@@ -9,14 +9,14 @@ classes are weighted for the imbalance (25% spam); training stops early when
 validation F1 stops improving, keeping the two best checkpoints.
 """
 
-from jaxtrain.config import base_config
+from jaxtrain.config import base_config, sample_file
 
 
 def get_config(model: str = "bag"):
   """`model`: "bag" (bag of embeddings) or "transformer" (a small Transformer encoder)."""
   config = base_config()
   config.task = "classification"
-  config.data_import.update(sources=("jaxtrain/sample_data/spam.csv",), name="spam", label="label",
+  config.data_import.update(sources=(sample_file("spam.csv"),), name="spam", label="label",
                             split="fraction", fractions="0.8,0.1,0.1", seed=0)
   config.dataset.update(name="spam", train_split="train", eval_split="validation", test_split="test")
   config.preprocess.update(tokenizer="vocab", vocab_size=5000, max_length=32, class_weights="balanced")

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "TrainState": "jaxtrain.state", "linen_apply_fn": "jaxtrain.state",

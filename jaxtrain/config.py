@@ -8,9 +8,18 @@ does not exist, or of the wrong type, fails while parsing the command line.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from jaxtrain.errors import UserError
+
+SAMPLE_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_data")
+
+
+def sample_file(name: str) -> str:
+  """A file shipped in jaxtrain/sample_data/ (the embedded digits; the sample tables configs import)."""
+  return os.path.join(SAMPLE_DATA, name)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "piecewise")

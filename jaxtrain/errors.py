@@ -1,5 +1,7 @@
 """The one exception type for mistakes a user can fix, and the exit statuses that report them."""
 
+import importlib
+
 USAGE_ERROR = 2   # a bad command line
 RUN_ERROR = 1     # a mistake found while running (config value, data, checkpoint, non-finite loss)
 PREEMPTED = 75    # EX_TEMPFAIL: stopped on a signal with a checkpoint saved; run the same command again
@@ -7,3 +9,12 @@ PREEMPTED = 75    # EX_TEMPFAIL: stopped on a signal with a checkpoint saved; ru
 
 class UserError(Exception):
   """Raised with a one-line message naming what to fix; the CLI prints it and exits 1."""
+
+
+def require(module: str, extra: str, what: str):
+  """`module`, imported; if it is not installed, a UserError naming the extra that installs it."""
+  try:
+    return importlib.import_module(module)
+  except ImportError:
+    raise UserError(f"{what} needs {module.split('.')[0]}, which is not installed: "
+                    f"pip install 'jaxtrain[{extra}]'") from None

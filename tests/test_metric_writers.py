@@ -44,11 +44,11 @@ def test_a_terminal_gets_a_live_bar_and_quiet_gets_plain_lines(tmp_path, data_di
   live = _run_on_a_terminal([*ARGS, "--workdir", str(tmp_path / "live")], data_dir)
   assert "epoch 1" in live and "step/s" in live and "/120" in live  # step, epoch, rate
   assert "loss=" in live and "ex/s=" in live                          # last logged metrics
-  assert "step 120  train" in live                                    # log lines still there
+  assert "step 120 train " in live                                    # log lines still there
   assert f"tensorboard --logdir {tmp_path / 'live' / 'tensorboard'}" in live
   quiet = _run_on_a_terminal([*ARGS, "--workdir", str(tmp_path / "quiet"), "--quiet"], data_dir)
   assert "step/s" not in quiet and not re.search(r"\r(?!\n)", quiet)  # no redrawn line
-  assert "step 40  train" in quiet and "step 120  train" in quiet
+  assert "step 40 train " in quiet and "step 120 train " in quiet
 
 
 def test_the_bar_is_off_without_a_terminal(capsys):

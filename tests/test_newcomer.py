@@ -98,6 +98,13 @@ def test_6_and_7_curves_line_only_for_a_run_and_never_an_uninstalled_command(tmp
             "--config.eval_every_steps=5", "--config.checkpoint_every_steps=5",
             "--config.log_every_steps=5")
   assert ok.returncode == 0, ok.stderr
+  # Every event one line, every value at full precision: a log scraper's regex reads the value.
+  import re
+  from jaxtrain.run.metric_writers import read_metrics
+  scraped = [(int(m[1]), float(m[2])) for m in re.finditer(
+      r"step (\d+) eval .*\baccuracy=([-+0-9.e]+|nan|inf)", ok.stdout)]
+  logged = [(e["step"], e["accuracy"]) for e in read_metrics(str(tmp_path / "w")) if e["split"] == "eval"]
+  assert scraped == logged and len(logged) == 1
   curves = [line for line in ok.stdout.splitlines() if " curves: " in line]
   assert len(curves) == 1
   import importlib.util

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxtrain import registry
+from jaxtrain.config import sample_file
 from jaxtrain.data import store
 from jaxtrain.errors import UserError
 
@@ -109,13 +110,14 @@ class Digits(tfds.core.GeneratorBasedBuilder):
                                  supervised_keys=("image", "label"), disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+    # scikit-learn's load_digits() arrays (pixel values 0..16), shipped in the package.
+    with np.load(sample_file("digits.npz"), allow_pickle=False) as digits:
+      raw, target = digits["images"].astype(np.float64), digits["target"].astype(np.int64)
+    images = np.round(raw * (255 / 16)).astype(np.uint8)[..., None]
     order = np.random.default_rng(0).permutation(len(images))
     n_test = 360
-    return {"train": self._generate_examples(images, digits.target, order[n_test:]),
-            "test": self._generate_examples(images, digits.target, order[:n_test])}
+    return {"train": self._generate_examples(images, target, order[n_test:]),
+            "test": self._generate_examples(images, target, order[:n_test])}
 
   def _generate_examples(self, images, labels, indices):
     for i in indices:

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxtrain.data import store
-from jaxtrain.errors import UserError
+from jaxtrain.errors import UserError, require
 
 log = logging.getLogger("jaxtrain")
 
@@ -164,7 +164,7 @@ def _folder_rows(path: Path, label: str, image_size):
 
 
 def _read_image(path: Path, size):
-  from PIL import Image
+  Image = require("PIL.Image", "images", "importing images")
   try:
     with Image.open(path) as im:
       im = im.convert("L" if im.mode in ("L", "1", "P") and size is None else "RGB")

@@ -45,7 +45,8 @@ log = logging.getLogger("jaxtrain")
 
 def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
                        stop_at_step: int | None = None, allow_config_change: bool = False,
-                       progress: bool = False, hooks: tuple | list = ()) -> TrainState:
+                       progress: bool = False, hooks: tuple | list = (),
+                       tensorboard_dir: str | None = None) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest readable checkpoint.
 
   `config_dir` anchors the config's relative file paths (`model.py:Net`; the
@@ -55,10 +56,11 @@ def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
   checkpoint and raise `Preempted`. `hooks` (hooks.Hook) run after the
   built-in evaluation and before checkpointing; an exception from one (a
   sweep's pruner) ends the run. `progress` shows a live bar (on a terminal).
+  TensorBoard events go to `tensorboard_dir` (default: <workdir>/tensorboard).
   """
   t_entry = time.perf_counter()
   loop = setup(config, workdir, config_dir=config_dir, stop_at_step=stop_at_step,
-               allow_config_change=allow_config_change)
+               allow_config_change=allow_config_change, tensorboard_dir=tensorboard_dir)
   bar = ProgressBar(loop.num_train_steps, loop.step, loop.steps_per_epoch,
                     enabled=progress and jax.process_index() == 0)
   loop.listeners += [loop.writer.write, bar.set_metrics]
@@ -107,7 +109,7 @@ def train(loop: Loop, every: list, t_entry: float | None = None) -> None:
 
 
 def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: int | None = None,
-          allow_config_change: bool = False) -> Loop:
+          allow_config_change: bool = False, tensorboard_dir: str | None = None) -> Loop:
   """Checks, data, model, task and state of a run, restored from its newest checkpoint."""
   validate(config)
   with _new_workdir_removed_on_error(workdir):
@@ -141,7 +143,8 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
                           config_dir=os.path.abspath(config_dir) if config_dir else None)
   if step:
     log.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir), step)
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  tensorboard_dir = tensorboard_dir or os.path.join(workdir, "tensorboard")
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard_dir=tensorboard_dir)
   if step == 0:
     writer.write_text("config", "```\n" + str(config) + "\n```")
 
@@ -158,15 +161,15 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
   loop.metric_names = tuple(sorted(loop.total_shapes))
   if any(e.get("split") == "early_stop" and e["step"] <= step for e in read_metrics(workdir)):
     loop.stop = "early_stop"  # stopped early before: nothing more to train
-  log.info("curves: %s", _curves_hint(workdir))
+  log.info("curves: %s", _curves_hint(workdir, tensorboard_dir))
   return loop
 
 
-def _curves_hint(workdir: str) -> str:
+def _curves_hint(workdir: str, tensorboard_dir: str) -> str:
   if importlib.util.find_spec("tensorboard") is not None:
-    return f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}"
-  return (f"{os.path.join(workdir, 'metrics.jsonl')}; TensorBoard event files in "
-          f"{os.path.join(workdir, 'tensorboard')} (to view them: pip install 'jaxtrain[tensorboard]')")
+    return f"tensorboard --logdir {tensorboard_dir}"
+  return (f"{os.path.join(workdir, 'metrics.jsonl')}; TensorBoard event files in {tensorboard_dir} "
+          "(to view them: pip install 'jaxtrain[tensorboard]')")
 
 
 def _train_data(config, inputs: run_inputs.RunInputs, layout: parallel.Layout):

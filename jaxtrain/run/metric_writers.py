@@ -3,6 +3,14 @@
 Each event is (step, split, {name: float}); `metrics.jsonl` holds one JSON
 object per event, `{"step": ..., "split": ..., **metrics}`, appended so a
 resumed run continues the same file.
+
+On the console an event is one line, every value at full precision (the
+shortest text that reads back as the same float), for log scrapers such as
+SageMaker's metric definitions:
+
+    12:00:01 step 250 eval accuracy=0.9861111111111112 loss=0.04412 num_examples=144
+
+    regex for a metric:  step (\d+) eval .*\baccuracy=([-+0-9.e]+|nan|inf)
 """
 
 from __future__ import annotations
@@ -18,8 +26,8 @@ import time
 log = logging.getLogger("jaxtrain")
 
 
-def _fmt(v: float) -> str:
-  return f"{v:.4g}" if isinstance(v, float) else str(v)
+def _fmt(v) -> str:
+  return repr(float(v)) if isinstance(v, float) else str(v)
 
 
 def _ends_with_newline(path: str) -> bool:
@@ -69,7 +77,7 @@ class _EventFile:
 class MetricWriter:
   """Writes each event to the console, metrics.jsonl and TensorBoard."""
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard_dir: str | None = None):
     self.enabled = enabled
     self._jsonl = self._tb = None
     if enabled:
@@ -78,13 +86,12 @@ class MetricWriter:
       self._jsonl = open(path, "a", buffering=1)
       if torn:  # a process killed mid-line: start the next event on a line of its own
         self._jsonl.write("\n")
-      self._tb = _EventFile(os.path.join(workdir, "tensorboard"))
+      self._tb = _EventFile(tensorboard_dir or os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
-    log.info("step %d  %-5s  %s", step, split,
-             "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
+    log.info("step %d %s %s", step, split, " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
     record = {"step": step, "split": split, "time": round(time.time(), 3)}
     record.update({k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()})
     self._jsonl.write(json.dumps(record) + "\n")

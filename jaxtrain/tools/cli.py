@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import json
 import logging
 import os
@@ -124,6 +125,31 @@ def _flag_help(command: str) -> str:
   return "\n".join(lines)
 
 
+def builtin_file(value: str, folder: str = "") -> str:
+  """`--config digits[:arg]`: the file of a config shipped with jaxtrain (a path stays a path)."""
+  name, colon, arg = value.partition(":")
+  if os.path.exists(name) or name.endswith(".py") or os.sep in name:
+    return value
+  spec = importlib.util.find_spec("jaxtrain.configs")
+  directory = os.path.join(list(spec.submodule_search_locations)[0], folder)
+  if os.path.isfile(os.path.join(directory, name + ".py")) and name != "__init__":
+    return os.path.join(directory, name + ".py") + colon + arg
+  known = sorted(f[:-3] for f in os.listdir(directory) if f.endswith(".py") and f != "__init__.py")
+  raise _Fail(f"{value!r} is neither a file nor a built-in {'space' if folder else 'config'} "
+              f"(they are: {', '.join(known)})", USAGE_ERROR)
+
+
+def _with_builtin_config(argv: list[str]) -> list[str]:
+  """argv with `--config NAME` (or `--config=NAME`) made the built-in config's path."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg == "--config" and i + 1 < len(out):
+      out[i + 1] = builtin_file(out[i + 1])
+    elif arg.startswith("--config="):
+      out[i] = "--config=" + builtin_file(arg[len("--config="):])
+  return out
+
+
 def _parse_flags(argv: list[str], command: str = "train"):
   from absl import flags
   from ml_collections import config_flags
@@ -156,7 +182,17 @@ def config_dir(fv) -> str:
   return os.path.dirname(os.path.abspath(filename))
 
 
-def _parse_train_flags(argv: list[str], command: str = "train"):
+def _parse_train_flags(argv: list[str], command: str = "train", managed=None):
+  """The command's flags; a managed job's environment (managed.py) fills in what they omit."""
+  argv = _with_builtin_config(argv)
+  if managed is not None and managed.overrides:
+    # Right after --config (config_flags wants it first): the command line's own overrides
+    # come later and win.
+    at = next((i + (1 if a.startswith("--config=") else 2) for i, a in enumerate(argv)
+               if a == "--config" or a.startswith("--config=")), len(argv))
+    argv = argv[:at] + list(managed.overrides) + argv[at:]
+    if managed.workdir and not any(a == "--workdir" or a.startswith("--workdir=") for a in argv):
+      argv.append(f"--workdir={managed.workdir}")
   # First without overrides, so a missing or broken config file is reported as
   # such rather than as an unknown --config.* flag.
   fv = _parse_flags([a for a in argv if not a.startswith("--config.")], command)
@@ -164,6 +200,8 @@ def _parse_train_flags(argv: list[str], command: str = "train"):
     raise _Fail("--config is required (e.g. --config configs/digits.py)", USAGE_ERROR)
   if not fv.workdir:
     raise _Fail("--workdir is required", USAGE_ERROR)
+  from jaxtrain.tools.managed import local_path
+  local_path(fv.workdir, "--workdir")
   fv = _parse_flags(argv, command)
   if fv.stop_at_step is not None and fv.stop_at_step <= 0:
     raise _Fail(f"--stop_at_step={fv.stop_at_step} must be > 0", USAGE_ERROR)
@@ -217,7 +255,9 @@ def _quiet_libraries():
 
 
 def train(argv: list[str]) -> int:
-  fv = _parse_train_flags(argv)
+  from jaxtrain.tools import managed as managed_lib
+  managed = managed_lib.from_environment()
+  fv = _parse_train_flags(argv, managed=managed)
   _use_deterministic_gpu_ops(fv.config)
   _quiet_libraries()
   from jaxtrain.run import distributed
@@ -232,7 +272,7 @@ def train(argv: list[str]) -> int:
   try:
     train_and_evaluate(fv.config, fv.workdir, config_dir=config_dir(fv),
                        stop_at_step=fv.stop_at_step, allow_config_change=fv.allow_config_change,
-                       progress=not fv.quiet)
+                       progress=not fv.quiet, tensorboard_dir=managed.tensorboard_dir)
   except DatasetNotFound as e:
     if fv.config.data_import.name != e.name.partition(":")[0]:
       raise
@@ -241,6 +281,13 @@ def train(argv: list[str]) -> int:
   except Preempted as e:
     print(f"jaxtrain: preempted: {e}", file=sys.stderr)
     return PREEMPTED
+  if managed.model_dir and fv.stop_at_step is None:  # a finished run: the job's model output
+    import jax
+    if jax.process_index() == 0:
+      from jaxtrain.tools import predict as predict_lib
+      record = predict_lib.export(fv.workdir, managed.model_dir)
+      logging.getLogger("jaxtrain").info("exported step %d to %s (%s's model directory)",
+                                         record["step"], managed.model_dir, managed.service)
   return 0
 
 
@@ -304,6 +351,8 @@ def rerun(argv: list[str]) -> int:
 def sweep(argv: list[str]) -> int:
   """`jaxtrain sweep --config C --space S.py --trials N --workdir SWEEP_DIR [...]`."""
   fv = _parse_train_flags(argv, "sweep")
+  from jaxtrain.errors import require
+  require("optuna", "sweep", "jaxtrain sweep")
   if not fv.space or not fv.trials or fv.trials < 1:
     raise _Fail("--space and --trials (>= 1) are required", USAGE_ERROR)
   from jaxtrain.tools import sweep as sweep_lib
@@ -313,7 +362,7 @@ def sweep(argv: list[str]) -> int:
     if fv[name].value is not None and fv[name].value not in allowed:
       raise _Fail(f"--{name}={fv[name].value} must be one of {', '.join(allowed)}", USAGE_ERROR)
   _quiet_libraries()
-  space = sweep_lib.load_space(fv.space)
+  space = sweep_lib.load_space(builtin_file(fv.space, "sweeps"))
   result = sweep_lib.run_sweep(
       fv.config, space, fv.workdir, trials=fv.trials, metric=fv.metric or "eval/loss",
       direction=fv.direction or "minimize", sampler=fv.sampler or "tpe",
@@ -330,6 +379,8 @@ def report(argv: list[str]) -> int:
   parser.add_argument("dirs", nargs="+", help="workdirs and sweep directories")
   parser.add_argument("--out", required=True, help="where index.html and the PNGs go")
   args = parser.parse_args(argv)
+  from jaxtrain.errors import require
+  require("matplotlib", "report", "jaxtrain report")
   from jaxtrain.tools import report as report_lib
   summary = report_lib.write_report(args.dirs, args.out)
   print(report_lib.format_summary(summary))
@@ -372,7 +423,7 @@ def data(argv: list[str]) -> int:
     raise _Fail(f"unknown arguments: {' '.join(sorted(set(rest) - set(overrides)))}", USAGE_ERROR)
   _quiet_libraries()
   if args.config:
-    config = _parse_flags(["--config", args.config] + overrides, "data").config
+    config = _parse_flags(["--config", builtin_file(args.config)] + overrides, "data").config
     spec = data_import.ImportSpec.from_config(config.data_import)
     data_dir = config.dataset.data_dir
   else:

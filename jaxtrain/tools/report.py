@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from jaxtrain.errors import UserError
+from jaxtrain.errors import UserError, require
 from jaxtrain.run.metric_writers import flatten_config, read_metrics
 
 CURVES = ("train/loss", "eval/loss", "eval/accuracy")
@@ -42,6 +42,7 @@ def collect(dirs: list[str]) -> dict[str, Any]:
   runs, sweeps = [], []
   for d in dirs:
     if os.path.exists(os.path.join(d, "sweep.json")):
+      require("optuna", "report", "the report of a sweep")
       info = json.load(open(os.path.join(d, "sweep.json")))
       result = sweep.summary(d, info.get("storage"))
       label = os.path.basename(os.path.abspath(d))
