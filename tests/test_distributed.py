@@ -89,7 +89,7 @@ def test_two_processes_match_one_process_with_the_same_devices(two_by_two, data_
   # bounds layout differences like that one.)
   assert _params_digest(workdir) == _params_digest(one)
   assert "process 0 of 2 joined" in logs[0] and "process 1 of 2 joined" in logs[1]
-  assert f"step {STEPS}  train" in logs[0]
+  assert f"step {STEPS} train " in logs[0]
   assert "step 10 train " not in logs[1]  # only process 0 logs
   data = os.listdir(os.path.join(workdir, "checkpoints", str(STEPS), "data"))
   assert sorted(n for n in data if n.endswith(".json")) == ["process_0-of-2.json",

@@ -131,3 +131,14 @@ def test_8_the_same_bytes_from_another_path_are_the_same_version(tmp_path, capsy
   out = capsys.readouterr().out.splitlines()
   assert out[0].startswith("imported spam:1.0.0")
   assert out[1].startswith("unchanged, already imported as spam:1.0.0")
+
+
+@pytest.mark.parametrize("command", ["inspect", "rerun", "report", "predict", "export"])
+def test_1_every_other_command_has_help_too(command):
+  from jaxtrain.tools.cli import COMMAND_SUMMARIES
+  out = _run(command, "--help")
+  assert out.returncode == 0 and COMMAND_SUMMARIES[command] in " ".join(out.stdout.split())
+  options = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("  --")]
+  described = [line for line in out.stdout.splitlines()
+               if line.startswith("  --") and len(line.split("  ")) > 2]
+  assert options and len(described) + out.stdout.count("\n                        ") >= len(options)

@@ -292,8 +292,8 @@ def train(argv: list[str]) -> int:
 
 
 def inspect(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="jaxtrain inspect")
-  parser.add_argument("workdir")
+  parser = argparse.ArgumentParser(prog="jaxtrain inspect", description=COMMAND_SUMMARIES["inspect"])
+  parser.add_argument("workdir", help="a run's workdir")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
   _quiet_libraries()
@@ -329,11 +329,11 @@ def inspect(argv: list[str]) -> int:
 
 
 def rerun(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="jaxtrain rerun")
-  parser.add_argument("workdir")
+  parser = argparse.ArgumentParser(prog="jaxtrain rerun", description=COMMAND_SUMMARIES["rerun"])
+  parser.add_argument("workdir", help="the workdir of the run to train again")
   parser.add_argument("--into", required=True, help="a new (or empty) workdir for the rerun")
-  parser.add_argument("--json", action="store_true")
-  parser.add_argument("--debug", action="store_true")
+  parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+  parser.add_argument("--debug", action="store_true", help="show tracebacks")
   args = parser.parse_args(argv)
   if os.path.isdir(args.into) and os.listdir(args.into):
     raise _Fail(f"--into {args.into} is not empty: rerun into a new directory", USAGE_ERROR)
@@ -375,7 +375,7 @@ def sweep(argv: list[str]) -> int:
 
 
 def report(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="jaxtrain report")
+  parser = argparse.ArgumentParser(prog="jaxtrain report", description=COMMAND_SUMMARIES["report"])
   parser.add_argument("dirs", nargs="+", help="workdirs and sweep directories")
   parser.add_argument("--out", required=True, help="where index.html and the PNGs go")
   args = parser.parse_args(argv)
@@ -455,8 +455,8 @@ def _checkpoint_choice(parser: argparse.ArgumentParser) -> None:
 
 
 def predict(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="jaxtrain predict")
-  parser.add_argument("--workdir", required=True)
+  parser = argparse.ArgumentParser(prog="jaxtrain predict", description=COMMAND_SUMMARIES["predict"])
+  parser.add_argument("--workdir", required=True, help="the trained run's workdir")
   parser.add_argument("--input", required=True, help="rows to predict: a file like the imported ones")
   parser.add_argument("--output", required=True, help="the CSV to write")
   parser.add_argument("--batch_size", type=int, default=256, help="rows per batch (default 256)")
@@ -471,8 +471,8 @@ def predict(argv: list[str]) -> int:
 
 
 def export(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="jaxtrain export")
-  parser.add_argument("--workdir", required=True)
+  parser = argparse.ArgumentParser(prog="jaxtrain export", description=COMMAND_SUMMARIES["export"])
+  parser.add_argument("--workdir", required=True, help="the trained run's workdir")
   parser.add_argument("--output", help="default: <workdir>/export")
   _checkpoint_choice(parser)
   args = parser.parse_args(argv)
