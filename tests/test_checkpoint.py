@@ -101,7 +101,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_keeps_everything(small_config,
   monkeypatch.setattr(logging.getLogger("jaxtrain"), "propagate", True)  # main() turned it off
   with caplog.at_level("WARNING", logger="jaxtrain"):
     resumed = train_and_evaluate(small_config, str(workdir))
-  assert "checkpoint at step 60 is unreadable" in caplog.text
+  assert "checkpoint at step 60 is unusable" in caplog.text
   # The run went on from step 30 and ended with the uninterrupted run's bits.
   assert checkpoint.tree_digest(checkpoint.state_arrays(resumed)) == \
       checkpoint.tree_digest(checkpoint.state_arrays(straight))

@@ -499,15 +499,23 @@ class TableDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     raise NotImplementedError
 
 
+def _imported_as(data_dir: str, name: str, fingerprints_: tuple[str, ...]) -> str | None:
+  """The directory of the version imported with one of these fingerprints, if any."""
+  for entry in store.read_history(data_dir, name):
+    if entry["fingerprint"] in fingerprints_ and (Path(data_dir) / name / entry["version"]).is_dir():
+      return str(Path(data_dir) / name / entry["version"])
+  return None
+
+
 def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
   """Imports `spec.sources`; returns (the version's directory, whether it is new)."""
   if not re.fullmatch(r"[a-z][a-z0-9_]*", spec.name or ""):
     raise UserError(f"--name={spec.name!r} must be lower case letters, digits and underscores")
   files = source_files(spec.sources)
   fp, legacy = fingerprints(spec)
-  for entry in store.read_history(data_dir, spec.name):
-    if entry["fingerprint"] in (fp, legacy) and (Path(data_dir) / spec.name / entry["version"]).is_dir():
-      return str(Path(data_dir) / spec.name / entry["version"]), False
+  imported = _imported_as(data_dir, spec.name, (fp, legacy))
+  if imported is not None:
+    return imported, False
 
   rows = list(read_rows(spec))
   if not rows:
@@ -546,6 +554,9 @@ def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
     raise UserError(f"--split={spec.split}: no row falls in the train split")
 
   with store.lock(data_dir, spec.name):
+    imported = _imported_as(data_dir, spec.name, (fp, legacy))
+    if imported is not None:  # another import of the same files finished while this one read
+      return imported, False
     history = store.read_history(data_dir, spec.name)
     version = f"1.0.{max((int(e['version'].split('.')[-1]) + 1 for e in history), default=0)}"
     builder = TableDataset(name=spec.name, version=version,

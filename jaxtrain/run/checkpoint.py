@@ -5,6 +5,13 @@ items: `state` (the TrainState's arrays, via StandardSave) and `data` (the
 Grain iterator's position, JSON per process). Saving both together is what
 makes a resumed run see the same batches an uninterrupted one would have.
 A loop of one's own may save and restore a state alone (`data_iterator=None`).
+
+Every save records, in the checkpoint's metadata, a checksum of each saved
+array (computed on the devices from the values saved: a sum and a
+position-weighted sum of its 32-bit words) and the data position; a restore
+recomputes them from what it read and refuses a checkpoint that differs, so
+bit rot is never trained on. A checkpoint is usable only if all of it reads
+back and verifies.
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ import json
 import logging
 import os
 import shutil
+import time
 from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -40,28 +49,97 @@ def make_manager(workdir: str, *, max_to_keep: int = 3,
                                item_names=("state", "data"))
 
 
+class Unusable(Exception):
+  """A checkpoint that reads back but does not verify (changed since it was saved)."""
+
+
+def _words(x) -> jax.Array:
+  """An array's bits as uint32 words."""
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  bits = x.dtype.itemsize * 8
+  unsigned = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint32}[bits]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).ravel()
+
+
+@jax.jit
+def _checksums(flat: dict) -> dict:
+  out = {}
+  for name, x in flat.items():
+    w = _words(x)
+    position = jnp.arange(1, w.size + 1, dtype=jnp.uint32)
+    out[name] = jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * position, dtype=jnp.uint32)])
+  return out
+
+
+def checksums(arrays) -> dict[str, list[int]]:
+  """{"params/Dense_0/kernel": [sum, weighted sum], ...} of a pytree's arrays' 32-bit words.
+
+  Integer sums wrap around, so they do not depend on how the devices split
+  the work: the same bits give the same checksum on any layout.
+  """
+  flat = {"/".join(_key_name(k) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(arrays)[0]}
+  return {k: [int(a) for a in parallel.host_value(v)] for k, v in _checksums(flat).items()}
+
+
+def _next_index(data_iterator) -> int | None:
+  """The data position (Grain's next_index) of an iterator, if it reports one."""
+  try:
+    state = data_iterator.get_state()
+    return json.loads(state if isinstance(state, (str, bytes)) else json.dumps(state)).get("next_index")
+  except (AttributeError, TypeError, ValueError):
+    return None
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None) -> None:
   """Starts an asynchronous save; the device arrays are copied before it returns.
 
   `data_iterator` (anything with Grain's get_state/set_state) is saved beside
-  the state, or left out with None.
+  the state, or left out with None. The arrays' checksums and the data
+  position go into the checkpoint's metadata.
   """
-  items = {"state": ocp.args.StandardSave(state_arrays(state))}
+  arrays = state_arrays(state)
+  items = {"state": ocp.args.StandardSave(arrays)}
+  metadata = {"checksums": checksums(arrays)}
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-  manager.save(step, args=ocp.args.Composite(**items), force=True)
+    metadata["next_index"] = _next_index(data_iterator)
+  manager.save(step, args=ocp.args.Composite(**items), force=True, custom_metadata=metadata)
+
+
+def _verify(manager, step: int, arrays, data_iterator=None) -> None:
+  """Raises Unusable if what was read differs from what the save recorded."""
+  recorded = manager.metadata(step).custom_metadata or {}
+  expected = recorded.get("checksums")
+  if expected is not None:  # checkpoints from before checksums existed are taken as they read
+    got = checksums(arrays)
+    changed = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
+    if changed:
+      raise Unusable(f"checksum of {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} "
+                     "differs from the one saved: the files changed since")
+  if data_iterator is not None and recorded.get("next_index") is not None:
+    position = _next_index(data_iterator)
+    if position != recorded["next_index"]:
+      raise Unusable(f"the data position reads {position}, the save recorded "
+                     f"{recorded['next_index']}")
 
 
 def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator=None):
   """`state` with its arrays read from checkpoint `step`; moves `data_iterator` there too.
 
   `state` gives the structure, dtypes and shardings to restore into; with no
-  `data_iterator` only the state is read.
+  `data_iterator` only the state is read. Raises if the checkpoint does not
+  verify (`Unusable`) or does not read.
   """
   items = {"state": ocp.args.StandardRestore(state_target(state))}
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
+  _verify(manager, step, restored.state, data_iterator)
   return state.replace(**restored.state)
 
 
@@ -97,26 +175,87 @@ def _reason(error: Exception) -> str:
   return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def restore_latest_valid(workdir: str, state, data_iterator, **manager_options):
-  """(manager, state) from the newest checkpoint that restores; older ones are tried in turn.
+def _shape_changes(workdir: str, steps: list[int], state) -> list[str]:
+  """How the checkpoints' arrays differ in shape or kind from `state`'s, if all of them do.
 
-  A checkpoint that fails to restore (a missing item, a truncated array
-  file, garbage metadata) gets a warning naming its step and is moved to
-  `corrupt_checkpoints/`; no readable checkpoint is ever touched. Returns
-  the input `state` unchanged when no checkpoint restores.
+  One checkpoint that fits means the others' differences are damage, for the
+  restore to judge; a config change of shape makes every one differ.
   """
-  while True:
-    manager = make_manager(workdir, **manager_options)
-    steps = sorted(manager.all_steps(), reverse=True)
-    if not steps:
-      return manager, state
+  want = {k: (tuple(v.shape), str(v.dtype)) for k, v in _flat(state_target(state)).items()}
+  newest = None
+  for step in steps:
     try:
-      return manager, restore(manager, steps[0], state, data_iterator)
+      saved = {k: (tuple(v.shape), str(v.dtype)) for k, v in _flat(_local_target(workdir, step)).items()}
+    except Exception:  # unreadable metadata: that checkpoint is for the restore to judge
+      continue
+    changes = [f"{k}: {saved.get(k, 'absent')} -> {want.get(k, 'absent')}"
+               for k in sorted(set(want) | set(saved), key=lambda k: (not k.startswith("params/"), k))
+               if want.get(k) != saved.get(k)]
+    if not changes:
+      return []
+    newest = newest or changes
+  return newest or []
+
+
+def _flat(tree) -> dict:
+  return {"/".join(_key_name(k) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def restore_latest_valid(workdir: str, state, data_iterator, **manager_options):
+  """(manager, state) from the newest usable checkpoint; older ones are tried in turn.
+
+  A checkpoint that fails to read or verify (a missing item, a truncated
+  array file, a flipped bit) gets a warning naming its step and is moved to
+  `corrupt_checkpoints/` once an older one has restored; a usable
+  checkpoint is never touched. When none is usable, nothing is moved and a
+  UserError says so (the run never silently starts over). A state of other
+  shapes than the checkpoints' (a config change of shape) is refused, not
+  taken for corruption. Returns `state` unchanged when there is no checkpoint.
+  """
+  manager = make_manager(workdir, **manager_options)
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    return manager, state
+  changes = _shape_changes(workdir, steps, state)
+  if changes:
+    manager.close()
+    raise UserError(f"{workdir} holds checkpoints of other shapes than this config's model "
+                    f"({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}): a change of "
+                    "shape cannot resume; use a new workdir (init_from.workdir fine-tunes from this one)")
+  failures = {}
+  for step in steps:
+    try:
+      restored = restore(manager, step, state, data_iterator)
     except Exception as e:  # Orbax, TensorStore and JSON raise many types here
+      failures[step] = _reason(e)
+      continue
+    if failures:
       manager.close()
-      moved = _quarantine(workdir, steps[0])
-      log.warning("checkpoint at step %d is unreadable (%s); moved it to %s and "
-                  "trying the next newest", steps[0], _reason(e), moved)
+      for bad, reason in failures.items():
+        log.warning("checkpoint at step %d is unusable (%s); moved it to %s", bad, reason,
+                    _quarantine(workdir, bad))
+      manager = make_manager(workdir, **manager_options)
+    return manager, restored
+  manager.close()
+  listed = "; ".join(f"step {s}: {r}" for s, r in list(failures.items())[:3])
+  raise UserError(f"no checkpoint in {checkpoint_dir(workdir)} is usable ({listed}); nothing was "
+                  "moved or trained: restore them from a backup, or pass --start_over to set them "
+                  "aside and train from step 0")
+
+
+def set_aside(workdir: str) -> str:
+  """Moves a run's checkpoints, metrics and records to <workdir>/abandoned/<time>/; returns it.
+
+  For `--start_over`: the new history starts clean, the old one is kept.
+  """
+  target = os.path.join(os.path.abspath(workdir), "abandoned", time.strftime("%Y%m%dT%H%M%S"))
+  os.makedirs(target, exist_ok=True)
+  for name in ("checkpoints", "best_checkpoints", "metrics.jsonl", "tensorboard", "manifest.json",
+               "config.json", "init_from.json"):
+    if os.path.exists(os.path.join(workdir, name)):
+      shutil.move(os.path.join(workdir, name), os.path.join(target, name))
+  return target
 
 
 def _local_target(workdir: str, step: int):
@@ -140,12 +279,14 @@ def _restore_local(manager, workdir: str, step: int):
 
 
 def verify(workdir: str) -> dict[int, str]:
-  """{step: reason} for every checkpoint in `workdir` that does not read back whole."""
+  """{step: reason} for every checkpoint in `workdir` that does not read back whole and verify."""
   manager = make_manager(workdir, read_only=True)
   bad = {}
   for step in manager.all_steps():
+    if not os.path.isdir(os.path.join(checkpoint_dir(workdir), str(step))):
+      continue  # deleted by a running job's rotation since it was listed
     try:
-      _restore_local(manager, workdir, step)
+      _verify(manager, step, _restore_local(manager, workdir, step))
       with open(os.path.join(checkpoint_dir(workdir), str(step), "_CHECKPOINT_METADATA")) as f:
         saved_items = json.load(f)["item_handlers"]  # a state-only save has no "data"
       data = os.path.join(checkpoint_dir(workdir), str(step), "data")
@@ -167,15 +308,19 @@ def state_arrays(state) -> dict[str, Any]:
 def load_arrays(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
   """(step, arrays) of a checkpoint, read without the model's code (for `inspect`).
 
-  With no `step`, the newest checkpoint that reads back whole.
+  With no `step`, the newest checkpoint that reads back whole and verifies
+  (one that a running job deletes meanwhile is passed over).
   """
   manager = make_manager(workdir, read_only=True)
   steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
   if not steps:
     raise UserError(f"{checkpoint_dir(workdir)} holds no checkpoint")
+  error = None
   for candidate in steps:
     try:
-      return candidate, jax.tree.map(np.asarray, _restore_local(manager, workdir, candidate))
+      arrays = _restore_local(manager, workdir, candidate)
+      _verify(manager, candidate, arrays)
+      return candidate, jax.tree.map(np.asarray, arrays)
     except Exception as e:  # Orbax and TensorStore raise many types here
       error = e
   raise UserError(f"no checkpoint in {checkpoint_dir(workdir)} reads back whole "

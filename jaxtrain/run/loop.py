@@ -35,8 +35,11 @@ from jaxtrain.run import (checkpoint, compiled, early_stopping, finetune, inputs
                           manifest, nan_guard, parallel)
 from jaxtrain.run.hooks import (Checkpoint, Evaluate, LogTrainMetrics, Loop, Preemption,
                                 Progress)
+from jaxtrain.run import metric_writers
 from jaxtrain.run.metric_writers import MetricWriter, ProgressBar, read_metrics
 from jaxtrain.run.preemption import Preempted, PreemptionWatcher
+from jaxtrain.run import workdir_lock
+from jaxtrain.run.workdir_lock import WorkdirLock
 from jaxtrain.state import TrainState
 from jaxtrain.steps import eval_step
 
@@ -46,7 +49,7 @@ log = logging.getLogger("jaxtrain")
 def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
                        stop_at_step: int | None = None, allow_config_change: bool = False,
                        progress: bool = False, hooks: tuple | list = (),
-                       tensorboard_dir: str | None = None) -> TrainState:
+                       tensorboard_dir: str | None = None, start_over: bool = False) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest readable checkpoint.
 
   `config_dir` anchors the config's relative file paths (`model.py:Net`; the
@@ -57,10 +60,13 @@ def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
   built-in evaluation and before checkpointing; an exception from one (a
   sweep's pruner) ends the run. `progress` shows a live bar (on a terminal).
   TensorBoard events go to `tensorboard_dir` (default: <workdir>/tensorboard).
+  `start_over`: a workdir none of whose checkpoints is usable has them, and
+  its metrics, set aside (<workdir>/abandoned/) and trains from step 0.
   """
   t_entry = time.perf_counter()
   loop = setup(config, workdir, config_dir=config_dir, stop_at_step=stop_at_step,
-               allow_config_change=allow_config_change, tensorboard_dir=tensorboard_dir)
+               allow_config_change=allow_config_change, tensorboard_dir=tensorboard_dir,
+               start_over=start_over)
   bar = ProgressBar(loop.num_train_steps, loop.step, loop.steps_per_epoch,
                     enabled=progress and jax.process_index() == 0)
   loop.listeners += [loop.writer.write, bar.set_metrics]
@@ -109,10 +115,13 @@ def train(loop: Loop, every: list, t_entry: float | None = None) -> None:
 
 
 def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: int | None = None,
-          allow_config_change: bool = False, tensorboard_dir: str | None = None) -> Loop:
+          allow_config_change: bool = False, tensorboard_dir: str | None = None,
+          start_over: bool = False) -> Loop:
   """Checks, data, model, task and state of a run, restored from its newest checkpoint."""
   validate(config)
-  with _new_workdir_removed_on_error(workdir):
+  with _claimed(workdir) as lock:
+    if start_over:
+      _start_over(workdir)
     config_dict = json.loads(config.to_json_best_effort())
     resuming = bool(checkpoint.saved_steps(workdir))
     _check_config_unchanged(workdir, config_dict, allow_config_change)
@@ -128,41 +137,58 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
     train_data, train_iter = _train_data(config, inputs, layout)
     tx, schedule = optim.make_optimizer(config.optimizer, num_train_steps)
     state = _initial_state(config, workdir, inputs, layout, tx, train_data[0], resuming)
-  if not resuming:
-    inputs.save_preprocessing(workdir)
+    if not resuming:
+      inputs.save_preprocessing(workdir)
 
-  manager, state = checkpoint.restore_latest_valid(
-      workdir, state, train_iter, max_to_keep=config.keep_checkpoints,
-      async_save=config.async_checkpointing)
-  step = int(parallel.host_value(state.step))
+    manager, state = checkpoint.restore_latest_valid(
+        workdir, state, train_iter, max_to_keep=config.keep_checkpoints,
+        async_save=config.async_checkpointing)
+    step = int(parallel.host_value(state.step))
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+      manifest.record_start(workdir, config_dict, manifest.dataset_record(inputs.builder, config.dataset),
+                            step, code=inputs.code,
+                            config_dir=os.path.abspath(config_dir) if config_dir else None)
+    if step:
+      log.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir), step)
+    if jax.process_index() == 0:
+      metric_writers.keep_up_to(workdir, step)
+    tensorboard_dir = tensorboard_dir or os.path.join(workdir, "tensorboard")
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard_dir=tensorboard_dir)
+    if step == 0:
+      writer.write_text("config", "```\n" + str(config) + "\n```")
+
+    loop = Loop(config=config, workdir=workdir, layout=layout, inputs=inputs,
+                state=layout.to_step(state), step=step, num_train_steps=num_train_steps,
+                last_step=min(stop_at_step or num_train_steps, num_train_steps), first_step=step,
+                previous_step=step, schedule=schedule, train_iter=train_iter, manager=manager,
+                writer=writer, config_dict=config_dict, lock=lock,
+                steps_per_epoch=input_pipeline.steps_per_epoch(len(train_source), config.batch_size))
+    loop.health = layout.put_replicated(nan_guard.new_health())
+    # Metric totals' shapes, from one trace of the step (not per log interval).
+    loop.total_shapes = jax.eval_shape(compiled.train_fn(layout, state), loop.state, None,
+                                       loop.health, layout.put_batch(train_data[0]))[1]
+    loop.metric_names = tuple(sorted(loop.total_shapes))
+    if any(e.get("split") == "early_stop" and e["step"] <= step for e in read_metrics(workdir)):
+      loop.stop = "early_stop"  # stopped early before: nothing more to train
+    log.info("curves: %s", _curves_hint(workdir, tensorboard_dir))
+    return loop
+
+
+def _start_over(workdir: str) -> None:
+  """Sets aside a workdir's history if, and only if, none of its checkpoints is usable."""
+  steps = checkpoint.saved_steps(workdir)
+  if not steps:
+    return
+  bad = checkpoint.verify(workdir)
+  usable = [s for s in steps if s not in bad]
+  if usable:
+    raise UserError(f"--start_over sets aside a run none of whose checkpoints is usable, but step "
+                    f"{usable[-1]} of {workdir} is: resume it (drop --start_over), or use a new workdir")
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-    manifest.record_start(workdir, config_dict, manifest.dataset_record(inputs.builder, config.dataset),
-                          step, code=inputs.code,
-                          config_dir=os.path.abspath(config_dir) if config_dir else None)
-  if step:
-    log.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir), step)
-  tensorboard_dir = tensorboard_dir or os.path.join(workdir, "tensorboard")
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard_dir=tensorboard_dir)
-  if step == 0:
-    writer.write_text("config", "```\n" + str(config) + "\n```")
-
-  loop = Loop(config=config, workdir=workdir, layout=layout, inputs=inputs,
-              state=layout.to_step(state), step=step, num_train_steps=num_train_steps,
-              last_step=min(stop_at_step or num_train_steps, num_train_steps), first_step=step,
-              previous_step=step, schedule=schedule, train_iter=train_iter, manager=manager,
-              writer=writer, config_dict=config_dict,
-              steps_per_epoch=input_pipeline.steps_per_epoch(len(train_source), config.batch_size))
-  loop.health = layout.put_replicated(nan_guard.new_health())
-  # Metric totals' shapes, from one trace of the step (not per log interval).
-  loop.total_shapes = jax.eval_shape(compiled.train_fn(layout, state), loop.state, None,
-                                     loop.health, layout.put_batch(train_data[0]))[1]
-  loop.metric_names = tuple(sorted(loop.total_shapes))
-  if any(e.get("split") == "early_stop" and e["step"] <= step for e in read_metrics(workdir)):
-    loop.stop = "early_stop"  # stopped early before: nothing more to train
-  log.info("curves: %s", _curves_hint(workdir, tensorboard_dir))
-  return loop
+    log.warning("none of the checkpoints of %s is usable; set them and their metrics aside in %s "
+                "and starting again at step 0", workdir, checkpoint.set_aside(workdir))
 
 
 def _curves_hint(workdir: str, tensorboard_dir: str) -> str:
@@ -259,6 +285,8 @@ def close(loop: Loop, every: list) -> None:
   if (loop.step == loop.num_train_steps or loop.stop == "early_stop") and loop.step > loop.first_step:
     loop.writer.write_hparams(loop.config_dict, _final_metrics(loop.workdir))
   loop.writer.close()
+  if loop.lock is not None:
+    loop.lock.release()
 
 
 def abort(loop: Loop, every: list, error: BaseException) -> None:
@@ -272,6 +300,8 @@ def abort(loop: Loop, every: list, error: BaseException) -> None:
       error, Exception) else None
   with contextlib.suppress(Exception):
     loop.manager.close()
+  if loop.lock is not None:
+    loop.lock.release()
   if failure is not None and not isinstance(error, UserError):
     raise failure from None
 
@@ -301,10 +331,11 @@ def resolve_num_train_steps(config, num_train_examples: int) -> int:
 
 
 @contextlib.contextmanager
-def _new_workdir_removed_on_error(workdir: str):
-  """Makes sure `workdir` is writable; a workdir made here is removed again if setup fails.
+def _claimed(workdir: str):
+  """`workdir`, writable and locked for this run (process 0 holds the lock for the job).
 
-  So a refused config leaves no trace, and running the fixed command starts clean.
+  If setup fails the lock is released, and a workdir made here is removed
+  again: a refused config leaves no trace, and the fixed command starts clean.
   """
   created = not os.path.exists(workdir)
   try:
@@ -315,12 +346,16 @@ def _new_workdir_removed_on_error(workdir: str):
     os.remove(probe)
   except OSError as e:
     raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+  lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
   try:
-    yield
+    yield lock
   except BaseException:
+    if lock is not None:
+      lock.release()
     if created:
       with contextlib.suppress(OSError):
-        os.rmdir(workdir)  # only if nothing was written
+        os.remove(os.path.join(workdir, workdir_lock.LOCK_FILE))
+        os.rmdir(workdir)  # only if nothing else was written
     raise
 
 
@@ -367,13 +402,32 @@ def _check_eval_metric(config, inputs, state) -> None:
                               config.early_stopping.metric)
 
 
+def _saved_config(workdir: str) -> dict | None:
+  """The config a run started with: config.json, else the manifest's (None if neither exists)."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    try:
+      with open(path, "rb") as f:
+        saved = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+      raise UserError(f"{path} is not valid JSON ({e}): it is the run's record of its config; "
+                      "restore it, or remove it to compare with manifest.json's") from None
+    if not isinstance(saved, dict):
+      raise UserError(f"{path} is not a config (a JSON object); restore it, or remove it to "
+                      "compare with manifest.json's")
+    return saved
+  if os.path.exists(manifest.path(workdir)):
+    return manifest.read(workdir)["config"]
+  return None
+
+
 def _check_config_unchanged(workdir: str, config_dict: dict, allow: bool) -> None:
   """Refuses to resume a run under a config that would change the steps it took."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path) or not checkpoint.make_manager(workdir, read_only=True).all_steps():
+  if not checkpoint.saved_steps(workdir):
     return
-  with open(path) as f:
-    saved = json.load(f)
+  saved = _saved_config(workdir)
+  if saved is None:
+    return
   changes = manifest.blocking_config_changes(saved, config_dict)
   if changes and not allow:
     listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())

@@ -100,14 +100,25 @@ def path(workdir: str) -> str:
   return os.path.join(workdir, "manifest.json")
 
 
+REQUIRED = {"config": dict, "environment": dict, "dataset": dict, "resumes": list}
+
+
 def read(workdir: str) -> dict:
+  """The manifest, checked: a damaged one is a UserError naming the file, never a traceback."""
   try:
-    with open(path(workdir)) as f:
-      return json.load(f)
+    with open(path(workdir), "rb") as f:
+      record = json.loads(f.read().decode("utf-8"))
   except FileNotFoundError:
     raise UserError(f"{workdir} has no manifest.json (not a jaxtrain workdir?)") from None
-  except json.JSONDecodeError as e:
-    raise UserError(f"{path(workdir)} is not valid JSON: {e}") from None
+  except (UnicodeDecodeError, ValueError) as e:
+    raise UserError(f"{path(workdir)} is not valid JSON ({e}): it is damaged; move it aside to "
+                    "resume without its record") from None
+  wrong = [k for k, kind in REQUIRED.items() if not isinstance(record, dict)
+           or not isinstance(record.get(k), kind)]
+  if wrong:
+    raise UserError(f"{path(workdir)} is not a jaxtrain manifest (no valid {', '.join(wrong)}): it "
+                    "is damaged; move it aside to resume without its record")
+  return record
 
 
 def _write(workdir: str, record: dict) -> None:
@@ -199,8 +210,8 @@ def blocking_config_changes(old: dict, new: dict) -> dict[str, list]:
   for field in list(changes):  # a run from before a field existed ran as its default
     if not _has_path(old, field) and _get_path(new, field) == _get_path(defaults, field, object()):
       changes.pop(field)
-  if new["optimizer"]["schedule"] in HORIZON_FREE_SCHEDULES and \
-     old["optimizer"]["schedule"] == new["optimizer"]["schedule"]:
+  schedule = _get_path(new, "optimizer.schedule")
+  if schedule in HORIZON_FREE_SCHEDULES and _get_path(old, "optimizer.schedule") == schedule:
     changes.pop("num_train_steps", None)
     changes.pop("num_epochs", None)
   return changes

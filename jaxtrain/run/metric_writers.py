@@ -120,19 +120,56 @@ class MetricWriter:
       self._tb.close()
 
 
+def _event(line: bytes) -> dict | None:
+  """A line of metrics.jsonl as an event, or None for anything else (torn, garbled, edited)."""
+  try:
+    event = json.loads(line.decode("utf-8"))
+  except (UnicodeDecodeError, ValueError):
+    return None
+  if not (isinstance(event, dict) and isinstance(event.get("step"), int)
+          and isinstance(event.get("split"), str)):
+    return None
+  return event
+
+
 def read_metrics(workdir: str) -> list[dict]:
-  """Every event in `<workdir>/metrics.jsonl`, in order (a torn last line is skipped)."""
+  """Every event in `<workdir>/metrics.jsonl`, in order.
+
+  A line that is not an event (a torn last line, bytes that are not UTF-8,
+  JSON that is not an object with an int `step` and a `split`) is passed
+  over, with a warning: one bad line never makes a workdir unreadable.
+  """
   path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  try:
+    with open(path, "rb") as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
     return []
-  events = []
-  with open(path) as f:
-    for line in f:
-      try:
-        events.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return events
+  events = [_event(line) for line in lines if line.strip()]
+  bad = sum(e is None for e in events)
+  if bad:
+    log.warning("%s: passed over %d line(s) that are not metric events", path, bad)
+  return [e for e in events if e is not None]
+
+
+def keep_up_to(workdir: str, step: int) -> int:
+  """Drops the events after `step` from metrics.jsonl (into metrics.abandoned.jsonl).
+
+  A run resumed from the checkpoint of `step` trains the steps after it
+  again: the events of the attempt that did not reach its next checkpoint
+  would otherwise be a second history of the same steps. Returns how many.
+  """
+  path = os.path.join(workdir, "metrics.jsonl")
+  events = read_metrics(workdir)
+  later = [e for e in events if e["step"] > step]
+  if not later:
+    return 0
+  with open(os.path.join(workdir, "metrics.abandoned.jsonl"), "a") as f:
+    f.writelines(json.dumps(e) + "\n" for e in later)
+  with open(path + ".tmp", "w") as f:
+    f.writelines(json.dumps(e) + "\n" for e in events if e["step"] <= step)
+  os.replace(path + ".tmp", path)
+  return len(later)
 
 
 def flatten_config(tree: dict, prefix: str = "") -> dict:

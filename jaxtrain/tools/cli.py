@@ -87,6 +87,8 @@ TRAIN_FLAGS = (
      "is unchanged and resumes later."),
     ("allow_config_change", "bool", "Resume a run under a config or user code that differs in what "
      "changes training (recorded in manifest.json)."),
+    ("start_over", "bool", "When no checkpoint of the workdir is usable: set them and their metrics "
+     "aside (<workdir>/abandoned/) and train from step 0."),
     ("debug", "bool", "Show tracebacks."),
     ("quiet", "bool", "No live progress bar: plain log lines only."),
     ("coordinator", "string", "Multi-process: HOST:PORT of process 0's coordination service (not "
@@ -272,7 +274,8 @@ def train(argv: list[str]) -> int:
   try:
     train_and_evaluate(fv.config, fv.workdir, config_dir=config_dir(fv),
                        stop_at_step=fv.stop_at_step, allow_config_change=fv.allow_config_change,
-                       progress=not fv.quiet, tensorboard_dir=managed.tensorboard_dir)
+                       progress=not fv.quiet, tensorboard_dir=managed.tensorboard_dir,
+                       start_over=fv.start_over)
   except DatasetNotFound as e:
     if fv.config.data_import.name != e.name.partition(":")[0]:
       raise
