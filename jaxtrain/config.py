@@ -8,6 +8,7 @@ does not exist, or of the wrong type, fails while parsing the command line.
 
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
@@ -118,9 +119,13 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def _finite(x) -> bool:
+  return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def _checks(c):
   o = c.optimizer
-  yield "seed", c.seed >= 0, "must be >= 0"
+  yield "seed", 0 <= c.seed < 2**32, "must be in [0, 2**32)"
   yield "task", isinstance(c.task, str) and bool(c.task), "must name a task"
   yield "batch_size", c.batch_size > 0, "must be > 0"
   yield "steps_per_dispatch", c.steps_per_dispatch >= 1, "must be >= 1"
@@ -132,13 +137,20 @@ def _checks(c):
   yield "nan_policy", c.nan_policy in NAN_POLICIES, f"must be one of {NAN_POLICIES}"
   yield "nan_max_consecutive_skips", c.nan_max_consecutive_skips > 0, "must be > 0"
   yield "optimizer.name", o.name in OPTIMIZERS, f"must be one of {OPTIMIZERS}"
-  yield "optimizer.learning_rate", o.learning_rate >= 0, "must be >= 0"
+  yield "optimizer.learning_rate", _finite(o.learning_rate) and o.learning_rate >= 0, "must be finite and >= 0"
   yield "optimizer.momentum", 0 <= o.momentum < 1, "must be in [0, 1)"
   yield "optimizer.b1", 0 <= o.b1 < 1, "must be in [0, 1)"
   yield "optimizer.b2", 0 <= o.b2 < 1, "must be in [0, 1)"
-  yield "optimizer.eps", o.eps > 0, "must be > 0"
-  yield "optimizer.weight_decay", o.weight_decay >= 0, "must be >= 0"
-  yield "optimizer.grad_clip_norm", o.grad_clip_norm >= 0, "must be >= 0 (0 = no clipping)"
+  yield "optimizer.eps", _finite(o.eps) and o.eps > 0, "must be finite and > 0"
+  yield "optimizer.weight_decay", _finite(o.weight_decay) and o.weight_decay >= 0, "must be finite and >= 0"
+  yield ("optimizer.grad_clip_norm", _finite(o.grad_clip_norm) and o.grad_clip_norm >= 0,
+         "must be finite and >= 0 (0 = no clipping)")
+  yield "optimizer.end_lr_factor", _finite(o.end_lr_factor) and o.end_lr_factor >= 0, "must be finite and >= 0"
+  boundaries = list(o.piecewise_boundaries)
+  yield ("optimizer.piecewise_boundaries", boundaries == sorted(boundaries) and all(
+      isinstance(b, int) and b >= 0 for b in boundaries), "must be steps >= 0 in increasing order")
+  yield ("optimizer.piecewise_scales", all(_finite(s) and s >= 0 for s in o.piecewise_scales),
+         "must be finite and >= 0")
   yield "optimizer.schedule", o.schedule in SCHEDULES, f"must be one of {SCHEDULES}"
   yield "optimizer.warmup_steps", o.warmup_steps >= 0, "must be >= 0"
   yield "optimizer.accumulate_steps", o.accumulate_steps >= 1, "must be >= 1"
@@ -167,6 +179,9 @@ def _checks(c):
   yield "loss.quantile", 0 < c.loss.get("quantile", 0.5) < 1, "must be in (0, 1)"
   classes = c.model.get("num_classes")
   yield "model.num_classes", not isinstance(classes, int) or classes > 0, "must be > 0"
+  rate = c.model.get("dropout_rate", 0.0)
+  yield "model.dropout_rate", not isinstance(rate, (int, float)) or 0 <= rate < 1, "must be in [0, 1)"
+  yield "early_stopping.min_delta", _finite(c.early_stopping.min_delta), "must be finite"
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

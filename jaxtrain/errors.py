@@ -18,3 +18,13 @@ def require(module: str, extra: str, what: str):
   except ImportError:
     raise UserError(f"{what} needs {module.split('.')[0]}, which is not installed: "
                     f"pip install 'jaxtrain[{extra}]'") from None
+
+
+class Preempted(Exception):
+  """A command stopped on a signal: with a checkpoint at `step`, or before it had trained anything."""
+
+  def __init__(self, step: int | None, signal_name: str, doing: str = ""):
+    done = (f"saved a checkpoint at step {step}" if step is not None
+            else f"stopped {doing or 'before anything new was trained'}; nothing saved was touched")
+    super().__init__(f"{signal_name} received: {done}; run the same command to resume")
+    self.step, self.signal_name = step, signal_name

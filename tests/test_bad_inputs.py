@@ -59,7 +59,7 @@ CASES = [
     ("zero batch", ["train", "--config", DIGITS, "--workdir", "{w}", "--config.batch_size=0"], 1,
      "config.batch_size=0 must be > 0"),
     ("negative seed", ["train", "--config", DIGITS, "--workdir", "{w}", "--config.seed=-1"], 1,
-     "config.seed=-1 must be >= 0"),
+     "config.seed=-1 must be in [0, 2**32)"),
     ("zero steps", ["train", "--config", DIGITS, "--workdir", "{w}", "--config.num_train_steps=0"], 1,
      "config.num_train_steps=0 must be > 0, or -1 to use num_epochs"),
     ("unknown optimizer", ["train", "--config", DIGITS, "--workdir", "{w}", "--config.optimizer.name=rmsprop"], 1,

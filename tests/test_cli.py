@@ -35,7 +35,7 @@ def test_out_of_range_value_and_missing_dataset_dir(tmp_path):
   result = jaxtrain("train", "--config", "configs/digits.py", "--workdir", str(tmp_path / "w"),
                     "--config.optimizer.learning_rate=-1")
   assert result.returncode == 1
-  assert result.stderr.strip() == "jaxtrain: error: config.optimizer.learning_rate=-1.0 must be >= 0"
+  assert result.stderr.strip() == "jaxtrain: error: config.optimizer.learning_rate=-1.0 must be finite and >= 0"
   result = jaxtrain("train", "--config", "configs/mnist.py", "--workdir", str(tmp_path / "w"),
                     "--config.dataset.path=/no/such/mnist")
   assert result.returncode == 1

@@ -13,7 +13,7 @@ from jaxtrain.errors import UserError
     ("optimizer.name", "rmsprop", "config.optimizer.name='rmsprop' must be one of ('sgd', 'adam', 'adamw')"),
     ("optimizer.momentum", 1.0, "config.optimizer.momentum=1.0 must be in [0, 1)"),
     ("optimizer.schedule", "cosine", "config.optimizer.schedule='cosine' must be one of"),
-    ("optimizer.learning_rate", -0.1, "config.optimizer.learning_rate=-0.1 must be >= 0"),
+    ("optimizer.learning_rate", -0.1, "config.optimizer.learning_rate=-0.1 must be finite and >= 0"),
     ("model.name", "", "config.model.name='' must name a model"),
     ("task", "", "config.task='' must name a task"),
     ("early_stopping.patience", 3, "config.early_stopping.metric='' must name an eval metric"),

@@ -81,7 +81,8 @@ def test_rerun_matches_and_names_what_differs(tmp_path, data_dir):
   real_jax = record["environment"]["versions"]["jax"]
   record["environment"]["versions"]["jax"] = "0.4.1"
   path.write_text(json.dumps(record))
-  same = jaxtrain("rerun", str(tmp_path / "a"), "--into", str(tmp_path / "b"), "--json")
+  same = jaxtrain("rerun", str(tmp_path / "a"), "--into", str(tmp_path / "b"), "--json",
+                  "--data_dir", data_dir)
   assert same.returncode == 0, same.stderr[-1500:]
   report = json.loads(same.stdout)
   assert report["match"]
@@ -90,7 +91,7 @@ def test_rerun_matches_and_names_what_differs(tmp_path, data_dir):
   # A run made under other XLA flags really differs, and the report says which flag.
   env = dict(os.environ, XLA_FLAGS="--xla_cpu_enable_fast_math=true")
   assert jaxtrain("train", *common, "--workdir", str(tmp_path / "fast"), env=env).returncode == 0
-  differs = jaxtrain("rerun", str(tmp_path / "fast"), "--into", str(tmp_path / "d"))
+  differs = jaxtrain("rerun", str(tmp_path / "fast"), "--into", str(tmp_path / "d"), "--data_dir", data_dir)
   assert differs.returncode == 1
   assert "params digest DIFFERS" in differs.stdout
   assert "environment.xla_flags: '--xla_cpu_enable_fast_math=true' (original) vs ''" in differs.stdout

@@ -155,7 +155,10 @@ def test_an_edited_model_file_is_named_by_rerun_and_refused_by_a_resume(tmp_path
   assert "changed: sha256" in err[0] and "--allow_config_change" in err[0]
   assert checkpoint.saved_steps(str(workdir)) == [10]  # nothing saved was touched
 
-  assert main(["rerun", str(workdir), "--into", str(tmp_path / "again")]) == 1  # other bits
+  rerun = ["rerun", str(workdir), "--into", str(tmp_path / "again"), "--data_dir", data_dir]
+  assert main(rerun) == 1  # a workdir never names code to run: the folder must be given
+  assert "pass --code DIR" in capsys.readouterr().err
+  assert main(rerun + ["--code", str(folder)]) == 1  # other bits
   report = capsys.readouterr().out
   assert "params digest DIFFERS" in report
   assert f"{model} (config.model.name='model.py:ConvNet') changed: sha256" in report

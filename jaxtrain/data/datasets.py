@@ -185,8 +185,11 @@ class IdxImages(tfds.core.GeneratorBasedBuilder):
   @staticmethod
   def _image_shape(path):
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-      head = f.read(16)
+    try:
+      with opener(path, "rb") as f:
+        head = f.read(16)
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile among them
+      raise UserError(f"cannot read IDX file {path}: {e}") from None
     if len(head) < 16 or head[2] != 0x08 or head[3] != 3:
       raise UserError(f"{path} is not a uint8 IDX image file (magic {head[:4].hex()})")
     rows, cols = int.from_bytes(head[8:12], "big"), int.from_bytes(head[12:16], "big")
@@ -209,14 +212,19 @@ class IdxImages(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": images[i][..., None], "label": int(labels[i])}
 
 
-def _prepared(make_builder):
-  """A builder made after its data is on disk.
+def _prepared(make_builder, prepare: bool = True):
+  """A builder made after its data is on disk (`prepare=False`: refused if it is not).
 
   A builder reads its split info when made: one made while another process
   (a multi-host job's peer) was still preparing the same data would see no
   splits, so the builder used is made once the lock is held.
   """
   builder = make_builder()
+  if not prepare:
+    if not builder.is_prepared():
+      raise UserError(f"dataset {builder.name} is not prepared in {builder._data_dir_root}; this "
+                      "command only reads datasets (train prepares them)")
+    return builder
   with store.lock(builder._data_dir_root, builder.name):
     builder = make_builder()
     builder.download_and_prepare(
@@ -258,10 +266,13 @@ def _check_builder_kwargs(loaded: registry.Loaded, kwargs: dict) -> None:
     raise UserError(f"config.dataset.builder_kwargs: {loaded.target} {problem} (it takes: {takes})")
 
 
-def get_builder(dataset_config, base_dir: str | None = None) -> tfds.core.DatasetBuilder:
+def get_builder(dataset_config, base_dir: str | None = None, *,
+                prepare: bool = True) -> tfds.core.DatasetBuilder:
   """The prepared TFDS builder `config.dataset` names (preparing builders' data once).
 
-  `base_dir` anchors a builder's relative file path (the config file's directory).
+  `base_dir` anchors a builder's relative file path (the config file's
+  directory). `prepare=False` never writes: for commands that read a run's
+  files, whose paths are data, not instructions.
   """
   data_dir = dataset_config.data_dir or store.default_data_dir()
   if dataset_config.path:
@@ -269,12 +280,13 @@ def get_builder(dataset_config, base_dir: str | None = None) -> tfds.core.Datase
     if not path.is_dir():
       raise UserError(f"dataset.path={dataset_config.path} is not a directory")
     return _prepared(lambda: IdxImages(source_dir=str(path), data_dir=data_dir,
-                                       file_format="array_record"))
+                                       file_format="array_record"), prepare)
   loaded = builder_class(dataset_config, base_dir)
   if loaded is not None:
     kwargs = dict(dataset_config.get("builder_kwargs") or {})
     _check_builder_kwargs(loaded, kwargs)
-    return _prepared(lambda: loaded.obj(**kwargs, data_dir=data_dir, file_format="array_record"))
+    return _prepared(lambda: loaded.obj(**kwargs, data_dir=data_dir, file_format="array_record"),
+                     prepare)
   imported = store.imported_dir(data_dir, dataset_config.name)
   if imported is not None:
     return tfds.builder_from_directory(imported)

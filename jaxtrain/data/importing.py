@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -94,24 +95,48 @@ class RowError(Exception):
 
 # --- reading rows: (file, line, {column: raw value}) ----------------------------------
 
+@contextlib.contextmanager
+def _text_file(path: Path):
+  """A UTF-8 text file (a byte-order mark is dropped); bytes that are not UTF-8 are one line."""
+  try:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      yield f
+  except UnicodeDecodeError as e:
+    raise UserError(f"{path} is not UTF-8 text ({e.reason}: byte {e.object[e.start:e.start + 1]!r} "
+                    f"at offset {e.start}); convert it, e.g. iconv -f latin1 -t utf-8") from None
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+  names = [h.strip() for h in header]
+  if not all(names):
+    raise UserError(f"{path}: column {names.index('') + 1} of the header has no name")
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise UserError(f"{path}: the header names {', '.join(map(repr, repeated))} more than once; "
+                    "rename the columns so each is one")
+
+
 def _csv_rows(path: Path):
-  with open(path, newline="", encoding="utf-8") as f:
+  with _text_file(path) as f:
     reader = csv.reader(f)
     try:
       header = next(reader)
+      _check_header(path, header)
+      for values in reader:
+        if not values:
+          continue
+        if len(values) != len(header):
+          raise UserError(f"{path} line {reader.line_num}: {len(values)} fields, but the header "
+                          f"has {len(header)} ({', '.join(header)})")
+        yield reader.line_num, dict(zip(header, values))
     except StopIteration:
       raise UserError(f"{path} is empty (expected a header row)") from None
-    for values in reader:
-      if not values:
-        continue
-      if len(values) != len(header):
-        raise UserError(f"{path} line {reader.line_num}: {len(values)} fields, but the header "
-                        f"has {len(header)} ({', '.join(header)})")
-      yield reader.line_num, dict(zip(header, values))
+    except csv.Error as e:  # e.g. a field over csv.field_size_limit(), a NUL byte
+      raise UserError(f"{path} line {reader.line_num}: {e}") from None
 
 
 def _jsonl_rows(path: Path):
-  with open(path, encoding="utf-8") as f:
+  with _text_file(path) as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -140,6 +165,9 @@ def _npz_rows(path: Path):
       arrays = {k: data[k] for k in data.files}
   except Exception as e:  # object arrays (pickles) are refused here too
     raise UserError(f"cannot read {path} as .npz without pickle: {str(e).splitlines()[0]}") from None
+  scalars = sorted(k for k, v in arrays.items() if v.ndim == 0)
+  if scalars:
+    raise UserError(f"{path}: arrays {', '.join(scalars)} hold one value, not a row per example")
   lengths = {k: len(v) for k, v in arrays.items()}
   if len(set(lengths.values())) > 1:
     raise UserError(f"{path}: arrays have different lengths {lengths}")
@@ -148,17 +176,29 @@ def _npz_rows(path: Path):
 
 
 def _folder_rows(path: Path, label: str, image_size):
-  """One row per file in `path/<class>/`: {"text": ...} or {"image": ...}, plus the label."""
-  classes = sorted(d for d in path.iterdir() if d.is_dir())
-  if not classes:
+  """One row per file in `path/<class>/`: {"text": ...} or {"image": ...}, plus the label.
+
+  Files beside the class folders (a README) are not examples; hidden files
+  (.DS_Store) are skipped; a folder of images holds images only.
+  """
+  by_class: dict[str, list[Path]] = {}
+  for f in source_files([str(path)]):
+    parts = f.relative_to(path).parts
+    if len(parts) > 1:
+      by_class.setdefault(parts[0], []).append(f)
+  if not by_class:
     raise UserError(f"{path} has no class sub-folders (expected {path}/<class>/<file>)")
-  for class_dir in classes:
-    for f in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-      if f.suffix.lower() in _IMAGE_SUFFIXES:
-        yield f, 1, {"image": _read_image(f, image_size), label: class_dir.name}
+  images = any(f.suffix.lower() in _IMAGE_SUFFIXES for files in by_class.values() for f in files)
+  for name in sorted(by_class):
+    for f in by_class[name]:
+      if images and f.suffix.lower() not in _IMAGE_SUFFIXES:
+        raise UserError(f"{f} is not an image ({f.suffix or 'no suffix'}), but {path} holds "
+                        f"images ({', '.join(_IMAGE_SUFFIXES)}): move it out of the folder")
+      if images:
+        yield f, 1, {"image": _read_image(f, image_size), label: name}
       else:
         try:
-          yield f, 1, {"text": f.read_text(encoding="utf-8"), label: class_dir.name}
+          yield f, 1, {"text": f.read_text(encoding="utf-8"), label: name}
         except UnicodeDecodeError as e:
           raise UserError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
@@ -186,7 +226,14 @@ def source_files(sources) -> list[Path]:
   for s in sources:
     p = Path(s).expanduser()
     if p.is_dir():
-      files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+      inside = p.resolve()
+      for f in sorted(f for f in p.rglob("*") if f.is_file()):
+        if any(part.startswith(".") for part in f.relative_to(p).parts):
+          continue  # hidden files and folders (.DS_Store, .git) are not data
+        if not f.resolve().is_relative_to(inside):
+          raise UserError(f"{f} links to {f.resolve()}, outside {p}: an import reads only what "
+                          "its folder holds; copy the file in instead")
+        files.append(f)
     elif p.is_file():
       files.append(p)
     else:
@@ -265,13 +312,22 @@ def parse(value, kind: str):
 
 
 def _infer(values: list) -> str:
-  """The narrowest kind every value of a column parses as."""
+  """The narrowest kind every value of a column parses as.
+
+  "nan" and "inf" read as numbers here, so a column of numbers stays numeric
+  and validation names the cell that is not finite (instead of the column
+  becoming a category).
+  """
   if any(isinstance(v, np.ndarray) and v.ndim > 0 for v in values):
     return "tensor"
   for kind in ("int", "float"):
     try:
       for v in values:
-        parse(v, kind)
+        try:
+          parse(v, kind)
+        except RowError as e:
+          if kind != "float" or "finite" not in str(e):
+            raise
       return kind
     except RowError:
       pass
@@ -559,6 +615,9 @@ def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
       return imported, False
     history = store.read_history(data_dir, spec.name)
     version = f"1.0.{max((int(e['version'].split('.')[-1]) + 1 for e in history), default=0)}"
+    # A folder of this version without a history entry is what an import killed after
+    # writing it left behind: not a dataset anyone trained on. It is replaced.
+    shutil.rmtree(Path(data_dir) / spec.name / version, ignore_errors=True)
     builder = TableDataset(name=spec.name, version=version,
                            features=_features(schema, class_names, shapes), examples=examples,
                            data_dir=data_dir, file_format="array_record")

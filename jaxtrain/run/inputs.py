@@ -277,9 +277,9 @@ def load(config, workdir: str | None = None, *, fit: bool, dataset=None,
 
 
 def load_for_inference(config, workdir: str, base_dir: str | None = None) -> RunInputs:
-  """A finished run's schema, preprocessing and task, without reading its splits."""
+  """A finished run's schema, preprocessing and task, without reading its splits or writing."""
   dataset = pinned_dataset(config, workdir)
-  builder = datasets.get_builder(dataset, base_dir)
+  builder = datasets.get_builder(dataset, base_dir, prepare=False)
   schema = importing.read_schema(builder.data_dir)
   if preprocess.saved(workdir):
     prep, seen = preprocess.load(workdir)

@@ -81,11 +81,16 @@ def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
   try:
     with watcher:
       train(loop, every, t_entry)
+    if watcher.signal_name:  # after the last step's hooks: its checkpoint is saved
+      raise Preempted(loop.step, watcher.signal_name)
     finish(loop, evaluation)
   except BaseException as e:
     abort(loop, every, e)
     raise
-  close(loop, every)
+  with PreemptionWatcher() as saving:  # a signal now waits for the saves to reach the disk
+    close(loop, every)
+  if saving.signal_name:
+    raise Preempted(loop.step, saving.signal_name)
   return loop.host_state()
 
 
@@ -144,9 +149,10 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
         workdir, state, train_iter, max_to_keep=config.keep_checkpoints,
         async_save=config.async_checkpointing)
     step = int(parallel.host_value(state.step))
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
+    if jax.process_index() == 0:  # written whole or not at all
+      with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+      os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
       manifest.record_start(workdir, config_dict, manifest.dataset_record(inputs.builder, config.dataset),
                             step, code=inputs.code,
                             config_dir=os.path.abspath(config_dir) if config_dir else None)
@@ -369,6 +375,7 @@ def _check_data_fits_model(config, builder, model: run_inputs.Model, example_bat
                     f"config.model.num_classes={configured}")
   try:
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), example_batch)
+    _check_model_fits_memory(config, variables)
     jax.eval_shape(lambda v, b: model.apply_fn()(v, b, train=False, rng=jax.random.PRNGKey(0)),
                    variables, jax.tree.map(lambda x: np.zeros((1,) + x.shape[1:], x.dtype),
                                            example_batch))
@@ -380,8 +387,36 @@ def _check_data_fits_model(config, builder, model: run_inputs.Model, example_bat
                     f"{shapes}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
+def _memory_bytes() -> int | None:
+  """The memory the model's arrays can use: the local accelerators', or the host's RAM."""
+  devices = jax.local_devices()
+  stats = [d.memory_stats() for d in devices] if devices[0].platform != "cpu" else []
+  if stats and all(s and s.get("bytes_limit") for s in stats):
+    return sum(s["bytes_limit"] for s in stats)
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError):
+    return None
+
+
+def _check_model_fits_memory(config, variables) -> None:
+  """A model whose parameters alone (with their gradients and an optimizer's state, about three
+  copies) exceed the machine's memory is a config mistake, named before anything allocates."""
+  params = variables.get("params", variables) if isinstance(variables, dict) else variables
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  size = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(params))
+  memory = _memory_bytes()
+  if memory and 3 * size > memory:
+    raise UserError(f"config.model ({config.model.name}) has {count:,} parameters ({size / 2**30:.1f} "
+                    f"GiB), more than fit in this machine's {memory / 2**30:.1f} GiB of memory with "
+                    "their gradients and optimizer state: check config.model's sizes")
+
+
 def _check_dispatch_cadence(config, num_train_steps: int, stop_at_step: int | None) -> None:
   """With k steps per dispatch, everything the loop does between steps falls on multiples of k."""
+  if config.optimizer.accumulate_steps > num_train_steps:
+    raise UserError(f"config.optimizer.accumulate_steps={config.optimizer.accumulate_steps} is more "
+                    f"than the run's {num_train_steps} steps: the params would never change")
   k = config.steps_per_dispatch
   if k == 1:
     return

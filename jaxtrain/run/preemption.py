@@ -1,10 +1,14 @@
-"""SIGTERM/SIGINT: finish the step in flight, save, and exit with PREEMPTED.
+"""SIGTERM/SIGINT/SIGHUP: finish the step in flight, save, and exit with PREEMPTED.
 
-Spot and preemptible machines send SIGTERM with a grace period (often 30 s).
-The handler only sets a flag; the loop looks at it after each dispatched step
-(a Python bool, no device sync), saves a checkpoint, waits for it to be on
-disk and exits with status PREEMPTED, which tells a scheduler "saved, start me
-again". With several processes, JAX's preemption sync (set up by
+Spot and preemptible machines send SIGTERM with a grace period (often 30 s);
+a closed terminal sends SIGHUP. While the loop trains, the handler only sets
+a flag; the loop looks at it after each dispatched step (a Python bool, no
+device sync), saves a checkpoint, waits for it to be on disk and exits with
+status PREEMPTED, which tells a scheduler "saved, start me again". The
+command line installs `stop_on_signals` from the start: outside the loop a
+signal stops the command where it is (nothing new to save), except in a
+`PreemptionWatcher` region such as the final wait for saves, which finishes
+first. With several processes, JAX's preemption sync (set up by
 `jax.distributed`) makes all of them stop at the same step.
 """
 
@@ -15,22 +19,15 @@ import threading
 
 import jax
 
-from jaxtrain.errors import PREEMPTED  # noqa: F401  (the exit status that goes with Preempted)
+from jaxtrain.errors import PREEMPTED, Preempted  # noqa: F401  (re-exported)
 
-
-class Preempted(Exception):
-  """The run stopped on a signal after saving a checkpoint at `step`."""
-
-  def __init__(self, step: int, signal_name: str):
-    super().__init__(f"{signal_name} received: saved a checkpoint at step {step}; "
-                     "run the same command to resume")
-    self.step = step
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class PreemptionWatcher:
-  """Records SIGTERM/SIGINT while installed; restores the previous handlers on exit."""
+  """Records SIGTERM/SIGINT/SIGHUP while installed; restores the previous handlers on exit."""
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  SIGNALS = SIGNALS
 
   def __init__(self):
     self.signal_name: str | None = None
@@ -38,7 +35,7 @@ class PreemptionWatcher:
 
   def __enter__(self):
     # With several processes JAX's own notifier owns SIGTERM (see should_stop).
-    signals = self.SIGNALS if jax.process_count() == 1 else (signal.SIGINT,)
+    signals = self.SIGNALS if jax.process_count() == 1 else (signal.SIGINT, signal.SIGHUP)
     if threading.current_thread() is threading.main_thread():
       for sig in signals:
         self._previous[sig] = signal.signal(sig, self._record)

@@ -30,10 +30,12 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 
 from jaxtrain import __version__
-from jaxtrain.errors import PREEMPTED, RUN_ERROR, USAGE_ERROR
+from jaxtrain.errors import PREEMPTED, RUN_ERROR, USAGE_ERROR, Preempted
 
 COMMAND_SUMMARIES = {
     "train": "train a config in a workdir (the same command resumes it)",
@@ -78,7 +80,36 @@ def _config_error(error: Exception, argv: list[str]) -> str:
   if "Failed loading config file" in text or "earlier failure to load" in text:
     detail = [l.strip() for l in text.splitlines() if l.strip()][-1]
     return f"--config: cannot load the config file: {detail}"
+  if "Error whilst parsing config file" in text:
+    detail = [l.strip() for l in text.splitlines() if l.strip()][-1]
+    return f"--config: its get_config() failed: {detail}"
+  from absl import flags
+  if not isinstance(error, flags.Error):  # raised by the config file's own code
+    return f"--config: its get_config() raised {type(error).__name__}: {text.splitlines()[0] if text else ''}"
   return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_config_is_a_config(fv) -> None:
+  """A config file's get_config() must return a ConfigDict built on base_config()."""
+  from ml_collections import ConfigDict
+  from jaxtrain.config import base_config
+  name, config = fv["config"].config_filename, fv.config
+  if not isinstance(config, ConfigDict):
+    raise _Fail(f"--config {name}: get_config() returned {type(config).__name__}, not the "
+                "ml_collections ConfigDict of jaxtrain.config.base_config() (did it `return config`?)",
+                USAGE_ERROR)
+  def missing(base, given, prefix=""):
+    for key, value in base.items():
+      if key not in given:
+        yield prefix + key
+      elif (isinstance(value, ConfigDict) and isinstance(given[key], ConfigDict)
+            and key not in ("model", "loss")):  # a model's arguments, a task's options: free
+        yield from missing(value, given[key], f"{prefix}{key}.")
+  lacks = list(missing(base_config(), config))
+  if lacks:
+    raise _Fail(f"--config {name}: get_config() must start from jaxtrain.config.base_config(); "
+                f"its config lacks {', '.join(lacks[:6])}{', ...' if len(lacks) > 6 else ''}",
+                USAGE_ERROR)
 
 
 TRAIN_FLAGS = (
@@ -153,6 +184,7 @@ def _with_builtin_config(argv: list[str]) -> list[str]:
 
 
 def _parse_flags(argv: list[str], command: str = "train"):
+  logging.getLogger("absl").setLevel(logging.ERROR)  # its warnings would be a second error line
   from absl import flags
   from ml_collections import config_flags
   fv = flags.FlagValues()
@@ -198,8 +230,9 @@ def _parse_train_flags(argv: list[str], command: str = "train", managed=None):
   # First without overrides, so a missing or broken config file is reported as
   # such rather than as an unknown --config.* flag.
   fv = _parse_flags([a for a in argv if not a.startswith("--config.")], command)
-  if fv.config is None:
+  if fv.config is None and not any(a == "--config" or a.startswith("--config=") for a in argv):
     raise _Fail("--config is required (e.g. --config configs/digits.py)", USAGE_ERROR)
+  _check_config_is_a_config(fv)
   if not fv.workdir:
     raise _Fail("--workdir is required", USAGE_ERROR)
   from jaxtrain.tools.managed import local_path
@@ -216,6 +249,22 @@ def _use_deterministic_gpu_ops(config) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "--xla_gpu_deterministic_ops" not in flags:
       os.environ["XLA_FLAGS"] = (flags + " --xla_gpu_deterministic_ops=true").strip()
+
+
+def _stop_on_signals() -> dict:
+  """From the command's start: SIGTERM, SIGINT or SIGHUP end it with exit 75 (PREEMPTED).
+
+  Where the command is when one arrives, nothing new has been trained (start-
+  up, restore, the final test, an import): it stops there, and its files are
+  written whole or not at all. The training loop and the final saves watch for
+  signals themselves (run/preemption.py) and stop after a checkpoint.
+  """
+  def stop(signum, frame):
+    del frame
+    raise Preempted(None, signal.Signals(signum).name)
+  if threading.current_thread() is not threading.main_thread():
+    return {}
+  return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
 
 def _log_to_console(stream=None):
@@ -270,7 +319,6 @@ def train(argv: list[str]) -> int:
   from jaxtrain.data.datasets import DatasetNotFound
   from jaxtrain.errors import UserError
   from jaxtrain.run.loop import train_and_evaluate
-  from jaxtrain.run.preemption import Preempted
   try:
     train_and_evaluate(fv.config, fv.workdir, config_dir=config_dir(fv),
                        stop_at_step=fv.stop_at_step, allow_config_change=fv.allow_config_change,
@@ -281,14 +329,11 @@ def train(argv: list[str]) -> int:
       raise
     raise UserError(f"{e}; this config imports it: run `jaxtrain data import --config "
                     f"{fv['config'].config_filename} --data_dir {e.data_dir}` first") from None
-  except Preempted as e:
-    print(f"jaxtrain: preempted: {e}", file=sys.stderr)
-    return PREEMPTED
   if managed.model_dir and fv.stop_at_step is None:  # a finished run: the job's model output
     import jax
     if jax.process_index() == 0:
       from jaxtrain.tools import predict as predict_lib
-      record = predict_lib.export(fv.workdir, managed.model_dir)
+      record = predict_lib.export(fv.workdir, managed.model_dir, code_dir=config_dir(fv))
       logging.getLogger("jaxtrain").info("exported step %d to %s (%s's model directory)",
                                          record["step"], managed.model_dir, managed.service)
   return 0
@@ -336,6 +381,9 @@ def rerun(argv: list[str]) -> int:
   parser.add_argument("workdir", help="the workdir of the run to train again")
   parser.add_argument("--into", required=True, help="a new (or empty) workdir for the rerun")
   parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+  parser.add_argument("--data_dir", help="where datasets are prepared for the rerun (default: "
+                      "$TFDS_DATA_DIR or ~/tensorflow_datasets; never the one the manifest names)")
+  _code_option(parser)
   parser.add_argument("--debug", action="store_true", help="show tracebacks")
   args = parser.parse_args(argv)
   if os.path.isdir(args.into) and os.listdir(args.into):
@@ -346,7 +394,7 @@ def rerun(argv: list[str]) -> int:
   _use_deterministic_gpu_ops(ConfigDict(manifest.read(args.workdir)["config"]))
   _quiet_libraries()
   from jaxtrain.tools import rerun as rerun_lib
-  report = rerun_lib.rerun(args.workdir, args.into)
+  report = rerun_lib.rerun(args.workdir, args.into, data_dir=args.data_dir, code_dir=args.code)
   print(json.dumps(report, indent=2) if args.json else rerun_lib.describe(report))
   return 0 if report["match"] else RUN_ERROR
 
@@ -446,6 +494,11 @@ def data(argv: list[str]) -> int:
   return 0
 
 
+def _code_option(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--code", help="the folder of the run's own model/task/data files (a run "
+                      "that used files of its own needs it: a workdir never names code to run)")
+
+
 def _checkpoint_choice(parser: argparse.ArgumentParser) -> None:
   which = parser.add_mutually_exclusive_group()
   which.add_argument("--best", dest="best", action="store_true", default=None,
@@ -464,11 +517,13 @@ def predict(argv: list[str]) -> int:
   parser.add_argument("--output", required=True, help="the CSV to write")
   parser.add_argument("--batch_size", type=int, default=256, help="rows per batch (default 256)")
   _checkpoint_choice(parser)
+  _code_option(parser)
   args = parser.parse_args(argv)
   _quiet_libraries()
   from jaxtrain.tools import predict as predict_lib
   n, step = predict_lib.predict_file(args.workdir, args.input, args.output,
-                                     batch_size=args.batch_size, best=args.best)
+                                     batch_size=args.batch_size, best=args.best,
+                                     code_dir=args.code)
   print(f"wrote {n} predictions of step {step} to {args.output}")
   return 0
 
@@ -478,11 +533,12 @@ def export(argv: list[str]) -> int:
   parser.add_argument("--workdir", required=True, help="the trained run's workdir")
   parser.add_argument("--output", help="default: <workdir>/export")
   _checkpoint_choice(parser)
+  _code_option(parser)
   args = parser.parse_args(argv)
   _quiet_libraries()
   from jaxtrain.tools import predict as predict_lib
   out = args.output or os.path.join(args.workdir, "export")
-  record = predict_lib.export(args.workdir, out, best=args.best)
+  record = predict_lib.export(args.workdir, out, best=args.best, code_dir=args.code)
   print(f"exported step {record['step']} to {out} (inputs: {', '.join(record['inputs'])}; "
         f"outputs: {', '.join(record['outputs'])})")
   return 0
@@ -509,21 +565,29 @@ def main(argv: list[str] | None = None) -> int:
     print(_flag_help(argv[0]))
     return 0
   _log_to_console()
+  previous = _stop_on_signals()
   debug = "--debug" in argv
   if argv[0] in COMPILING_COMMANDS and not {"-h", "--help"} & set(argv):
     _use_compilation_cache()
   try:
-    return COMMANDS[argv[0]](argv[1:])
-  except _Fail as e:
-    print(f"jaxtrain: error: {e}", file=sys.stderr)
-    return e.status
-  except Exception as e:
-    from jaxtrain.errors import UserError
-    full_disk = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-    if debug or not (isinstance(e, UserError) or full_disk):
-      raise
-    print(f"jaxtrain: error: {e}", file=sys.stderr)
-    return RUN_ERROR
+    try:
+      return COMMANDS[argv[0]](argv[1:])
+    except Preempted as e:
+      print(f"jaxtrain: preempted: {e}", file=sys.stderr)
+      return PREEMPTED
+    except _Fail as e:
+      print(f"jaxtrain: error: {e}", file=sys.stderr)
+      return e.status
+    except Exception as e:
+      from jaxtrain.errors import UserError
+      full_disk = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+      if debug or not (isinstance(e, UserError) or full_disk):
+        raise
+      print(f"jaxtrain: error: {e}", file=sys.stderr)
+      return RUN_ERROR
+  finally:
+    for sig, handler in previous.items():  # main() may be called by other code
+      signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -37,15 +37,31 @@ def uses_best(workdir: str, best: bool | None) -> bool:
   return bool(early_stopping.read_best(workdir).get("kept_steps"))
 
 
-def load_run(workdir: str, *, best: bool | None = None):
-  """(config, inputs, state, step) of a run: its best or newest checkpoint's weights (`uses_best`)."""
+def trusted_code_dir(workdir: str, record: dict, code_dir: str | None) -> str | None:
+  """Where to load a run's own code from: only a folder the user names (`--code`).
+
+  A workdir is data: the paths in its manifest never decide what code runs.
+  """
+  if record.get("code") and code_dir is None:
+    named = ", ".join(f"{c['name']} ({field})" for field, c in record["code"].items())
+    raise UserError(f"{workdir} was trained with code of its own ({named}, from "
+                    f"{record.get('config_dir')}): a workdir is data, not code; pass --code DIR, "
+                    "the folder its config named the files from, to load them")
+  return code_dir
+
+
+def load_run(workdir: str, *, best: bool | None = None, code_dir: str | None = None):
+  """(config, inputs, state, step) of a run: its best or newest checkpoint's weights (`uses_best`).
+
+  `code_dir`: the folder of the run's own model/task files, if it has any.
+  """
   try:
     with open(os.path.join(workdir, "config.json")) as f:
       config = ml_collections.ConfigDict(json.load(f))
   except FileNotFoundError:
     raise UserError(f"{workdir} has no config.json (not a jaxtrain workdir?)") from None
   record = manifest.read(workdir) if os.path.exists(manifest.path(workdir)) else {}
-  inputs = run_inputs.load_for_inference(config, workdir, record.get("config_dir"))
+  inputs = run_inputs.load_for_inference(config, workdir, trusted_code_dir(workdir, record, code_dir))
   changed = manifest.code_changes(record.get("code", {}), inputs.code)
   if changed:
     raise UserError(f"{workdir} was trained with other code: {'; '.join(changed)}")
@@ -112,24 +128,34 @@ def output_columns(inputs, outputs: dict) -> dict[str, list]:
 
 
 def predict_file(workdir: str, input_path: str, output_path: str, *, batch_size: int = 256,
-                 best: bool | None = None) -> int:
+                 best: bool | None = None,
+                 code_dir: str | None = None) -> tuple[int, int]:
   """Writes `output_path` (CSV: row, label if given, predictions); returns (rows, the step used)."""
   if not os.path.exists(input_path):
     raise UserError(f"--input {input_path} does not exist")
-  config, inputs, state, step = load_run(workdir, best=best)
+  if os.path.abspath(output_path) == os.path.abspath(input_path) or (
+      os.path.exists(output_path) and os.path.samefile(output_path, input_path)):
+    raise UserError(f"--output {output_path} is the input file: write the predictions elsewhere")
+  if not os.path.isdir(os.path.dirname(os.path.abspath(output_path))):
+    raise UserError(f"--output {output_path}: the folder {os.path.dirname(output_path)} does not exist")
+  config, inputs, state, step = load_run(workdir, best=best, code_dir=code_dir)
   raw, labels = _read_input(input_path, inputs)
   columns = output_columns(inputs, predict_arrays(inputs, state, raw, batch_size))
   n = len(next(iter(columns.values())))
   tmp = output_path + ".tmp"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.writer(f)
-    head = ["row"] + (["label"] if labels is not None else []) + list(columns)
-    writer.writerow(head)
-    for i in range(n):
-      label = [_label_name(inputs, labels[i])] if labels is not None else []
-      writer.writerow([i + 1] + label + [repr(c[i]) if isinstance(c[i], float) else c[i]
-                                         for c in columns.values()])
-  os.replace(tmp, output_path)
+  try:  # the output is written whole or not at all, even when a signal stops the command
+    with open(tmp, "w", newline="") as f:
+      writer = csv.writer(f)
+      head = ["row"] + (["label"] if labels is not None else []) + list(columns)
+      writer.writerow(head)
+      for i in range(n):
+        label = [_label_name(inputs, labels[i])] if labels is not None else []
+        writer.writerow([i + 1] + label + [repr(c[i]) if isinstance(c[i], float) else c[i]
+                                           for c in columns.values()])
+    os.replace(tmp, output_path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
   return n, step
 
 
@@ -163,9 +189,10 @@ def input_signature(inputs, config, batch: int | None = None) -> dict[str, jax.S
   return sig
 
 
-def export(workdir: str, out_dir: str, *, best: bool | None = None) -> dict:
+def export(workdir: str, out_dir: str, *, best: bool | None = None,
+           code_dir: str | None = None) -> dict:
   """Serializes the run's inference function (weights inside) to `out_dir`."""
-  config, inputs, state, step = load_run(workdir, best=best)
+  config, inputs, state, step = load_run(workdir, best=best, code_dir=code_dir)
   signature = input_signature(inputs, config)
   fn = jax.jit(lambda batch: inputs.task.predict(predict_step(state, batch), batch))
   serialized = jax.export.export(fn)(signature).serialize()

@@ -9,17 +9,38 @@ fingerprint), the usual causes.
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import ml_collections
 
+from jaxtrain.data import store
 from jaxtrain.run import checkpoint, manifest
 from jaxtrain.run.loop import train_and_evaluate
+from jaxtrain.tools.predict import trusted_code_dir
 
 
-def rerun(workdir: str, into: str) -> dict:
+def rerun(workdir: str, into: str, *, data_dir: str | None = None,
+          code_dir: str | None = None) -> dict:
+  """Trains `workdir`'s manifest again in `into` (a new or empty folder) and compares the bits.
+
+  The manifest is data: datasets are prepared in `data_dir` (default: the
+  standard one), never where the manifest says, and a run's own code is loaded
+  only from `code_dir`. A rerun that fails or is stopped leaves `into` empty.
+  """
   original = manifest.read(workdir)
   step, arrays = checkpoint.load_arrays(workdir)
   config = ml_collections.ConfigDict(original["config"])
-  train_and_evaluate(config, into, stop_at_step=step, config_dir=original.get("config_dir"))
+  config.dataset.data_dir = data_dir or store.default_data_dir()
+  code_dir = trusted_code_dir(workdir, original, code_dir)
+  existed = os.path.isdir(into)
+  try:
+    train_and_evaluate(config, into, stop_at_step=step, config_dir=code_dir)
+  except BaseException:
+    shutil.rmtree(into, ignore_errors=True)
+    if existed:
+      os.makedirs(into, exist_ok=True)
+    raise
   rerun_step, rerun_arrays = checkpoint.load_arrays(into)
   new = manifest.read(into)
   expected = checkpoint.tree_digest(arrays["params"])

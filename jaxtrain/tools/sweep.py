@@ -22,19 +22,22 @@ running the command again finishes what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import importlib.util
 import json
 import logging
 import os
-import socket
 import time
 import warnings
 from typing import Any, Callable, Sequence
 
+import jax
+
 from jaxtrain import registry
-from jaxtrain.errors import UserError
+from jaxtrain.errors import Preempted, UserError
 from jaxtrain.run import manifest
 from jaxtrain.run.hooks import Hook
 from jaxtrain.run.loop import train_and_evaluate
@@ -167,26 +170,40 @@ def open_study(sweep_dir: str, storage: str | None, *, direction: str = "minimiz
   retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # Optuna >= 4.9
   retry = ({"heartbeat_stale_trial_callback": retry(max_retry=3)} if retry else
            {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)})
-  for attempt in range(5):
-    try:
-      rdb = optuna.storages.RDBStorage(
-          url, heartbeat_interval=max(1, grace_seconds // 4), grace_period=grace_seconds, **retry,
-          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
-      break
-    except Exception as e:  # SQLAlchemy: a bad URL, a server that is down, a missing driver
-      # Workers starting together race to create Optuna's tables: the loser retries.
-      if attempt < 4 and any(m in str(e) for m in ("duplicate key", "already exists")):
-        time.sleep(0.5 + attempt)
-        continue
-      raise UserError(f"--storage {url} cannot be opened: {str(e).splitlines()[0]}") from None
   name = os.path.basename(os.path.abspath(sweep_dir))
-  if not create:
+  # Workers starting together race to create Optuna's tables and the study: on one machine
+  # (SQLite, a shared sweep directory) they take turns; across machines the loser retries.
+  with _sweep_lock(sweep_dir) if create else contextlib.nullcontext():
+    for attempt in range(5):
+      try:
+        rdb = optuna.storages.RDBStorage(
+            url, heartbeat_interval=max(1, grace_seconds // 4), grace_period=grace_seconds, **retry,
+            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+        break
+      except Exception as e:  # SQLAlchemy: a bad URL, a server that is down, a missing driver
+        if attempt < 4 and any(m in str(e) for m in ("duplicate key", "already exists", "UNIQUE")):
+          time.sleep(0.5 + attempt)
+          continue
+        raise UserError(f"--storage {url} cannot be opened: {str(e).splitlines()[0]}") from None
+    if not create:
+      try:
+        return optuna.load_study(study_name=name, storage=rdb)
+      except KeyError:
+        raise UserError(f"no sweep named {name!r} in {url}") from None
+    return optuna.create_study(study_name=name, storage=rdb, direction=direction,
+                               sampler=sampler, pruner=pruner, load_if_exists=True)
+
+
+@contextlib.contextmanager
+def _sweep_lock(sweep_dir: str):
+  """An exclusive lock on the sweep directory while the storage is opened (blocking)."""
+  os.makedirs(sweep_dir, exist_ok=True)
+  with open(os.path.join(sweep_dir, ".sweep.lock"), "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
     try:
-      return optuna.load_study(study_name=name, storage=rdb)
-    except KeyError:
-      raise UserError(f"no sweep named {name!r} in {url}") from None
-  return optuna.create_study(study_name=name, storage=rdb, direction=direction,
-                             sampler=sampler, pruner=pruner, load_if_exists=True)
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def trial_workdir(sweep_dir: str, trial) -> str:
@@ -218,19 +235,28 @@ def run_sweep(config, space: dict[str, Distribution], sweep_dir: str, *, trials:
   _check_same_sweep(sweep_dir, config, space, metric, direction)
   os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
   optuna.logging.set_verbosity(optuna.logging.WARNING)
-  study = open_study(sweep_dir, storage, direction=direction, grace_seconds=grace_seconds)
   study = open_study(sweep_dir, storage, direction=direction, pruner=_pruner(pruner),
-                     sampler=_sampler(sampler, space, _sampler_seed(config.seed, study, storage)),
-                     grace_seconds=grace_seconds)
+                     sampler=_sampler(sampler, space, config.seed), grace_seconds=grace_seconds)
   _record_sweep(sweep_dir, config, space, metric, direction, storage, config_dir)
 
   def objective(trial):
+    if _surplus(trial, trials):
+      trial.set_user_attr("surplus", True)
+      raise _Surplus(f"trial {trial.number} would exceed --trials {trials}: not run")
+    if sampler != "grid":  # each trial its own seed: two workers never propose the same point
+      trial.study.sampler = _sampler(sampler, space, _trial_seed(config.seed, trial.number))
     overrides = suggest(trial, space)
     workdir = trial_workdir(sweep_dir, trial)
     trial.set_user_attr("workdir", os.path.relpath(workdir, sweep_dir))
     log.info("trial %d: %s", trial.number, _describe(overrides))
-    train(apply_overrides(config, overrides), workdir, hooks=[Pruning(trial, metric)],
-          config_dir=config_dir)
+    try:
+      train(apply_overrides(config, overrides), workdir, hooks=[Pruning(trial, metric)],
+            config_dir=config_dir)
+    except Preempted as e:
+      _hand_back(trial)
+      raise _Interrupted(e.signal_name) from None
+    finally:
+      jax.clear_caches()  # each trial compiles its own steps: without this, memory grows per trial
     last = {e["split"]: e for e in read_metrics(workdir)}  # resumed segments included
     value = _metric(last, metric)
     if value is None:
@@ -241,23 +267,55 @@ def run_sweep(config, space: dict[str, Distribution], sweep_dir: str, *, trials:
   finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
   remaining = trials - len(study.get_trials(deepcopy=False, states=finished))
   if remaining > 0:
-    study.optimize(objective, n_trials=remaining, catch=(),
-                   callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)])
+    try:
+      study.optimize(objective, n_trials=remaining, catch=(_Surplus,),
+                     callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)])
+    except _Interrupted as e:
+      raise Preempted(None, e.args[0], "the sweep; its trial will run again, resuming from its "
+                      "checkpoint") from None
   result = summary(sweep_dir, storage)
   if result["best"] is not None:
     write_best_config(sweep_dir, result["best"])
   return result
 
 
-def _sampler_seed(seed: int, study, storage: str | None) -> int:
-  """The sampler's seed: the config's, moved on by the trials the study already holds.
+class _Surplus(Exception):
+  """A trial started by one worker while others' running trials already make up --trials."""
 
-  So a resumed sweep does not propose its first trials again, and a sweep run
-  once from scratch is reproducible. Workers sharing a study (`--storage`)
-  also mix in their host and pid, or two would propose the same points.
+
+class _Interrupted(BaseException):
+  """A preempted trial: leaves Optuna's loop without Optuna marking it (it is handed back)."""
+
+
+def _surplus(trial, trials: int) -> bool:
+  """Whether this trial would exceed the study's size: finished ones, plus older running ones."""
+  import optuna
+  states = optuna.trial.TrialState
+  others = trial.study.get_trials(deepcopy=False)
+  done = sum(t.state in (states.COMPLETE, states.PRUNED) for t in others)
+  ahead = sum(t.state == states.RUNNING and t.number < trial.number for t in others)
+  return done + ahead >= trials
+
+
+def _hand_back(trial) -> None:
+  """A trial its worker was stopped in: failed now and queued again with its parameters, so the
+  next worker (or the same command) resumes it from its checkpoint."""
+  import optuna
+  storage = trial.study._storage
+  storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+  retry = getattr(storage, "heartbeat_stale_trial_callback", None) or getattr(
+      storage, "failed_trial_callback", None)
+  if retry is not None:
+    retry(trial.study, storage.get_trial(trial._trial_id))
+
+
+def _trial_seed(seed: int, number: int) -> int:
+  """Trial `number`'s sampler seed: reproducible from scratch, different for every trial.
+
+  Trial numbers are handed out once per study by its storage, so workers
+  sharing a study never draw with the same seed.
   """
-  worker = f"{socket.gethostname()}:{os.getpid()}" if storage else ""
-  key = f"{seed}/{len(study.get_trials(deepcopy=False))}/{worker}".encode()
+  key = f"{seed}/{number}".encode()
   return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
 
@@ -332,7 +390,7 @@ def summary(sweep_dir: str, storage: str | None = None) -> dict[str, Any]:
   study = open_study(sweep_dir, storage, create=False)
   rows = [{"number": t.number, "state": t.state.name, "params": t.params, "value": t.value,
            "last_step": t.last_step, "workdir": t.user_attrs.get("workdir")}
-          for t in study.get_trials(deepcopy=False)]
+          for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
   complete = [t for t in study.get_trials(deepcopy=False)
               if t.state == optuna.trial.TrialState.COMPLETE]
   best = None
@@ -363,11 +421,14 @@ def write_best_config(sweep_dir: str, best: dict) -> str:
   config = _absolute_code_paths(config, config_dir)
   path = os.path.join(sweep_dir, "best_config.py")
   with open(path, "w") as f:
-    f.write(f'"""The best trial (#{best["number"]}, value {best["value"]!r}) of the sweep in '
-            f'{os.path.abspath(sweep_dir)}.\n\nIts parameters: {_describe(best["params"])}.\n'
-            f'Training it in a fresh workdir gives the trial\'s bits.\n"""\n\n'
+    doc = (f"The best trial (#{best['number']}, value {best['value']!r}) of the sweep in "
+           f"{os.path.abspath(sweep_dir)}.\n\nIts parameters: {_describe(best['params'])}.\n"
+           "Training it in a fresh workdir gives the trial's bits.\n")
+    f.write(f"{doc!r}\n\n"
             "import json\n\nfrom ml_collections import ConfigDict\n\n"
-            f"CONFIG = json.loads(r'''{json.dumps(config, indent=2, sort_keys=True)}''')\n\n\n"
+            # repr() of a str is a Python literal whatever the str holds: no value of the config
+            # (a trial's parameter from a shared study included) can become code here.
+            f"CONFIG = json.loads({json.dumps(config, sort_keys=True)!r})\n\n\n"
             "def get_config():\n  return ConfigDict(CONFIG)\n")
   return path
 
