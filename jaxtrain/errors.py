@@ -20,8 +20,12 @@ def require(module: str, extra: str, what: str):
                     f"pip install 'jaxtrain[{extra}]'") from None
 
 
-class Preempted(Exception):
-  """A command stopped on a signal: with a checkpoint at `step`, or before it had trained anything."""
+class Preempted(BaseException):
+  """A command stopped on a signal: with a checkpoint at `step`, or before it had trained anything.
+
+  A BaseException, as KeyboardInterrupt is: code that turns errors into messages
+  (`except Exception`) must not turn a stop into one.
+  """
 
   def __init__(self, step: int | None, signal_name: str, doing: str = ""):
     done = (f"saved a checkpoint at step {step}" if step is not None

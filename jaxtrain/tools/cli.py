@@ -549,6 +549,8 @@ COMMANDS = {"train": train, "sweep": sweep, "report": report, "inspect": inspect
 
 
 def main(argv: list[str] | None = None) -> int:
+  """The `jaxtrain` command (`argv` given: called from Python, which gets its signal handlers back)."""
+  as_program = argv is None
   argv = sys.argv[1:] if argv is None else argv
   if argv[:1] in (["-h"], ["--help"], ["help"]):
     print(_usage())
@@ -586,8 +588,9 @@ def main(argv: list[str] | None = None) -> int:
       print(f"jaxtrain: error: {e}", file=sys.stderr)
       return RUN_ERROR
   finally:
-    for sig, handler in previous.items():  # main() may be called by other code
-      signal.signal(sig, handler)
+    for sig, handler in previous.items():
+      # The program's work is done and its status decided: a late signal changes nothing.
+      signal.signal(sig, signal.SIG_IGN if as_program else handler)
 
 
 if __name__ == "__main__":

@@ -303,8 +303,9 @@ def _hand_back(trial) -> None:
   import optuna
   storage = trial.study._storage
   storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-  retry = getattr(storage, "heartbeat_stale_trial_callback", None) or getattr(
-      storage, "failed_trial_callback", None)
+  find = (getattr(storage, "get_heartbeat_stale_trial_callback", None)
+          or getattr(storage, "get_failed_trial_callback", None))
+  retry = find() if find is not None else None
   if retry is not None:
     retry(trial.study, storage.get_trial(trial._trial_id))
 
