@@ -22,10 +22,10 @@ Where things are. Layers import only downwards (tests/test_layers.py checks it):
                        (periodic work: logging, evaluation + early stopping, checkpoints,
                        preemption, progress, yours), inputs.py (a run's data, model, task),
                        compiled.py, checkpoint.py (Orbax), parallel.py (mesh/pmap layout),
-                       distributed.py, preemption.py, nan_guard.py, early_stopping.py,
-                       finetune.py, manifest.py, metric_writers.py
+                       distributed.py, preemption.py, workdir_lock.py, nan_guard.py,
+                       early_stopping.py, finetune.py, manifest.py, metric_writers.py
   tools/               cli.py (`jaxtrain ...`), sweep.py (Optuna), report.py, predict.py
-                       (predict/export), rerun.py
+                       (predict/export), rerun.py, managed.py (SageMaker, Vertex AI)
 Scheduled retraining (promote only if better): experiments/retrain.py. Benchmarks and
 experiment folders: experiments/.
 

@@ -101,7 +101,7 @@ from jaxtrain.run.loop import train_and_evaluate
 folder, data_dir, out = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 params = {}
 for name, kind, extra in json.loads(sys.argv[4]):
-  c = _config(folder / kind, _digits_flags(data_dir, kind, steps=20, **extra))
+  c = _config(folder / kind, _digits_flags(data_dir, kind, steps=10, **extra))
   state = train_and_evaluate(c, f"{out}/{name}", config_dir=str(folder / kind))
   params[name] = [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)]
 print("RESULT", json.dumps({"devices": jax.device_count(), "params": params}))

@@ -6,10 +6,11 @@
                        stopping and best-k, preemption, checkpoints)
     inputs.py          a run's data, preprocessing, model and task, found through registry.py
     compiled.py        the steps compiled per layout; evaluation over a split
-    checkpoint.py      Orbax save/restore of state + data position; digests
+    checkpoint.py      Orbax save/restore of state + data position, checksums verified; digests
     parallel.py        Layout: jit over a device mesh (optionally fsdp) or pmap
     distributed.py     multi-host: jax.distributed from flags, SLURM, Open MPI, JobSet
-    preemption.py      SIGTERM/SIGINT: save and exit 75
+    preemption.py      SIGTERM/SIGINT/SIGHUP: save and exit 75
+    workdir_lock.py    one writer per workdir (an OS lock naming its holder)
     nan_guard.py       non-finite steps: never applied or saved; halt or skip
     early_stopping.py  patience on an eval metric; the k best checkpoints
     finetune.py        init_from another run or any Orbax checkpoint

@@ -5,4 +5,5 @@
     report.py   curves and sweep plots as HTML + PNGs
     predict.py  `jaxtrain predict` (files) and `jaxtrain export` (jax.export)
     rerun.py    `jaxtrain rerun`: train a manifest again, compare the bits
+    managed.py  SageMaker's and Vertex AI's environment: workdir, event files, model output
 """
