@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 # Every run and CLI process in the suite compiles the same few programs: let
-# JAX's persistent compilation cache serve them (children inherit the env).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxtrain-xla-cache-"))
+# JAX's persistent compilation cache serve them (children inherit the env), one
+# cache for all of a session's xdist workers.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"jaxtrain-xla-cache-{_RUN}")
+                      if _RUN else tempfile.mkdtemp(prefix="jaxtrain-xla-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

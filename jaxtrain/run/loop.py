@@ -285,14 +285,16 @@ def finish(loop: Loop, evaluation: Evaluate | None) -> None:
 
 def close(loop: Loop, every: list) -> None:
   """Waits for the saves, closes the hooks and writers; a finished run records its hparams."""
-  _finish_saves(loop.manager, loop.workdir, loop.step)
-  for hook in every:
-    hook.close(loop)
-  if (loop.step == loop.num_train_steps or loop.stop == "early_stop") and loop.step > loop.first_step:
-    loop.writer.write_hparams(loop.config_dict, _final_metrics(loop.workdir))
-  loop.writer.close()
-  if loop.lock is not None:
-    loop.lock.release()
+  try:
+    _finish_saves(loop.manager, loop.workdir, loop.step)
+    for hook in every:
+      hook.close(loop)
+    if (loop.step == loop.num_train_steps or loop.stop == "early_stop") and loop.step > loop.first_step:
+      loop.writer.write_hparams(loop.config_dict, _final_metrics(loop.workdir))
+    loop.writer.close()
+  finally:  # a failed final write still frees the workdir
+    if loop.lock is not None:
+      loop.lock.release()
 
 
 def abort(loop: Loop, every: list, error: BaseException) -> None:
