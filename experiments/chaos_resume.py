@@ -83,7 +83,7 @@ def main(argv=None) -> int:
   parser.add_argument("--quick", action="store_true", help="a short run (for the test suite)")
   parser.add_argument("--out", default="", help="write the results as JSON here")
   args = parser.parse_args(argv)
-  steps = 120 if args.quick else 300
+  steps = 70 if args.quick else 300
   rng = random.Random(args.seed)
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)

@@ -79,15 +79,15 @@ def test_inspect_without_checkpoints_is_one_line(tmp_path):
   assert result.stderr.strip() == f"jaxtrain: error: {tmp_path}/checkpoints holds no checkpoint"
 
 
-def test_mnist_config_reaches_97_5_percent_in_4_epochs_on_the_real_test_set(tmp_path):
-  """The README's MNIST command, cut to 4 of its 10 epochs (the suite's time is short)."""
+def test_mnist_config_reaches_97_percent_in_2_epochs_on_the_real_test_set(tmp_path):
+  """The README's MNIST command, cut to 2 of its 10 epochs (the suite's time is short)."""
   mnist = require_mnist()
   workdir = tmp_path / "mnist"
   result = jaxtrain("train", "--config", "configs/mnist.py", "--workdir", str(workdir),
                     f"--config.dataset.path={mnist}", f"--config.dataset.data_dir={tmp_path / 'dd'}",
                     "--config.dataset.train_split=test[:8000]",
-                    "--config.dataset.eval_split=test[8000:]", "--config.num_epochs=4")
+                    "--config.dataset.eval_split=test[8000:]", "--config.num_epochs=2")
   assert result.returncode == 0, result.stderr[-2000:]
   final = [e for e in read_metrics(str(workdir)) if e["split"] == "eval"][-1]
-  assert final["step"] == 248 and final["num_examples"] == 2000  # 4 epochs of 62 steps
-  assert final["accuracy"] >= 0.975  # 0.9795 here; 0.990 after all 10 epochs
+  assert final["step"] == 124 and final["num_examples"] == 2000  # 2 epochs of 62 steps
+  assert final["accuracy"] >= 0.97  # 0.978 here; 0.990 after all 10 epochs

@@ -1,4 +1,4 @@
-"""Where metrics go: the console, `metrics.jsonl` and TensorBoard event files.
+r"""Where metrics go: the console, `metrics.jsonl` and TensorBoard event files.
 
 Each event is (step, split, {name: float}); `metrics.jsonl` holds one JSON
 object per event, `{"step": ..., "split": ..., **metrics}`, appended so a
