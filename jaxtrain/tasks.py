@@ -66,6 +66,7 @@ class Task:
   loss_fn: Callable
   finalize: Callable[[dict], dict] = report_means
   predict: Callable = outputs_as_they_are
+  needs_seen_items: bool = False   # the run fits each user's training items (retrieval)
 
   @classmethod
   def of(cls, task) -> "Task":
@@ -74,7 +75,8 @@ class Task:
       return task
     if hasattr(task, "loss"):
       return cls(task.loss, getattr(task, "finalize", report_means),
-                 getattr(task, "predict", outputs_as_they_are))
+                 getattr(task, "predict", outputs_as_they_are),
+                 bool(getattr(task, "needs_seen_items", False)))
     return cls(task)
 
 

@@ -23,7 +23,10 @@ def default_data_dir() -> str:
 
 @contextlib.contextmanager
 def lock(data_dir: str, name: str):
-  """Serialises preparation of one dataset among processes sharing a data_dir."""
+  """Holds `<data_dir>/.<name>.lock` (waiting for it): one writer at a time among processes.
+
+  Preparing or importing one dataset; a sweep directory's study being created.
+  """
   os.makedirs(data_dir, exist_ok=True)
   with open(os.path.join(data_dir, f".{name}.lock"), "w") as f:
     fcntl.flock(f, fcntl.LOCK_EX)

@@ -81,9 +81,8 @@ def checksums(arrays) -> dict[str, list[int]]:
   Integer sums wrap around, so they do not depend on how the devices split
   the work: the same bits give the same checksum on any layout.
   """
-  flat = {"/".join(_key_name(k) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(arrays)[0]}
-  return {k: [int(a) for a in parallel.host_value(v)] for k, v in _checksums(flat).items()}
+  sums = jax.tree.map(parallel.host_value, _checksums(_flat(arrays)))
+  return {k: [int(a) for a in v] for k, v in sums.items()}
 
 
 def _next_index(data_iterator) -> int | None:

@@ -216,7 +216,10 @@ class RunInputs:
     return build_model(config, self.prep, example_batch, self.base_dir)
 
 
-def _code_record(*loaded: registry.Loaded | None) -> dict:
+def _code_record(config, task_code: registry.Loaded, dataset, base_dir: str | None) -> dict:
+  """{config field: {name, file, sha256}} of the user files the model, task and dataset came from."""
+  loaded = (registry.resolve(config.model.name, registry.MODELS, "config.model.name", base_dir),
+            task_code, datasets.builder_class(dataset, base_dir))
   return {field: {"name": l.name, "file": l.file, "sha256": l.sha256}
           for field, l in zip(("config.model.name", "config.task", "config.dataset.name"), loaded)
           if l is not None and l.file is not None}
@@ -244,10 +247,6 @@ def source_arrays(source) -> dict[str, np.ndarray]:
   return input_pipeline.InMemorySource(source).arrays
 
 
-def _needs_seen(task: tasks.Task) -> bool:
-  return getattr(getattr(task.loss_fn, "__self__", None), "needs_seen_items", False)
-
-
 def load(config, workdir: str | None = None, *, fit: bool, dataset=None,
          base_dir: str | None = None) -> RunInputs:
   """The run's inputs: the preprocessing fitted afresh (and saved in `workdir`), or read from it.
@@ -270,9 +269,8 @@ def load(config, workdir: str | None = None, *, fit: bool, dataset=None,
     if config.init_from.workdir:
       prep = preprocess.inherit(prep, config.init_from.workdir)
     task, task_code = build_task(config, prep, base_dir)  # a task that cannot use this data says so first
-    seen = preprocess.fit_seen(train, prep) if _needs_seen(task) else None
-  model_code = registry.resolve(config.model.name, registry.MODELS, "config.model.name", base_dir)
-  code = _code_record(model_code, task_code, datasets.builder_class(dataset, base_dir))
+    seen = preprocess.fit_seen(train, prep) if task.needs_seen_items else None
+  code = _code_record(config, task_code, dataset, base_dir)
   return RunInputs(builder, schema, sources, prep, seen, task, code, base_dir)
 
 
@@ -286,6 +284,5 @@ def load_for_inference(config, workdir: str, base_dir: str | None = None) -> Run
   else:
     prep, seen = preprocess.fit(None, {}, config), None
   task, task_code = build_task(config, prep, base_dir)
-  model_code = registry.resolve(config.model.name, registry.MODELS, "config.model.name", base_dir)
-  code = _code_record(model_code, task_code, datasets.builder_class(dataset, base_dir))
+  code = _code_record(config, task_code, dataset, base_dir)
   return RunInputs(builder, schema, {}, prep, seen, task, code, base_dir)

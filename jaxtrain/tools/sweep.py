@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -37,6 +36,7 @@ from typing import Any, Callable, Sequence
 import jax
 
 from jaxtrain import registry
+from jaxtrain.data import store
 from jaxtrain.errors import Preempted, UserError
 from jaxtrain.run import manifest
 from jaxtrain.run.hooks import Hook
@@ -173,7 +173,7 @@ def open_study(sweep_dir: str, storage: str | None, *, direction: str = "minimiz
   name = os.path.basename(os.path.abspath(sweep_dir))
   # Workers starting together race to create Optuna's tables and the study: on one machine
   # (SQLite, a shared sweep directory) they take turns; across machines the loser retries.
-  with _sweep_lock(sweep_dir) if create else contextlib.nullcontext():
+  with store.lock(sweep_dir, "sweep") if create else contextlib.nullcontext():
     for attempt in range(5):
       try:
         rdb = optuna.storages.RDBStorage(
@@ -193,17 +193,6 @@ def open_study(sweep_dir: str, storage: str | None, *, direction: str = "minimiz
     return optuna.create_study(study_name=name, storage=rdb, direction=direction,
                                sampler=sampler, pruner=pruner, load_if_exists=True)
 
-
-@contextlib.contextmanager
-def _sweep_lock(sweep_dir: str):
-  """An exclusive lock on the sweep directory while the storage is opened (blocking)."""
-  os.makedirs(sweep_dir, exist_ok=True)
-  with open(os.path.join(sweep_dir, ".sweep.lock"), "w") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def trial_workdir(sweep_dir: str, trial) -> str:
