@@ -138,7 +138,14 @@ def test_1_every_other_command_has_help_too(command):
   from jaxtrain.tools.cli import COMMAND_SUMMARIES
   out = _run(command, "--help")
   assert out.returncode == 0 and COMMAND_SUMMARIES[command] in " ".join(out.stdout.split())
-  options = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("  --")]
-  described = [line for line in out.stdout.splitlines()
-               if line.startswith("  --") and len(line.split("  ")) > 2]
-  assert options and len(described) + out.stdout.count("\n                        ") >= len(options)
+  lines = out.stdout.splitlines()
+  options = [i for i, line in enumerate(lines) if line.startswith("  --")]
+  assert options
+  for i in options:  # argparse puts a description after the option, or on the next line
+    described = bool(line_after(lines[i]).strip()) or lines[i + 1].startswith(" " * 24)
+    assert described, f"{lines[i].split()[0]} has no description"
+
+
+def line_after(option_line: str) -> str:
+  """What follows an option's own name and metavar on its help line."""
+  return option_line.strip().split("  ", 1)[1] if "  " in option_line.strip() else ""
