@@ -39,8 +39,21 @@ from jaxtrain.steps import train_step  # noqa: E402
 from jaxtrain.run.loop import create_train_state  # noqa: E402
 
 
-def load_config(warmup: int, steps: int, data_dir: str):
+MODELS = {
+    # Dispatch-bound: a step of an MLP this small is a few microseconds of compute.
+    "tiny": dict(name="mlp", num_classes=10, features=(32,), dropout_rate=0.0),
+    "cnn": None,  # configs/digits.py's own CNN
+}
+
+
+def load_config(warmup: int, steps: int, data_dir: str, model: str = "cnn", batch_size: int = 0,
+                steps_per_dispatch=1):
   c = load_config_file("digits")
+  if MODELS[model] is not None:
+    c.model = MODELS[model]
+  if batch_size:
+    c.batch_size = batch_size
+  c.steps_per_dispatch = steps_per_dispatch
   c.num_train_steps, c.log_every_steps = warmup + steps, warmup
   c.checkpoint_every_steps = c.eval_every_steps = 10 * (warmup + steps)  # the final save only
   c.dataset.update(eval_split="", test_split="", data_dir=data_dir)
@@ -84,13 +97,17 @@ def main(argv=None) -> dict:
   parser.add_argument("--steps", type=int, default=600, help="timed steps per repeat")
   parser.add_argument("--warmup", type=int, default=50)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--model", choices=sorted(MODELS), default="cnn",
+                      help="tiny: an MLP with one hidden layer of 32 (dispatch-bound); cnn: digits' CNN")
+  parser.add_argument("--batch_size", type=int, default=0, help="default: 32 for tiny, the config's for cnn")
   parser.add_argument("--quick", action="store_true", help="a few steps, one repeat")
   parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "jaxtrain-bench-tfds"))
   parser.add_argument("--out", default="loop_overhead.json")
   args = parser.parse_args(argv)
   if args.quick:
     args.steps, args.warmup, args.repeats = 20, 10, 1
-  config = load_config(args.warmup, args.steps, args.data_dir)
+  batch_size = args.batch_size or (32 if args.model == "tiny" else 0)
+  config = load_config(args.warmup, args.steps, args.data_dir, args.model, batch_size)
   ours, theirs = [], []
   with tempfile.TemporaryDirectory() as tmp:
     for r in range(args.repeats):

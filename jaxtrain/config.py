@@ -103,6 +103,9 @@ def base_config() -> ml_collections.ConfigDict:
       test_split="",              # evaluated once after training ("" = none)
       prefetch=2,                 # batches read ahead on threads
       cache_max_mb=1024,          # splits decoding to at most this many MB are held in memory
+      device_cache_max_mb=256,    # a train split whose model inputs take at most this many MB
+                                  # lives on the devices: each step gathers its batch there
+                                  # (one process, jit layout; 0 = always fed from the host)
       builder_kwargs={}))         # the builder's constructor arguments (synthetic_tokens: vocab_size...)
 
   c.parallel = ml_collections.ConfigDict(dict(
@@ -159,6 +162,7 @@ def _checks(c):
   yield "dataset.train_split", bool(c.dataset.train_split), "must name a split"
   yield "dataset.prefetch", c.dataset.prefetch >= 0, "must be >= 0"
   yield "dataset.cache_max_mb", c.dataset.cache_max_mb >= 0, "must be >= 0 (0 = never)"
+  yield "dataset.device_cache_max_mb", c.dataset.device_cache_max_mb >= 0, "must be >= 0 (0 = never)"
   yield "parallel.mode", c.parallel.mode in PARALLEL_MODES, f"must be one of {PARALLEL_MODES}"
   yield ("parallel.fsdp", not (c.parallel.fsdp and c.parallel.mode != "jit"),
          "needs parallel.mode='jit' (pmap keeps a whole copy of the state on every device)")

@@ -45,6 +45,7 @@ def test_skip_carries_on_past_one_bad_batch_and_counts_it(small_config, tmp_path
 
   monkeypatch.setattr(input_pipeline, "train_dataset", with_a_corrupt_record)
   small_config.update(num_train_steps=60, nan_policy="skip")
+  small_config.dataset.device_cache_max_mb = 0  # fed from the (poisoned) host pipeline
   state = train_and_evaluate(small_config, str(tmp_path / "run"))
   assert int(state.step) == 60
   assert bool(all_finite(state.params))

@@ -99,6 +99,11 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   return steps
 
 
+def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """The order of the examples in training epoch `epoch`: a function of (seed, epoch) alone."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
 def train_dataset(source, *, global_batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1,
                   transform: Callable[[Batch], Batch] = to_model_inputs) -> grain.MapDataset:
@@ -110,13 +115,12 @@ def train_dataset(source, *, global_batch_size: int, seed: int, process_index: i
   def batch_at(step: int) -> Batch:
     epoch, b = divmod(step, per_epoch)
     start = b * global_batch_size + process_index * local
-    return transform(_read(source, epoch_order(epoch)[start:start + local]))
+    return transform(_read(source, order(epoch)[start:start + local]))
 
   @functools.lru_cache(maxsize=2)
-  def epoch_order(epoch: int) -> np.ndarray:
-    # A fresh permutation per epoch, a function of (seed, epoch) alone: one
-    # vectorised draw per epoch, so a step costs no per-example lookups.
-    return np.random.default_rng([seed, epoch]).permutation(n)
+  def order(epoch: int) -> np.ndarray:
+    # One vectorised draw per epoch, so a step costs no per-example lookups.
+    return epoch_order(seed, epoch, n)
 
   return grain.MapDataset.range(sys.maxsize).map(batch_at)
 

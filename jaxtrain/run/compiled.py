@@ -3,8 +3,9 @@
 `train_fn(layout, state, k)(state, totals, health, batch)` runs k training
 steps in one dispatch (one `lax.scan` for k > 1), guards each against
 non-finite values (nan_guard.py) and adds its metrics to running totals on
-the device, so the loop never waits for a step. `evaluate` runs `eval_step`
-over every example of a split.
+the device, so the loop never waits for a step. `gathering_train_fn` does
+the same for a split held on the devices, each step gathering its own batch
+(feeds.DeviceFeed). `evaluate` runs `eval_step` over every example of a split.
 """
 
 from __future__ import annotations
@@ -12,28 +13,63 @@ from __future__ import annotations
 import functools
 
 import jax
+import numpy as np
 
 from jaxtrain.data import input_pipeline
 from jaxtrain.run import nan_guard, parallel
 from jaxtrain.steps import accumulate, eval_step, summarize, train_step
 
 
-def _train_and_accumulate(state, totals, health, batch, axis_name=None):
+def _train_and_accumulate(state, totals, health, batch, *, keep_finite: bool = True,
+                          axis_name=None):
   new_state, metrics = train_step(state, batch, axis_name=axis_name)
-  state, metrics, health = nan_guard.guard(state, new_state, metrics, health)
+  state, metrics, health = nan_guard.guard(state, new_state, metrics, health,
+                                           keep_finite=keep_finite)
   return state, accumulate(totals, metrics), health
 
 
-def _train_many(state, totals, health, batches, axis_name=None):
+def _train_many(state, totals, health, batches, *, keep_finite: bool = True, axis_name=None):
   """`_train_and_accumulate` over k stacked batches in one program (`lax.scan`): one dispatch."""
   def body(carry, batch):
-    return _train_and_accumulate(*carry, batch, axis_name=axis_name), None
+    return _train_and_accumulate(*carry, batch, keep_finite=keep_finite,
+                                 axis_name=axis_name), None
+  (state, totals, health), _ = jax.lax.scan(body, (state, totals, health), batches,
+                                            unroll=_unroll())
+  return state, totals, health
+
+
+def _unroll() -> bool:
   # XLA:CPU runs convolutions inside a loop body several times slower than
   # outside one (jax-ml/jax#12868: 9x for the MNIST CNN here), so on CPU the
   # k steps are unrolled; accelerators keep the loop (k times less to compile).
-  unroll = jax.default_backend() == "cpu"
-  (state, totals, health), _ = jax.lax.scan(body, (state, totals, health), batches, unroll=unroll)
-  return state, totals, health
+  return jax.default_backend() == "cpu"
+
+
+def _gather(arrays, window, step, batch_size: int):
+  """Global step `step`'s batch from the split on the device (feeds.DeviceFeed's window)."""
+  orders = window["orders"]
+  num_examples = next(iter(arrays.values())).shape[0]
+  per_epoch = num_examples // batch_size
+  epoch, position = step // per_epoch, step % per_epoch
+  start = (epoch - window["first_epoch"]) * num_examples + position * batch_size
+  rows = jax.lax.dynamic_slice(orders, (start,), (batch_size,))
+  return jax.tree.map(lambda a: a[rows], arrays)
+
+
+def _gather_and_train(state, totals, health, cursor, arrays, window, *, k: int, batch_size: int,
+                      keep_finite: bool = True, sharding=None, axis_name=None):
+  """k steps from global step `cursor`, each gathering its own batch: no input from the host."""
+  def one(carry, i):
+    batch = _gather(arrays, window, cursor + i, batch_size)
+    if sharding is not None:  # the batch is split over the devices like a fed one
+      batch = jax.lax.with_sharding_constraint(batch, sharding)
+    return _train_and_accumulate(*carry, batch, keep_finite=keep_finite, axis_name=axis_name), None
+  if k == 1:
+    (state, totals, health), _ = one((state, totals, health), 0)
+  else:
+    (state, totals, health), _ = jax.lax.scan(one, (state, totals, health), np.arange(k),
+                                              unroll=_unroll())
+  return state, totals, health, cursor + k
 
 
 def _eval_and_accumulate(state, totals, batch, axis_name=None):
@@ -46,21 +82,45 @@ def eval_fn(layout: parallel.Layout):
                         out_shardings=parallel.replicated(layout.mesh))
 
 
-def train_fn(layout: parallel.Layout, state, steps_per_dispatch: int = 1):
-  """The loop's step (or k steps) for `layout` and `state` (whose fsdp shardings it keeps)."""
+def train_fn(layout: parallel.Layout, state, steps_per_dispatch: int = 1, *,
+             keep_finite: bool = True):
+  """The loop's step (or k steps) for `layout` and `state` (whose fsdp shardings it keeps).
+
+  `keep_finite` (nan_policy "skip"): a step with non-finite metrics leaves the
+  state as it was. Without it (nan_policy "halt") the step's result is kept
+  whatever it is: the run halts at its next log, evaluation or save, before
+  anything reads the state, and the selection would cost as much as a small
+  model's step.
+  """
   if not layout.fsdp:
-    return _replicated_train_fn(layout, steps_per_dispatch)
+    return _replicated_train_fn(layout, steps_per_dispatch, keep_finite)
   every = parallel.replicated(layout.mesh)
-  return layout.compile(_train_and_accumulate if steps_per_dispatch == 1 else _train_many,
-                        donate_argnums=(0, 1, 2),
+  return layout.compile(_train_fn(steps_per_dispatch, keep_finite), donate_argnums=(0, 1, 2),
                         out_shardings=(layout.state_shardings(state), every, every))
 
 
+def _train_fn(steps_per_dispatch: int, keep_finite: bool):
+  return functools.partial(_train_and_accumulate if steps_per_dispatch == 1 else _train_many,
+                           keep_finite=keep_finite)
+
+
 @functools.cache
-def _replicated_train_fn(layout: parallel.Layout, steps_per_dispatch: int = 1):
+def _replicated_train_fn(layout: parallel.Layout, steps_per_dispatch: int, keep_finite: bool):
   every = parallel.replicated(layout.mesh)
-  return layout.compile(_train_and_accumulate if steps_per_dispatch == 1 else _train_many,
-                        donate_argnums=(0, 1, 2), out_shardings=(every, every, every))
+  return layout.compile(_train_fn(steps_per_dispatch, keep_finite), donate_argnums=(0, 1, 2),
+                        out_shardings=(every, every, every))
+
+
+@functools.cache
+def gathering_train_fn(layout: parallel.Layout, steps_per_dispatch: int, batch_size: int,
+                       keep_finite: bool = True):
+  """`(state, totals, health, cursor, arrays, window) -> (..., cursor + k)` for `DeviceFeed`."""
+  assert layout.mode == "jit" and not layout.fsdp, layout
+  every = parallel.replicated(layout.mesh)
+  sharding = parallel.data_sharded(layout.mesh) if layout.num_devices > 1 else None
+  fn = functools.partial(_gather_and_train, k=steps_per_dispatch, batch_size=batch_size,
+                         keep_finite=keep_finite, sharding=sharding)
+  return layout.compile(fn, donate_argnums=(0, 1, 2, 3), out_shardings=(every,) * 4)
 
 
 def evaluate(state, source, *, batch_size: int, layout: parallel.Layout,

@@ -178,6 +178,10 @@ class Evaluate(Hook):
     return loop.reached(self.every_steps) or loop.final
 
   def run(self, loop: Loop) -> None:
+    if loop.health is not None:  # a non-finite step halts the run before its state is measured
+      nan_guard.check(loop.layout.fetch(loop.health), loop.metric_names,
+                      policy=loop.config.nan_policy,
+                      max_consecutive=loop.config.nan_max_consecutive_skips)
     task = loop.inputs.task
     metrics = without_count(evaluate(loop.state, self.source, batch_size=self.batch_size,
                                      layout=loop.layout, transform=loop.inputs.transform(train=False),

@@ -31,8 +31,8 @@ from jaxtrain import optim
 from jaxtrain.config import validate
 from jaxtrain.data import input_pipeline
 from jaxtrain.errors import UserError
-from jaxtrain.run import (checkpoint, compiled, early_stopping, finetune, inputs as run_inputs,
-                          manifest, nan_guard, parallel)
+from jaxtrain.run import (checkpoint, compiled, early_stopping, feeds, finetune,
+                          inputs as run_inputs, manifest, nan_guard, parallel)
 from jaxtrain.run.hooks import (Checkpoint, Evaluate, LogTrainMetrics, Loop, Preemption,
                                 Progress)
 from jaxtrain.run import metric_writers
@@ -97,16 +97,11 @@ def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
 def train(loop: Loop, every: list, t_entry: float | None = None) -> None:
   """Steps until this process's last step or a hook's stop; raises `Preempted` on a signal."""
   k = loop.config.steps_per_dispatch
-  step_fn = compiled.train_fn(loop.layout, loop.state, k)
   t_entry = time.perf_counter() if t_entry is None else t_entry
   while loop.step < loop.last_step and loop.stop is None:
-    t_data = time.perf_counter()
-    batch = next(loop.train_iter)
-    loop.data_wait += time.perf_counter() - t_data
     if loop.totals is None:
       loop.totals = loop.layout.zeros_like(loop.total_shapes)
-    with jax.transfer_guard("disallow"):
-      loop.state, loop.totals, loop.health = step_fn(loop.state, loop.totals, loop.health, batch)
+    loop.train_iter.dispatch(loop, k)
     loop.previous_step, loop.step = loop.step, loop.step + k
     if loop.previous_step == loop.first_step:  # start-up cost (compiling, mostly): one wait, once
       jax.block_until_ready(loop.totals)
@@ -211,12 +206,17 @@ def _train_data(config, inputs: run_inputs.RunInputs, layout: parallel.Layout):
       source, global_batch_size=config.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
       transform=inputs.transform(train=True))
-  k = config.steps_per_dispatch
+  k, keep_finite = config.steps_per_dispatch, config.nan_policy == "skip"
+  on_device = feeds.fits_on_device(source, inputs.transform(train=True),
+                                   config.dataset.device_cache_max_mb << 20, layout)
+  if on_device is not None:
+    return train_data, feeds.DeviceFeed(on_device, layout, batch_size=config.batch_size,
+                                        seed=config.seed, position_unit=k, keep_finite=keep_finite)
   train_iter = input_pipeline.DevicePrefetch(
       input_pipeline.iterate(train_data if k == 1 else input_pipeline.grouped(train_data, k),
                              _host_prefetch(source, config)),
       layout.put_batch if k == 1 else layout.put_batches, config.parallel.prefetch_to_device)
-  return train_data, train_iter
+  return train_data, feeds.HostFeed(train_iter, layout, k, keep_finite=keep_finite)
 
 
 def _initial_state(config, workdir: str, inputs: run_inputs.RunInputs, layout: parallel.Layout,

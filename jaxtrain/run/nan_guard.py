@@ -1,13 +1,15 @@
 """Non-finite losses and gradients: never applied, never checkpointed.
 
-`guarded_step` wraps a train step so that an update whose metrics (loss,
-gradient norm, ...) are not all finite leaves params, optimizer state and
-batch statistics as they were; the step counter still advances, so data and
-PRNG stay aligned with an uninterrupted run. A small on-device `health`
-record counts such steps; the loop reads it only where it already waits for
-the device (log and checkpoint boundaries), then applies `nan_policy`:
-- "halt": stop with an error naming the first bad step and metric;
-- "skip": carry on, but halt after `nan_max_consecutive_skips` bad steps in a row.
+`guard` follows each train step: a small on-device `health` record counts
+steps whose metrics (loss, gradient norm, ...) are not all finite; the loop
+reads it only where it already waits for the device (log, evaluation and
+checkpoint boundaries), then applies `nan_policy`:
+- "halt": stop with an error naming the first bad step and metric; the state
+  in memory is dropped, the latest checkpoint is the last finite state;
+- "skip": such an update leaves params, optimizer state and batch statistics
+  as they were (the step counter still advances, so data and PRNG stay
+  aligned with an uninterrupted run); halt after `nan_max_consecutive_skips`
+  bad steps in a row.
 A skipped step leaves the optimizer state whole, its own step count included
 (as `optax.apply_if_finite` does), so schedules resume where they were.
 """
@@ -29,19 +31,24 @@ def new_health() -> dict[str, jax.Array]:
           "first_bad_step": jnp.int32(-1), "first_bad_metric": jnp.int32(-1)}
 
 
-def guard(state, new_state, new_metrics, health):
-  """(state, metrics, health): `new_state` kept only if all its metrics are finite.
+def guard(state, new_state, new_metrics, health, *, keep_finite: bool = True):
+  """(state, metrics, health): the step's outcome, recorded in `health`.
 
-  The metrics returned are zeros in place of a skipped step's values, so
-  running totals stay finite. Metrics are checked in sorted-name order, the
-  order `check` names them in.
+  `keep_finite` ("skip"): `new_state` is kept only if all its metrics are
+  finite, and a skipped step reports zeros, so running totals stay finite.
+  Without it ("halt") the step's result is returned as it is: the loop halts
+  at the next `check` (before any log, evaluation or save reads the state),
+  and selecting costs as much as a small model's whole step on a CPU. Metrics
+  are checked in sorted-name order, the order `check` names them in.
   """
   names = sorted(new_metrics)
   bad = jnp.stack([~jnp.all(jnp.isfinite(new_metrics[k])) for k in names])
   ok = ~jnp.any(bad)
-  kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state,
-                      state.replace(step=new_state.step))
-  reported = {k: jnp.where(ok, v, jnp.zeros_like(v)) for k, v in new_metrics.items()}
+  kept, reported = new_state, new_metrics
+  if keep_finite:  # one branch taken, not an elementwise select over every array
+    kept, reported = jax.lax.cond(
+        ok, lambda: (new_state, new_metrics),
+        lambda: (state.replace(step=new_state.step), jax.tree.map(jnp.zeros_like, new_metrics)))
   first = health["first_bad_step"] < 0
   health = {
       "skipped": health["skipped"] + (~ok).astype(jnp.int32),

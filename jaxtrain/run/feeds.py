@@ -1,0 +1,134 @@
+"""How the training batches reach the step: fed from the host, or gathered on the devices.
+
+Both give global step g the same batch (input_pipeline.py's contract: rows
+[g*B, (g+1)*B) of epoch g // steps_per_epoch's permutation), so a run's
+bits do not depend on which one it used, and a checkpoint holds the same
+data position (`{"next_index": ...}`) from either.
+
+`HostFeed`: each dispatch takes the next batch from the Grain pipeline,
+already copied to the devices by `DevicePrefetch`. Any split, any layout.
+
+`DeviceFeed`: a training split whose model inputs fit in
+`config.dataset.device_cache_max_mb` is placed on the devices once, with
+the permutations of the epochs in flight; the compiled step gathers its own
+batch there from a step counter it carries. The host does nothing per step
+but dispatch: no iterator, no copy, no transfer. For small models this
+host work, not the device, sets the speed. One process, `jit` layout.
+
+`dispatch(loop, k)` runs k steps from `loop.step` (k from `steps_per_dispatch`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import jax
+import numpy as np
+
+from jaxtrain.data import input_pipeline
+from jaxtrain.run import compiled, parallel
+
+
+class HostFeed:
+  """Batches from the host pipeline (`DevicePrefetch` over Grain), k fixed per run."""
+
+  def __init__(self, iterator, layout: parallel.Layout, steps_per_dispatch: int, *,
+               keep_finite: bool = True):
+    self.iterator, self.layout, self.k = iterator, layout, steps_per_dispatch
+    self.keep_finite = keep_finite
+
+  def dispatch(self, loop, k: int) -> None:
+    assert k == self.k, (k, self.k)  # the iterator's grouping is fixed when it is built
+    t_data = time.perf_counter()
+    batch = next(self.iterator)
+    loop.data_wait += time.perf_counter() - t_data
+    step_fn = compiled.train_fn(self.layout, loop.state, k, keep_finite=self.keep_finite)
+    with jax.transfer_guard("disallow"):
+      loop.state, loop.totals, loop.health = step_fn(loop.state, loop.totals, loop.health, batch)
+
+  def get_state(self) -> bytes:
+    return self.iterator.get_state()
+
+  def set_state(self, state: bytes) -> None:
+    self.iterator.set_state(state)
+
+  def start_prefetch(self) -> None:
+    self.iterator.start_prefetch()
+
+
+class DeviceFeed:
+  """The transformed training split on the devices; each step gathers its batch there.
+
+  `position_unit`: the steps one unit of the checkpointed `next_index` stands
+  for (a host pipeline grouped by k counts groups), so either feed resumes
+  the other's checkpoints.
+  """
+
+  def __init__(self, arrays: dict[str, np.ndarray], layout: parallel.Layout, *, batch_size: int,
+               seed: int, position_unit: int = 1, keep_finite: bool = True):
+    self.layout, self.batch_size, self.seed, self.unit = layout, batch_size, seed, position_unit
+    self.keep_finite = keep_finite
+    self.num_examples = len(next(iter(arrays.values())))
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(self.num_examples, batch_size)
+    self.arrays = layout.put_replicated(arrays)
+    self.step = 0            # the next step's global index, on the host
+    self._cursor = None      # the same, on the device (the step carries it)
+    self._window = None      # (first epoch, number of epochs, their orders on the device)
+    self._guarded: set[int] = set()  # the k whose program ran under the transfer guard
+
+  def _epochs_needed(self, k: int) -> int:
+    # Steps s .. s+k-1 span at most this many epochs, wherever s falls in one.
+    return math.ceil(k / self.steps_per_epoch) + 1
+
+  def _orders(self, k: int):
+    first, count = self.step // self.steps_per_epoch, self._epochs_needed(k)
+    if self._window is None or self._window[:2] != (first, count):
+      orders = np.concatenate([input_pipeline.epoch_order(self.seed, e, self.num_examples)
+                               for e in range(first, first + count)]).astype(np.int32)
+      self._window = (first, count, self.layout.put_replicated(
+          {"first_epoch": np.int32(first), "orders": orders}))
+    return self._window[2]
+
+  def dispatch(self, loop, k: int) -> None:
+    if self._cursor is None:
+      self._cursor = self.layout.put_replicated(np.int32(self.step))
+    window = self._orders(k)
+    step_fn = compiled.gathering_train_fn(self.layout, k, self.batch_size, self.keep_finite)
+    args = (loop.state, loop.totals, loop.health, self._cursor, self.arrays, window)
+    if k in self._guarded:
+      loop.state, loop.totals, loop.health, self._cursor = step_fn(*args)
+    else:  # every argument is already on the devices; the guard proves it once per program
+      with jax.transfer_guard("disallow"):
+        loop.state, loop.totals, loop.health, self._cursor = step_fn(*args)
+      self._guarded.add(k)
+    self.step += k
+
+  # Grain's checkpoint handler saves and restores the position through these.
+  def get_state(self) -> bytes:
+    return json.dumps({"next_index": self.step // self.unit}).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.step, self._cursor = json.loads(state)["next_index"] * self.unit, None
+
+  def start_prefetch(self) -> None:
+    pass
+
+
+def fits_on_device(source, transform, max_bytes: int, layout: parallel.Layout) -> dict | None:
+  """The split's model inputs as arrays, if it is held in memory and they take <= `max_bytes`.
+
+  The transform is applied to the whole split at once: it works example by
+  example (preprocess.py), so the rows are those a batch would get.
+  """
+  if (max_bytes <= 0 or layout.mode != "jit" or layout.fsdp or jax.process_count() > 1
+      or not isinstance(source, input_pipeline.InMemorySource)):
+    return None
+  raw = sum(v.nbytes for v in source.arrays.values())
+  if raw > max_bytes:  # before transforming: floats take at most 4x a uint8 image
+    return None
+  arrays = transform(source.arrays)
+  if sum(np.asarray(v).nbytes for v in arrays.values()) > max_bytes:
+    return None
+  return {k: np.asarray(v) for k, v in arrays.items()}
