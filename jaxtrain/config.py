@@ -28,6 +28,7 @@ EARLY_STOPPING_MODES = ("min", "max")
 NAN_POLICIES = ("halt", "skip")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 PARALLEL_MODES = ("jit", "pmap")
+AUTO = 0  # steps_per_dispatch: measured at start-up (feeds.AutoPace)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -44,7 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.async_checkpointing = True
   c.nan_policy = "halt"           # halt | skip: what a non-finite loss or gradient does
   c.nan_max_consecutive_skips = 10  # with "skip": halt after this many bad steps in a row
-  c.steps_per_dispatch = 1        # k > 1: k steps per call, one lax.scan (for dispatch-bound small models)
+  c.steps_per_dispatch = AUTO     # k steps per call (one lax.scan), or AUTO (0; "auto" on the command
+                                  # line): k measured at start-up, > 1 where a step is tiny
   c.compute_dtype = "float32"     # bfloat16: mixed precision (params, optimizer state, losses stay float32)
   c.deterministic_gpu_ops = False   # sets --xla_gpu_deterministic_ops=true (slower, exact reruns)
 
@@ -131,7 +133,7 @@ def _checks(c):
   yield "seed", 0 <= c.seed < 2**32, "must be in [0, 2**32)"
   yield "task", isinstance(c.task, str) and bool(c.task), "must name a task"
   yield "batch_size", c.batch_size > 0, "must be > 0"
-  yield "steps_per_dispatch", c.steps_per_dispatch >= 1, "must be >= 1"
+  yield "steps_per_dispatch", c.steps_per_dispatch >= 0, "must be >= 1, or 0 (auto)"
   yield "compute_dtype", c.compute_dtype in COMPUTE_DTYPES, f"must be one of {COMPUTE_DTYPES}"
   yield "num_train_steps", c.num_train_steps == -1 or c.num_train_steps > 0, "must be > 0, or -1 to use num_epochs"
   yield "num_epochs", c.num_train_steps > 0 or c.num_epochs > 0, "must be > 0 when num_train_steps is -1"

@@ -33,16 +33,23 @@ def _train_many(state, totals, health, batches, *, keep_finite: bool = True, axi
   def body(carry, batch):
     return _train_and_accumulate(*carry, batch, keep_finite=keep_finite,
                                  axis_name=axis_name), None
-  (state, totals, health), _ = jax.lax.scan(body, (state, totals, health), batches,
-                                            unroll=_unroll())
+  carry = (state, totals, health)
+  (state, totals, health), _ = jax.lax.scan(
+      body, carry, batches, unroll=_unroll(body, carry, jax.tree.map(lambda x: x[0], batches)))
   return state, totals, health
 
 
-def _unroll() -> bool:
-  # XLA:CPU runs convolutions inside a loop body several times slower than
-  # outside one (jax-ml/jax#12868: 9x for the MNIST CNN here), so on CPU the
-  # k steps are unrolled; accelerators keep the loop (k times less to compile).
-  return jax.default_backend() == "cpu"
+def _unroll(body, carry, x) -> bool:
+  """Whether to unroll a scan of `body`: on CPU, where it convolves.
+
+  XLA:CPU runs convolutions inside a loop body several times slower than
+  outside one (jax-ml/jax#12868: 9x for the MNIST CNN here), so there the k
+  steps are unrolled; anything else keeps the loop, which compiles in the
+  time of one step (an unrolled MLP of 32 steps takes 13x longer, and runs slower).
+  """
+  if jax.default_backend() != "cpu":
+    return False
+  return "conv_general_dilated" in str(jax.make_jaxpr(body)(carry, x))
 
 
 def _gather(arrays, window, step, batch_size: int):
@@ -67,8 +74,9 @@ def _gather_and_train(state, totals, health, cursor, arrays, window, *, k: int, 
   if k == 1:
     (state, totals, health), _ = one((state, totals, health), 0)
   else:
-    (state, totals, health), _ = jax.lax.scan(one, (state, totals, health), np.arange(k),
-                                              unroll=_unroll())
+    carry = (state, totals, health)
+    (state, totals, health), _ = jax.lax.scan(one, carry, np.arange(k),
+                                              unroll=_unroll(one, carry, 0))
   return state, totals, health, cursor + k
 
 

@@ -15,12 +15,18 @@ batch there from a step counter it carries. The host does nothing per step
 but dispatch: no iterator, no copy, no transfer. For small models this
 host work, not the device, sets the speed. One process, `jit` layout.
 
-`dispatch(loop, k)` runs k steps from `loop.step` (k from `steps_per_dispatch`).
+`dispatch(loop, k)` runs k steps from `loop.step`. k comes from a pace:
+`steps_per_dispatch` itself, or with `steps_per_dispatch=0` ("auto") an
+`AutoPace`, which measures one-step dispatches at the start and then
+dispatches as many steps at once as make a few milliseconds of work, on the
+multiples of every cadence (logging, evaluation, checkpoints, hooks), so
+they stay exact. k steps in one dispatch give the bits of k dispatches.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 
@@ -29,6 +35,11 @@ import numpy as np
 
 from jaxtrain.data import input_pipeline
 from jaxtrain.run import compiled, parallel
+
+log = logging.getLogger("jaxtrain")
+
+
+_WINDOW_STEPS = 1024  # DeviceFeed holds the orders of the epochs of at least this many steps
 
 
 class HostFeed:
@@ -78,13 +89,17 @@ class DeviceFeed:
     self._window = None      # (first epoch, number of epochs, their orders on the device)
     self._guarded: set[int] = set()  # the k whose program ran under the transfer guard
 
-  def _epochs_needed(self, k: int) -> int:
-    # Steps s .. s+k-1 span at most this many epochs, wherever s falls in one.
-    return math.ceil(k / self.steps_per_epoch) + 1
+  def _epochs_held(self, k: int) -> int:
+    # Steps s .. s+k-1 span at most ceil(k / steps_per_epoch) + 1 epochs wherever s
+    # falls; holding those of at least _WINDOW_STEPS steps makes a refresh rare.
+    return math.ceil(max(k, _WINDOW_STEPS) / self.steps_per_epoch) + 1
 
   def _orders(self, k: int):
-    first, count = self.step // self.steps_per_epoch, self._epochs_needed(k)
-    if self._window is None or self._window[:2] != (first, count):
+    """The window of epoch orders that steps `self.step` .. + k - 1 read, refreshed as needed."""
+    count = self._epochs_held(k)
+    first, last = self.step // self.steps_per_epoch, (self.step + k - 1) // self.steps_per_epoch
+    held = self._window
+    if held is None or held[1] != count or not held[0] <= first <= last < held[0] + count:
       orders = np.concatenate([input_pipeline.epoch_order(self.seed, e, self.num_examples)
                                for e in range(first, first + count)]).astype(np.int32)
       self._window = (first, count, self.layout.put_replicated(
@@ -114,6 +129,69 @@ class DeviceFeed:
 
   def start_prefetch(self) -> None:
     pass
+
+
+class FixedPace:
+  """`steps_per_dispatch=k`: k steps in every dispatch."""
+
+  def __init__(self, k: int):
+    self.k = k
+
+  def __call__(self, loop) -> int:
+    return self.k
+
+
+class AutoPace:
+  """`steps_per_dispatch="auto"`: k from the measured time of a one-step dispatch.
+
+  The first dispatch compiles (its time estimates what compiling a k-step
+  program costs); the next `measure` are timed. If a step takes less than
+  `target_s`, k is the largest divisor of `cadence` (the gcd of every cadence
+  and of the run's end) with k * step time <= `target_s`, at most `max_k`,
+  and only if the steps left would save more than that compile costs. Until
+  `loop.step` is a multiple of k, steps go one at a time.
+  """
+
+  def __init__(self, cadence: int, *, target_s: float = 0.004, max_k: int = 128,
+               measure: int = 20):
+    self.cadence, self.target_s, self.max_k, self.measure = cadence, target_s, max_k, measure
+    self.k = None               # decided
+    self.step_seconds = None    # the measured time of one step, one per dispatch
+    self._calls, self._t0, self._compile_s = 0, None, 0.0
+
+  def __call__(self, loop) -> int:
+    if self.k is None:
+      self._calls += 1
+      now = time.perf_counter()
+      if self._calls == 1:
+        self._t0 = now
+      elif self._calls == 2:  # the loop waited for the first step
+        self._compile_s, self._t0 = now - self._t0, now
+      elif self._calls == self.measure + 2:
+        jax.block_until_ready(loop.totals)
+        self.step_seconds = (time.perf_counter() - self._t0) / self.measure
+        self.k = self.choose(self.step_seconds, loop.last_step - loop.step)
+        log.info("steps_per_dispatch=auto: a step takes %.3g ms; %d per dispatch",
+                 1e3 * self.step_seconds, self.k)
+      if self.k is None:
+        return 1
+    return self.k if loop.step % self.k == 0 else 1
+
+  def choose(self, step_seconds: float, steps_left: int) -> int:
+    want = min(self.max_k, int(self.target_s / step_seconds))
+    k = max((d for d in range(1, want + 1) if self.cadence % d == 0), default=1)
+    # Worth a compile only if the steps left would gain more than it costs, taking
+    # (conservatively) a k-step dispatch to halve the time per step.
+    return k if k > 1 and steps_left * step_seconds / 2 > self._compile_s else 1
+
+
+def pace_for(steps_per_dispatch: int, feed, cadences) -> FixedPace | AutoPace:
+  """The pace of `config.steps_per_dispatch` (0 = auto) for this feed and these cadences."""
+  if steps_per_dispatch:
+    return FixedPace(steps_per_dispatch)
+  if not isinstance(feed, DeviceFeed):  # a host pipeline is grouped by a fixed k when built
+    return FixedPace(1)
+  return AutoPace(math.gcd(*[c for c in cadences if c and c > 1]) or 1)
 
 
 def fits_on_device(source, transform, max_bytes: int, layout: parallel.Layout) -> dict | None:

@@ -96,11 +96,13 @@ def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
 
 def train(loop: Loop, every: list, t_entry: float | None = None) -> None:
   """Steps until this process's last step or a hook's stop; raises `Preempted` on a signal."""
-  k = loop.config.steps_per_dispatch
+  pace = feeds.pace_for(loop.config.steps_per_dispatch, loop.train_iter,
+                        [h.every_steps for h in every] + [loop.num_train_steps, loop.last_step])
   t_entry = time.perf_counter() if t_entry is None else t_entry
   while loop.step < loop.last_step and loop.stop is None:
     if loop.totals is None:
       loop.totals = loop.layout.zeros_like(loop.total_shapes)
+    k = pace(loop)
     loop.train_iter.dispatch(loop, k)
     loop.previous_step, loop.step = loop.step, loop.step + k
     if loop.previous_step == loop.first_step:  # start-up cost (compiling, mostly): one wait, once
@@ -206,7 +208,7 @@ def _train_data(config, inputs: run_inputs.RunInputs, layout: parallel.Layout):
       source, global_batch_size=config.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
       transform=inputs.transform(train=True))
-  k, keep_finite = config.steps_per_dispatch, config.nan_policy == "skip"
+  k, keep_finite = config.steps_per_dispatch or 1, config.nan_policy == "skip"  # auto: fed one by one
   on_device = feeds.fits_on_device(source, inputs.transform(train=True),
                                    config.dataset.device_cache_max_mb << 20, layout)
   if on_device is not None:
@@ -420,7 +422,7 @@ def _check_dispatch_cadence(config, num_train_steps: int, stop_at_step: int | No
     raise UserError(f"config.optimizer.accumulate_steps={config.optimizer.accumulate_steps} is more "
                     f"than the run's {num_train_steps} steps: the params would never change")
   k = config.steps_per_dispatch
-  if k == 1:
+  if k <= 1:  # one, or auto (which keeps to the cadences itself)
     return
   for name, value in (("num_train_steps", num_train_steps), ("log_every_steps", config.log_every_steps),
                       ("eval_every_steps", config.eval_every_steps),

@@ -216,9 +216,13 @@ def config_dir(fv) -> str:
   return os.path.dirname(os.path.abspath(filename))
 
 
+# The integer fields where 0 means "decide at start-up" also take the word.
+_AUTO_FLAGS = {"--config.steps_per_dispatch=auto": "--config.steps_per_dispatch=0"}
+
+
 def _parse_train_flags(argv: list[str], command: str = "train", managed=None):
   """The command's flags; a managed job's environment (managed.py) fills in what they omit."""
-  argv = _with_builtin_config(argv)
+  argv = [_AUTO_FLAGS.get(a, a) for a in _with_builtin_config(argv)]
   if managed is not None and managed.overrides:
     # Right after --config (config_flags wants it first): the command line's own overrides
     # come later and win.
