@@ -135,10 +135,80 @@ def test_class_folders_of_text_and_images(tmp_path, capsys):
 
 def test_bad_rows_are_all_found_and_nothing_is_written(tmp_path):
   bad = tmp_path / "trips.csv"
-  bad.write_text("pickup,minutes,label\n2024-01-01,12.5,a\nyesterday,7,b\n2024-01-03,,a\n")
+  # An empty number is missing (imputed later), not bad; "7 min" is bad.
+  bad.write_text("pickup,minutes,label\n2024-01-01,12.5,a\nyesterday,7,b\n2024-01-03,,a\n"
+                 "2024-01-04,7 min,b\n")
   spec = data_import.ImportSpec(sources=(str(bad),), name="trips", columns="pickup=time,minutes=float")
   with pytest.raises(UserError) as info:
     data_import.run_import(spec, str(tmp_path / "data"))
   assert str(info.value) == (f"{bad} line 3, column 'pickup': 'yesterday' is not a date or time "
                              "(expected ISO 8601, e.g. 2024-05-31) (and 1 more bad values)")
   assert not (tmp_path / "data").exists()
+
+
+def test_missing_numbers_stay_numeric_and_are_imputed_with_a_flag(tmp_path, capsys):
+  rows = ["rooms,area,zip_code,label"] + [
+      f"{i % 5 + 1},{'' if i % 10 == 3 else 50 + i},{i % 7:05d},{100 + 3 * i}" for i in range(200)]
+  (tmp_path / "houses.csv").write_text("\n".join(rows) + "\n")
+  out = _import(capsys, tmp_path / "houses.csv", "--name", "houses", "--data_dir", tmp_path / "dd")
+  schema = data_import.read_schema(tmp_path / "dd" / "houses" / "1.0.0")
+  # 20 empty cells do not make `area` a category; a zero-padded code is not a quantity.
+  assert schema["columns"] == {"rooms": "int", "area": "float", "zip_code": "category"}
+  assert schema["summary"]["area"]["missing"] == 20
+  assert "  area      float           20  " in out  # the printed schema table
+  from jaxtrain.data import preprocess
+  from jaxtrain.config import base_config
+  arrays = {k: np.asarray(v) for k, v in _split(tmp_path / "dd" / "houses" / "1.0.0", "train").items()}
+  assert np.isnan(arrays["area"]).sum() > 0
+  config = base_config()
+  prep = preprocess.fit(schema, arrays, config)
+  numeric = preprocess.make_transform(prep, train=True)(arrays)["numeric"]
+  assert [s["feature"] for s in prep["numeric"]] == ["area", "rooms"]
+  assert numeric.shape[1] == 3  # area, area's missing flag, rooms
+  missing = np.isnan(arrays["area"])
+  assert np.array_equal(numeric[:, 1], missing.astype(np.float32))
+  assert np.all(numeric[missing, 0] == 0) and np.isfinite(numeric).all()
+
+
+def test_tsv_headerless_and_zipped_tables_import(tmp_path, capsys):
+  import zipfile
+  lines = [("ham" if i % 4 else "spam") + "\t" + f'Call "now" £{i}! or not {i}' for i in range(60)]
+  (tmp_path / "SMSCollection").write_text("\n".join(lines) + "\n")  # no suffix, no header
+  out = _import(capsys, tmp_path / "SMSCollection", "--name", "sms", "--names", "label,text",
+                "--data_dir", tmp_path / "dd")
+  train = _split(tmp_path / "dd" / "sms" / "1.0.0", "train")
+  texts = {t.decode() for t in train["text"]}
+  assert len(texts) == 48 and all("£" in t and '"now"' in t for t in texts)  # kept whole
+  csv_text = "a;b;label\n" + "".join(f"{i};{i * 2.5};{i % 2}\n" for i in range(40))
+  with zipfile.ZipFile(tmp_path / "parts.zip", "w") as z:
+    z.writestr("part1.csv", csv_text)
+    z.writestr("__MACOSX/._part1.csv", "junk")
+  _import(capsys, tmp_path / "parts.zip", "--name", "zipped", "--data_dir", tmp_path / "dd")
+  schema = data_import.read_schema(tmp_path / "dd" / "zipped" / "1.0.0")
+  assert schema["columns"] == {"a": "int", "b": "float"} and schema["class_names"] == ["0", "1"]
+  assert sum(schema["num_examples"].values()) == 40
+
+
+def test_a_stray_word_in_a_numeric_column_is_named(tmp_path):
+  rows = ["x,label"] + [f"{i * 0.5},{i % 2}" for i in range(300)]
+  rows[201] = "12.5.1,1"
+  (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+  spec = data_import.ImportSpec(sources=(str(tmp_path / "t.csv"),), name="t")
+  with pytest.raises(UserError, match=r"t.csv line 202, column 'x': '12.5.1' is not a number, in a "
+                     r"column of 299 numbers \(1 are not\); fix it, or declare"):
+    data_import.run_import(spec, str(tmp_path / "dd"))
+
+
+def test_import_scale_quick(tmp_path):
+  import subprocess
+  import sys
+  out = tmp_path / "scale.json"
+  proc = subprocess.run([sys.executable, "experiments/import_scale.py", "--quick", "--out", str(out)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(out.read_text())
+  [row] = result["results"]
+  assert row["rows"] == 2000 and row["rows_per_s"] > 0 and row["legacy_rows_per_s"] > 0
+  assert result["bad_row"]["status"] == 1
+  assert result["bad_row"]["message"][0].endswith("bad_2000.csv line 1501, column 'amount': "
+                                                  "'12.5.1' is not a number")

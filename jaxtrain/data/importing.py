@@ -34,9 +34,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import tensorflow_datasets as tfds
 
-from jaxtrain.data import store
+from jaxtrain.data import columns, records, store
 from jaxtrain.errors import UserError, require
 
 log = logging.getLogger("jaxtrain")
@@ -76,6 +78,12 @@ class ImportSpec:
   series: str = _option("", "the column naming each row's series, for --lags (e.g. store)")
   image_size: str = _option("", "'H,W': resize folder images to this (default: as they are, "
                             "which must then all be one size)")
+  delimiter: str = _option("", "the field separator of text tables (default: tab for .tsv, else "
+                           "sniffed from the first lines: , tab ; |)")
+  names: str = _option("", "column names for text tables without a header row, e.g. "
+                       "'label,text'")
+  max_memory_mb: int = _option(512, "about the most memory a table import holds at once: files "
+                               "are read and written in chunks of a sixteenth of this")
 
   @classmethod
   def from_config(cls, c) -> "ImportSpec":
@@ -85,8 +93,17 @@ class ImportSpec:
     return cls(**values)
 
   def options(self) -> dict:
-    """The options that shape the dataset (what, with the bytes, its fingerprint covers)."""
-    return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("sources", "name")}
+    """The options that shape the dataset (what, with the bytes, its fingerprint covers).
+
+    Options added since an import was made count at their defaults, so the
+    same files with the same options are still that import.
+    """
+    values = {k: v for k, v in dataclasses.asdict(self).items()
+              if k not in ("sources", "name", "max_memory_mb")}
+    for added, default in (("delimiter", ""), ("names", "")):
+      if values[added] == default:
+        del values[added]
+    return values
 
 
 class RowError(Exception):
@@ -278,6 +295,9 @@ def parse_time(value) -> int:
 
 def parse(value, kind: str):
   """`value` as `kind`; a RowError says why it is not one."""
+  if kind == "float" and (value is None or (isinstance(value, str) and
+                                            value.strip().lower() in columns.MISSING)):
+    return math.nan  # a missing number: imputed by the preprocessing (columns.py)
   if value is None or (isinstance(value, str) and not value.strip() and kind not in ("text", "category")):
     raise RowError("missing value")
   if kind in ("int",):
@@ -572,6 +592,9 @@ def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
   imported = _imported_as(data_dir, spec.name, (fp, legacy))
   if imported is not None:
     return imported, False
+  if not spec.lags and all(Path(s).expanduser().is_file() and columns.is_table(Path(s))
+                           for s in spec.sources):
+    return _import_tables(spec, data_dir, files, fp, legacy)
 
   rows = list(read_rows(spec))
   if not rows:
@@ -633,11 +656,231 @@ def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
   return str(builder.data_dir), True
 
 
+# --- tables, column-wise and in bounded chunks (columns.py, records.py) -------------------
+
+def _table_chunks(spec: ImportSpec):
+  block = max(1 << 20, (spec.max_memory_mb << 20) // 16)
+  for source in spec.sources:
+    yield from columns.chunks(Path(source).expanduser(), delimiter=spec.delimiter,
+                              names=spec.names, block_bytes=block)
+
+
+class _Errors:
+  """The first bad value (in file and row order) and how many there are, across chunks."""
+
+  def __init__(self):
+    self.count, self.first, self.order = 0, None, None
+
+  def add(self, count: int, error, order) -> None:
+    if count:
+      self.count += count
+      if self.first is None or order < self.order:
+        self.first, self.order = error, order
+
+  def raise_any(self, spec: ImportSpec) -> None:
+    if self.first is not None:
+      raise columns.located(self.first, delimiter=spec.delimiter, names=spec.names,
+                            more=self.count - 1)
+
+
+def _scan_tables(spec: ImportSpec):
+  """Pass 1: every column's kind (declared, or inferred from all rows), checked; row count;
+  the split column's values where the split needs them."""
+  ignored = {c.strip() for c in spec.ignore.split(",") if c.strip()}
+  split_kind, _, split_col = spec.split.partition(":")
+  if split_kind == "column":
+    ignored.add(split_col)
+  declared = _declared(spec.columns, "--columns")
+  names: list[str] = []
+  stats: dict[str, columns.Stats] = {}
+  errors, split_values, rows, files = _Errors(), [], 0, {}
+  for chunk in _table_chunks(spec):
+    files.setdefault(chunk.path, len(files))
+    for col in chunk.columns:
+      if col not in stats:
+        names.append(col)
+        stats[col] = columns.Stats(cap=1 << 62 if col == spec.label else columns.DISTINCT_CAP)
+    if spec.label not in chunk.columns:
+      raise UserError(f"no column {spec.label!r} to use as the label (columns: "
+                      f"{', '.join(chunk.columns)}); set --label")
+    for order, col in enumerate(names):
+      if col in ignored and col != split_col:
+        continue
+      stats[col].update(chunk, col)
+      kind = "value" if col == spec.label and spec.label_kind == "value" else declared.get(col)
+      count, error = columns.check(chunk, col, kind or "", required=col == spec.label)
+      errors.add(count, error, (files[chunk.path], error.row if error else 0, order))
+    if split_kind == "column":
+      if split_col not in chunk.columns:
+        raise UserError(f"--split={spec.split}: some rows have no column {split_col!r}")
+      split_values.append(chunk.columns[split_col])
+    elif split_kind == "time" and split_col in chunk.columns:
+      split_values.append(chunk.columns[split_col])
+    rows += len(chunk)
+  if not rows:
+    raise UserError(f"{', '.join(spec.sources)}: no rows")
+  errors.raise_any(spec)
+  unknown = set(declared) - set(names)
+  if unknown:
+    raise UserError(f"--columns names {', '.join(sorted(unknown))}, not in the data "
+                    f"(columns: {', '.join(names)})")
+  label_kind = spec.label_kind
+  if label_kind and label_kind not in LABEL_KINDS:
+    raise UserError(f"--label_kind={label_kind!r} must be one of {', '.join(LABEL_KINDS)}")
+  kinds = {}
+  try:
+    for col in names:
+      if col not in ignored and col != spec.label:
+        kinds[col] = declared.get(col) or stats[col].kind(col)
+    if not label_kind:
+      label_stats = stats[spec.label]
+      kind = label_stats.kind(spec.label)
+      few = len(label_stats.distinct) <= 50
+      label_kind = "value" if kind == "float" or (kind == "int" and not few) else "class"
+  except columns.LocatedError as e:
+    raise columns.located(e, delimiter=spec.delimiter, names=spec.names) from None
+  schema = {"columns": kinds, "label": spec.label, "label_kind": label_kind}
+  if label_kind == "class":
+    schema["class_names"] = _class_order({str(v) for v in stats[spec.label].distinct})
+  schema["summary"] = {col: {"kind": kinds.get(col, "label" if col == spec.label else "ignored"),
+                             "missing": stats[col].missing,
+                             "examples": [str(v)[:40] for v in stats[col].examples]}
+                       for col in names if col in stats}
+  return schema, rows, split_values
+
+
+def _split_codes(spec: ImportSpec, rows: int, split_values, schema) -> np.ndarray:
+  """Each row's split as an index into SPLITS, the same assignment as `assign_splits`."""
+  kind, _, column = spec.split.partition(":")
+  codes = np.empty(rows, np.uint8)
+  if kind == "fraction":
+    names = assign_splits({}, range(rows), spec)
+    for i, name in enumerate(SPLITS):
+      codes[names == name] = i
+    return codes
+  if kind == "column":
+    values = pa.chunked_array(split_values).combine_chunks() if split_values else pa.array([])
+    index = pc.index_in(values, value_set=pa.array(SPLITS))
+    if pc.any(pc.is_null(index)).as_py():
+      unknown = sorted(set(pc.filter(values, pc.is_null(index)).to_pylist()))
+      raise UserError(f"--split={spec.split}: values {unknown[:5]} are not train, validation or test")
+    return np.asarray(index).astype(np.uint8)
+  if kind == "time":
+    if column not in schema["columns"] or schema["columns"][column] != "time":
+      raise UserError(f"--split=time:{column}: no time column {column!r} (declare it with "
+                      f"--columns {column}=time)")
+    cuts = [parse_time(c) for c in spec.cutoffs.split(",") if c.strip()] if spec.cutoffs else []
+    if len(cuts) != 2 or cuts[0] > cuts[1]:
+      raise UserError(f"--cutoffs={spec.cutoffs!r} should be two times, where validation then "
+                      "test start (e.g. 2024-05-01,2024-06-01)")
+    times = np.concatenate([columns.to_numpy(v, "time") for v in split_values])
+    return np.where(times < cuts[0], 0, np.where(times < cuts[1], 1, 2)).astype(np.uint8)
+  raise UserError(f"--split={spec.split!r} must be fraction, column:COL or time:COL")
+
+
+def _encoded(chunk, schema, class_index) -> dict[str, tuple[str, Any]]:
+  out = {}
+  for col, kind in schema["columns"].items():
+    array = chunk.columns.get(col)
+    if array is None:
+      array = pa.array([""] * len(chunk), pa.string())
+    if kind in ("category", "text"):
+      if not pa.types.is_string(array.type):
+        array = array.cast(pa.string())
+      out[schema["features"][col]] = ("bytes", array)
+    else:
+      try:
+        values = columns.to_numpy(array, kind)
+      except columns._BadTime as e:
+        raise columns.located(columns.LocatedError(chunk.path, chunk.first_row + e.index, col, str(e)))
+      out[schema["features"][col]] = ("float" if kind == "float" else "int", values)
+  label = chunk.columns[schema["label"]]
+  if schema["label_kind"] == "class":
+    out["label"] = ("int", np.asarray(pc.index_in(label.cast(pa.string()), value_set=class_index))
+                    .astype(np.int64))
+  else:
+    out["label"] = ("float", columns.to_numpy(label, "value"))
+  return out
+
+
+def _import_tables(spec: ImportSpec, data_dir: str, files, fp: str, legacy: str):
+  """CSV/TSV/zip/JSONL/Parquet: two passes over the files, one chunk in memory at a time."""
+  schema, rows, split_values = _scan_tables(spec)
+  codes = _split_codes(spec, rows, split_values, schema)
+  del split_values
+  counts = np.bincount(codes, minlength=len(SPLITS))
+  if not counts[0]:
+    raise UserError(f"--split={spec.split}: no row falls in the train split")
+  schema["features"] = {c: feature_name(c) for c in schema["columns"]}
+  if len(set(schema["features"].values()) | {"label"}) != len(schema["features"]) + 1:
+    raise UserError(f"columns {list(schema['features'])} do not have distinct names once "
+                    "made feature names (letters, digits, _); rename or --ignore one")
+  class_names = schema.get("class_names")
+  class_index = pa.array(class_names or [], pa.string())
+  with store.lock(data_dir, spec.name):
+    imported = _imported_as(data_dir, spec.name, (fp, legacy))
+    if imported is not None:
+      return imported, False
+    history = store.read_history(data_dir, spec.name)
+    version = f"1.0.{max((int(e['version'].split('.')[-1]) + 1 for e in history), default=0)}"
+    final = Path(data_dir) / spec.name / version
+    partial = Path(data_dir) / spec.name / f"incomplete.{version}"
+    shutil.rmtree(final, ignore_errors=True)  # see run_import: left by a killed import
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+      writers = {s: records.SplitWriter(str(partial), spec.name, s, int(n))
+                 for s, n in zip(SPLITS, counts) if n}
+      row = 0
+      for chunk in _table_chunks(spec):
+        encoded = _encoded(chunk, schema, class_index)
+        chunk_codes = codes[row:row + len(chunk)]
+        for i, split in enumerate(SPLITS):
+          if split not in writers:
+            continue
+          take = np.flatnonzero(chunk_codes == i)
+          if len(take):
+            picked = {k: (kind, v.take(pa.array(take)) if kind == "bytes" else v[take])
+                      for k, (kind, v) in encoded.items()}
+            writers[split].write(*records.encode_examples(picked))
+        row += len(chunk)
+      infos = [w.close() for w in writers.values()]
+      features = _features(schema, class_names, {})
+      records.write_metadata(str(partial), spec.name, version, features, infos)
+      num_examples = {s: int(n) for s, n in zip(SPLITS, counts) if n}
+      schema.update(version=version, fingerprint=fp, files=[str(f) for f in files],
+                    options=spec.options(), num_examples=num_examples)
+      _write_json(partial / SCHEMA_FILE, schema)
+      os.replace(partial, final)
+    except BaseException:
+      shutil.rmtree(partial, ignore_errors=True)
+      raise
+    history.append({"version": version, "fingerprint": fp, "files": [str(f) for f in files],
+                    "num_examples": num_examples,
+                    "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    _write_json(store.history_path(data_dir, spec.name), history)
+  return str(final), True
+
+
 def _write_json(path: Path, value: Any) -> None:
   tmp = path.with_suffix(".json.tmp")
   with open(tmp, "w") as f:
     json.dump(value, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+
+
+def schema_table(schema: dict) -> str:
+  """The columns as imported: kind, missing values, examples (what to check, and declare
+  with --columns where the inference is wrong)."""
+  summary = schema.get("summary") or {
+      c: {"kind": k} for c, k in dict(schema["columns"], **{schema["label"]: "label"}).items()}
+  width = max([len(c) for c in summary] + [6])
+  lines = [f"  {'column':<{width}}  {'kind':<9} {'missing':>8}  examples"]
+  for col, s in summary.items():
+    kind = f"label ({schema['label_kind']})" if col == schema["label"] else s["kind"]
+    lines.append(f"  {col:<{width}}  {kind:<9} {s.get('missing', 0):>8,}  "
+                 f"{', '.join(s.get('examples', []))}")
+  return "\n".join(lines)
 
 
 def read_schema(dataset_dir: str) -> dict | None:

@@ -9,7 +9,8 @@ pickle) in `<workdir>/preprocess/`, so `jaxtrain predict` and an exported model
 apply exactly the training-time preprocessing.
 
 `make_transform(prep, train)` maps a batch of raw examples to model inputs:
-    numeric      float32 [B, n]  standardised numbers, times and lags
+    numeric      float32 [B, n]  standardised numbers, times and lags (a missing number: 0,
+                                 then a 0/1 missing flag where the train split had any)
     categorical  int32 [B, m]    vocabulary indices (0: unseen), calendar fields
     tokens       int32 [B, L]    token ids (0: padding, 1: unknown word)
     image        float32 [B, H, W, C] in [0, 1]
@@ -74,7 +75,13 @@ def fit(schema: dict | None, train: dict[str, np.ndarray], config) -> dict:
     values = train[name]
     if kind in ("int", "float", "time"):
       x = values.astype(np.float64)
-      prep["numeric"].append({"feature": name, "mean": float(x.mean()), "std": float(x.std()) or 1.0})
+      missing = bool(np.isnan(x).any())
+      spec = {"feature": name, "mean": float(np.nanmean(x)) if not np.isnan(x).all() else 0.0,
+              "std": float(np.nanstd(x)) if not np.isnan(x).all() else 1.0}
+      spec["std"] = spec["std"] or 1.0
+      if missing:  # imputed with the train mean, and a 0/1 input saying it was missing
+        spec["missing"] = True
+      prep["numeric"].append(spec)
       if kind == "time":
         for field in filter(None, p.calendar.split(",")):
           if field not in CALENDAR:
@@ -194,6 +201,19 @@ def _tokens(spec: dict, texts, index: dict | None = None) -> np.ndarray:
   return out
 
 
+def _numeric_inputs(raw: Batch, specs: list[dict]) -> list[np.ndarray]:
+  """Standardised numbers; a missing one (NaN) is the train mean (0), with a missing flag
+  after it for the columns whose train split had missing values."""
+  inputs = []
+  for s in specs:
+    z = (raw[s["feature"]].astype(np.float64) - s["mean"]) / s["std"]
+    missing = np.isnan(z)
+    inputs.append(np.where(missing, 0.0, z))
+    if s.get("missing"):
+      inputs.append(missing.astype(np.float64))
+  return inputs
+
+
 def make_transform(prep: dict, *, train: bool, seen: dict | None = None) -> Callable[[Batch], Batch]:
   """Raw examples to model inputs; evaluation batches of a retrieval run also get `seen`."""
   if prep["kind"] == "image":
@@ -206,9 +226,7 @@ def make_transform(prep: dict, *, train: bool, seen: dict | None = None) -> Call
   def transform(raw: Batch) -> Batch:
     batch = {}
     if prep["numeric"]:
-      batch["numeric"] = np.stack(
-          [(raw[s["feature"]].astype(np.float64) - s["mean"]) / s["std"] for s in prep["numeric"]],
-          axis=1).astype(np.float32)
+      batch["numeric"] = np.stack(_numeric_inputs(raw, prep["numeric"]), axis=1).astype(np.float32)
     if prep["categorical"]:
       n = len(next(iter(raw.values())))
       batch["categorical"] = np.stack(  # a feature not given (a retrieval query's item) is unknown: 0
