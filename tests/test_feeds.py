@@ -108,3 +108,15 @@ def test_negative_steps_per_dispatch_is_refused(tmp_path, small_config, value):
   small_config.steps_per_dispatch = value
   with pytest.raises(UserError, match="steps_per_dispatch"):
     train.train_and_evaluate(small_config, str(tmp_path / "w"))
+
+
+def test_packed_totals_log_what_per_metric_totals_log(tmp_path, small_config, monkeypatch):
+  from jaxtrain.run import compiled
+  train.train_and_evaluate(small_config, str(tmp_path / "packed"))
+  monkeypatch.setattr(compiled, "packable", lambda shapes: False)
+  train.train_and_evaluate(small_config, str(tmp_path / "apart"))
+  logged = lambda w: [{k: v for k, v in e.items() if k not in ("time", "steps_per_sec",
+                                                              "examples_per_sec", "data_wait")}
+                      for e in read_metrics(w) if e["split"] == "train"]
+  assert logged(tmp_path / "packed") == logged(tmp_path / "apart")
+  assert len(logged(tmp_path / "packed")) == 3 and "f1" in logged(tmp_path / "packed")[0]

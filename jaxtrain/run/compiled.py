@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxtrain.data import input_pipeline
@@ -23,9 +24,39 @@ from jaxtrain.steps import accumulate, eval_step, summarize, train_step
 def _train_and_accumulate(state, totals, health, batch, *, keep_finite: bool = True,
                           axis_name=None):
   new_state, metrics = train_step(state, batch, axis_name=axis_name)
-  state, metrics, health = nan_guard.guard(state, new_state, metrics, health,
+  state, metrics, record = nan_guard.guard(state, new_state, metrics, nan_guard.as_dict(health),
                                            keep_finite=keep_finite)
+  health = record if isinstance(health, dict) else nan_guard.as_vector(record)
+  if totals is not None and not isinstance(totals, dict):  # packed (see pack_totals)
+    return state, totals + _flat(accumulate(None, metrics)), health
   return state, accumulate(totals, metrics), health
+
+
+# The loop carries its metric totals as one float32 vector when every total is
+# float32 (the usual case): a step's dispatch costs per argument and result
+# buffer, and for a small model a dozen scalars cost as much as its compute.
+# The sums are the same additions, so the same bits.
+
+def _flat(metrics):
+  return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(metrics)])
+
+
+def packable(total_shapes) -> bool:
+  return all(s.dtype == jnp.float32 for s in jax.tree.leaves(total_shapes))
+
+
+def unpack_totals(totals, total_shapes) -> dict:
+  """Host-side: the totals by name (a packed vector split in `total_shapes`' leaf order)."""
+  if isinstance(totals, dict):
+    return totals
+  values = np.asarray(totals)
+  leaves, treedef = jax.tree.flatten(total_shapes)
+  out, at = [], 0
+  for leaf in leaves:
+    size = int(np.prod(leaf.shape, dtype=np.int64))
+    out.append(values[at:at + size].reshape(leaf.shape))
+    at += size
+  return jax.tree.unflatten(treedef, out)
 
 
 def _train_many(state, totals, health, batches, *, keep_finite: bool = True, axis_name=None):

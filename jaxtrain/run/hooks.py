@@ -29,8 +29,9 @@ import time
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
-from jaxtrain.run import checkpoint, early_stopping, nan_guard, parallel
+from jaxtrain.run import checkpoint, compiled, early_stopping, nan_guard, parallel
 from jaxtrain.run.compiled import evaluate, without_count
 from jaxtrain.steps import summarize
 
@@ -86,6 +87,28 @@ class Loop:
     """The state as checkpoints hold it (under pmap: one copy)."""
     return self.layout.from_step(self.state)
 
+  def _shapes(self):
+    """The totals' shapes on one device (pmap's leading device axis dropped)."""
+    drop = 1 if self.layout.mode == "pmap" else 0
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[drop:], s.dtype), self.total_shapes)
+
+  def zero_totals(self):
+    """Metric totals at zero on the devices: one float32 vector where every total is float32
+    (compiled.py: fewer buffers per dispatch), else one array per metric."""
+    shapes = self._shapes()
+    if compiled.packable(shapes):
+      size = sum(int(np.prod(s.shape, dtype=np.int64)) for s in jax.tree.leaves(shapes))
+      return self.layout.put_replicated(np.zeros(size, np.float32))
+    return self.layout.zeros_like(self.total_shapes)
+
+  def fetch_totals(self) -> dict:
+    """The metric totals since the last log, by name, on the host (waits for the device)."""
+    return compiled.unpack_totals(self.layout.fetch(self.totals), self._shapes())
+
+  def fetch_health(self) -> dict:
+    """nan_guard's record, by name, on the host."""
+    return nan_guard.as_dict(self.layout.fetch(self.health))
+
 
 class Hook:
   """Work at a cadence: `every_steps` (0: none of its own) and this process's last step."""
@@ -140,8 +163,8 @@ class LogTrainMetrics(Hook):
   def run(self, loop: Loop) -> None:
     if self.logged_step is None:
       self.logged_step = loop.first_step
-    metrics = loop.inputs.task.finalize(summarize(loop.layout.fetch(loop.totals)))
-    skipped = nan_guard.check(loop.layout.fetch(loop.health), loop.metric_names,
+    metrics = loop.inputs.task.finalize(summarize(loop.fetch_totals()))
+    skipped = nan_guard.check(loop.fetch_health(), loop.metric_names,
                               policy=self.nan_policy, max_consecutive=self.max_skips)
     elapsed = time.perf_counter() - self.t_log
     # data_wait: the share of the interval the loop waited for input (the device
@@ -179,7 +202,7 @@ class Evaluate(Hook):
 
   def run(self, loop: Loop) -> None:
     if loop.health is not None:  # a non-finite step halts the run before its state is measured
-      nan_guard.check(loop.layout.fetch(loop.health), loop.metric_names,
+      nan_guard.check(loop.fetch_health(), loop.metric_names,
                       policy=loop.config.nan_policy,
                       max_consecutive=loop.config.nan_max_consecutive_skips)
     task = loop.inputs.task

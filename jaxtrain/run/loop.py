@@ -101,7 +101,7 @@ def train(loop: Loop, every: list, t_entry: float | None = None) -> None:
   t_entry = time.perf_counter() if t_entry is None else t_entry
   while loop.step < loop.last_step and loop.stop is None:
     if loop.totals is None:
-      loop.totals = loop.layout.zeros_like(loop.total_shapes)
+      loop.totals = loop.zero_totals()
     k = pace(loop)
     loop.train_iter.dispatch(loop, k)
     loop.previous_step, loop.step = loop.step, loop.step + k
@@ -168,7 +168,7 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
                 previous_step=step, schedule=schedule, train_iter=train_iter, manager=manager,
                 writer=writer, config_dict=config_dict, lock=lock,
                 steps_per_epoch=input_pipeline.steps_per_epoch(len(train_source), config.batch_size))
-    loop.health = layout.put_replicated(nan_guard.new_health())
+    loop.health = layout.put_replicated(nan_guard.as_vector(nan_guard.new_health()))
     # Metric totals' shapes, from one trace of the step (not per log interval).
     loop.total_shapes = jax.eval_shape(compiled.train_fn(layout, state), loop.state, None,
                                        loop.health, layout.put_batch(train_data[0]))[1]
@@ -255,7 +255,7 @@ def make_evaluation(loop: Loop) -> Evaluate | None:
 def save(loop: Loop) -> None:
   """Saves unless the state is non-finite; a failed write names the intact checkpoint."""
   config = loop.config
-  nan_guard.check(loop.layout.fetch(loop.health), loop.metric_names, policy=config.nan_policy,
+  nan_guard.check(loop.fetch_health(), loop.metric_names, policy=config.nan_policy,
                   max_consecutive=config.nan_max_consecutive_skips)
   state = loop.host_state()
   if not bool(nan_guard.all_finite(checkpoint.state_arrays(state))):

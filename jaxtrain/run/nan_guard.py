@@ -26,9 +26,24 @@ class NonFiniteError(UserError):
   """Training met a non-finite loss or gradient (nan_policy decides when to raise)."""
 
 
+HEALTH_FIELDS = ("skipped", "consecutive", "first_bad_step", "first_bad_metric")
+
+
 def new_health() -> dict[str, jax.Array]:
   return {"skipped": jnp.int32(0), "consecutive": jnp.int32(0),
           "first_bad_step": jnp.int32(-1), "first_bad_metric": jnp.int32(-1)}
+
+
+def as_vector(health) -> jax.Array:
+  """The record as one int32[4] array: what the loop carries (one buffer, not four)."""
+  return jnp.stack([jnp.asarray(health[k], jnp.int32) for k in HEALTH_FIELDS])
+
+
+def as_dict(health) -> dict:
+  """The record by name, from either form."""
+  if isinstance(health, dict):
+    return health
+  return {k: health[i] for i, k in enumerate(HEALTH_FIELDS)}
 
 
 def guard(state, new_state, new_metrics, health, *, keep_finite: bool = True):
@@ -62,7 +77,7 @@ def guard(state, new_state, new_metrics, health, *, keep_finite: bool = True):
 
 def check(health, metric_names, *, policy: str, max_consecutive: int) -> int:
   """Host-side: raises NonFiniteError if the policy says stop; returns skipped steps."""
-  h = {k: int(v) for k, v in jax.device_get(health).items()}
+  h = {k: int(v) for k, v in as_dict(jax.device_get(health)).items()}
   if h["first_bad_step"] < 0:
     return 0
   metric = sorted(metric_names)[h["first_bad_metric"]]
