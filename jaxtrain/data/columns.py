@@ -306,7 +306,9 @@ class Stats:
   examples: list = dataclasses.field(default_factory=list)
   cap: int = DISTINCT_CAP
 
-  def update(self, chunk: Chunk, column: str) -> None:
+  def update(self, chunk: Chunk, column: str, *, infer: bool = True) -> None:
+    """Adds a chunk's values; `infer=False` (a declared kind) counts only missing values,
+    examples and distinct values."""
     array = chunk.columns.get(column)
     n = len(chunk)
     if array is None:  # a JSON column absent from this block: all missing
@@ -319,10 +321,12 @@ class Stats:
     if not len(present):
       return
     if len(self.distinct) <= self.cap:
-      self.distinct.update(pc.unique(present).to_pylist()[:self.cap + 1])
+      self.distinct.update(pc.unique(present).to_pylist()[:self.cap + 1 - len(self.distinct)])
     if len(self.examples) < 3:
       self.examples += [v for v in pc.unique(present.slice(0, 50)).to_pylist()
                         if v not in self.examples][:3 - len(self.examples)]
+    if not infer:
+      return
     if not pa.types.is_string(array.type):
       kind = ("time" if pa.types.is_timestamp(array.type) else
               "float" if pa.types.is_floating(array.type) else "int")

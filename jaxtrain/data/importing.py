@@ -83,7 +83,7 @@ class ImportSpec:
   names: str = _option("", "column names for text tables without a header row, e.g. "
                        "'label,text'")
   max_memory_mb: int = _option(512, "about the most memory a table import holds at once: files "
-                               "are read and written in chunks of a sixteenth of this")
+                               "are read and written in chunks of 1/256 of this")
 
   @classmethod
   def from_config(cls, c) -> "ImportSpec":
@@ -659,7 +659,10 @@ def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
 # --- tables, column-wise and in bounded chunks (columns.py, records.py) -------------------
 
 def _table_chunks(spec: ImportSpec):
-  block = max(1 << 20, (spec.max_memory_mb << 20) // 16)
+  # A chunk's rows take several times their bytes in the file once parsed, converted
+  # and encoded (a length array per protobuf part), and pyarrow's streaming CSV reader
+  # holds more the larger its blocks: 1/256 of the budget per chunk.
+  block = max(1 << 20, (spec.max_memory_mb << 20) // 256)
   for source in spec.sources:
     yield from columns.chunks(Path(source).expanduser(), delimiter=spec.delimiter,
                               names=spec.names, block_bytes=block)
@@ -699,15 +702,19 @@ def _scan_tables(spec: ImportSpec):
     for col in chunk.columns:
       if col not in stats:
         names.append(col)
-        stats[col] = columns.Stats(cap=1 << 62 if col == spec.label else columns.DISTINCT_CAP)
+        # A label's classes are its distinct values, all of them; a label with more than
+        # the cap of distinct values is not a class label unless declared one.
+        cap = (1 << 62 if spec.label_kind == "class" else 10 * columns.DISTINCT_CAP
+               ) if col == spec.label else columns.DISTINCT_CAP
+        stats[col] = columns.Stats(cap=cap)
     if spec.label not in chunk.columns:
       raise UserError(f"no column {spec.label!r} to use as the label (columns: "
                       f"{', '.join(chunk.columns)}); set --label")
     for order, col in enumerate(names):
       if col in ignored and col != split_col:
         continue
-      stats[col].update(chunk, col)
       kind = "value" if col == spec.label and spec.label_kind == "value" else declared.get(col)
+      stats[col].update(chunk, col, infer=kind is None)
       count, error = columns.check(chunk, col, kind or "", required=col == spec.label)
       errors.add(count, error, (files[chunk.path], error.row if error else 0, order))
     if split_kind == "column":
@@ -741,7 +748,12 @@ def _scan_tables(spec: ImportSpec):
     raise columns.located(e, delimiter=spec.delimiter, names=spec.names) from None
   schema = {"columns": kinds, "label": spec.label, "label_kind": label_kind}
   if label_kind == "class":
-    schema["class_names"] = _class_order({str(v) for v in stats[spec.label].distinct})
+    classes = stats[spec.label].distinct
+    if len(classes) > stats[spec.label].cap:
+      raise UserError(f"the label {spec.label!r} has over {stats[spec.label].cap:,} distinct values: "
+                      "a value to predict? set --label_kind value (or --label_kind class to "
+                      "keep them all as classes)")
+    schema["class_names"] = _class_order({str(v) for v in classes})
   schema["summary"] = {col: {"kind": kinds.get(col, "label" if col == spec.label else "ignored"),
                              "missing": stats[col].missing,
                              "examples": [str(v)[:40] for v in stats[col].examples]}
@@ -753,10 +765,17 @@ def _split_codes(spec: ImportSpec, rows: int, split_values, schema) -> np.ndarra
   """Each row's split as an index into SPLITS, the same assignment as `assign_splits`."""
   kind, _, column = spec.split.partition(":")
   codes = np.empty(rows, np.uint8)
-  if kind == "fraction":
-    names = assign_splits({}, range(rows), spec)
-    for i, name in enumerate(SPLITS):
-      codes[names == name] = i
+  if kind == "fraction":  # assign_splits' permutation, as codes (no object array of n names)
+    try:
+      fractions = [float(x) for x in spec.fractions.split(",")]
+    except ValueError:
+      fractions = []
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+      assign_splits({}, range(0), spec)  # raises its one-line error
+    order = np.random.default_rng(spec.seed).permutation(rows)
+    bounds = np.round(np.cumsum(fractions) * rows).astype(int)
+    for i, (lo, hi) in enumerate(zip([0, *bounds[:2]], bounds)):
+      codes[order[lo:hi]] = i
     return codes
   if kind == "column":
     values = pa.chunked_array(split_values).combine_chunks() if split_values else pa.array([])

@@ -14,16 +14,22 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import tensorflow_datasets as tfds
 
 ROWS_PER_SHARD = 1_000_000
+# One record per chunk (random access, as TFDS writes them), compressed with snappy:
+# zstd, ArrayRecord's default, takes 2.8 us a record here against 1.3, and packs one
+# record no smaller.
+_OPTIONS = "group_size:1,snappy"
 _TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
 # --- the protobuf wire format, vectorised ----------------------------------------------
 # A row's record is a sequence of parts, each the same kind in every row: constant
-# bytes, a varint, a fixed-width array, or variable bytes. Every length is known
-# before any byte is placed, so each part is written once, straight to its place.
+# bytes, a varint, a fixed-width array, or variable bytes. Each part is one Arrow
+# binary array (or scalar) and one C++ call joins them row by row.
 
 def _varint_lengths(v: np.ndarray) -> np.ndarray:
   lengths = np.ones(len(v), np.int64)
@@ -32,55 +38,57 @@ def _varint_lengths(v: np.ndarray) -> np.ndarray:
   return lengths
 
 
-def _as_uint64(values) -> np.ndarray:
-  """int64 as protobuf encodes it: two's complement, so a negative value takes 10 bytes."""
-  return np.asarray(values).astype(np.int64).view(np.uint64)
+def _binary(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
+  offsets = np.zeros(len(lengths) + 1, np.int32)
+  np.cumsum(lengths, out=offsets[1:])
+  return pa.BinaryArray.from_buffers(pa.binary(), len(lengths),
+                                     [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 class _Varint:
+  """int64 as protobuf encodes it: two's complement, so a negative value takes 10 bytes."""
+
   def __init__(self, values):
-    self.v = _as_uint64(values)
+    self.v = np.asarray(values).astype(np.int64).view(np.uint64)
     self.lengths = _varint_lengths(self.v)
 
-  def place(self, out, at):
-    for i in range(int(self.lengths.max(initial=0))):
-      rows = self.lengths > i
-      byte = ((self.v[rows] >> np.uint64(7 * i)) & np.uint64(0x7F)).astype(np.uint8)
-      byte |= ((self.lengths[rows] - 1 > i) * 0x80).astype(np.uint8)
-      out[at[rows] + i] = byte
+  def arrow(self):
+    width = int(self.lengths.max(initial=1))  # lengths are mostly 1 or 2 bytes
+    if width == 1:
+      return _binary(self.v.astype(np.uint8), self.lengths)
+    shifts = (7 * np.arange(width)).astype(np.uint64)
+    groups = ((self.v[:, None] >> shifts) & np.uint64(0x7F)).astype(np.uint8)
+    position = np.arange(width)[None, :]
+    last = self.lengths[:, None] - 1
+    groups |= (position < last).astype(np.uint8) << 7
+    return _binary(groups[position <= last], self.lengths)
 
 
 class _Fixed:
-  def __init__(self, array: np.ndarray):  # (rows, width) uint8
-    self.array = array
-    self.lengths = np.full(len(array), array.shape[1], np.int64)
+  """The same bytes in every row (`raw`), or a (rows, width) uint8 array."""
 
-  def place(self, out, at):
-    out[at[:, None] + np.arange(self.array.shape[1])] = self.array
+  def __init__(self, raw: bytes = b"", n: int = 0, array: np.ndarray | None = None):
+    self.raw, self.array = raw, array
+    if array is not None:
+      self.lengths = np.full(len(array), array.shape[1], np.int64)
+    else:
+      self.lengths = np.full(n, len(raw), np.int64)
 
-
-def _constant(raw: bytes, n: int) -> _Fixed:
-  return _Fixed(np.broadcast_to(np.frombuffer(raw, np.uint8), (n, len(raw))))
+  def arrow(self):
+    if self.array is None:
+      return pa.scalar(self.raw, pa.binary())
+    return _binary(np.ascontiguousarray(self.array).reshape(-1), self.lengths)
 
 
 class _Bytes:
   def __init__(self, values):
-    if hasattr(values, "buffers"):  # a pyarrow string/binary array: its own offsets and bytes
-      import pyarrow as pa
-      values = pa.concat_arrays([values]).cast(pa.binary()) if values.offset else values
-      _, offsets, data = values.buffers()
-      offsets = np.frombuffer(offsets, np.int32)[:len(values) + 1]
-      self.lengths = np.diff(offsets).astype(np.int64)
-      self.data = (np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]] if data is not None
-                   else np.zeros(0, np.uint8))
-      return
-    self.lengths = np.fromiter((len(b) for b in values), np.int64, len(values))
-    self.data = np.frombuffer(b"".join(values), np.uint8)
+    if not isinstance(values, pa.Array):
+      values = pa.array(list(values), pa.binary())
+    self.values = values.cast(pa.binary())
+    self.lengths = np.asarray(pc.fill_null(pc.binary_length(self.values), 0)).astype(np.int64)
 
-  def place(self, out, at):
-    if len(self.data):
-      starts = np.cumsum(self.lengths) - self.lengths
-      out[np.repeat(at - starts, self.lengths) + np.arange(len(self.data))] = self.data
+  def arrow(self):
+    return self.values
 
 
 def _length(parts) -> np.ndarray:
@@ -92,21 +100,8 @@ def _message(tag: int, parts: list) -> list:
   n, lengths = len(parts[0].lengths), _length(parts)
   if n and lengths.min() == lengths.max():  # the same length in every row: constant bytes
     size = _Varint(lengths[:1])
-    head = np.zeros(int(size.lengths[0]), np.uint8)
-    size.place(head, np.zeros(1, np.int64))
-    return [_constant(bytes([tag]) + head.tobytes(), n)] + parts
-  return [_constant(bytes([tag]), n), _Varint(lengths)] + parts
-
-
-def _merged(parts: list) -> list:
-  """Runs of fixed-width parts as one (fewer, wider copies)."""
-  out = []
-  for part in parts:
-    if isinstance(part, _Fixed) and out and isinstance(out[-1], _Fixed):
-      out[-1] = _Fixed(np.concatenate([out[-1].array, part.array], axis=1))
-    else:
-      out.append(part)
-  return out
+    return [_Fixed(bytes([tag]) + size.arrow()[0].as_py(), n)] + parts
+  return [_Fixed(bytes([tag]), n), _Varint(lengths)] + parts
 
 
 def _feature(kind: str, values) -> list:
@@ -114,7 +109,7 @@ def _feature(kind: str, values) -> list:
   n = len(values)
   if kind == "float":  # float_list { value: [x] (packed) }
     raw = np.ascontiguousarray(np.asarray(values, "<f4")).view(np.uint8).reshape(n, 4)
-    return _message(0x12, [_constant(b"\x0a\x04", n), _Fixed(raw)])
+    return _message(0x12, [_Fixed(b"\x0a\x04", n), _Fixed(array=raw)])
   if kind == "int":  # int64_list { value: [x] (packed) }
     return _message(0x1A, _message(0x0A, [_Varint(values)]))
   return _message(0x0A, _message(0x0A, [_Bytes(values)]))  # bytes_list { value: [b] }
@@ -128,16 +123,13 @@ def encode_examples(columns: dict[str, tuple[str, object]]) -> tuple[np.ndarray,
   entries = []
   for name, (kind, values) in columns.items():
     n = len(values)
-    key = _message(0x0A, [_constant(name.encode(), n)])
+    key = _message(0x0A, [_Fixed(name.encode(), n)])
     entries += _message(0x0A, key + _message(0x12, _feature(kind, values)))  # map entry
-  parts = _merged(_message(0x0A, entries))  # Example.features
-  lengths = _length(parts)
-  out = np.empty(int(lengths.sum()), np.uint8)
-  at = np.cumsum(lengths) - lengths
-  for part in parts:
-    part.place(out, at)
-    at = at + part.lengths
-  return out, lengths
+  parts = _message(0x0A, entries)  # Example.features
+  joined = pc.binary_join_element_wise(*[p.arrow() for p in parts], b"")
+  _, offsets, data = joined.buffers()
+  offsets = np.frombuffer(offsets, np.int32)[joined.offset:joined.offset + len(joined) + 1]
+  return np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]], np.diff(offsets).astype(np.int64)
 
 
 # --- shards ----------------------------------------------------------------------------
@@ -173,7 +165,7 @@ class SplitWriter:
     if self._writer is not None:
       self._writer.close()
     path = self.template.sharded_filepath(shard_index=shard, num_shards=self.num_shards)
-    self._writer = self._writer_class(os.fspath(path), "group_size:1")
+    self._writer = self._writer_class(os.fspath(path), _OPTIONS)
 
   def close(self) -> tfds.core.SplitInfo:
     if self._writer is None:
