@@ -212,3 +212,23 @@ def test_import_scale_quick(tmp_path):
   assert result["bad_row"]["status"] == 1
   assert result["bad_row"]["message"][0].endswith("bad_2000.csv line 1501, column 'amount': "
                                                   "'12.5.1' is not a number")
+
+
+def test_beam_import_writes_the_same_examples(tmp_path):
+  pytest.importorskip("apache_beam", reason="--beam needs pip install 'jaxtrain[beam]'")
+  parts = []
+  for p in range(3):  # several files: one Beam work item each
+    path = tmp_path / f"part{p}.csv"
+    path.write_text("x,colour,label\n" + "".join(
+        f"{p * 100 + i},{'red' if i % 3 else ''},{(p + i) % 2}\n" for i in range(100)))
+    parts.append(str(path))
+  plain = data_import.ImportSpec(sources=tuple(parts), name="parts")
+  beam = data_import.ImportSpec(sources=tuple(parts), name="parts",
+                                beam="--runner=DirectRunner --direct_num_workers=1")
+  a, _ = data_import.run_import(plain, str(tmp_path / "plain"))
+  b, _ = data_import.run_import(beam, str(tmp_path / "beam"))
+  for split in ("train", "validation", "test"):
+    left, right = _split(a, split), _split(b, split)
+    assert left.keys() == right.keys()
+    assert all(np.array_equal(left[k], right[k]) for k in left), split
+  assert data_import.read_schema(b)["num_examples"] == data_import.read_schema(a)["num_examples"]

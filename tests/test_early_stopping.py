@@ -57,7 +57,7 @@ def test_early_stop_is_the_same_after_an_interruption(tmp_path, small_config):
   kept = sorted(int(p.name) for p in (tmp_path / "straight" / "best_checkpoints").iterdir() if p.name.isdigit())
   assert kept == sorted(best["kept_steps"])
   assert kept == sorted(sorted(evals, key=lambda s: (evals[s], s))[:2])  # the two lowest eval losses
-  assert len(test) == 1
+  assert len(test) == 1 and test[0]["step"] == best["best_step"]  # logged under the step it measured
 
   # Interrupted before the stop, then resumed: the same stop, checkpoints, bits and test result.
   train.train_and_evaluate(config, str(tmp_path / "resumed"), stop_at_step=stop[0]["step"] - 10)

@@ -65,7 +65,9 @@ def test_regression_losses_are_in_standardised_units_and_metrics_in_the_labels()
   np.testing.assert_allclose(q["loss"], [0.1 * 2, 0.9 * 2], rtol=1e-6)  # over- costs 0.1, under- 0.9
   h = tasks.regression_loss(outputs, batch, mean=20.0, std=10.0, loss="huber", huber_delta=1.0)
   np.testing.assert_allclose(h["loss"], [1.5, 1.5])
-  assert tasks.finalize_regression({"loss": 4.0, "mae": 20.0, "squared_error": 400.0, "ape": 1.0})["rmse"] == 20.0
+  out = tasks.finalize_regression({"loss": 4.0, "mae": 20.0, "squared_error": 400.0, "ape": 1.0,
+                                   "nonzero_label": 1.0})
+  assert out["rmse"] == 20.0 and out["mape"] == 1.0 and out["mape_zero_labels"] == 0.0
 
 
 def test_tasks_refuse_data_they_cannot_use():

@@ -217,3 +217,18 @@ def test_best_config_of_a_sweep_over_user_code_names_its_files_absolutely(tmp_pa
   spec.loader.exec_module(module)
   written = module.get_config()
   assert written.model.name == "/experiments/x/model.py:Net" and written.task == "/abs/loss.py:ce"
+
+
+def test_trials_with_early_stopping_are_ranked_by_the_checkpoint_they_would_deploy():
+  from ml_collections import ConfigDict
+  from jaxtrain.tools.sweep import trial_value
+  events = [{"step": s, "split": "eval", "loss": l, "accuracy": a}
+            for s, l, a in [(100, 0.50, 0.80), (200, 0.30, 0.90), (300, 0.45, 0.86)]]
+  events.append({"step": 300, "split": "test", "loss": 0.31, "accuracy": 0.89})
+  es = ConfigDict(dict(metric="loss", mode="min"))
+  assert trial_value(events, "eval/loss", ConfigDict(dict(metric="", mode="min"))) == 0.45  # last
+  assert trial_value(events, "eval/loss", es) == 0.30                  # the best evaluation
+  assert trial_value(events, "eval/accuracy", es) == 0.90              # of the same checkpoint
+  assert trial_value(events, "eval/loss", es, {"best_step": 300}) == 0.45  # as best.json names
+  assert trial_value(events, "test/accuracy", es) == 0.89
+  assert trial_value(events, "eval/f1", es) is None

@@ -96,6 +96,44 @@ def test_binary_roc_auc_matches_scikit_learn():
   assert tasks.finalize_classification(means)["roc_auc"] == pytest.approx(roc_auc_score(labels, probs), abs=2e-3)
 
 
+@pytest.mark.parametrize("separation", [1.5, 8.0])  # 8: a confident model, scores near 0 and 1
+def test_roc_auc_pr_auc_and_mcc_match_scikit_learn(separation):
+  from sklearn.metrics import average_precision_score, matthews_corrcoef, roc_auc_score
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 2, 4000)
+  margin = (labels * 2 - 1) * separation / 2 + rng.normal(0, 2, 4000)
+  logits = np.stack([np.zeros(4000), margin], 1).astype(np.float32)
+  means = {k: np.asarray(v, np.float64).mean(0)
+           for k, v in tasks.classification_loss(logits, {"label": labels}, binary=True).items()}
+  out = tasks.finalize_classification(means)
+  probs = 1 / (1 + np.exp(-margin.astype(np.float32)))
+  assert out["roc_auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-3)
+  assert out["pr_auc"] == pytest.approx(average_precision_score(labels, probs), abs=1e-3)
+  assert out["mcc"] == pytest.approx(matthews_corrcoef(labels, margin > 0), abs=1e-9)
+  if separation > 4:  # the 1,000-bin probability histogram this replaced was off by > 1e-2 here
+    assert roc_auc_score(labels, probs) > 0.99
+
+
+def test_multiclass_mcc_matches_scikit_learn():
+  from sklearn.metrics import matthews_corrcoef
+  rng = np.random.default_rng(2)
+  labels = rng.integers(0, 4, 1000)
+  logits = rng.normal(0, 1, (1000, 4)).astype(np.float32) + 1.2 * np.eye(4)[labels]
+  means = {k: np.asarray(v, np.float64).mean(0)
+           for k, v in tasks.classification_loss(logits, {"label": labels}).items()}
+  assert tasks.finalize_classification(means)["mcc"] == pytest.approx(
+      matthews_corrcoef(labels, logits.argmax(1)), abs=1e-9)
+
+
+def test_mape_skips_zero_labels_and_says_how_many():
+  batch = {"label": np.array([10.0, 0.0, 40.0, 0.0], np.float32)}
+  outputs = np.array([0.0, 0.0, 0.0, 0.0], np.float32)  # predicts the mean, 20
+  metrics = tasks.regression_loss(outputs, batch, mean=20.0, std=10.0)
+  out = tasks.finalize_regression({k: float(np.mean(v)) for k, v in metrics.items()})
+  assert out["mape"] == pytest.approx((10 / 10 + 20 / 40) / 2)  # over the two non-zero labels
+  assert out["mape_zero_labels"] == 0.5
+
+
 def test_macro_f1_and_class_weights():
   from sklearn.metrics import f1_score
   labels = np.array([0, 0, 1, 2, 2, 2])

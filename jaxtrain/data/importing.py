@@ -82,6 +82,9 @@ class ImportSpec:
                            "sniffed from the first lines: , tab ; |)")
   names: str = _option("", "column names for text tables without a header row, e.g. "
                        "'label,text'")
+  beam: str = _option("", "write with Apache Beam (pip install 'jaxtrain[beam]'): its pipeline "
+                      "options, e.g. '--runner=DirectRunner --direct_num_workers=4' or a Dataflow/"
+                      "Spark/Flink runner's; each source file is read by one worker")
   max_memory_mb: int = _option(512, "about the most memory a table import holds at once: files "
                                "are read and written in chunks of 1/256 of this")
 
@@ -99,7 +102,7 @@ class ImportSpec:
     same files with the same options are still that import.
     """
     values = {k: v for k, v in dataclasses.asdict(self).items()
-              if k not in ("sources", "name", "max_memory_mb")}
+              if k not in ("sources", "name", "max_memory_mb", "beam")}
     for added, default in (("delimiter", ""), ("names", "")):
       if values[added] == default:
         del values[added]
@@ -697,6 +700,7 @@ def _scan_tables(spec: ImportSpec):
   names: list[str] = []
   stats: dict[str, columns.Stats] = {}
   errors, split_values, rows, files = _Errors(), [], 0, {}
+  file_rows: dict[str, int] = {}
   for chunk in _table_chunks(spec):
     files.setdefault(chunk.path, len(files))
     for col in chunk.columns:
@@ -724,6 +728,7 @@ def _scan_tables(spec: ImportSpec):
     elif split_kind == "time" and split_col in chunk.columns:
       split_values.append(chunk.columns[split_col])
     rows += len(chunk)
+    file_rows[chunk.path] = file_rows.get(chunk.path, 0) + len(chunk)
   if not rows:
     raise UserError(f"{', '.join(spec.sources)}: no rows")
   errors.raise_any(spec)
@@ -758,6 +763,7 @@ def _scan_tables(spec: ImportSpec):
                              "missing": stats[col].missing,
                              "examples": [str(v)[:40] for v in stats[col].examples]}
                        for col in names if col in stats}
+  schema["_file_rows"] = file_rows
   return schema, rows, split_values
 
 
@@ -825,6 +831,7 @@ def _encoded(chunk, schema, class_index) -> dict[str, tuple[str, Any]]:
 def _import_tables(spec: ImportSpec, data_dir: str, files, fp: str, legacy: str):
   """CSV/TSV/zip/JSONL/Parquet: two passes over the files, one chunk in memory at a time."""
   schema, rows, split_values = _scan_tables(spec)
+  file_rows = schema.pop("_file_rows")
   codes = _split_codes(spec, rows, split_values, schema)
   del split_values
   counts = np.bincount(codes, minlength=len(SPLITS))
@@ -846,6 +853,17 @@ def _import_tables(spec: ImportSpec, data_dir: str, files, fp: str, legacy: str)
     partial = Path(data_dir) / spec.name / f"incomplete.{version}"
     shutil.rmtree(final, ignore_errors=True)  # see run_import: left by a killed import
     shutil.rmtree(partial, ignore_errors=True)
+    if spec.beam:
+      num_examples = {s: int(n) for s, n in zip(SPLITS, counts) if n}
+      _write_with_beam(spec, data_dir, version, schema, class_names, codes, file_rows)
+      schema.update(version=version, fingerprint=fp, files=[str(f) for f in files],
+                    options=spec.options(), num_examples=num_examples)
+      _write_json(final / SCHEMA_FILE, schema)
+      history.append({"version": version, "fingerprint": fp, "files": [str(f) for f in files],
+                      "num_examples": num_examples,
+                      "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+      _write_json(store.history_path(data_dir, spec.name), history)
+      return str(final), True
     partial.mkdir(parents=True)
     try:
       writers = {s: records.SplitWriter(str(partial), spec.name, s, int(n))
@@ -879,6 +897,79 @@ def _import_tables(spec: ImportSpec, data_dir: str, files, fp: str, legacy: str)
                     "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     _write_json(store.history_path(data_dir, spec.name), history)
   return str(final), True
+
+
+# --- Apache Beam: the second pass as a TFDS Beam pipeline ------------------------------------
+
+def _write_with_beam(spec: ImportSpec, data_dir: str, version: str, schema: dict,
+                     class_names, codes: np.ndarray, file_rows: dict[str, int]) -> None:
+  """Writes the dataset with TFDS's Beam writer: one work item per source file.
+
+  The first pass (kinds, checks, splits) has run here, in bounded memory;
+  each Beam worker rereads its file in chunks and yields the rows of a split
+  keyed by their global row number (so the order is the file order, as
+  without Beam). TFDS's Beam writer serializes and shards them. Runs
+  wherever the pipeline options say (DirectRunner locally; Dataflow, Spark or
+  Flink on a cluster, where the files and data_dir must be on storage every
+  worker reads, such as gs:// or a shared mount).
+  """
+  beam = require("apache_beam", "beam", "--beam imports")
+  from apache_beam.options.pipeline_options import PipelineOptions
+  items, start = [], 0
+  for path, n in file_rows.items():
+    items.append((path, start, codes[start:start + n]))
+    start += n
+  features = _features(schema, class_names, {})
+  builder = BeamTableDataset(name=spec.name, version=version, features=features, items=items,
+                             spec=spec, schema=schema, data_dir=data_dir,
+                             file_format="array_record")
+  with contextlib.redirect_stdout(io.StringIO()):
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        beam_options=PipelineOptions(spec.beam.split())))
+  del beam
+
+
+def _file_examples(item, *, split: int, spec: ImportSpec, schema: dict):
+  """(global row, example) of one source file's rows in `split` (a Beam worker's work)."""
+  path, start, codes = item
+  class_index = pa.array(schema.get("class_names") or [], pa.string())
+  source = path.split(".zip:")[0] + ".zip" if ".zip:" in path else path
+  row = 0
+  for chunk in columns.chunks(Path(source), delimiter=spec.delimiter, names=spec.names,
+                              block_bytes=max(1 << 20, (spec.max_memory_mb << 20) // 256)):
+    if chunk.path != path:
+      continue  # another member of the same zip: its own work item
+    encoded = _encoded(chunk, schema, class_index)
+    for i in np.flatnonzero(codes[row:row + len(chunk)] == split):
+      yield start + row + int(i), {k: (v[int(i)].as_py() if kind == "bytes" else v[int(i)])
+                                   for k, (kind, v) in encoded.items()}
+    row += len(chunk)
+
+
+class BeamTableDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """An imported table written by a Beam pipeline (`--beam`)."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, *, name, version, features, items, spec, schema, **kwargs):
+    self.name, self.VERSION = name, tfds.core.Version(version)
+    self._features, self._items, self._spec, self._schema = features, items, spec, schema
+    super().__init__(**kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=self._features, disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    import apache_beam as beam
+    out = {}
+    for index, split in enumerate(SPLITS):
+      if any((codes == index).any() for _, _, codes in self._items):
+        out[split] = (beam.Create(self._items)
+                      | f"read {split}" >> beam.FlatMap(
+                          _file_examples, split=index, spec=self._spec, schema=self._schema))
+    return out
+
+  def _generate_examples(self):
+    raise NotImplementedError
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -77,11 +77,12 @@ class Loop:
     """A multiple of `every_steps` was reached by the last dispatch."""
     return every_steps > 0 and self.step // every_steps != self.previous_step // every_steps
 
-  def emit(self, split: str, metrics: dict) -> None:
-    """Reports metrics of this step to every listener (console, metrics.jsonl, TensorBoard...)."""
+  def emit(self, split: str, metrics: dict, step: int | None = None) -> None:
+    """Reports metrics to every listener (console, metrics.jsonl, TensorBoard...), under this
+    step or the `step` of the state they measured (a best checkpoint's)."""
     self.events[split] = metrics
     for listener in self.listeners:
-      listener(self.step, split, metrics)
+      listener(self.step if step is None else step, split, metrics)
 
   def host_state(self):
     """The state as checkpoints hold it (under pmap: one copy)."""

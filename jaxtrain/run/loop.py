@@ -282,7 +282,7 @@ def finish(loop: Loop, evaluation: Evaluate | None) -> None:
   loop.emit("test", compiled.without_count(compiled.evaluate(
       state if state is not None else loop.state, source, batch_size=loop.config.batch_size,
       layout=loop.layout, transform=loop.inputs.transform(train=False),
-      finalize=loop.inputs.task.finalize)))
+      finalize=loop.inputs.task.finalize)), step=best_step)  # logged under the step it measured
 
 
 def close(loop: Loop, every: list) -> None:

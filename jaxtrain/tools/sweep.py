@@ -38,7 +38,7 @@ import jax
 from jaxtrain import registry
 from jaxtrain.data import store
 from jaxtrain.errors import Preempted, UserError
-from jaxtrain.run import manifest
+from jaxtrain.run import early_stopping, manifest
 from jaxtrain.run.hooks import Hook
 from jaxtrain.run.loop import train_and_evaluate
 from jaxtrain.run.metric_writers import read_metrics
@@ -207,6 +207,22 @@ def _metric(events: dict, metric: str):
   return events.get(split, {}).get(name)
 
 
+def trial_value(events: list[dict], metric: str, early_stop_config=None, best: dict | None = None):
+  """A finished trial's `metric`: its last report, or with early stopping on, the evaluation
+  of the checkpoint it would deploy (and test): the best by the early-stopping metric."""
+  split, name = metric.split("/", 1)
+  evals = [e for e in events if e["split"] == "eval"]
+  if split == "eval" and early_stop_config is not None and early_stop_config.metric and evals:
+    at = {e["step"]: e for e in evals}
+    if best and best.get("best_step") in at:  # the best checkpoint early stopping kept
+      return at[best["best_step"]].get(name)
+    scored = [e for e in evals if early_stop_config.metric in e]
+    if scored:  # no checkpoints kept: the best evaluation, the earliest of equals
+      sign = 1 if early_stop_config.mode == "min" else -1
+      return min(scored, key=lambda e: (sign * e[early_stop_config.metric], e["step"])).get(name)
+  return _metric({e["split"]: e for e in events}, metric)  # resumed segments included
+
+
 def run_sweep(config, space: dict[str, Distribution], sweep_dir: str, *, trials: int,
               metric: str = "eval/loss", direction: str = "minimize", sampler: str = "tpe",
               pruner: str = "median", storage: str | None = None,
@@ -246,8 +262,8 @@ def run_sweep(config, space: dict[str, Distribution], sweep_dir: str, *, trials:
       raise _Interrupted(e.signal_name) from None
     finally:
       jax.clear_caches()  # each trial compiles its own steps: without this, memory grows per trial
-    last = {e["split"]: e for e in read_metrics(workdir)}  # resumed segments included
-    value = _metric(last, metric)
+    value = trial_value(read_metrics(workdir), metric, config.early_stopping,
+                        early_stopping.read_best(workdir))
     if value is None:
       raise UserError(f"--metric={metric} was never reported: the config has no "
                       f"{metric.split('/')[0]} split")
