@@ -323,11 +323,13 @@ def test_9_bad_lines_and_damaged_records_are_one_line_or_passed_over(data_dir, t
 
 # 10 --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, content, text", [
-    ("nan.csv", b"x,label\n1.5,a\nnan,b\n2.0,a\n", "nan.csv line 3, column 'x': 'nan' is not a finite number"),
+    # 'nan' is a missing number now (imputed); a missing label is still refused
+    ("nan.csv", b"x,label\n1.5,a\nnan,b\n2.0,\n", "nan.csv line 4, column 'label': missing value"),
     ("dup.csv", b"x,x,label\n1,2,a\n", "the header names 'x' more than once"),
     ("empty.csv", b"x,,label\n1,2,a\n", "column 2 of the header has no name"),
     ("latin.csv", "x,label\n1,caf\u00e9\n".encode("latin-1"), "latin.csv is not UTF-8 text"),
-    ("big.csv", b"x,label\n1," + b"a" * 200_000 + b"\n", "big.csv line 2: field larger than field limit"),
+    # (a 200 KB field is a long text now, read whole: Python's csv module refused it)
+    ("header.csv", b"x,label\n", "header.csv: no rows"),
 ])
 def test_10_bad_import_files_are_one_line(tmp_path, capsys, name, content, text):
   (tmp_path / name).write_bytes(content)

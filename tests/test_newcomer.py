@@ -128,8 +128,8 @@ def test_8_the_same_bytes_from_another_path_are_the_same_version(tmp_path, capsy
                "--data_dir", dd]) == 0
   assert main(["data", "import", str(tmp_path / "b" / "export-2026-11.csv"), "--name", "spam",
                "--data_dir", dd]) == 0
-  out = capsys.readouterr().out.splitlines()
-  assert out[0].startswith("imported spam:1.0.0")
+  out = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("  ")]
+  assert out[0].startswith("imported spam:1.0.0")  # (then the schema table, indented)
   assert out[1].startswith("unchanged, already imported as spam:1.0.0")
 
 

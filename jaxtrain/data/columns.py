@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime as dt
 import io
 import json
 import re
@@ -33,7 +34,7 @@ from jaxtrain.errors import UserError
 MISSING = ("", "na", "n/a", "nan", "null", "none", "?")
 _INT = r"^[+-]?\d+(\.0*)?$"
 _FLOAT = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-_DATE = r"^\d{4}-\d{2}-\d{2}"
+_DATE = r"^\d{4}[-/]\d{2}[-/]\d{2}"
 _CODE_NAME = re.compile(r"(^|[_\W])(id|code|zip|zipcode|postcode|key)$|[a-z]Id$|ID$", re.I)
 DISTINCT_CAP = 10_000  # distinct values counted per feature column (a label's are all kept)
 _TABLE_SUFFIXES = (".csv", ".tsv", ".tab", "")  # "": a text table without a suffix
@@ -276,6 +277,29 @@ def line_of(path: str, row: int, *, delimiter: str = "", names: str = "") -> int
 
 # --- kinds -------------------------------------------------------------------------------
 
+class RowError(Exception):
+  """A value that is not of its column's kind (the message says why)."""
+
+
+def parse_time(value) -> int:
+  """Unix seconds from a number or an ISO 8601 date/datetime (naive = UTC); 2024/05/31 too."""
+  if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+    return int(value)
+  if isinstance(value, dt.datetime):
+    when = value
+  else:
+    text = str(value).strip()
+    if re.match(r"^\d{4}/\d{2}/\d{2}", text):
+      text = text[:10].replace("/", "-") + text[10:]
+    try:
+      when = dt.datetime.fromisoformat(text)
+    except ValueError:
+      raise RowError(f"{value!r} is not a date or time (expected ISO 8601, e.g. 2024-05-31)") from None
+  if when.tzinfo is None:
+    when = when.replace(tzinfo=dt.timezone.utc)
+  return int(when.timestamp())
+
+
 def missing_mask(array: pa.Array) -> pa.Array:
   if pa.types.is_string(array.type):
     return pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(array)), pa.array(MISSING))
@@ -450,7 +474,6 @@ def to_numpy(array: pa.Array, kind: str) -> np.ndarray:
   if kind == "time":
     if pa.types.is_timestamp(array.type):
       return np.asarray(array.cast(pa.timestamp("s")).cast(pa.int64()))
-    from jaxtrain.data.importing import RowError, parse_time
     encoded = pc.dictionary_encode(pc.utf8_trim_whitespace(array))
     seconds = []
     for i, value in enumerate(encoded.dictionary.to_pylist()):

@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 import tensorflow_datasets as tfds
 
 from jaxtrain.data import columns, records, store
+from jaxtrain.data.columns import RowError, parse_time  # noqa: F401  (re-exported)
 from jaxtrain.errors import UserError, require
 
 log = logging.getLogger("jaxtrain")
@@ -107,10 +108,6 @@ class ImportSpec:
       if values[added] == default:
         del values[added]
     return values
-
-
-class RowError(Exception):
-  pass
 
 
 # --- reading rows: (file, line, {column: raw value}) ----------------------------------
@@ -280,22 +277,6 @@ def read_rows(spec: ImportSpec) -> Iterator[tuple[Path, int, dict]]:
 
 # --- kinds: parsing each value, inferring each column ----------------------------------
 
-def parse_time(value) -> int:
-  """Unix seconds from a number or an ISO 8601 date/datetime (naive = UTC)."""
-  if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-    return int(value)
-  if isinstance(value, dt.datetime):
-    when = value
-  else:
-    try:
-      when = dt.datetime.fromisoformat(str(value).strip())
-    except ValueError:
-      raise RowError(f"{value!r} is not a date or time (expected ISO 8601, e.g. 2024-05-31)") from None
-  if when.tzinfo is None:
-    when = when.replace(tzinfo=dt.timezone.utc)
-  return int(when.timestamp())
-
-
 def parse(value, kind: str):
   """`value` as `kind`; a RowError says why it is not one."""
   if kind == "float" and (value is None or (isinstance(value, str) and
@@ -355,7 +336,7 @@ def _infer(values: list) -> str:
     except RowError:
       pass
   strings = [str(v) for v in values if v is not None]
-  if strings and all(re.match(r"^\d{4}-\d{2}-\d{2}", s) for s in strings):
+  if strings and all(re.match(r"^\d{4}[-/]\d{2}[-/]\d{2}", s) for s in strings):
     try:
       for s in strings:
         parse_time(s)
@@ -759,10 +740,10 @@ def _scan_tables(spec: ImportSpec):
                       "a value to predict? set --label_kind value (or --label_kind class to "
                       "keep them all as classes)")
     schema["class_names"] = _class_order({str(v) for v in classes})
-  schema["summary"] = {col: {"kind": kinds.get(col, "label" if col == spec.label else "ignored"),
-                             "missing": stats[col].missing,
-                             "examples": [str(v)[:40] for v in stats[col].examples]}
-                       for col in names if col in stats}
+  schema["summary"] = [{"column": col, "missing": stats[col].missing,
+                        "kind": kinds.get(col, "label" if col == spec.label else "ignored"),
+                        "examples": [str(v)[:40] for v in stats[col].examples]}
+                       for col in names if col in stats]  # a list: the file's column order
   schema["_file_rows"] = file_rows
   return schema, rows, split_values
 
@@ -982,13 +963,13 @@ def _write_json(path: Path, value: Any) -> None:
 def schema_table(schema: dict) -> str:
   """The columns as imported: kind, missing values, examples (what to check, and declare
   with --columns where the inference is wrong)."""
-  summary = schema.get("summary") or {
-      c: {"kind": k} for c, k in dict(schema["columns"], **{schema["label"]: "label"}).items()}
-  width = max([len(c) for c in summary] + [6])
-  lines = [f"  {'column':<{width}}  {'kind':<9} {'missing':>8}  examples"]
-  for col, s in summary.items():
-    kind = f"label ({schema['label_kind']})" if col == schema["label"] else s["kind"]
-    lines.append(f"  {col:<{width}}  {kind:<9} {s.get('missing', 0):>8,}  "
+  summary = schema.get("summary") or [
+      {"column": c, "kind": k} for c, k in dict(schema["columns"], **{schema["label"]: "label"}).items()]
+  kind = lambda s: f"label ({schema['label_kind']})" if s["column"] == schema["label"] else s["kind"]
+  width = max([len(s["column"]) for s in summary] + [6])
+  lines = [f"  {'column':<{width}}  {'kind':<13} {'missing':>8}  examples"]
+  for s in summary:
+    lines.append(f"  {s['column']:<{width}}  {kind(s):<13} {s.get('missing', 0):>8,}  "
                  f"{', '.join(s.get('examples', []))}")
   return "\n".join(lines)
 

@@ -495,7 +495,8 @@ def data(argv: list[str]) -> int:
   counts = ", ".join(f"{k} {v}" for k, v in schema["num_examples"].items())
   print(f"{'imported' if new else 'unchanged, already imported as'} {spec.name}:{schema['version']} "
         f"({counts}) in {directory}")
-  print(data_import.schema_table(schema))
+  if new:
+    print(data_import.schema_table(schema))
   return 0
 
 
