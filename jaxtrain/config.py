@@ -94,7 +94,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_import = ml_collections.ConfigDict(dict(  # `jaxtrain data import --config`
       sources=(), name="", label="label", label_kind="", columns="", ignore="",
       split="fraction", fractions="0.8,0.1,0.1", cutoffs="", seed=0, lags="", series="",
-      image_size="", delimiter="", names="", beam="", max_memory_mb=512))
+      image_size="", delimiter="", names="", beam="", max_memory_mb=512, frequency="",
+      gaps="refuse"))
 
   c.dataset = ml_collections.ConfigDict(dict(
       name="digits",              # "digits" (embedded), a builder's import path, an import, a TFDS name

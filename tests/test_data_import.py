@@ -233,3 +233,44 @@ def test_beam_import_writes_the_same_examples(tmp_path):
     assert left.keys() == right.keys()
     assert all(np.array_equal(left[k], right[k]) for k in left), split
   assert data_import.read_schema(b)["num_examples"] == data_import.read_schema(a)["num_examples"]
+
+
+def _hourly(tmp_path, skip=()):
+  start = dt.datetime(2024, 3, 1)
+  rows = ["when,load"] + [f"{(start + dt.timedelta(hours=h)).isoformat()},{h * 10}"
+                         for h in range(60) if h not in skip]
+  (tmp_path / "load.csv").write_text("\n".join(rows) + "\n")
+  return data_import.ImportSpec(sources=(str(tmp_path / "load.csv"),), name="load", label="load",
+                                label_kind="value", columns="when=time", lags="1,24",
+                                split="time:when", cutoffs="2024-03-02T12:00,2024-03-02T18:00")
+
+
+def test_lags_follow_time_and_a_gap_is_refused_or_dropped_never_misaligned(tmp_path):
+  # Hour 40 is missing: counting rows would give hour 41 the load of hour 39 as "1 hour ago".
+  spec = _hourly(tmp_path, skip=(40,))
+  with pytest.raises(UserError, match=r"load.csv line 42: series '' has no row at "
+                     r"2024-03-02T16:00:00\+00:00 \(lag 1 x 1h, the frequency detected: the most "
+                     r"common step\): 1 rows' lags fall in gaps; fill them"):
+    data_import.run_import(spec, str(tmp_path / "dd"))
+  spec.gaps = "drop"
+  directory, _ = data_import.run_import(spec, str(tmp_path / "dd"))
+  for split in ("train", "validation", "test"):
+    rows = _split(directory, split)
+    hours = (rows["when"] - int(dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc).timestamp())) // 3600
+    assert np.array_equal(rows["load_lag_1"], (hours - 1) * 10)  # exactly an hour earlier
+    assert np.array_equal(rows["load_lag_24"], (hours - 24) * 10)
+    assert not set(hours.tolist()) & {40, 41}  # 40 is not in the file; 41's lag 1 is in the gap
+  total = sum(data_import.read_schema(directory)["num_examples"].values())
+  assert total == 59 - 24 - 1  # 59 rows; 24 before a day of history; hour 41
+
+
+def test_frequency_can_be_declared(tmp_path):
+  spec = _hourly(tmp_path)
+  spec.frequency, spec.lags = "2h", "1"  # a lag of 1 is 2 hours back
+  directory, _ = data_import.run_import(spec, str(tmp_path / "dd"))
+  rows = _split(directory, "train")
+  hours = (rows["when"] - int(dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc).timestamp())) // 3600
+  assert np.array_equal(rows["load_lag_1"], (hours - 2) * 10) and hours.min() == 2
+  with pytest.raises(UserError, match="--frequency='fortnightly' should be a count and a unit"):
+    spec.frequency = "fortnightly"
+    data_import.run_import(spec, str(tmp_path / "dd2"))

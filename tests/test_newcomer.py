@@ -39,7 +39,7 @@ def test_1_the_command_and_data_import_have_real_help():
   from jaxtrain.data import importing
   from jaxtrain.tools.cli import _import_parser
   actions = _import_parser(importing)._actions
-  assert len(actions) == 21 and all(a.help for a in actions)  # -h, sources and 19 options
+  assert len(actions) == 23 and all(a.help for a in actions)  # -h, sources and 21 options
   for argv in (["data", "--help"], ["data", "import", "--help"]):
     out = _run(*argv)
     assert out.returncode == 0 and "error" not in out.stdout + out.stderr

@@ -74,9 +74,13 @@ class ImportSpec:
   cutoffs: str = _option("", "for --split time:COL: 'validation starts,test starts' (dates or "
                          "times); earlier rows train")
   seed: int = _option(0, "the permutation's seed for --split fraction")
-  lags: str = _option("", "e.g. '1,7': add the label 1 and 7 rows earlier in its series (time "
-                      "order) as columns; rows without that history are dropped")
+  lags: str = _option("", "e.g. '1,7': add the label 1 and 7 periods (--frequency) earlier in "
+                      "its series as columns; rows without that history are dropped")
   series: str = _option("", "the column naming each row's series, for --lags (e.g. store)")
+  frequency: str = _option("", "the period of --lags: 30min, 1h, 1d, 7d (default: the most "
+                           "common step between a series' consecutive times)")
+  gaps: str = _option("refuse", "a lag whose time has no row (a gap in the series): refuse "
+                      "(the import stops, naming it) or drop (the row is dropped, counted)")
   image_size: str = _option("", "'H,W': resize folder images to this (default: as they are, "
                             "which must then all be one size)")
   delimiter: str = _option("", "the field separator of text tables (default: tab for .tsv, else "
@@ -104,7 +108,7 @@ class ImportSpec:
     """
     values = {k: v for k, v in dataclasses.asdict(self).items()
               if k not in ("sources", "name", "max_memory_mb", "beam")}
-    for added, default in (("delimiter", ""), ("names", "")):
+    for added, default in (("delimiter", ""), ("names", ""), ("frequency", ""), ("gaps", "refuse")):
       if values[added] == default:
         del values[added]
     return values
@@ -429,10 +433,33 @@ def validate_rows(rows, schema) -> tuple[dict[str, list], list[tuple[Path, int]]
 
 # --- derived columns and splits -------------------------------------------------------
 
-def add_lags(parsed: dict[str, list], schema: dict, spec: ImportSpec, where: list):
-  """Adds `<label>_lag_k`: the label k rows earlier in the row's series, in time order.
+_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
-  Rows without k earlier rows are dropped (they have no honest value).
+
+def parse_frequency(text: str) -> int:
+  """Seconds from '30min', '1h', '1d', '7d', '1w' or a number of seconds."""
+  match = re.fullmatch(r"\s*(\d+)\s*(s|min|h|d|w)?\s*", text or "")
+  if not match or int(match.group(1)) <= 0:
+    raise UserError(f"--frequency={text!r} should be a count and a unit: 30min, 1h, 1d, 7d "
+                    "(or seconds)")
+  return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _describe_seconds(seconds: int) -> str:
+  for unit in ("w", "d", "h", "min"):
+    if seconds % _UNITS[unit] == 0:
+      return f"{seconds // _UNITS[unit]}{unit}"
+  return f"{seconds}s"
+
+
+def add_lags(parsed: dict[str, list], schema: dict, spec: ImportSpec, where: list):
+  """Adds `<label>_lag_k`: the label k periods earlier in the row's series.
+
+  A period is `--frequency` (e.g. 1h), or the most common step between a
+  series' consecutive times. The lag is found by time, not by counting rows:
+  a row whose lag time is before its series' first row has no history and is
+  dropped; one whose lag time falls in a gap (a missing hour) is refused,
+  naming it, or with `--gaps drop` dropped and counted. Never misaligned.
   """
   lags = [int(k) for k in spec.lags.split(",") if k.strip()]
   if not lags:
@@ -442,28 +469,63 @@ def add_lags(parsed: dict[str, list], schema: dict, spec: ImportSpec, where: lis
     raise UserError("--lags needs a time column (declare one with --columns col=time)")
   if spec.series and spec.series not in parsed:
     raise UserError(f"--series={spec.series!r} is not a column")
+  if spec.gaps not in ("refuse", "drop"):
+    raise UserError(f"--gaps={spec.gaps!r} must be refuse or drop")
   n = len(where)
-  series = parsed[spec.series] if spec.series else [""] * n
-  times, target = parsed[time_cols[0]], parsed[schema["label"]]
-  order = sorted(range(n), key=lambda i: (str(series[i]), times[i]))
-  keep, lagged = [], {k: [0.0] * n for k in lags}
-  for pos, i in enumerate(order):
-    ok = True
-    for k in lags:
-      j = pos - k
-      if j < 0 or series[order[j]] != series[i]:
-        ok = False
-        break
-      lagged[k][i] = float(target[order[j]])
-    if ok:
-      keep.append(i)
-  keep.sort()
-  log.info("lags %s: dropped %d rows with too little history", lags, n - len(keep))
-  out = {c: [v[i] for i in keep] for c, v in parsed.items()}
+  names, codes = np.unique(np.asarray([str(v) for v in (parsed[spec.series] if spec.series
+                                                        else [""] * n)]), return_inverse=True)
+  times = np.asarray(parsed[time_cols[0]], np.int64)
+  target = np.asarray(parsed[schema["label"]], np.float64)
+  order = np.lexsort((times, codes))
+  same = codes[order][1:] == codes[order][:-1]
+  steps = np.diff(times[order])[same]
+  if (steps == 0).any():
+    at = np.flatnonzero(same & (np.diff(times[order]) == 0))[0]
+    (p1, l1), (p2, l2) = where[order[at]], where[order[at + 1]]
+    raise UserError(f"{p2} line {l2}: series {str(names[codes[order[at]]])!r} already has a row at this "
+                    f"time (line {l1}); lags need one row per series and time")
+  if spec.frequency:
+    freq, how = parse_frequency(spec.frequency), "declared"
+  else:
+    if not (steps > 0).any():
+      raise UserError("--lags: no series has two rows; nothing to lag")
+    values, counts = np.unique(steps, return_counts=True)
+    freq, how = int(values[np.argmax(counts)]), "detected: the most common step"
+  first = np.full(len(names), np.iinfo(np.int64).max)
+  np.minimum.at(first, codes, times)
+  span = int(times.max() - min(times.min(), first.min()) + 1 + max(lags) * freq)
+  base = int(times.min() - max(lags) * freq)
+  keys = codes.astype(np.int64) * span + (times - base)
+  sorted_keys = keys[order]
+  keep = np.ones(n, bool)
+  lagged, gap_lag = {}, np.zeros(n, np.int64)  # the first lag of each row that falls in a gap
+  for k in reversed(lags):
+    pos = np.clip(np.searchsorted(sorted_keys, keys - k * freq), 0, n - 1)
+    found = sorted_keys[pos] == keys - k * freq
+    in_gap = (times - k * freq >= first[codes]) & ~found  # after the series began: a gap
+    gap_lag[in_gap] = k
+    keep &= found
+    lagged[k] = np.where(found, target[order[pos]], 0.0)
+  gaps = gap_lag > 0
+  if gaps.any() and spec.gaps == "refuse":
+    i = int(np.flatnonzero(gaps)[0])
+    path, line = where[i]
+    k = int(gap_lag[i])
+    missing = dt.datetime.fromtimestamp(times[i] - k * freq, dt.timezone.utc).isoformat()
+    raise UserError(f"{path} line {line}: series {str(names[codes[i]])!r} has no row at {missing} "
+                    f"(lag {k} x {_describe_seconds(freq)}, the frequency {how}): "
+                    f"{int(gaps.sum())} rows' lags fall in gaps; fill them in the file, set "
+                    "--frequency, or pass --gaps drop")
+  log.info("lags %s (every %s, %s): dropped %d rows with too little history and %d whose lags "
+           "fall in gaps", lags, _describe_seconds(freq), how, int((~keep & ~gaps).sum()),
+           int(gaps.sum()))
+  keep_rows = np.flatnonzero(keep)
+  out = {c: [v[i] for i in keep_rows] for c, v in parsed.items()}
   for k in lags:
-    out[f"{schema['label']}_lag_{k}"] = [lagged[k][i] for i in keep]
+    out[f"{schema['label']}_lag_{k}"] = [float(x) for x in lagged[k][keep_rows]]
     schema["columns"][f"{schema['label']}_lag_{k}"] = "float"
-  return out, [where[i] for i in keep]
+  schema["lag_frequency_seconds"] = freq
+  return out, [where[i] for i in keep_rows]
 
 
 def assign_splits(parsed, rows_where, spec: ImportSpec, raw_split_column=None) -> np.ndarray:
