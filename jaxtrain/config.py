@@ -88,7 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
       tokenizer="vocab",          # vocab (built from the train split) | hashing
       vocab_size=20000, num_buckets=1 << 15, max_length=64, min_count=1,
       max_categories=100000,      # a category's most frequent values kept; the rest share index 0
-      calendar="dayofweek,month", # fields of each time column fed as categories
+      calendar="dayofweek,month", # fields of each time column fed as categories: dayofweek, month,
+                                  # hour, dayofmonth, dayofyear, halfhour (of the day), minuteofday
+      time_trend="auto",          # a time column also as a number: on | off | auto (off where the
+                                  # split is by time: a trend extrapolates past the training times)
       class_weights="none"))      # none | balanced | "w0,w1,...": per-class loss weights
 
   c.data_import = ml_collections.ConfigDict(dict(  # `jaxtrain data import --config`

@@ -90,3 +90,24 @@ def test_calendar_fields_match_python_datetime():
               "hour": [t.hour + 1 for t in when], "dayofmonth": [t.day for t in when]}
   for field, values in expected.items():
     assert preprocess._calendar(seconds, field).tolist() == values, field
+
+
+def test_time_columns_give_calendar_fields_down_to_the_minute_and_a_trend_only_where_asked():
+  from jaxtrain.config import base_config
+  from jaxtrain.data import preprocess
+  t0 = 1709251200  # 2024-03-01T00:00:00Z, a Friday
+  times = np.array([t0, t0 + 30 * 60, t0 + 13 * 3600 + 45 * 60, t0 + 86400 * 40], np.int64)
+  schema = {"columns": {"when": "time"}, "features": {"when": "when"}, "label": "y",
+            "label_kind": "value", "options": {"split": "time:when"}}
+  train = {"when": times, "label": np.arange(4, dtype=np.float32)}
+  config = base_config()
+  config.preprocess.calendar = "dayofweek,halfhour,minuteofday,dayofyear"
+  prep = preprocess.fit(schema, train, config)
+  assert prep["numeric"] == []  # split by time: "auto" leaves the trend out
+  batch = preprocess.make_transform(prep, train=True)(train)
+  assert batch["categorical"].tolist() == [[5, 1, 1, 61], [5, 2, 31, 61], [5, 28, 826, 61],
+                                           [3, 1, 1, 101]]
+  schema["options"]["split"] = "fraction"
+  assert [s["feature"] for s in preprocess.fit(schema, train, config)["numeric"]] == ["when"]
+  config.preprocess.time_trend = "off"
+  assert preprocess.fit(schema, train, config)["numeric"] == []

@@ -33,7 +33,8 @@ import numpy as np
 from jaxtrain.errors import UserError
 from jaxtrain.data.input_pipeline import Batch, to_model_inputs
 
-CALENDAR = {"dayofweek": 7, "month": 12, "hour": 24, "dayofmonth": 31}
+CALENDAR = {"dayofweek": 7, "month": 12, "hour": 24, "dayofmonth": 31, "dayofyear": 366,
+            "halfhour": 48, "minuteofday": 1440}  # halfhour: the slot of the day
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
@@ -73,6 +74,9 @@ def fit(schema: dict | None, train: dict[str, np.ndarray], config) -> dict:
   for col, kind in _columns(schema, p.features).items():
     name = schema["features"][col]
     values = train[name]
+    if kind == "time" and not _time_trend(p.time_trend, schema):
+      _add_calendar(prep, name, p.calendar)
+      continue
     if kind in ("int", "float", "time"):
       x = values.astype(np.float64)
       missing = bool(np.isnan(x).any())
@@ -83,10 +87,7 @@ def fit(schema: dict | None, train: dict[str, np.ndarray], config) -> dict:
         spec["missing"] = True
       prep["numeric"].append(spec)
       if kind == "time":
-        for field in filter(None, p.calendar.split(",")):
-          if field not in CALENDAR:
-            raise UserError(f"preprocess.calendar: {field!r} is not one of {', '.join(CALENDAR)}")
-          prep["categorical"].append({"feature": name, "calendar": field, "size": CALENDAR[field] + 1})
+        _add_calendar(prep, name, p.calendar)
     elif kind == "category":
       vocab = _vocabulary(collections.Counter(_strings(values)), p.max_categories, p.min_count)
       prep["categorical"].append({"feature": name, "vocab": vocab, "size": len(vocab) + 1})
@@ -107,6 +108,23 @@ def fit(schema: dict | None, train: dict[str, np.ndarray], config) -> dict:
     y = label.astype(np.float64)
     prep["label"] = {"kind": "value", "mean": float(y.mean()), "std": float(y.std()) or 1.0}
   return prep
+
+
+def _time_trend(setting: str, schema: dict) -> bool:
+  """Whether a time column is also a number (a trend). "auto": not where the split is by
+  time, where the validation and test times lie past every training time (extrapolation)."""
+  if setting not in ("auto", "on", "off"):
+    raise UserError(f"preprocess.time_trend={setting!r} must be auto, on or off")
+  if setting == "auto":
+    return not str(schema.get("options", {}).get("split", "")).startswith("time:")
+  return setting == "on"
+
+
+def _add_calendar(prep: dict, name: str, fields: str) -> None:
+  for field in filter(None, fields.split(",")):
+    if field not in CALENDAR:
+      raise UserError(f"preprocess.calendar: {field!r} is not one of {', '.join(CALENDAR)}")
+    prep["categorical"].append({"feature": name, "calendar": field, "size": CALENDAR[field] + 1})
 
 
 def _fit_tokenizer(name, texts, p) -> dict:
@@ -184,6 +202,14 @@ def _calendar(seconds: np.ndarray, field: str) -> np.ndarray:
     return (t.astype("datetime64[M]").astype(np.int64) % 12 + 1).astype(np.int32)
   if field == "hour":
     return ((t.astype("datetime64[h]").astype(np.int64)) % 24 + 1).astype(np.int32)
+  minute = t.astype("datetime64[m]").astype(np.int64) % 1440
+  if field == "minuteofday":
+    return (minute + 1).astype(np.int32)
+  if field == "halfhour":
+    return (minute // 30 + 1).astype(np.int32)
+  if field == "dayofyear":
+    days = t.astype("datetime64[D]") - t.astype("datetime64[Y]").astype("datetime64[D]")
+    return (days.astype(np.int64) + 1).astype(np.int32)
   days = t.astype("datetime64[D]") - t.astype("datetime64[M]").astype("datetime64[D]")
   return (days.astype(np.int64) + 1).astype(np.int32)
 
