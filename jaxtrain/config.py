@@ -85,8 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.preprocess = ml_collections.ConfigDict(dict(
       features="",                # columns the model sees ("" = all but the label); retrieval: user,item
-      tokenizer="vocab",          # vocab (built from the train split) | hashing
+      tokenizer="vocab",          # vocab (built from the train split) | hashing (of words) | ngrams
+                                  # (hashed word 1..word_ngrams-grams and character n-grams,
+                                  # symbols kept: what a linear text classifier sees)
       vocab_size=20000, num_buckets=1 << 15, max_length=64, min_count=1,
+      word_ngrams=2, char_ngrams="2,5",  # for tokenizer=ngrams ("" = no character n-grams)
       max_categories=100000,      # a category's most frequent values kept; the rest share index 0
       calendar="dayofweek,month", # fields of each time column fed as categories: dayofweek, month,
                                   # hour, dayofmonth, dayofyear, halfhour (of the day), minuteofday

@@ -135,7 +135,31 @@ def _fit_tokenizer(name, texts, p) -> dict:
             "max_length": p.max_length}
   if p.tokenizer == "hashing":
     return {"feature": name, "tokenizer": "hashing", "size": p.num_buckets, "max_length": p.max_length}
-  raise UserError(f"preprocess.tokenizer={p.tokenizer!r} must be vocab or hashing")
+  if p.tokenizer == "ngrams":
+    low, _, high = p.char_ngrams.partition(",")
+    return {"feature": name, "tokenizer": "ngrams", "size": p.num_buckets,
+            "max_length": p.max_length, "word_ngrams": int(p.word_ngrams),
+            "char_ngrams": [int(low), int(high or low)] if low else []}
+  raise UserError(f"preprocess.tokenizer={p.tokenizer!r} must be vocab, hashing or ngrams")
+
+
+_WORDS_AND_SYMBOLS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def ngrams(text: str, word_ngrams: int, char_ngrams) -> list[str]:
+  """Word 1..n-grams (symbols such as £ and ! are words of their own), then the character
+  n-grams of the whole text (spaces collapsed, lower case): the features of a linear text
+  classifier, hashed by the tokenizer "ngrams"."""
+  text = text.lower()
+  words = _WORDS_AND_SYMBOLS.findall(text)
+  out = ["w " + w for w in words]
+  for n in range(2, word_ngrams + 1):
+    out += ["w " + " ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+  if char_ngrams:
+    padded = " " + " ".join(text.split()) + " "
+    for n in range(char_ngrams[0], char_ngrams[1] + 1):
+      out += ["c" + padded[i:i + n] for i in range(len(padded) - n + 1)]
+  return out
 
 
 def _class_weights(counts: np.ndarray, how: str) -> list[float]:
@@ -218,6 +242,11 @@ def _tokens(spec: dict, texts, index: dict | None = None) -> np.ndarray:
   out = np.zeros((len(texts), spec["max_length"]), np.int32)
   index = _index(spec.get("vocab", ()), 2) if index is None else index
   for row, text in enumerate(_strings(texts)):
+    if spec["tokenizer"] == "ngrams":
+      grams = ngrams(text, spec["word_ngrams"], spec["char_ngrams"])[:spec["max_length"]]
+      ids = [zlib.crc32(g.encode()) % (spec["size"] - 2) + 2 for g in grams]
+      out[row, :len(ids)] = ids
+      continue
     words = tokenize(text)[:spec["max_length"]]
     if spec["tokenizer"] == "vocab":
       ids = [index.get(w, 1) for w in words]
