@@ -17,11 +17,18 @@ def get_config():
                             name="breast_cancer", label="diagnosis", fractions="0.7,0.15,0.15")
   config.dataset.update(name="breast_cancer", train_split="train", eval_split="validation",
                         test_split="test")
-  config.model = dict(name="tabular_mlp", features=(32, 16), dropout_rate=0.1)
+  config.model = dict(
+      name="tabular_mlp",
+      features=(32, 16),        # hidden layer widths
+      max_embedding=32,           # the widest categorical embedding (1.6 * size^0.56 below it)
+      dropout_rate=0.1,          # after each hidden layer
+      numeric_embedding="periodic")  # numbers also as learned periodic features (PLR) | none
   config.batch_size = 32
   config.num_train_steps = 400
   config.log_every_steps = 50
   config.eval_every_steps = 50
   config.checkpoint_every_steps = 100
   config.optimizer.update(name="adamw", learning_rate=3e-3, weight_decay=1e-4)
+  config.early_stopping.update(metric="loss", mode="min", patience=3)
+  config.keep_best_checkpoints = 1  # the test measures the best evaluation's checkpoint
   return config

@@ -24,7 +24,12 @@ def get_config():
                         test_split="test")
   config.preprocess.calendar = "dayofweek,month"
   config.loss.name = "mse"
-  config.model = dict(name="tabular_mlp", features=(64, 32))
+  config.model = dict(
+      name="tabular_mlp",
+      features=(64, 32),        # hidden layer widths
+      max_embedding=32,           # the widest categorical embedding (1.6 * size^0.56 below it)
+      dropout_rate=0.0,          # after each hidden layer
+      numeric_embedding="periodic")  # numbers also as learned periodic features (PLR) | none
   config.batch_size = 64
   config.num_train_steps = 1500
   config.log_every_steps = 100
@@ -32,4 +37,6 @@ def get_config():
   config.checkpoint_every_steps = 250
   config.optimizer.update(name="adamw", learning_rate=3e-3, weight_decay=1e-4,
                           schedule="warmup_cosine", warmup_steps=50)
+  config.early_stopping.update(metric="rmse", mode="min", patience=3)
+  config.keep_best_checkpoints = 1  # the test measures the best evaluation's checkpoint
   return config

@@ -19,11 +19,18 @@ def get_config():
   config.dataset.update(name="diabetes", train_split="train", eval_split="validation",
                         test_split="test")
   config.loss.update(name="huber", huber_delta=1.0)
-  config.model = dict(name="tabular_mlp", features=(32,), dropout_rate=0.0)
+  config.model = dict(
+      name="tabular_mlp",
+      features=(32,),        # hidden layer widths
+      max_embedding=32,           # the widest categorical embedding (1.6 * size^0.56 below it)
+      dropout_rate=0.0,          # after each hidden layer
+      numeric_embedding="periodic")  # numbers also as learned periodic features (PLR) | none
   config.batch_size = 32
   config.num_train_steps = 500
   config.log_every_steps = 50
   config.eval_every_steps = 50
   config.checkpoint_every_steps = 100
   config.optimizer.update(name="adamw", learning_rate=3e-3, weight_decay=1e-3)
+  config.early_stopping.update(metric="rmse", mode="min", patience=4)
+  config.keep_best_checkpoints = 1  # the test measures the best evaluation's checkpoint
   return config

@@ -21,5 +21,10 @@ def get_config():
                           schedule="warmup_cosine", warmup_steps=50)
   config.dataset.update(name="digits", train_split="train[:90%]",
                         eval_split="train[90%:]", test_split="test")
-  config.model = dict(name="cnn", num_classes=10, dropout_rate=0.1)
+  config.model = dict(
+      name="cnn",
+      num_classes=10,
+      dropout_rate=0.1)           # before the last dense layer
+  config.early_stopping.update(metric="loss", mode="min", patience=4)
+  config.keep_best_checkpoints = 1  # the test measures the best evaluation's checkpoint
   return config

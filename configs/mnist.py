@@ -20,5 +20,10 @@ def get_config():
   config.checkpoint_every_steps = 200
   config.optimizer.update(name="sgd", learning_rate=0.1, momentum=0.9)
   config.dataset.update(name="mnist", train_split="train", eval_split="test")
-  config.model = dict(name="cnn", num_classes=10, dropout_rate=0.1)
+  config.model = dict(
+      name="cnn",
+      num_classes=10,
+      dropout_rate=0.1)           # before the last dense layer
+  config.early_stopping.update(metric="loss", mode="min", patience=4)
+  config.keep_best_checkpoints = 1  # the test measures the best evaluation's checkpoint
   return config

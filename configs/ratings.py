@@ -19,11 +19,15 @@ def get_config():
   config.dataset.update(name="ratings", train_split="train", eval_split="validation",
                         test_split="test")
   config.preprocess.features = "user,item"
-  config.model = dict(name="matrix_factorization", dim=16)
+  config.model = dict(
+      name="matrix_factorization",
+      dim=16)                     # the user and item vectors' size (each also has a bias)
   config.batch_size = 256
   config.num_train_steps = 1200
   config.log_every_steps = 100
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 400
   config.optimizer.update(name="adamw", learning_rate=1e-2, weight_decay=0.05)
+  config.early_stopping.update(metric="rmse", mode="min", patience=2)
+  config.keep_best_checkpoints = 1  # the test measures the best evaluation's checkpoint
   return config

@@ -22,7 +22,10 @@ def get_config():
   config.dataset.update(name="interactions", train_split="train", eval_split="validation",
                         test_split="test")
   config.preprocess.features = "user,item"
-  config.model = dict(name="two_tower", dim=32, hidden=64)
+  config.model = dict(
+      name="two_tower",
+      dim=32,                     # the user and item vectors compared
+      hidden=64)                  # each tower's embedding width
   config.loss.temperature = 0.1
   config.eval_top_k = 10
   config.batch_size = 256
@@ -31,4 +34,6 @@ def get_config():
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 400
   config.optimizer.update(name="adam", learning_rate=3e-3)
+  config.early_stopping.update(metric="recall@10", mode="max", patience=2)
+  config.keep_best_checkpoints = 1  # the test measures the best evaluation's checkpoint
   return config

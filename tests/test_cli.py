@@ -91,3 +91,16 @@ def test_mnist_config_reaches_97_percent_in_2_epochs_on_the_real_test_set(tmp_pa
   final = [e for e in read_metrics(str(workdir)) if e["split"] == "eval"][-1]
   assert final["step"] == 124 and final["num_examples"] == 2000  # 2 epochs of 62 steps
   assert final["accuracy"] >= 0.97  # 0.978 here; 0.990 after all 10 epochs
+
+
+def test_a_model_argument_the_config_leaves_out_can_be_set(tmp_path):
+  from jaxtrain.tools import cli
+  fv = cli._parse_train_flags(["jaxtrain", "--config", "digits", "--workdir", str(tmp_path / "w"),
+                               "--config.model.name=mlp", "--config.model.features=(16, 8)"])
+  assert fv.config.model.features == (16, 8)  # MLP takes features; digits' CNN config has none
+  fv = cli._parse_train_flags(["jaxtrain", "--config", "digits", "--workdir", str(tmp_path / "w"),
+                               "--config.model.dropout_rate=0.3"])
+  assert fv.config.model.dropout_rate == 0.3  # in the config already: the ordinary path
+  with pytest.raises(cli._Fail, match="config has no field 'model.nope'"):
+    cli._parse_train_flags(["jaxtrain", "--config", "digits", "--workdir", str(tmp_path / "w"),
+                            "--config.model.nope=1"])

@@ -241,10 +241,47 @@ def _parse_train_flags(argv: list[str], command: str = "train", managed=None):
     raise _Fail("--workdir is required", USAGE_ERROR)
   from jaxtrain.tools.managed import local_path
   local_path(fv.workdir, "--workdir")
+  argv, model_args = _model_arguments_set(fv, argv)
   fv = _parse_flags(argv, command)
+  if model_args:
+    with fv.config.unlocked():
+      for key, value in model_args.items():
+        fv.config.model[key] = value
   if fv.stop_at_step is not None and fv.stop_at_step <= 0:
     raise _Fail(f"--stop_at_step={fv.stop_at_step} must be > 0", USAGE_ERROR)
   return fv
+
+
+def _model_arguments_set(fv, argv: list[str]) -> tuple[list[str], dict]:
+  """`--config.model.FIELD=VALUE` for an argument the model takes that its config leaves out
+  (at its default): taken off argv, set after the config is parsed. Other unknown fields
+  stay in argv, to be refused as any unknown field is."""
+  import ast
+  from jaxtrain import registry
+  from jaxtrain.run.inputs import _arguments
+  wanted = {}
+  for arg in argv:
+    m = re.fullmatch(r"--config\.model\.(\w+)=(.*)", arg, re.S)
+    if m and m[1] not in fv.config.model:
+      wanted[m[1]] = (arg, m[2])
+  if not wanted:
+    return argv, {}
+  name = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("--config.model.name=")),
+              fv.config.model.name)
+  try:
+    loaded = registry.resolve(name, registry.MODELS, "config.model.name", config_dir(fv))
+  except Exception:  # an unusable model name is reported where the run loads it
+    return argv, {}
+  takes = _arguments(loaded.obj)[0]
+  out = {}
+  for key, (arg, text) in wanted.items():
+    if key in takes:
+      try:
+        out[key] = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        out[key] = text
+      argv = [a for a in argv if a != arg]
+  return argv, out
 
 
 def _use_deterministic_gpu_ops(config) -> None:
