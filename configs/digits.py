@@ -25,6 +25,4 @@ def get_config():
       name="cnn",
       num_classes=10,
       dropout_rate=0.1)           # before the last dense layer
-  config.early_stopping.update(metric="loss", mode="min", patience=4)
-  config.keep_best_checkpoints = 1  # the test measures the best evaluation's checkpoint
   return config

@@ -60,10 +60,10 @@ def straight(data_dir, tmp_path_factory):
 # 1 ------------------------------------------------------------------------------------
 def test_1_a_second_writer_is_refused_naming_the_first(data_dir, tmp_path):
   workdir = tmp_path / "w"
-  first = _spawn(_args(workdir, data_dir, 3000, 100))  # long enough to be met
+  first = _spawn(_args(workdir, data_dir, 300_000, 100))  # long enough to be met (it is stopped)
   _wait_for(lambda: checkpoint.saved_steps(str(workdir)), first)
   second = subprocess.run([sys.executable, "-m", "jaxtrain.tools.cli",
-                           *_args(workdir, data_dir, 3000, 100, "--config.optimizer.learning_rate=0.1")],
+                           *_args(workdir, data_dir, 300_000, 100, "--config.optimizer.learning_rate=0.1")],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert first.poll() is None, "the first run ended before the second started"
   assert second.returncode == 1
