@@ -1,6 +1,7 @@
 """The one exception type for mistakes a user can fix, and the exit statuses that report them."""
 
 import importlib
+import signal
 
 USAGE_ERROR = 2   # a bad command line
 RUN_ERROR = 1     # a mistake found while running (config value, data, checkpoint, non-finite loss)
@@ -18,6 +19,11 @@ def require(module: str, extra: str, what: str):
   except ImportError:
     raise UserError(f"{what} needs {module.split('.')[0]}, which is not installed: "
                     f"pip install 'jaxtrain[{extra}]'") from None
+
+
+# The signals that stop a command with a checkpoint and PREEMPTED: a spot machine's SIGTERM,
+# Ctrl-C, a closed terminal, SLURM's warning ahead of the time limit (--signal=USR1@120).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
 class Preempted(BaseException):

@@ -115,11 +115,36 @@ def test_killing_both_processes_twice_resumes_to_the_same_digest(two_by_two, dat
   # both hung in gloo. See the README's "Many devices, many hosts".
 
 
-def test_explicit_flags_must_come_together():
-  with pytest.raises(UserError, match="need all three of --coordinator, --num_processes"):
+def test_explicit_flags_must_come_together(monkeypatch):
+  for variable in distributed.ENVIRONMENT.values():
+    monkeypatch.delenv(variable, raising=False)
+  with pytest.raises(UserError, match=r"a multi-process run needs --num_processes \(or "
+                     r"JAX_NUM_PROCESSES\) as well"):
     distributed.initialize("127.0.0.1:1234", None, 0)
   with pytest.raises(UserError, match=r"--process_id=2 must be in \[0, --num_processes=2\)"):
     distributed.initialize("127.0.0.1:1234", 2, 2)
+
+
+def test_launch_settings_come_from_flags_or_jaxs_own_variables():
+  env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+  assert distributed.launch_settings(environ=env) == ("10.0.0.1:1234", 4, 3)
+  assert distributed.launch_settings(None, None, 1, environ=env) == ("10.0.0.1:1234", 4, 1)  # flag wins
+  assert distributed.launch_settings(environ={}) == (None, None, None)  # one process, nothing to join
+  coordinator, n, i = distributed.launch_settings(None, 1, None, environ={})  # --num_processes 1
+  assert coordinator.startswith("127.0.0.1:") and (n, i) == (1, 0)
+  with pytest.raises(UserError, match="JAX_PROCESS_ID='one' must be an integer"):
+    distributed.launch_settings(environ=dict(env, JAX_PROCESS_ID="one"))
+
+
+def test_num_processes_1_alone_trains(tmp_path, data_dir):
+  proc = subprocess.run([sys.executable, "-m", "jaxtrain.tools.cli", "train", "--config", "digits",
+                         "--workdir", str(tmp_path / "w"), "--num_processes", "1", "--quiet",
+                         f"--config.dataset.data_dir={data_dir}", "--config.model.name=mlp",
+                         "--config.num_train_steps=20", "--config.eval_every_steps=10",
+                         "--config.checkpoint_every_steps=10", "--config.log_every_steps=10"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.load(open(tmp_path / "w" / "manifest.json"))["environment"]["process_count"] == 1
 
 
 def test_launchers_are_detected_from_their_environment():

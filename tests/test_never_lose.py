@@ -148,7 +148,7 @@ def test_4_a_change_of_shape_is_refused_even_when_changes_are_allowed(data_dir, 
 
 
 # 5 ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1])
 def test_5_a_signal_at_start_up_gives_75_and_nothing_lost(data_dir, tmp_path, sig, straight):
   workdir = tmp_path / "w"
   assert main(_args(workdir, data_dir, 60, 10, "--stop_at_step=20")) == 0

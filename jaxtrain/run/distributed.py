@@ -2,14 +2,15 @@
 
 Called once, before anything touches a device. A job is multi-process when
 - the command line says so: `--coordinator HOST:PORT --num_processes N
-  --process_id I` (by hand, or from a Kubernetes JobSet's environment), or
+  --process_id I`, or JAX's own variables do (JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES, JAX_PROCESS_ID; a flag wins over its variable), or
 - it runs inside a launcher JAX recognises by itself: SLURM (`srun`), Open
   MPI (`mpirun`), or a Kubernetes JobSet (with the `kubernetes` package);
   `jax.distributed.initialize()` then reads everything from the environment.
 Otherwise it is a single process and nothing is initialised. (An explicit
-`--num_processes 1` does initialise: on CPU the run then uses gloo's
-collectives, and reproduces the bits of a multi-process run with the same
-devices in all.)
+`--num_processes 1` does initialise, with a coordinator on a free local port
+unless one is given: on CPU the run then uses gloo's collectives, and
+reproduces the bits of a multi-process run with the same devices in all.)
 
 On CPU, cross-process collectives need an implementation: gloo is chosen
 unless the user set one.
@@ -37,14 +38,48 @@ def detected_launcher(environ=os.environ) -> str | None:
   return None
 
 
+ENVIRONMENT = {"coordinator": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
+               "process_id": "JAX_PROCESS_ID"}
+
+
+def launch_settings(coordinator: str | None = None, num_processes: int | None = None,
+                    process_id: int | None = None, environ=os.environ):
+  """(coordinator, num_processes, process_id): the flags, else JAX's own variables
+  (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), which a launcher or a
+  Kubernetes manifest may set instead. `--num_processes 1` alone is a one-process job with
+  a local coordinator."""
+  values = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+  for key, variable in ENVIRONMENT.items():
+    if values[key] is None and environ.get(variable, "") != "":
+      text = environ[variable]
+      try:
+        values[key] = text if key == "coordinator" else int(text)
+      except ValueError:
+        raise UserError(f"{variable}={text!r} must be an integer") from None
+  if values["num_processes"] == 1 and values["coordinator"] is None:
+    values["coordinator"] = f"127.0.0.1:{_free_port()}"
+    values["process_id"] = 0 if values["process_id"] is None else values["process_id"]
+  return values["coordinator"], values["num_processes"], values["process_id"]
+
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> bool:
   """Joins the job's processes; returns False (and does nothing) for a single process."""
+  coordinator, num_processes, process_id = launch_settings(coordinator, num_processes, process_id)
   explicit = (coordinator, num_processes, process_id)
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
-      raise UserError("multi-process runs need all three of --coordinator, --num_processes "
-                      "and --process_id")
+      missing = [f"--{k} (or {v})" for (k, v), value in zip(ENVIRONMENT.items(), explicit)
+                 if value is None]
+      raise UserError(f"a multi-process run needs {', '.join(missing)} as well (it has "
+                      "--coordinator, --num_processes and --process_id, or JAX's variables)")
     if num_processes < 1 or not 0 <= process_id < num_processes:
       raise UserError(f"--process_id={process_id} must be in [0, --num_processes="
                       f"{num_processes})")

@@ -1,7 +1,8 @@
-"""SIGTERM/SIGINT/SIGHUP: finish the step in flight, save, and exit with PREEMPTED.
+"""SIGTERM/SIGINT/SIGHUP/SIGUSR1: finish the step in flight, save, and exit with PREEMPTED.
 
 Spot and preemptible machines send SIGTERM with a grace period (often 30 s);
-a closed terminal sends SIGHUP. While the loop trains, the handler only sets
+a closed terminal sends SIGHUP; SLURM sends SIGUSR1 ahead of a job's time
+limit where asked (`#SBATCH --signal=USR1@120`). While the loop trains, the handler only sets
 a flag; the loop looks at it after each dispatched step (a Python bool, no
 device sync), saves a checkpoint, waits for it to be on disk and exits with
 status PREEMPTED, which tells a scheduler "saved, start me again". The
@@ -19,13 +20,13 @@ import threading
 
 import jax
 
-from jaxtrain.errors import PREEMPTED, Preempted  # noqa: F401  (re-exported)
+from jaxtrain.errors import PREEMPTED, STOP_SIGNALS, Preempted  # noqa: F401  (re-exported)
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+SIGNALS = STOP_SIGNALS
 
 
 class PreemptionWatcher:
-  """Records SIGTERM/SIGINT/SIGHUP while installed; restores the previous handlers on exit."""
+  """Records SIGTERM/SIGINT/SIGHUP/SIGUSR1 while installed; restores the previous handlers."""
 
   SIGNALS = SIGNALS
 
@@ -35,7 +36,8 @@ class PreemptionWatcher:
 
   def __enter__(self):
     # With several processes JAX's own notifier owns SIGTERM (see should_stop).
-    signals = self.SIGNALS if jax.process_count() == 1 else (signal.SIGINT, signal.SIGHUP)
+    signals = self.SIGNALS if jax.process_count() == 1 else tuple(
+        s for s in self.SIGNALS if s != signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
       for sig in signals:
         self._previous[sig] = signal.signal(sig, self._record)

@@ -35,7 +35,7 @@ import sys
 import threading
 
 from jaxtrain import __version__
-from jaxtrain.errors import PREEMPTED, RUN_ERROR, USAGE_ERROR, Preempted
+from jaxtrain.errors import PREEMPTED, RUN_ERROR, STOP_SIGNALS, USAGE_ERROR, Preempted
 
 COMMAND_SUMMARIES = {
     "train": "train a config in a workdir (the same command resumes it)",
@@ -293,7 +293,8 @@ def _use_deterministic_gpu_ops(config) -> None:
 
 
 def _stop_on_signals() -> dict:
-  """From the command's start: SIGTERM, SIGINT or SIGHUP end it with exit 75 (PREEMPTED).
+  """From the command's start: SIGTERM, SIGINT, SIGHUP or SIGUSR1 (SLURM's warning) end it
+  with exit 75 (PREEMPTED).
 
   Where the command is when one arrives, nothing new has been trained (start-
   up, restore, the final test, an import): it stops there, and its files are
@@ -305,7 +306,7 @@ def _stop_on_signals() -> dict:
     raise Preempted(None, signal.Signals(signum).name)
   if threading.current_thread() is not threading.main_thread():
     return {}
-  return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+  return {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
 
 
 def _log_to_console(stream=None):
