@@ -274,3 +274,18 @@ def test_frequency_can_be_declared(tmp_path):
   with pytest.raises(UserError, match="--frequency='fortnightly' should be a count and a unit"):
     spec.frequency = "fortnightly"
     data_import.run_import(spec, str(tmp_path / "dd2"))
+
+
+def test_identifier_names_are_recognised():
+  from jaxtrain.data.columns import is_code_name
+  assert [n for n in ["id", "user_id", "userId", "itemID", "zip", "item code", "paid", "valid",
+                      "humid", "barcode", "monkey"] if is_code_name(n)] == [
+      "id", "user_id", "userId", "itemID", "zip", "item code"]
+
+
+def test_a_gap_in_a_declared_int_column_is_named(tmp_path):
+  (tmp_path / "t.csv").write_text("n,label\n1,a\n,b\n3,a\n")
+  spec = data_import.ImportSpec(sources=(str(tmp_path / "t.csv"),), name="t", columns="n=int")
+  with pytest.raises(UserError, match=r"t.csv line 3, column 'n': missing value \(an int column "
+                     r"holds no gaps: declare it float to have them imputed\)"):
+    data_import.run_import(spec, str(tmp_path / "dd"))

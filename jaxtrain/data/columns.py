@@ -35,7 +35,8 @@ MISSING = ("", "na", "n/a", "nan", "null", "none", "?")
 _INT = r"^[+-]?\d+(\.0*)?$"
 _FLOAT = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _DATE = r"^\d{4}[-/]\d{2}[-/]\d{2}"
-_CODE_NAME = re.compile(r"(^|[_\W])(id|code|zip|zipcode|postcode|key)$|[a-z]Id$|ID$", re.I)
+_CODE_WORD = re.compile(r"(^|[_\W])(id|code|zip|zipcode|postcode|key)$", re.I)  # user_id, zip
+_CODE_CAMEL = re.compile(r"[a-z0-9](Id|ID|Code|Key)$")                            # userId, itemID
 DISTINCT_CAP = 10_000  # distinct values counted per feature column (a label's are all kept)
 _TABLE_SUFFIXES = (".csv", ".tsv", ".tab", "")  # "": a text table without a suffix
 
@@ -300,6 +301,21 @@ def parse_time(value) -> int:
   return int(when.timestamp())
 
 
+def class_strings(array: pa.Array) -> pa.Array:
+  """A label column as class names: 1.0 is the class "1" (as a CSV's 1 is), text as it is."""
+  if pa.types.is_floating(array.type):
+    whole = pc.equal(pc.floor(array), array)
+    return pc.if_else(whole, pc.cast(pc.cast(array, pa.int64(), safe=False), pa.string()),
+                      pc.cast(array, pa.string()))
+  return array if pa.types.is_string(array.type) else pc.cast(array, pa.string())
+
+
+def is_code_name(column: str) -> bool:
+  """A column named like an identifier or a code (user_id, userId, ID, zip, item code):
+  its integers are names, not quantities. "paid" and "valid" are not."""
+  return bool(_CODE_WORD.search(column) or _CODE_CAMEL.search(column))
+
+
 def missing_mask(array: pa.Array) -> pa.Array:
   if pa.types.is_string(array.type):
     return pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(array)), pa.array(MISSING))
@@ -379,13 +395,13 @@ class Stats:
   def kind(self, column: str) -> str:
     """The narrowest kind every present value parses as (see the module docstring)."""
     if self.typed:
-      if self.typed == "int" and (self.missing or _CODE_NAME.search(column)):
+      if self.typed == "int" and (self.missing or is_code_name(column)):
         return "float" if self.missing else "category"
       return self.typed
     if not self.present:
       return "category"
     if self.not_int == 0:
-      if _CODE_NAME.search(column) or self.leading_zero:
+      if is_code_name(column) or self.leading_zero:
         return "category"   # identifiers and codes are names, not quantities
       return "float" if self.missing else "int"
     if self.not_float == 0:
@@ -425,11 +441,13 @@ def check(chunk: Chunk, column: str, kind: str, *, required: bool = False):
   if array is None:
     array = pa.nulls(len(chunk), pa.string())
   missing = missing_mask(array)
-  if required or kind == "time":
+  if required or kind in ("time", "int"):
     if pc.any(missing).as_py():
       at = pc.index(missing, True).as_py()
+      why = ("missing value (an int column holds no gaps: declare it float to have them "
+             "imputed)" if kind == "int" and not required else "missing value")
       return int(pc.sum(missing).as_py()), _LocatedError(chunk.path, chunk.first_row + at, column,
-                                                         "missing value")
+                                                         why)
   if kind not in ("int", "float", "value", "time") or not pa.types.is_string(array.type):
     return 0, None
   text = pc.utf8_trim_whitespace(array)

@@ -801,7 +801,8 @@ def _scan_tables(spec: ImportSpec):
       raise UserError(f"the label {spec.label!r} has over {stats[spec.label].cap:,} distinct values: "
                       "a value to predict? set --label_kind value (or --label_kind class to "
                       "keep them all as classes)")
-    schema["class_names"] = _class_order({str(v) for v in classes})
+    schema["class_names"] = _class_order(set(columns.class_strings(pa.array(list(classes)))
+                                             .to_pylist()))
   schema["summary"] = [{"column": col, "missing": stats[col].missing,
                         "kind": kinds.get(col, "label" if col == spec.label else "ignored"),
                         "examples": [str(v)[:40] for v in stats[col].examples]}
@@ -864,8 +865,8 @@ def _encoded(chunk, schema, class_index) -> dict[str, tuple[str, Any]]:
       out[schema["features"][col]] = ("float" if kind == "float" else "int", values)
   label = chunk.columns[schema["label"]]
   if schema["label_kind"] == "class":
-    out["label"] = ("int", np.asarray(pc.index_in(label.cast(pa.string()), value_set=class_index))
-                    .astype(np.int64))
+    out["label"] = ("int", np.asarray(pc.index_in(columns.class_strings(label),
+                                                  value_set=class_index)).astype(np.int64))
   else:
     out["label"] = ("float", columns.to_numpy(label, "value"))
   return out

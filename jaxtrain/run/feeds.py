@@ -39,7 +39,8 @@ from jaxtrain.run import compiled, parallel
 log = logging.getLogger("jaxtrain")
 
 
-_WINDOW_STEPS = 1024  # DeviceFeed holds the orders of the epochs of at least this many steps
+_WINDOW_STEPS = 1024  # DeviceFeed holds the orders of the epochs of at least this many steps,
+_WINDOW_BYTES = 16 << 20  # ... in at most this much memory (more only where k needs it)
 
 
 class HostFeed:
@@ -91,8 +92,12 @@ class DeviceFeed:
 
   def _epochs_held(self, k: int) -> int:
     # Steps s .. s+k-1 span at most ceil(k / steps_per_epoch) + 1 epochs wherever s
-    # falls; holding those of at least _WINDOW_STEPS steps makes a refresh rare.
-    return math.ceil(max(k, _WINDOW_STEPS) / self.steps_per_epoch) + 1
+    # falls; holding those of at least _WINDOW_STEPS steps makes a refresh rare, as
+    # far as _WINDOW_BYTES of orders allow.
+    needed = math.ceil(k / self.steps_per_epoch) + 1
+    ample = math.ceil(_WINDOW_STEPS / self.steps_per_epoch) + 1
+    affordable = _WINDOW_BYTES // (4 * self.num_examples)
+    return max(needed, min(ample, affordable))
 
   def _orders(self, k: int):
     """The window of epoch orders that steps `self.step` .. + k - 1 read, refreshed as needed."""
