@@ -95,7 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
                                   # hour, dayofmonth, dayofyear, halfhour (of the day), minuteofday
       time_trend="auto",          # a time column also as a number: on | off | auto (off where the
                                   # split is by time: a trend extrapolates past the training times)
-      class_weights="none"))      # none | balanced | "w0,w1,...": per-class loss weights
+      class_weights="none",       # none | balanced | "w0,w1,...": per-class loss weights
+      label_transform="none"))    # regression: none | log1p (learn log(1 + y); counts, demand) |
+                                  # auto (log1p for a never-negative, right-skewed label)
 
   c.data_import = ml_collections.ConfigDict(dict(  # `jaxtrain data import --config`
       sources=(), name="", label="label", label_kind="", columns="", ignore="",

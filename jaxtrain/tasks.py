@@ -166,17 +166,26 @@ def roc_auc(pos_hist, neg_hist) -> float:
   return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
 
 
-def regression_loss(outputs, batch, *, mean, std, loss="mse", huber_delta=1.0, quantile=0.5):
+def _to_label(z, transform: str):
+  """A prediction on the transformed scale back in the label's units."""
+  return jnp.expm1(z) if transform == "log1p" else z
+
+
+def regression_loss(outputs, batch, *, mean, std, loss="mse", huber_delta=1.0, quantile=0.5,
+                    transform="none"):
+  """The loss on the standardised (and, with `transform="log1p"`, log) label; MAE, RMSE
+  and MAPE in the label's own units."""
   pred_n = outputs.reshape(outputs.shape[0]).astype(jnp.float32)
   y = batch["label"].astype(jnp.float32)
-  err_n = pred_n - (y - mean) / std
+  y_t = jnp.log1p(jnp.maximum(y, 0.0)) if transform == "log1p" else y
+  err_n = pred_n - (y_t - mean) / std
   if loss == "mse":
     per = err_n ** 2
   elif loss == "huber":
     per = optax.huber_loss(err_n, delta=huber_delta)
   else:  # pinball: under-prediction costs `quantile`, over-prediction 1 - quantile
     per = jnp.maximum(-quantile * err_n, (1 - quantile) * err_n)
-  err = pred_n * std + mean - y
+  err = _to_label(pred_n * std + mean, transform) - y
   nonzero = y != 0  # a percentage of zero is undefined: MAPE skips those labels
   return {"loss": per, "mae": jnp.abs(err), "squared_error": err ** 2,
           "ape": jnp.where(nonzero, jnp.abs(err) / jnp.where(nonzero, jnp.abs(y), 1.0), 0.0),
@@ -240,8 +249,9 @@ def predict_classification(logits, batch):
   return {"probabilities": jax.nn.softmax(logits.astype(jnp.float32))}
 
 
-def predict_regression(outputs, batch, *, mean, std):
-  return {"prediction": outputs.reshape(outputs.shape[0]).astype(jnp.float32) * std + mean}
+def predict_regression(outputs, batch, *, mean, std, transform="none"):
+  return {"prediction": _to_label(outputs.reshape(outputs.shape[0]).astype(jnp.float32) * std + mean,
+                                  transform)}
 
 
 def predict_retrieval(outputs, batch, *, top_k=10):
@@ -285,7 +295,8 @@ class Regression:
   huber_delta: float = 1.0
   quantile: float = 0.5
   label_mean: float | None = None                   # from the data: the train split's label
-  label_std: float | None = None
+  label_std: float | None = None                    # (of its log1p, with label_transform)
+  label_transform: str = "none"                     # from preprocess.label_transform
 
   def __post_init__(self):
     if self.label_mean is None or self.label_std is None:
@@ -296,13 +307,15 @@ class Regression:
 
   def loss(self, outputs, batch):
     return regression_loss(outputs, batch, mean=self.label_mean, std=self.label_std, loss=self.name,
-                           huber_delta=self.huber_delta, quantile=self.quantile)
+                           huber_delta=self.huber_delta, quantile=self.quantile,
+                           transform=self.label_transform)
 
   def finalize(self, means):
     return finalize_regression(means)
 
   def predict(self, outputs, batch):
-    return predict_regression(outputs, batch, mean=self.label_mean, std=self.label_std)
+    return predict_regression(outputs, batch, mean=self.label_mean, std=self.label_std,
+                              transform=self.label_transform)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -162,3 +162,25 @@ def test_image_classifier_from_an_imported_npz(tmp_path, capsys):
   held_out = _arrays(dd, "my_digits", "test")["label"]
   majority = np.mean(held_out == np.bincount(_arrays(dd, "my_digits", "train")["label"]).argmax())
   assert test["accuracy"] >= majority + 0.7, (test, majority)
+
+
+def test_a_log1p_label_is_learned_in_logs_and_reported_in_its_units():
+  from jaxtrain.config import base_config
+  from jaxtrain.data import preprocess
+  batch = {"label": np.array([0.0, np.e - 1, 3.0], np.float32)}
+  outputs = np.array([0.0, 1.0, 0.0], np.float32)  # standardised logs (mean 0, std 1)
+  m = tasks.regression_loss(outputs, batch, mean=0.0, std=1.0, transform="log1p")
+  np.testing.assert_allclose(m["loss"], [0.0, 0.0, np.log(4.0) ** 2], rtol=1e-6)
+  np.testing.assert_allclose(m["mae"], [0.0, 0.0, 3.0], atol=1e-6)  # in the label's units
+  prediction = tasks.predict_regression(outputs, batch, mean=0.0, std=1.0, transform="log1p")
+  np.testing.assert_allclose(prediction["prediction"], [0.0, np.e - 1, 0.0], rtol=1e-6)
+  schema = {"columns": {}, "features": {}, "label": "y", "label_kind": "value"}
+  config = base_config()
+  config.preprocess.label_transform = "auto"
+  counts = {"label": np.array([1, 1, 2, 1, 30], np.float32)}  # never negative, right-skewed
+  prep = preprocess.fit(schema, counts, config)
+  assert prep["label"]["transform"] == "log1p"
+  assert prep["label"]["mean"] == pytest.approx(np.log1p(counts["label"]).mean())
+  assert preprocess.task_kwargs(prep)["label_transform"] == "log1p"
+  assert preprocess.fit(schema, {"label": np.array([-1, 0, 5], np.float32)}, config)["label"][
+      "transform"] == "none"

@@ -106,8 +106,26 @@ def fit(schema: dict | None, train: dict[str, np.ndarray], config) -> dict:
                      "num_classes": num_classes, "class_weights": _class_weights(counts, p.class_weights)}
   else:
     y = label.astype(np.float64)
-    prep["label"] = {"kind": "value", "mean": float(y.mean()), "std": float(y.std()) or 1.0}
+    transform = _label_transform(p.label_transform, y)
+    if transform == "log1p":
+      y = np.log1p(y)
+    prep["label"] = {"kind": "value", "mean": float(y.mean()), "std": float(y.std()) or 1.0,
+                     "transform": transform}
   return prep
+
+
+def _label_transform(setting: str, y: np.ndarray) -> str:
+  """none | log1p. "auto": log1p for a count-like label (never negative, right-skewed: the
+  mean over the median above 1.25), whose errors grow with its size (demand, rentals)."""
+  if setting not in ("auto", "none", "log1p"):
+    raise UserError(f"preprocess.label_transform={setting!r} must be auto, none or log1p")
+  if setting == "log1p" and (y < 0).any():
+    raise UserError("preprocess.label_transform=log1p needs a label that is never negative")
+  if setting != "auto":
+    return setting
+  median = float(np.median(y))
+  skewed = median > 0 and float(y.mean()) / median > 1.25
+  return "log1p" if (y >= 0).all() and skewed else "none"
 
 
 def _time_trend(setting: str, schema: dict) -> bool:
@@ -331,6 +349,8 @@ def task_kwargs(prep: dict) -> dict:
     kwargs["class_weights"] = tuple(weights)
   if label.get("kind") == "value":
     kwargs.update(label_mean=label["mean"], label_std=label["std"])
+    if label.get("transform", "none") != "none":
+      kwargs["label_transform"] = label["transform"]
   if prep["kind"] == "table":
     kwargs["num_categorical"] = len(prep["categorical"])
   return kwargs
