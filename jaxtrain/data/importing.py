@@ -886,7 +886,6 @@ def _import_tables(spec: ImportSpec, data_dir: str, files, fp: str, legacy: str)
     raise UserError(f"columns {list(schema['features'])} do not have distinct names once "
                     "made feature names (letters, digits, _); rename or --ignore one")
   class_names = schema.get("class_names")
-  class_index = pa.array(class_names or [], pa.string())
   with store.lock(data_dir, spec.name):
     imported = _imported_as(data_dir, spec.name, (fp, legacy))
     if imported is not None:
@@ -897,50 +896,49 @@ def _import_tables(spec: ImportSpec, data_dir: str, files, fp: str, legacy: str)
     partial = Path(data_dir) / spec.name / f"incomplete.{version}"
     shutil.rmtree(final, ignore_errors=True)  # see run_import: left by a killed import
     shutil.rmtree(partial, ignore_errors=True)
-    if spec.beam:
-      num_examples = {s: int(n) for s, n in zip(SPLITS, counts) if n}
+    schema.update(version=version, fingerprint=fp, files=[str(f) for f in files],
+                  options=spec.options(),
+                  num_examples={s: int(n) for s, n in zip(SPLITS, counts) if n})
+    if spec.beam:  # TFDS's Beam writer publishes the version's folder itself
       _write_with_beam(spec, data_dir, version, schema, class_names, codes, file_rows)
-      schema.update(version=version, fingerprint=fp, files=[str(f) for f in files],
-                    options=spec.options(), num_examples=num_examples)
       _write_json(final / SCHEMA_FILE, schema)
-      history.append({"version": version, "fingerprint": fp, "files": [str(f) for f in files],
-                      "num_examples": num_examples,
-                      "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-      _write_json(store.history_path(data_dir, spec.name), history)
-      return str(final), True
-    partial.mkdir(parents=True)
-    try:
-      writers = {s: records.SplitWriter(str(partial), spec.name, s, int(n))
-                 for s, n in zip(SPLITS, counts) if n}
-      row = 0
-      for chunk in _table_chunks(spec):
-        encoded = _encoded(chunk, schema, class_index)
-        chunk_codes = codes[row:row + len(chunk)]
-        for i, split in enumerate(SPLITS):
-          if split not in writers:
-            continue
-          take = np.flatnonzero(chunk_codes == i)
-          if len(take):
-            picked = {k: (kind, v.take(pa.array(take)) if kind == "bytes" else v[take])
-                      for k, (kind, v) in encoded.items()}
-            writers[split].write(*records.encode_examples(picked))
-        row += len(chunk)
-      infos = [w.close() for w in writers.values()]
-      features = _features(schema, class_names, {})
-      records.write_metadata(str(partial), spec.name, version, features, infos)
-      num_examples = {s: int(n) for s, n in zip(SPLITS, counts) if n}
-      schema.update(version=version, fingerprint=fp, files=[str(f) for f in files],
-                    options=spec.options(), num_examples=num_examples)
-      _write_json(partial / SCHEMA_FILE, schema)
+    else:
+      _write_tables(spec, schema, class_names, codes, counts, partial)
       os.replace(partial, final)
-    except BaseException:
-      shutil.rmtree(partial, ignore_errors=True)
-      raise
-    history.append({"version": version, "fingerprint": fp, "files": [str(f) for f in files],
-                    "num_examples": num_examples,
+    history.append({"version": version, "fingerprint": fp, "files": schema["files"],
+                    "num_examples": schema["num_examples"],
                     "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     _write_json(store.history_path(data_dir, spec.name), history)
   return str(final), True
+
+
+def _write_tables(spec: ImportSpec, schema: dict, class_names, codes: np.ndarray,
+                  counts: np.ndarray, partial: Path) -> None:
+  """Pass 2: every chunk converted, encoded and written to its split's shards, in `partial`
+  (removed if anything fails: a version's folder is whole or absent)."""
+  class_index = pa.array(class_names or [], pa.string())
+  partial.mkdir(parents=True)
+  try:
+    writers = {s: records.SplitWriter(str(partial), spec.name, s, int(n))
+               for s, n in zip(SPLITS, counts) if n}
+    row = 0
+    for chunk in _table_chunks(spec):
+      encoded = _encoded(chunk, schema, class_index)
+      chunk_codes = codes[row:row + len(chunk)]
+      for i, split in enumerate(SPLITS):
+        take = np.flatnonzero(chunk_codes == i)
+        if len(take):
+          picked = {k: (kind, v.take(pa.array(take)) if kind == "bytes" else v[take])
+                    for k, (kind, v) in encoded.items()}
+          writers[split].write(*records.encode_examples(picked))
+      row += len(chunk)
+    infos = [w.close() for w in writers.values()]
+    records.write_metadata(str(partial), spec.name, schema["version"],
+                           _features(schema, class_names, {}), infos)
+    _write_json(partial / SCHEMA_FILE, schema)
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
 
 
 # --- Apache Beam: the second pass as a TFDS Beam pipeline ------------------------------------
