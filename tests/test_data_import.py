@@ -289,3 +289,14 @@ def test_a_gap_in_a_declared_int_column_is_named(tmp_path):
   with pytest.raises(UserError, match=r"t.csv line 3, column 'n': missing value \(an int column "
                      r"holds no gaps: declare it float to have them imputed\)"):
     data_import.run_import(spec, str(tmp_path / "dd"))
+
+
+def test_a_character_cut_by_the_sniffed_sample_is_not_a_decoding_error(tmp_path):
+  head = "label,text\n"
+  filler = "a" * (65535 - len(head) - 2)
+  text = head + "1," + filler + "é\n" + "".join(f"{i % 2},café\n" for i in range(50))
+  assert text.encode()[65535:65537] == "é".encode()  # the 64 KB sample ends inside é
+  (tmp_path / "t.csv").write_text(text)
+  spec = data_import.ImportSpec(sources=(str(tmp_path / "t.csv"),), name="t")
+  directory, _ = data_import.run_import(spec, str(tmp_path / "dd"))
+  assert sum(data_import.read_schema(directory)["num_examples"].values()) == 51

@@ -111,6 +111,21 @@ def _decode(raw: bytes, name: str) -> str:
                     f"at offset {e.start}); convert it, e.g. iconv -f latin1 -t utf-8") from None
 
 
+def _decode_start(raw: bytes, name: str) -> str:
+  """The text of a file's first bytes (a character cut at the end is left out)."""
+  try:
+    return raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    if e.start >= len(raw) - 3:
+      return raw[:e.start].decode("utf-8-sig")
+    return _decode(raw, name)
+
+
+def _text_stream(opener, name: str):
+  """A file as text, streamed (never whole in memory), for finding a line."""
+  return io.TextIOWrapper(opener(), encoding="utf-8-sig", newline="")
+
+
 def _csv_reader(text_stream, delimiter: str):
   # A tab-separated file does not quote (the IANA TSV convention; the SMS corpus has bare ")
   quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
@@ -120,7 +135,7 @@ def _csv_reader(text_stream, delimiter: str):
 def _csv_chunks(name: str, opener, suffix: str, delimiter: str, names: str, block_bytes: int):
   import pyarrow.csv as pacsv
   with opener() as f:
-    sample = _decode(f.read(1 << 16), name)
+    sample = _decode_start(f.read(1 << 16), name)
   delimiter = delimiter or sniff_delimiter(sample, suffix)
   if names:
     header = [n.strip() for n in names.split(",")]
@@ -150,16 +165,18 @@ def _csv_chunks(name: str, opener, suffix: str, delimiter: str, names: str, bloc
 
 def _csv_error(name, opener, header, delimiter, error) -> UserError:
   """The first record the fast reader refused, found again with Python's csv module."""
-  with opener() as f:
-    text = io.StringIO(_decode(f.read(), name))
-  reader = _csv_reader(text, delimiter)
-  try:
-    for values in reader:
-      if values and len(values) != len(header) and reader.line_num > 1:
-        return UserError(f"{name} line {reader.line_num}: {len(values)} fields, but the header has "
-                         f"{len(header)} ({', '.join(header)})")
-  except csv.Error as e:
-    return UserError(f"{name} line {reader.line_num}: {e}")
+  with _text_stream(opener, name) as text:
+    reader = _csv_reader(text, delimiter)
+    try:
+      for values in reader:
+        if values and len(values) != len(header) and reader.line_num > 1:
+          return UserError(f"{name} line {reader.line_num}: {len(values)} fields, but the header "
+                           f"has {len(header)} ({', '.join(header)})")
+    except csv.Error as e:
+      return UserError(f"{name} line {reader.line_num}: {e}")
+    except UnicodeDecodeError as e:
+      return UserError(f"{name} is not UTF-8 text ({e.reason}) after line {reader.line_num}; "
+                       "convert it, e.g. iconv -f latin1 -t utf-8")
   return UserError(f"cannot read {name}: {str(error).splitlines()[0]}")
 
 
@@ -250,29 +267,32 @@ def _plain(array: pa.Array) -> pa.Array:
 
 
 def line_of(path: str, row: int, *, delimiter: str = "", names: str = "") -> int:
-  """The line of data row `row` (0-based) of a table file, for error messages."""
+  """The line of data row `row` (0-based) of a table file, for error messages (streamed)."""
   if path.lower().endswith(".parquet"):
     return row + 1
   if ".zip:" in path:
     archive, member = path.split(".zip:", 1)
-    with zipfile.ZipFile(archive + ".zip") as z:
-      text = z.read(member).decode("utf-8-sig", "replace")
+    opener = lambda: zipfile.ZipFile(archive + ".zip").open(member)
   else:
-    text = Path(path).read_bytes().decode("utf-8-sig", "replace")
-  if path.lower().endswith((".jsonl", ".json")):
-    seen = -1
-    for no, line in enumerate(text.splitlines(), 1):
-      seen += bool(line.strip())
-      if seen == row:
-        return no
-    return 0
-  reader = _csv_reader(io.StringIO(text), delimiter or sniff_delimiter(text[:1 << 16], Path(path).suffix.lower()))
-  seen = -1 if names else -2  # the header is not a data row
-  for values in reader:
-    if values:
-      seen += 1
-      if seen == row:
-        return reader.line_num
+    opener = lambda: open(path, "rb")
+  with _text_stream(opener, path) as text:
+    if path.lower().endswith((".jsonl", ".json")):
+      seen = -1
+      for no, line in enumerate(text, 1):
+        seen += bool(line.strip())
+        if seen == row:
+          return no
+      return 0
+    if not delimiter:
+      with opener() as f:
+        delimiter = sniff_delimiter(_decode_start(f.read(1 << 16), path), Path(path).suffix.lower())
+    reader = _csv_reader(text, delimiter)
+    seen = -1 if names else -2  # the header is not a data row
+    for values in reader:
+      if values:
+        seen += 1
+        if seen == row:
+          return reader.line_num
   return 0
 
 
