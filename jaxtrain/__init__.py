@@ -7,7 +7,8 @@ Where things are. Layers import only downwards (tests/test_layers.py checks it):
                        nnx_split / nnx_apply_fn (Flax NNX modules as pure functions)
     steps.py           train_step, eval_step, predict_step (pure), on-device metric totals
     tasks.py           losses and metrics: classification, regression, retrieval,
-                       language modeling (F1, ROC-AUC, RMSE, MAPE, recall@k, perplexity)
+                       language modeling (F1, MCC, ROC-AUC, PR-AUC, RMSE, MAPE, recall@k,
+                       perplexity)
     optim.py           Optax optimizers and schedules from config.optimizer; freezing,
                        per-group learning rates
     config.py          config defaults and value checks
@@ -17,11 +18,15 @@ Where things are. Layers import only downwards (tests/test_layers.py checks it):
   models/              built-in Flax modules: image.py (MLP, CNN, ResNet), tables.py,
                        lm.py (GPT-2-shaped LM), remat.py
   data/                datasets.py (TFDS builders), importing.py (`jaxtrain data import`),
-                       preprocess.py (fitted on train), input_pipeline.py (Grain), store.py
+                       columns.py (tables read column-wise in chunks, kinds, missing values),
+                       records.py (tf.train.Example shards written fast), preprocess.py
+                       (fitted on train), input_pipeline.py (Grain), store.py
   run/                 loop.py (train_and_evaluate: setup, train, finish), hooks.py
                        (periodic work: logging, evaluation + early stopping, checkpoints,
                        preemption, progress, yours), inputs.py (a run's data, model, task),
-                       compiled.py, checkpoint.py (Orbax), parallel.py (mesh/pmap layout),
+                       feeds.py (batches from the host or gathered on the device; the auto
+                       steps per dispatch), compiled.py, checkpoint.py (Orbax), parallel.py
+                       (mesh/pmap layout),
                        distributed.py, preemption.py, workdir_lock.py, nan_guard.py,
                        early_stopping.py, finetune.py, manifest.py, metric_writers.py
   tools/               cli.py (`jaxtrain ...`), sweep.py (Optuna), report.py, predict.py
