@@ -123,7 +123,9 @@ def base_config() -> ml_collections.ConfigDict:
       mode="jit",                 # jit: one program over a device mesh | pmap: one copy per device
       fsdp=False,                 # jit only: shard large params and optimizer state over devices
       fsdp_min_size=1 << 14,      # arrays with fewer elements stay replicated
-      prefetch_to_device=2))      # batches copied to the devices ahead of the step
+      prefetch_to_device=2,       # batches copied to the devices ahead of the step
+      stall_timeout_s=1800))      # a step, evaluation or save unfinished this long ends every
+                                  # process with status 76, the last checkpoint intact (0 = never)
 
   # name: a registry.MODELS name or an import path of a Flax Linen or NNX module ("model.py:Net",
   # relative to the config file); every other field is a constructor argument.
@@ -179,6 +181,7 @@ def _checks(c):
          "needs parallel.mode='jit' (pmap keeps a whole copy of the state on every device)")
   yield "parallel.fsdp_min_size", c.parallel.fsdp_min_size >= 0, "must be >= 0"
   yield "parallel.prefetch_to_device", c.parallel.prefetch_to_device >= 0, "must be >= 0"
+  yield "parallel.stall_timeout_s", c.parallel.stall_timeout_s >= 0, "must be >= 0 (0 = never)"
   yield "model.name", isinstance(c.model.get("name"), str) and bool(c.model.get("name")), "must name a model"
   e = c.early_stopping
   yield "early_stopping.mode", e.mode in EARLY_STOPPING_MODES, f"must be one of {EARLY_STOPPING_MODES}"

@@ -67,6 +67,13 @@ class Loop:
   config_dict: dict = dataclasses.field(default_factory=dict)
   events: dict = dataclasses.field(default_factory=dict)  # split -> metrics emitted this step
   listeners: list = dataclasses.field(default_factory=list)  # (step, split, metrics) -> None
+  watchdog: Any = None          # watchdog.Watchdog: marks each phase as it starts
+
+  def mark(self, phase: str, step: int | None = None) -> None:
+    """Tells the stall watchdog a step (`step`: the one being taken), evaluation, save or
+    test starts."""
+    if self.watchdog is not None:
+      self.watchdog.mark(phase, self.step if step is None else step)
 
   @property
   def final(self) -> bool:
@@ -202,6 +209,7 @@ class Evaluate(Hook):
     return loop.reached(self.every_steps) or loop.final
 
   def run(self, loop: Loop) -> None:
+    loop.mark("evaluation")
     if loop.health is not None:  # a non-finite step halts the run before its state is measured
       nan_guard.check(loop.fetch_health(), loop.metric_names,
                       policy=loop.config.nan_policy,

@@ -38,6 +38,7 @@ from jaxtrain.run.hooks import (Checkpoint, Evaluate, LogTrainMetrics, Loop, Pre
 from jaxtrain.run import metric_writers
 from jaxtrain.run.metric_writers import MetricWriter, ProgressBar, read_metrics
 from jaxtrain.run.preemption import Preempted, PreemptionWatcher
+from jaxtrain.run.watchdog import Watchdog
 from jaxtrain.run import workdir_lock
 from jaxtrain.run.workdir_lock import WorkdirLock
 from jaxtrain.state import TrainState
@@ -78,17 +79,20 @@ def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
            *hooks,
            Preemption(watcher),
            Checkpoint(config.checkpoint_every_steps, save)]
-  try:
-    with watcher:
-      train(loop, every, t_entry)
-    if watcher.signal_name:  # after the last step's hooks: its checkpoint is saved
-      raise Preempted(loop.step, watcher.signal_name)
-    finish(loop, evaluation)
-  except BaseException as e:
-    abort(loop, every, e)
-    raise
-  with PreemptionWatcher() as saving:  # a signal now waits for the saves to reach the disk
-    close(loop, every)
+  loop.watchdog = Watchdog(config.parallel.stall_timeout_s,
+                           process=f"process {jax.process_index()} of {jax.process_count()}")
+  with loop.watchdog:
+    try:
+      with watcher:
+        train(loop, every, t_entry)
+      if watcher.signal_name:  # after the last step's hooks: its checkpoint is saved
+        raise Preempted(loop.step, watcher.signal_name)
+      finish(loop, evaluation)
+    except BaseException as e:
+      abort(loop, every, e)
+      raise
+    with PreemptionWatcher() as saving:  # a signal now waits for the saves to reach the disk
+      close(loop, every)
   if saving.signal_name:
     raise Preempted(loop.step, saving.signal_name)
   return loop.host_state()
@@ -103,6 +107,7 @@ def train(loop: Loop, every: list, t_entry: float | None = None) -> None:
     if loop.totals is None:
       loop.totals = loop.zero_totals()
     k = pace(loop)
+    loop.mark("step", loop.step + k)
     loop.train_iter.dispatch(loop, k)
     loop.previous_step, loop.step = loop.step, loop.step + k
     if loop.previous_step == loop.first_step:  # start-up cost (compiling, mostly): one wait, once
@@ -254,6 +259,7 @@ def make_evaluation(loop: Loop) -> Evaluate | None:
 
 def save(loop: Loop) -> None:
   """Saves unless the state is non-finite; a failed write names the intact checkpoint."""
+  loop.mark("save")
   config = loop.config
   nan_guard.check(loop.fetch_health(), loop.metric_names, policy=config.nan_policy,
                   max_consecutive=config.nan_max_consecutive_skips)
@@ -276,6 +282,7 @@ def finish(loop: Loop, evaluation: Evaluate | None) -> None:
   done = loop.step == loop.num_train_steps or loop.stop == "early_stop"
   if not done or source is None or _has_event(loop.workdir, "test"):
     return
+  loop.mark("test")
   state, best_step = evaluation.best_state(loop) if evaluation is not None else (None, None)
   if state is not None:  # the test measures the model one would deploy: the best
     log.info("testing the best checkpoint (step %d)", best_step)
@@ -288,6 +295,7 @@ def finish(loop: Loop, evaluation: Evaluate | None) -> None:
 def close(loop: Loop, every: list) -> None:
   """Waits for the saves, closes the hooks and writers; a finished run records its hparams."""
   try:
+    loop.mark("save")
     _finish_saves(loop.manager, loop.workdir, loop.step)
     for hook in every:
       hook.close(loop)

@@ -32,7 +32,8 @@ RESUMABLE_FIELDS = ("log_every_steps", "eval_every_steps", "checkpoint_every_ste
                     "keep_checkpoints", "async_checkpointing", "dataset.prefetch",
                     "dataset.eval_split", "dataset.test_split", "nan_policy",
                     "nan_max_consecutive_skips", "parallel.fsdp", "parallel.fsdp_min_size",
-                    "parallel.prefetch_to_device", "dataset.cache_max_mb", "dataset.device_cache_max_mb",
+                    "parallel.prefetch_to_device", "parallel.stall_timeout_s", "dataset.cache_max_mb",
+                    "dataset.device_cache_max_mb",
                     "eval_top_k",
                     "early_stopping.metric", "early_stopping.mode", "early_stopping.patience",
                     "early_stopping.min_delta", "keep_best_checkpoints")

@@ -51,7 +51,8 @@ GRACE_SECONDS = 20  # a trial whose worker is silent this long is retried
 # Config fields that cannot change a trial's result: a rerun of the sweep may change them.
 NEUTRAL_FIELDS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                   "async_checkpointing", "dataset.prefetch", "dataset.cache_max_mb",
-                  "dataset.device_cache_max_mb", "parallel.prefetch_to_device")
+                  "dataset.device_cache_max_mb", "parallel.prefetch_to_device",
+                  "parallel.stall_timeout_s")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,69 @@
+"""The stall watchdog: alone with a fake clock, and a run that stalls, exits 76, and resumes exactly."""
+
+import subprocess
+import sys
+import textwrap
+
+from conftest import ROOT
+from jaxtrain.run import checkpoint
+from jaxtrain.run.watchdog import STALLED, Watchdog
+
+
+def test_the_watchdog_names_the_phase_step_and_process_once_the_timeout_passes():
+  now = [100.0]
+  dog = Watchdog(30, process="process 1 of 2", clock=lambda: now[0])
+  dog.mark("evaluation", 250)
+  now[0] += 30
+  assert dog.check() is None  # at the timeout, not past it
+  now[0] += 1
+  assert dog.check() == ("jaxtrain: stalled: the evaluation at step 250 has not finished in 31 s "
+                         "(parallel.stall_timeout_s=30; process 1 of 2); exiting with status 76: "
+                         "the newest checkpoint is intact, run the same command to resume from it")
+  dog.mark("step", 251)  # progress: the clock starts again
+  assert dog.check() is None
+  assert Watchdog(0, clock=lambda: 1e9).check() is None  # 0: never
+
+
+def test_its_thread_exits_with_76(capsys):
+  exited = []
+  dog = Watchdog(0.2, exit=exited.append)
+  with dog:
+    dog._thread.join(timeout=30)  # it exits its loop once it has reported
+  assert exited == [STALLED]
+  assert "stalled: the start-up at step 0" in capsys.readouterr().err
+
+
+_STALLING_RUN = textwrap.dedent("""
+    import sys, threading
+    sys.path.insert(0, {tests!r})
+    from conftest import load_config
+    from jaxtrain import Hook, train_and_evaluate
+
+    class Stall(Hook):  # a stand-in for a hung collective: never returns at step 30
+      def run(self, loop):
+        threading.Event().wait()
+
+    c = load_config("digits")
+    c.update(num_train_steps=60, checkpoint_every_steps=20, eval_every_steps=20, log_every_steps=10)
+    c.model = dict(name="mlp", num_classes=10, features=(32,), dropout_rate=0.0)
+    c.dataset.data_dir = {data_dir!r}
+    c.parallel.stall_timeout_s = 3
+    stall = sys.argv[2] == "stall"
+    train_and_evaluate(c, sys.argv[1], hooks=[Stall(30)] if stall else [])
+""")
+
+
+def test_a_stalled_run_exits_76_in_one_line_and_the_same_command_resumes_exactly(tmp_path, data_dir):
+  script = tmp_path / "run.py"
+  script.write_text(_STALLING_RUN.format(tests=str(ROOT / "tests"), data_dir=data_dir))
+  run = lambda workdir, mode: subprocess.run([sys.executable, str(script), str(workdir), mode],
+                                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+  stalled = run(tmp_path / "w", "stall")
+  assert stalled.returncode == STALLED, stalled.stderr[-2000:]
+  [line] = [l for l in stalled.stderr.splitlines() if "stalled" in l]
+  assert line.startswith("jaxtrain: stalled: the step at step 30 has not finished in ")
+  assert checkpoint.saved_steps(str(tmp_path / "w"))[-1] == 20  # written whole before the stall
+  assert run(tmp_path / "w", "go").returncode == 0
+  assert run(tmp_path / "straight", "go").returncode == 0
+  digest = lambda w: checkpoint.tree_digest(checkpoint.load_arrays(str(w))[1])
+  assert digest(tmp_path / "w") == digest(tmp_path / "straight")
