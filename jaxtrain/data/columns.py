@@ -103,12 +103,16 @@ def sniff_delimiter(sample: str, suffix: str) -> str:
   return best
 
 
+def not_utf8(name: str, e: UnicodeDecodeError) -> UserError:
+  return UserError(f"{name} is not UTF-8 text ({e.reason}: byte {e.object[e.start:e.start + 1]!r} "
+                   f"at offset {e.start}); convert it, e.g. iconv -f latin1 -t utf-8")
+
+
 def _decode(raw: bytes, name: str) -> str:
   try:
     return raw.decode("utf-8-sig")
   except UnicodeDecodeError as e:
-    raise UserError(f"{name} is not UTF-8 text ({e.reason}: byte {e.object[e.start:e.start + 1]!r} "
-                    f"at offset {e.start}); convert it, e.g. iconv -f latin1 -t utf-8") from None
+    raise not_utf8(name, e) from None
 
 
 def _decode_start(raw: bytes, name: str) -> str:

@@ -123,18 +123,7 @@ def _text_file(path: Path):
     with open(path, newline="", encoding="utf-8-sig") as f:
       yield f
   except UnicodeDecodeError as e:
-    raise UserError(f"{path} is not UTF-8 text ({e.reason}: byte {e.object[e.start:e.start + 1]!r} "
-                    f"at offset {e.start}); convert it, e.g. iconv -f latin1 -t utf-8") from None
-
-
-def _check_header(path: Path, header: list[str]) -> None:
-  names = [h.strip() for h in header]
-  if not all(names):
-    raise UserError(f"{path}: column {names.index('') + 1} of the header has no name")
-  repeated = sorted({n for n in names if names.count(n) > 1})
-  if repeated:
-    raise UserError(f"{path}: the header names {', '.join(map(repr, repeated))} more than once; "
-                    "rename the columns so each is one")
+    raise columns.not_utf8(str(path), e) from None
 
 
 def _csv_rows(path: Path):
@@ -142,7 +131,7 @@ def _csv_rows(path: Path):
     reader = csv.reader(f)
     try:
       header = next(reader)
-      _check_header(path, header)
+      columns.check_header(str(path), header)
       for values in reader:
         if not values:
           continue
@@ -367,6 +356,17 @@ def feature_name(column: str) -> str:
   return name if name and not name[0].isdigit() else f"c_{name}"
 
 
+def _checked_declarations(declared: dict, names: list[str], spec: ImportSpec) -> str:
+  """Refuses --columns naming absent columns and an unknown --label_kind; returns the latter."""
+  unknown = set(declared) - set(names)
+  if unknown:
+    raise UserError(f"--columns names {', '.join(sorted(unknown))}, not in the data "
+                    f"(columns: {', '.join(names)})")
+  if spec.label_kind and spec.label_kind not in LABEL_KINDS:
+    raise UserError(f"--label_kind={spec.label_kind!r} must be one of {', '.join(LABEL_KINDS)}")
+  return spec.label_kind
+
+
 def infer_schema(rows: list[tuple[Path, int, dict]], spec: ImportSpec) -> dict:
   """{"columns": {column: kind}, "label": ..., "label_kind": ..., "class_names": [...]}."""
   ignored = {c.strip() for c in spec.ignore.split(",") if c.strip()}
@@ -382,13 +382,7 @@ def infer_schema(rows: list[tuple[Path, int, dict]], spec: ImportSpec) -> dict:
     if col in ignored or col == spec.label:
       continue
     columns[col] = declared.get(col) or _infer([row.get(col) for _, _, row in rows])
-  unknown = set(declared) - set(names)
-  if unknown:
-    raise UserError(f"--columns names {', '.join(sorted(unknown))}, not in the data "
-                    f"(columns: {', '.join(names)})")
-  label_kind = spec.label_kind
-  if label_kind and label_kind not in LABEL_KINDS:
-    raise UserError(f"--label_kind={label_kind!r} must be one of {', '.join(LABEL_KINDS)}")
+  label_kind = _checked_declarations(declared, names, spec)
   if not label_kind:
     values = [row.get(spec.label) for _, _, row in rows]
     kind = _infer(values)
@@ -528,35 +522,44 @@ def add_lags(parsed: dict[str, list], schema: dict, spec: ImportSpec, where: lis
   return out, [where[i] for i in keep_rows]
 
 
+def fraction_codes(spec: ImportSpec, n: int) -> np.ndarray:
+  """`--split fraction`: each of n rows' split (an index into SPLITS), by a seeded permutation."""
+  try:
+    fractions = [float(x) for x in spec.fractions.split(",")]
+  except ValueError:
+    raise UserError(f"--fractions={spec.fractions!r} should be three numbers, e.g. 0.8,0.1,0.1") from None
+  if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+    raise UserError(f"--fractions={spec.fractions!r} should be three fractions (train, "
+                    "validation, test) summing to 1")
+  order = np.random.default_rng(spec.seed).permutation(n)
+  bounds = np.round(np.cumsum(fractions) * n).astype(int)
+  codes = np.empty(n, np.uint8)
+  for i, (lo, hi) in enumerate(zip([0, *bounds[:2]], bounds)):
+    codes[order[lo:hi]] = i
+  return codes
+
+
+def time_codes(spec: ImportSpec, times: np.ndarray) -> np.ndarray:
+  """`--split time:COL`: before the first cutoff trains, then validation, then test."""
+  cuts = [parse_time(c) for c in spec.cutoffs.split(",") if c.strip()] if spec.cutoffs else []
+  if len(cuts) != 2 or cuts[0] > cuts[1]:
+    raise UserError(f"--cutoffs={spec.cutoffs!r} should be two times, where validation then "
+                    "test start (e.g. 2024-05-01,2024-06-01)")
+  return np.where(times < cuts[0], 0, np.where(times < cuts[1], 1, 2)).astype(np.uint8)
+
+
 def assign_splits(parsed, rows_where, spec: ImportSpec, raw_split_column=None) -> np.ndarray:
   """The split name of every row."""
   n = len(rows_where)
   kind, _, column = spec.split.partition(":")
   if kind == "fraction":
-    try:
-      fractions = [float(x) for x in spec.fractions.split(",")]
-    except ValueError:
-      raise UserError(f"--fractions={spec.fractions!r} should be three numbers, e.g. 0.8,0.1,0.1") from None
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-      raise UserError(f"--fractions={spec.fractions!r} should be three fractions (train, "
-                      "validation, test) summing to 1")
-    order = np.random.default_rng(spec.seed).permutation(n)
-    bounds = np.round(np.cumsum(fractions) * n).astype(int)
-    names = np.empty(n, object)
-    for name, lo, hi in zip(SPLITS, [0, *bounds[:2]], bounds):
-      names[order[lo:hi]] = name
-    return names
+    return np.asarray(SPLITS, object)[fraction_codes(spec, n)]
   if kind == "column":
     return np.asarray([str(v) for v in raw_split_column], object)
   if kind == "time":
     if column not in parsed:
       raise UserError(f"--split=time:{column}: no column {column!r}")
-    cuts = [parse_time(c) for c in spec.cutoffs.split(",") if c.strip()] if spec.cutoffs else []
-    if len(cuts) != 2 or cuts[0] > cuts[1]:
-      raise UserError(f"--cutoffs={spec.cutoffs!r} should be two times, where validation then "
-                      "test start (e.g. 2024-05-01,2024-06-01)")
-    times = np.asarray(parsed[column], np.int64)
-    return np.where(times < cuts[0], "train", np.where(times < cuts[1], "validation", "test")).astype(object)
+    return np.asarray(SPLITS, object)[time_codes(spec, np.asarray(parsed[column], np.int64))]
   raise UserError(f"--split={spec.split!r} must be fraction, column:COL or time:COL")
 
 
@@ -775,13 +778,7 @@ def _scan_tables(spec: ImportSpec):
   if not rows:
     raise UserError(f"{', '.join(spec.sources)}: no rows")
   errors.raise_any(spec)
-  unknown = set(declared) - set(names)
-  if unknown:
-    raise UserError(f"--columns names {', '.join(sorted(unknown))}, not in the data "
-                    f"(columns: {', '.join(names)})")
-  label_kind = spec.label_kind
-  if label_kind and label_kind not in LABEL_KINDS:
-    raise UserError(f"--label_kind={label_kind!r} must be one of {', '.join(LABEL_KINDS)}")
+  label_kind = _checked_declarations(declared, names, spec)
   kinds = {}
   try:
     for col in names:
@@ -814,19 +811,8 @@ def _scan_tables(spec: ImportSpec):
 def _split_codes(spec: ImportSpec, rows: int, split_values, schema) -> np.ndarray:
   """Each row's split as an index into SPLITS, the same assignment as `assign_splits`."""
   kind, _, column = spec.split.partition(":")
-  codes = np.empty(rows, np.uint8)
-  if kind == "fraction":  # assign_splits' permutation, as codes (no object array of n names)
-    try:
-      fractions = [float(x) for x in spec.fractions.split(",")]
-    except ValueError:
-      fractions = []
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-      assign_splits({}, range(0), spec)  # raises its one-line error
-    order = np.random.default_rng(spec.seed).permutation(rows)
-    bounds = np.round(np.cumsum(fractions) * rows).astype(int)
-    for i, (lo, hi) in enumerate(zip([0, *bounds[:2]], bounds)):
-      codes[order[lo:hi]] = i
-    return codes
+  if kind == "fraction":
+    return fraction_codes(spec, rows)
   if kind == "column":
     values = pa.chunked_array(split_values).combine_chunks() if split_values else pa.array([])
     index = pc.index_in(values, value_set=pa.array(SPLITS))
@@ -838,12 +824,7 @@ def _split_codes(spec: ImportSpec, rows: int, split_values, schema) -> np.ndarra
     if column not in schema["columns"] or schema["columns"][column] != "time":
       raise UserError(f"--split=time:{column}: no time column {column!r} (declare it with "
                       f"--columns {column}=time)")
-    cuts = [parse_time(c) for c in spec.cutoffs.split(",") if c.strip()] if spec.cutoffs else []
-    if len(cuts) != 2 or cuts[0] > cuts[1]:
-      raise UserError(f"--cutoffs={spec.cutoffs!r} should be two times, where validation then "
-                      "test start (e.g. 2024-05-01,2024-06-01)")
-    times = np.concatenate([columns.to_numpy(v, "time") for v in split_values])
-    return np.where(times < cuts[0], 0, np.where(times < cuts[1], 1, 2)).astype(np.uint8)
+    return time_codes(spec, np.concatenate([columns.to_numpy(v, "time") for v in split_values]))
   raise UserError(f"--split={spec.split!r} must be fraction, column:COL or time:COL")
 
 
