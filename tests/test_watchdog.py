@@ -47,7 +47,7 @@ _STALLING_RUN = textwrap.dedent("""
     c.update(num_train_steps=60, checkpoint_every_steps=20, eval_every_steps=20, log_every_steps=10)
     c.model = dict(name="mlp", num_classes=10, features=(32,), dropout_rate=0.0)
     c.dataset.data_dir = {data_dir!r}
-    c.parallel.stall_timeout_s = 3
+    c.parallel.stall_timeout_s = 10  # above any compile or save of this run, on a loaded machine too
     stall = sys.argv[2] == "stall"
     train_and_evaluate(c, sys.argv[1], hooks=[Stall(30)] if stall else [])
 """)
