@@ -124,8 +124,11 @@ def base_config() -> ml_collections.ConfigDict:
       fsdp=False,                 # jit only: shard large params and optimizer state over devices
       fsdp_min_size=1 << 14,      # arrays with fewer elements stay replicated
       prefetch_to_device=2,       # batches copied to the devices ahead of the step
-      stall_timeout_s=1800))      # a step, evaluation or save unfinished this long ends every
+      stall_timeout_s=1800,       # a step, evaluation or save unfinished this long ends every
                                   # process with status 76, the last checkpoint intact (0 = never)
+      stop_check_every_steps=10))  # many processes: how often they agree whether one received
+                                  # SIGTERM/SIGINT/SIGUSR1 (a ~1 ms barrier; lower it where 10
+                                  # steps outlast a preemption's grace period)
 
   # name: a registry.MODELS name or an import path of a Flax Linen or NNX module ("model.py:Net",
   # relative to the config file); every other field is a constructor argument.
@@ -182,6 +185,7 @@ def _checks(c):
   yield "parallel.fsdp_min_size", c.parallel.fsdp_min_size >= 0, "must be >= 0"
   yield "parallel.prefetch_to_device", c.parallel.prefetch_to_device >= 0, "must be >= 0"
   yield "parallel.stall_timeout_s", c.parallel.stall_timeout_s >= 0, "must be >= 0 (0 = never)"
+  yield "parallel.stop_check_every_steps", c.parallel.stop_check_every_steps >= 1, "must be >= 1"
   yield "model.name", isinstance(c.model.get("name"), str) and bool(c.model.get("name")), "must name a model"
   e = c.early_stopping
   yield "early_stopping.mode", e.mode in EARLY_STOPPING_MODES, f"must be one of {EARLY_STOPPING_MODES}"

@@ -159,3 +159,29 @@ def test_no_load_path_uses_pickle():
     source = path.read_text()
     assert not re.search(r"import (c?pickle|dill|joblib)|pickle\.loads?\(|allow_pickle=True", source), path
     assert source.count("np.load(") == source.count("allow_pickle=False"), path
+
+
+def test_a_data_position_saved_by_two_processes_resumes_one_batch_by_batch(tmp_path):
+  """Grain writes one position file per process; each holds the global step (element g of every
+  process's pipeline is its share of global batch g), so one process resumes from them."""
+  shares = [input_pipeline.train_dataset(Numbers(20), global_batch_size=4, seed=0, process_index=p,
+                                         process_count=2) for p in (0, 1)]
+  data = input_pipeline.iterate(shares[0])
+  for _ in range(7):
+    next(data)
+  manager = checkpoint.make_manager(str(tmp_path))
+  checkpoint.save(manager, 7, _state(), data)
+  manager.wait_until_finished()
+  folder = tmp_path / "checkpoints" / "7" / "data"
+  (folder / "process_0-of-1.json").rename(folder / "process_0-of-2.json")  # as a 2-process job
+  (folder / "process_1-of-2.json").write_text((folder / "process_0-of-2.json").read_text())
+
+  one = input_pipeline.iterate(input_pipeline.train_dataset(Numbers(20), global_batch_size=4, seed=0))
+  checkpoint.restore(checkpoint.make_manager(str(tmp_path)), 7, _state(seed=5), one)
+  for g in range(7, 17):  # past an epoch boundary (5 steps an epoch)
+    assert next(one)["id"].tolist() == shares[0][g]["id"].tolist() + shares[1][g]["id"].tolist()
+
+  (folder / "process_1-of-2.json").write_text(json.dumps({"next_index": 9}))
+  with pytest.raises(checkpoint.Unusable, match=r"its 2 processes saved different data positions "
+                     r".*: it resumes only on as many processes as wrote it"):
+    checkpoint.restore(checkpoint.make_manager(str(tmp_path)), 7, _state(seed=5), one)

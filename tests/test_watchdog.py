@@ -1,5 +1,6 @@
 """The stall watchdog: alone with a fake clock, and a run that stalls, exits 76, and resumes exactly."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,8 +17,8 @@ def test_the_watchdog_names_the_phase_step_and_process_once_the_timeout_passes()
   now[0] += 30
   assert dog.check() is None  # at the timeout, not past it
   now[0] += 1
-  assert dog.check() == ("jaxtrain: stalled: the evaluation at step 250 has not finished in 31 s "
-                         "(parallel.stall_timeout_s=30; process 1 of 2); exiting with status 76: "
+  assert dog.check() == ("jaxtrain: stalled: the evaluation at step 250 of process 1 of 2 has not "
+                         "finished in 31 s (parallel.stall_timeout_s=30); exiting with status 76: "
                          "the newest checkpoint is intact, run the same command to resume from it")
   dog.mark("step", 251)  # progress: the clock starts again
   assert dog.check() is None
@@ -30,7 +31,42 @@ def test_its_thread_exits_with_76(capsys):
   with dog:
     dog._thread.join(timeout=30)  # it exits its loop once it has reported
   assert exited == [STALLED]
-  assert "stalled: the start-up at step 0" in capsys.readouterr().err
+  assert "stalled: the start-up at step 0 of process 0 of 1" in capsys.readouterr().err
+
+
+class _Peers:
+  """The coordination service's key-value store, as two processes' watchdogs share it."""
+
+  def __init__(self):
+    self.reports = []
+
+  def publish(self, what):
+    self.reports.append(what)
+
+  def poll(self):
+    return self.reports[0] if self.reports else None
+
+
+def test_a_stall_is_told_to_the_other_processes_which_stop_with_it(capsys):
+  peers, exited = _Peers(), {}
+  stalled = Watchdog(0.2, process="process 1 of 2", peers=peers,
+                     exit=lambda status: exited.setdefault("1", status))
+  waiting = Watchdog(3600, process="process 0 of 2", peers=peers,
+                     exit=lambda status: exited.setdefault("0", status))
+  waiting.mark("step", 40)
+  with stalled, waiting:
+    stalled._thread.join(timeout=60)
+    waiting._thread.join(timeout=60)  # its own timeout is an hour away: it stops on the report
+  assert exited == {"1": STALLED, "0": STALLED}
+  [report] = peers.reports  # the seconds waited depend on how late the thread woke up
+  assert re.fullmatch(r"the start-up at step 0 of process 1 of 2 has not finished in \d+ s "
+                      r"\(parallel.stall_timeout_s=0.2\)", report)
+  lines = capsys.readouterr().err.splitlines()
+  assert lines == [f"jaxtrain: stalled: {report}; exiting with status 76: the newest checkpoint is "
+                   "intact, run the same command to resume from it",
+                   f"jaxtrain: stalled: {report}; process 0 of 2 stops with it (here: step, step 40); "
+                   "exiting with status 76: the newest checkpoint is intact, run the same command "
+                   "to resume from it"]
 
 
 _STALLING_RUN = textwrap.dedent("""
@@ -61,7 +97,7 @@ def test_a_stalled_run_exits_76_in_one_line_and_the_same_command_resumes_exactly
   stalled = run(tmp_path / "w", "stall")
   assert stalled.returncode == STALLED, stalled.stderr[-2000:]
   [line] = [l for l in stalled.stderr.splitlines() if "stalled" in l]
-  assert line.startswith("jaxtrain: stalled: the step at step 30 has not finished in ")
+  assert line.startswith("jaxtrain: stalled: the step at step 30 of process 0 of 1 has not finished in ")
   assert checkpoint.saved_steps(str(tmp_path / "w"))[-1] == 20  # written whole before the stall
   assert run(tmp_path / "w", "go").returncode == 0
   assert run(tmp_path / "straight", "go").returncode == 0

@@ -12,6 +12,12 @@ position-weighted sum of its 32-bit words) and the data position; a restore
 recomputes them from what it read and refuses a checkpoint that differs, so
 bit rot is never trained on. A checkpoint is usable only if all of it reads
 back and verifies.
+
+Elastic: a checkpoint written by N processes resumes on M. Orbax reads the
+arrays into whatever devices the state now has; the data position, which
+Grain keeps in one file per process, is the same global step in every one
+of them (input_pipeline.py: element g is global step g whatever the process
+count), so any of them positions all M iterators.
 """
 
 from __future__ import annotations
@@ -135,11 +141,41 @@ def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator=None
   verify (`Unusable`) or does not read.
   """
   items = {"state": ocp.args.StandardRestore(state_target(state))}
-  if data_iterator is not None:
+  other_count = data_iterator is not None and _data_position_elsewhere(manager, step)
+  if data_iterator is not None and not other_count:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
+  if other_count:  # what Grain's handler would pass: a dict to its own iterators, else bytes
+    position = _shared_data_position(manager, step)
+    data_iterator.set_state(json.loads(position) if isinstance(data_iterator, grain.DatasetIterator)
+                            else position)
   _verify(manager, step, restored.state, data_iterator)
   return state.replace(**restored.state)
+
+
+def _data_files(manager, step: int) -> list[str]:
+  folder = os.path.join(str(manager.directory), str(step), "data")
+  return sorted(n for n in os.listdir(folder) if n.endswith(".json")) if os.path.isdir(folder) else []
+
+
+def _data_position_elsewhere(manager, step: int) -> bool:
+  """The data position of `step` was saved by another number of processes than this job's."""
+  files = _data_files(manager, step)
+  return bool(files) and f"process_{jax.process_index()}-of-{jax.process_count()}.json" not in files
+
+
+def _shared_data_position(manager, step: int) -> bytes:
+  """The one data position every process of the saving job recorded (they must agree)."""
+  folder = os.path.join(str(manager.directory), str(step), "data")
+  positions = {}
+  for name in _data_files(manager, step):
+    with open(os.path.join(folder, name), "rb") as f:
+      positions[name] = json.dumps(json.loads(f.read()), sort_keys=True)
+  if len(set(positions.values())) != 1:
+    raise Unusable(f"its {len(positions)} processes saved different data positions "
+                   f"({', '.join(sorted(set(positions.values())))}): it resumes only on as many "
+                   "processes as wrote it")
+  return next(iter(positions.values())).encode()
 
 
 def saved_steps(workdir: str) -> list[int]:

@@ -14,6 +14,16 @@ reproduces the bits of a multi-process run with the same devices in all.)
 
 On CPU, cross-process collectives need an implementation: gloo is chosen
 unless the user set one.
+
+Never a hang from jaxtrain's side: every device collective is issued from the
+loop's thread, in the same order on every process. Orbax's barriers (its
+asynchronous saves finish on a thread of their own) therefore go through
+JAX's coordination service, not through a device all-reduce that would
+interleave with the steps' differently on each process; that interleaving hung
+two-process jobs under load. Agreements between the processes (stop on a
+signal, a stall seen by one) also use the coordination service: `agree_on_stop`
+and `JobStalls`. JAX's own preemption notifier is off: jaxtrain's handlers see
+every signal (run/preemption.py).
 """
 
 from __future__ import annotations
@@ -90,6 +100,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   import jax
   if os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION") is None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.config.update("jax_enable_preemption_service", False)  # jaxtrain agrees on stops itself
+  _orbax_barriers_through_coordination_service()
   if coordinator is not None:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
@@ -98,3 +110,73 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   log.info("process %d of %d joined (%s); %d devices in all",
            jax.process_index(), jax.process_count(), launcher or coordinator, jax.device_count())
   return True
+
+
+def _orbax_barriers_through_coordination_service() -> None:
+  """Orbax's default barrier is a device collective, issued also from its save thread; the
+  coordination service's barrier touches no device (and has a timeout)."""
+  from absl import flags
+  from orbax.checkpoint._src.multihost import multihost
+  flag = flags.FLAGS[multihost.EXPERIMENTAL_ORBAX_USE_DISTRIBUTED_BARRIER.name]
+  flag.value, flag.present = True, 1  # readable before absl parses a command line
+
+
+# XLA's CPU collectives end the process (status 134, a C++ stack trace) when a device's thread
+# has not joined a collective within 40 s, which a loaded machine with simulated devices reaches
+# without any hang; gloo's give up after their own timeout. Both wait longer than the stall
+# timeout, so that the watchdog's one line comes first.
+CPU_COLLECTIVE_FLAGS = ("--xla_cpu_collective_call_terminate_timeout_seconds",
+                        "--xla_cpu_collective_timeout_seconds")
+NEVER_S = 7 * 24 * 3600
+
+
+def past_stall_timeout(stall_timeout_s: float) -> int:
+  """Seconds a wait between processes may take before it fails by itself: past the watchdog's."""
+  return int(stall_timeout_s) + 300 if stall_timeout_s > 0 else NEVER_S
+
+
+def patient_cpu_collectives(stall_timeout_s: float, environ=os.environ) -> None:
+  """Sets XLA's CPU collective timeouts past `stall_timeout_s` (unless XLA_FLAGS sets them):
+  call before anything touches a device."""
+  flags = environ.get("XLA_FLAGS", "")
+  added = [f"{flag}={past_stall_timeout(stall_timeout_s)}" for flag in CPU_COLLECTIVE_FLAGS
+           if flag not in flags]
+  if added:
+    environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
+
+
+def _client():
+  from jax._src import distributed as jax_distributed
+  return jax_distributed.global_state.client
+
+
+def agree_on_stop(name: str, signal_name: str | None, timeout_s: float = 0) -> str | None:
+  """The stop signal any process of the job has received, else None; the same answer on all.
+
+  Every process calls it at the same point (`name`: the step), in the loop's
+  thread. A coordination-service barrier, not a device collective: about a
+  millisecond, and nothing waits for the devices. It waits past the stall
+  timeout `timeout_s` for a process that does not come: the watchdog ends the job first.
+  """
+  import jax
+  client, prefix = _client(), f"jaxtrain/stop/{name}/"
+  if signal_name:
+    client.key_value_set(prefix + str(jax.process_index()), signal_name)
+  timeout_ms = min(past_stall_timeout(timeout_s), 2**31 // 1000 - 1) * 1000
+  client.wait_at_barrier("jaxtrain/stop", timeout_ms)  # everyone's key is set before anyone reads
+  received = sorted(value for _, value in client.key_value_dir_get(prefix))
+  return received[0] if received else None
+
+
+class JobStalls:
+  """How a stalled process tells the job's others, and how they hear of it (watchdog.py)."""
+
+  PREFIX = "jaxtrain/stalled/"
+
+  def publish(self, what: str) -> None:
+    import jax
+    _client().key_value_set(self.PREFIX + str(jax.process_index()), what)
+
+  def poll(self) -> str | None:
+    reported = _client().key_value_dir_get(self.PREFIX)
+    return sorted(value for _, value in reported)[0] if reported else None

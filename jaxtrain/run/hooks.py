@@ -246,22 +246,22 @@ class Evaluate(Hook):
 
 
 class Preemption(Hook):
-  """Stops the run on SIGTERM/SIGINT, or at JAX's multi-host preemption sync point.
+  """Stops the run on SIGTERM/SIGINT/SIGHUP/SIGUSR1 (preemption.py).
 
-  Looked at after every step: with several processes every one must reach
-  the sync point at the same step.
+  One process looks at its flag after every step; several agree every
+  `every_steps` and at the last step, so that all of them stop at one step.
   """
 
-  def __init__(self, watcher):
-    super().__init__(1)
+  def __init__(self, watcher, every_steps: int = 1):
+    super().__init__(every_steps)
     self.watcher = watcher
 
   def due(self, loop: Loop) -> bool:
-    return True
+    return self.watcher.agree is None or super().due(loop)
 
   def run(self, loop: Loop) -> None:
     if self.watcher.should_stop(loop.step):
-      loop.stop, loop.stop_signal = "preempted", self.watcher.signal_name
+      loop.stop, loop.stop_signal = "preempted", self.watcher.stop_signal
 
 
 class Checkpoint(Hook):

@@ -17,6 +17,7 @@ checkpoints, preemption, progress, a sweep's pruning, your own) is a hook.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import logging
@@ -31,7 +32,7 @@ from jaxtrain import optim
 from jaxtrain.config import validate
 from jaxtrain.data import input_pipeline
 from jaxtrain.errors import UserError
-from jaxtrain.run import (checkpoint, compiled, early_stopping, feeds, finetune,
+from jaxtrain.run import (checkpoint, compiled, distributed, early_stopping, feeds, finetune,
                           inputs as run_inputs, manifest, nan_guard, parallel)
 from jaxtrain.run.hooks import (Checkpoint, Evaluate, LogTrainMetrics, Loop, Preemption,
                                 Progress)
@@ -65,35 +66,45 @@ def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
   its metrics, set aside (<workdir>/abandoned/) and trains from step 0.
   """
   t_entry = time.perf_counter()
-  loop = setup(config, workdir, config_dir=config_dir, stop_at_step=stop_at_step,
-               allow_config_change=allow_config_change, tensorboard_dir=tensorboard_dir,
-               start_over=start_over)
-  bar = ProgressBar(loop.num_train_steps, loop.step, loop.steps_per_epoch,
-                    enabled=progress and jax.process_index() == 0)
-  loop.listeners += [loop.writer.write, bar.set_metrics]
-  evaluation, watcher = make_evaluation(loop), PreemptionWatcher()
-  every = [Progress(bar),
-           LogTrainMetrics(config.log_every_steps, loop.schedule, nan_policy=config.nan_policy,
-                           nan_max_consecutive_skips=config.nan_max_consecutive_skips),
-           *([evaluation] if evaluation is not None else []),
-           *hooks,
-           Preemption(watcher),
-           Checkpoint(config.checkpoint_every_steps, save)]
-  loop.watchdog = Watchdog(config.parallel.stall_timeout_s,
-                           process=f"process {jax.process_index()} of {jax.process_count()}")
-  with loop.watchdog:
+  many = jax.process_count() > 1
+  watchdog = Watchdog(config.parallel.stall_timeout_s,
+                      process=f"process {jax.process_index()} of {jax.process_count()}",
+                      peers=distributed.JobStalls() if many else None)
+  # Many processes stop together or not at all: a signal during start-up or the final test is
+  # recorded, not acted on alone (one process leaving a collective would hang the others).
+  watcher = PreemptionWatcher(agree=functools.partial(
+      distributed.agree_on_stop, timeout_s=config.parallel.stall_timeout_s) if many else None)
+  together = watcher if many else contextlib.nullcontext()
+  with watchdog:
+    with together:
+      loop = setup(config, workdir, config_dir=config_dir, stop_at_step=stop_at_step,
+                   allow_config_change=allow_config_change, tensorboard_dir=tensorboard_dir,
+                   start_over=start_over)
+    loop.watchdog = watchdog
+    bar = ProgressBar(loop.num_train_steps, loop.step, loop.steps_per_epoch,
+                      enabled=progress and jax.process_index() == 0)
+    loop.listeners += [loop.writer.write, bar.set_metrics]
+    evaluation = make_evaluation(loop)
+    every = [Progress(bar),
+             LogTrainMetrics(config.log_every_steps, loop.schedule, nan_policy=config.nan_policy,
+                             nan_max_consecutive_skips=config.nan_max_consecutive_skips),
+             *([evaluation] if evaluation is not None else []),
+             *hooks,
+             Preemption(watcher, config.parallel.stop_check_every_steps if many else 1),
+             Checkpoint(config.checkpoint_every_steps, save)]
     try:
       with watcher:
         train(loop, every, t_entry)
-      if watcher.signal_name:  # after the last step's hooks: its checkpoint is saved
-        raise Preempted(loop.step, watcher.signal_name)
-      finish(loop, evaluation)
+      if watcher.stop_signal:  # after the last step's hooks: its checkpoint is saved
+        raise Preempted(loop.step, watcher.stop_signal)
+      with together:
+        finish(loop, evaluation)
     except BaseException as e:
       abort(loop, every, e)
       raise
     with PreemptionWatcher() as saving:  # a signal now waits for the saves to reach the disk
       close(loop, every)
-  if saving.signal_name:
+  if saving.signal_name and not many:  # many: all finished; a signal to one changes nothing
     raise Preempted(loop.step, saving.signal_name)
   return loop.host_state()
 

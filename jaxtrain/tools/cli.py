@@ -284,12 +284,18 @@ def _model_arguments_set(fv, argv: list[str]) -> tuple[list[str], dict]:
   return argv, out
 
 
-def _use_deterministic_gpu_ops(config) -> None:
-  """XLA reads its flags when the backend starts: set them before anything touches a device."""
+def _set_xla_flags(config) -> None:
+  """XLA reads its flags when the backend starts: set them before anything touches a device.
+
+  Deterministic GPU kernels where asked; CPU collectives that wait for a slow
+  device thread longer than the stall watchdog does (run/distributed.py).
+  """
+  from jaxtrain.run import distributed
   if config.deterministic_gpu_ops:
     flags = os.environ.get("XLA_FLAGS", "")
     if "--xla_gpu_deterministic_ops" not in flags:
       os.environ["XLA_FLAGS"] = (flags + " --xla_gpu_deterministic_ops=true").strip()
+  distributed.patient_cpu_collectives(config.parallel.get("stall_timeout_s", 1800))
 
 
 def _stop_on_signals() -> dict:
@@ -351,7 +357,7 @@ def train(argv: list[str]) -> int:
   from jaxtrain.tools import managed as managed_lib
   managed = managed_lib.from_environment()
   fv = _parse_train_flags(argv, managed=managed)
-  _use_deterministic_gpu_ops(fv.config)
+  _set_xla_flags(fv.config)
   _quiet_libraries()
   from jaxtrain.run import distributed
   if distributed.initialize(fv.coordinator, fv.num_processes, fv.process_id):
@@ -433,7 +439,7 @@ def rerun(argv: list[str]) -> int:
   _log_to_console(sys.stderr)  # stdout carries the report
   from ml_collections import ConfigDict
   from jaxtrain.run import manifest
-  _use_deterministic_gpu_ops(ConfigDict(manifest.read(args.workdir)["config"]))
+  _set_xla_flags(ConfigDict(manifest.read(args.workdir)["config"]))
   _quiet_libraries()
   from jaxtrain.tools import rerun as rerun_lib
   report = rerun_lib.rerun(args.workdir, args.into, data_dir=args.data_dir, code_dir=args.code)
