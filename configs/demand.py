@@ -29,7 +29,8 @@ def get_config():
       features=(64, 32),        # hidden layer widths
       max_embedding=32,           # the widest categorical embedding (1.6 * size^0.56 below it)
       dropout_rate=0.0,          # after each hidden layer
-      numeric_embedding="periodic")  # numbers also as learned periodic features (PLR) | none
+      numeric_embedding="periodic",  # numbers also as learned periodic features (PLR) | none
+      ensemble_size=32)           # members trained at once, TabM-mini style (1: one MLP)
   config.batch_size = 64
   config.num_train_steps = 1500
   config.log_every_steps = 100

@@ -149,7 +149,8 @@ def start_load(args, work: str) -> list[subprocess.Popen]:
             f"{sys.executable} -m jaxtrain.tools.cli train --config configs/digits.py --quiet "
             f"--workdir {work}/load{i} --config.parallel.mode={mode} --config.num_train_steps=400 "
             f"--config.eval_every_steps=100 --config.checkpoint_every_steps=100 "
-            f"--config.dataset.test_split= > {work}/load{i}.log 2>&1; echo $? >> {work}/load{i}.codes; done")
+            f"--config.dataset.test_split= --config.parallel.stall_timeout_s={args.load_stall_timeout_s} "
+            f"> {work}/load{i}.log 2>&1; echo $? >> {work}/load{i}.codes; done")
     procs.append(subprocess.Popen(["bash", "-c", loop], cwd=ROOT, env=_env(8, args.data_dir),
                                   start_new_session=True))
   for _ in range(args.busy):
@@ -193,6 +194,8 @@ def main(argv=None) -> int:
   parser.add_argument("--layouts", default="2x2,4x1,1x8")
   parser.add_argument("--load", type=int, default=2, help="looping 8-device XLA runs beside the jobs")
   parser.add_argument("--busy", type=int, default=2, help="busy-loop processes beside the jobs")
+  parser.add_argument("--load_stall_timeout_s", type=int, default=120,
+                      help="the load runs' own watchdog: one stuck in XLA's rendezvous starts again")
   parser.add_argument("--steps", type=int, default=80)
   parser.add_argument("--stall_timeout_s", type=int, default=300)
   parser.add_argument("--hang_s", type=float, default=900, help="a launch running this long hung")

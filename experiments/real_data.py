@@ -27,6 +27,7 @@ pip install --no-deps ISLP (a job whose data is missing is skipped, and says so)
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import os
@@ -75,8 +76,18 @@ JOBS = {
 }
 
 
-def job_config(job: dict, name: str, data_dir: str, quick: bool, seed: int):
+def job_config(job: dict, name: str, data_dir: str, quick: bool, seed: int, overrides=()):
   c = load_config(job["config"])
+  for override in overrides:  # "model.ensemble_size=8": to compare a change on every job
+    key, _, text = override.partition("=")
+    *parents, leaf = key.split(".")
+    node = c
+    for part in parents:
+      node = node[part]
+    try:
+      node[leaf] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      node[leaf] = text
   c.seed = seed
   c.dataset.update(name=name, data_dir=data_dir)
   c.data_import.sources = ()
@@ -184,7 +195,7 @@ def bikeshare_csv(tmp: Path) -> Path | None:
   return out
 
 
-def run_job(name: str, job: dict, tmp: Path, *, quick: bool, seed: int) -> dict | None:
+def run_job(name: str, job: dict, tmp: Path, *, quick: bool, seed: int, overrides=()) -> dict | None:
   source = job["source"](tmp)
   if source is None:
     print(f"{name}: skipped (its data is not installed; see this script's docstring)")
@@ -192,7 +203,7 @@ def run_job(name: str, job: dict, tmp: Path, *, quick: bool, seed: int) -> dict 
   data_dir = str(tmp / "data")
   spec = importing.ImportSpec(sources=(str(source),), name=name, **job["spec"])
   dataset_dir, _ = importing.run_import(spec, data_dir)
-  config = job_config(job, name, data_dir, quick, seed)
+  config = job_config(job, name, data_dir, quick, seed, overrides)
   workdir = str(tmp / f"{name}-{seed}")
   start = time.perf_counter()
   train_and_evaluate(config, workdir)
@@ -211,12 +222,15 @@ def main(argv=None) -> list:
   parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
   parser.add_argument("--quick", action="store_true", help="40 steps; no accuracy claims")
   parser.add_argument("--out", default="real_data.json")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="a config override for every job, e.g. model.ensemble_size=8")
   args = parser.parse_args(argv)
   results = []
   with tempfile.TemporaryDirectory() as tmp:
     for name in args.jobs.split(","):
       for seed in [int(s) for s in args.seeds.split(",")]:
-        result = run_job(name, JOBS[name], Path(tmp), quick=args.quick, seed=seed)
+        result = run_job(name, JOBS[name], Path(tmp), quick=args.quick, seed=seed,
+                         overrides=args.set)
         if result is not None:
           results.append(result)
   print(f"\n{'job':<10} {'rows':>7}  {'model':<24} {'metric':>28}  {'seconds':>8}")

@@ -89,6 +89,20 @@ class Task:
     return cls(task)
 
 
+def over_members(loss_fn: Callable) -> Callable:
+  """`loss_fn` for a model that may train an ensemble: outputs `{"members": [B, k, ...]}` get
+  each member's loss and metrics, averaged over the members; other outputs pass through."""
+  takes_params = steps.takes_params(loss_fn)
+
+  def loss(outputs, batch, params=None):  # steps.py passes the params: on to a loss that takes them
+    call = (lambda o: loss_fn(o, batch, params)) if takes_params else (lambda o: loss_fn(o, batch))
+    if not (isinstance(outputs, dict) and set(outputs) == {"members"}):
+      return call(outputs)
+    per_member = jax.vmap(call, in_axes=1)(outputs["members"])
+    return jax.tree.map(lambda m: m.mean(axis=0), per_member)
+  return loss
+
+
 def classification_loss(logits, batch, *, class_weights=None, binary=False):
   """steps.classification_loss, weighted per class, plus per-class hits (and scores, if binary)."""
   labels = batch["label"]

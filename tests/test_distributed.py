@@ -145,7 +145,7 @@ _STALLING_PROCESS = textwrap.dedent("""
     from jaxtrain.run import distributed
 
     workdir, mode, port, process_id = sys.argv[1:]
-    distributed.patient_cpu_collectives(30)  # as the command line does, before any device is used
+    distributed.patient_cpu_collectives(45)  # as the command line does, before any device is used
     distributed.initialize(f"127.0.0.1:{{port}}", 2, int(process_id))
 
     class Stall(Hook):  # a stand-in for a process that stops making progress: never returns
@@ -156,7 +156,7 @@ _STALLING_PROCESS = textwrap.dedent("""
     c.update(num_train_steps={steps}, log_every_steps=10, checkpoint_every_steps=20,
              eval_every_steps=1000)
     c.dataset.test_split = ""
-    c.parallel.stall_timeout_s = 30  # above any compile or save of this run, on a loaded machine
+    c.parallel.stall_timeout_s = 45  # above any start-up, compile or save of it, loaded machine too
     stall = mode == "stall" and process_id == "1"
     train_and_evaluate(c, workdir, hooks=[Stall(30)] if stall else [])
 """)
@@ -173,7 +173,7 @@ def test_a_stalled_process_ends_both_with_one_line_each_and_the_restart_is_bit_i
   for i, log in enumerate(logs):
     [line] = [l for l in log.splitlines() if l.startswith("jaxtrain: stalled")]
     assert re.fullmatch(rf"jaxtrain: stalled: the step at step 30 of process {i} of 2 has not "
-                        r"finished in \d+ s \(parallel.stall_timeout_s=30\)(; process . of 2 stops "
+                        r"finished in \d+ s \(parallel.stall_timeout_s=45\)(; process . of 2 stops "
                         r"with it \(here: \w+, step \d+\))?; exiting with status 76: the newest "
                         r"checkpoint is intact, run the same command to resume from it", line), line
   assert "Traceback" not in logs[0] + logs[1]
@@ -254,3 +254,15 @@ def test_launchers_are_detected_from_their_environment():
   assert distributed.detected_launcher(
       {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "JOBSET_NAME": "train"}) == "Kubernetes JobSet"
   assert distributed.detected_launcher({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) is None
+
+
+def test_xla_cpu_collectives_wait_past_the_stall_timeout_unless_xla_flags_say_otherwise():
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  distributed.patient_cpu_collectives(1800, env)
+  assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8",
+                                      "--xla_cpu_collective_call_terminate_timeout_seconds=2100",
+                                      "--xla_cpu_collective_timeout_seconds=2100"]
+  mine = {"XLA_FLAGS": "--xla_cpu_collective_call_terminate_timeout_seconds=5"}
+  distributed.patient_cpu_collectives(0, mine)  # 0: no watchdog, and no give-up of XLA's own
+  assert mine["XLA_FLAGS"].split() == ["--xla_cpu_collective_call_terminate_timeout_seconds=5",
+                                       f"--xla_cpu_collective_timeout_seconds={distributed.NEVER_S}"]

@@ -46,6 +46,12 @@ class _Peers:
   def poll(self):
     return self.reports[0] if self.reports else None
 
+  def leave(self):
+    pass
+
+  def wait_for_the_others(self, seconds):
+    pass
+
 
 def test_a_stall_is_told_to_the_other_processes_which_stop_with_it(capsys):
   peers, exited = _Peers(), {}
@@ -83,7 +89,7 @@ _STALLING_RUN = textwrap.dedent("""
     c.update(num_train_steps=60, checkpoint_every_steps=20, eval_every_steps=20, log_every_steps=10)
     c.model = dict(name="mlp", num_classes=10, features=(32,), dropout_rate=0.0)
     c.dataset.data_dir = {data_dir!r}
-    c.parallel.stall_timeout_s = 10  # above any compile or save of this run, on a loaded machine too
+    c.parallel.stall_timeout_s = 20  # above any start-up, compile or save of this run, loaded too
     stall = sys.argv[2] == "stall"
     train_and_evaluate(c, sys.argv[1], hooks=[Stall(30)] if stall else [])
 """)

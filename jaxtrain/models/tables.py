@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxtrain.models.remat import rematted
@@ -51,7 +52,15 @@ class PeriodicEmbedding(nn.Module):
 
 
 class TabularMLP(nn.Module):
-  """Categorical embeddings and numbers (as they are and periodically embedded), then an MLP."""
+  """Categorical embeddings and numbers (as they are and periodically embedded), then an MLP.
+
+  `ensemble_size` k > 1 trains k members at once, TabM-mini style (Gorishniy
+  et al., "TabM: Advancing Tabular Deep Learning with Parameter-Efficient
+  Ensembling", ICLR 2025): each member scales the input by its own vector of
+  random signs, shares the hidden layers and has its own head. In training
+  the model returns `{"members": [B, k, outputs]}`, and each member learns from
+  its own loss (tasks.over_members); otherwise it returns the members' mean.
+  """
   input_key = None                # the whole preprocessed batch
   num_outputs: int
   categorical_sizes: Sequence[int] = ()
@@ -59,6 +68,7 @@ class TabularMLP(nn.Module):
   max_embedding: int = 32
   dropout_rate: float = 0.0
   numeric_embedding: str = "periodic"  # periodic (PeriodicEmbedding) | none
+  ensemble_size: int = 1
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
@@ -71,9 +81,23 @@ class TabularMLP(nn.Module):
       parts.append(nn.Embed(size, _embedding_width(size, self.max_embedding),
                             name=f"embed_{i}")(batch["categorical"][:, i]))
     x = jnp.concatenate(parts, axis=-1)
+    k = self.ensemble_size
+    if k > 1:
+      signs = self.param("member_signs", _random_signs, (k, x.shape[-1]))
+      x = x[:, None, :] * signs  # [B, k, d]
     for width in self.features:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(nn.Dense(width)(x)))
-    return nn.Dense(self.num_outputs, name="head")(x)
+    if k <= 1:
+      return nn.Dense(self.num_outputs, name="head")(x)
+    kernel = self.param("head_kernel", nn.initializers.lecun_normal(batch_axis=(0,)),
+                        (k, x.shape[-1], self.num_outputs))
+    bias = self.param("head_bias", nn.initializers.zeros, (k, self.num_outputs))
+    members = jnp.einsum("bkw,kwo->bko", x, kernel) + bias
+    return {"members": members} if train else members.mean(axis=1)
+
+
+def _random_signs(key, shape, dtype=jnp.float32):
+  return jax.random.rademacher(key, shape, dtype)
 
 
 class BagOfEmbeddings(nn.Module):

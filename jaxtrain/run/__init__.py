@@ -8,8 +8,10 @@
     compiled.py        the steps compiled per layout; evaluation over a split
     checkpoint.py      Orbax save/restore of state + data position, checksums verified; digests
     parallel.py        Layout: jit over a device mesh (optionally fsdp) or pmap
-    distributed.py     multi-host: jax.distributed from flags, SLURM, Open MPI, JobSet
-    preemption.py      SIGTERM/SIGINT/SIGHUP: save and exit 75
+    distributed.py     multi-host: jax.distributed from flags, JAX's variables, SLURM, Open
+                       MPI, JobSet; agreements through the coordination service
+    preemption.py      SIGTERM/SIGINT/SIGHUP/SIGUSR1: save and exit 75 (all processes at one step)
+    watchdog.py        a stall ends every process with one line and exit 76
     workdir_lock.py    one writer per workdir (an OS lock naming its holder)
     nan_guard.py       non-finite steps: never applied or saved; halt or skip
     early_stopping.py  patience on an eval metric; the k best checkpoints

@@ -101,7 +101,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   if os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION") is None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.config.update("jax_enable_preemption_service", False)  # jaxtrain agrees on stops itself
-  _orbax_barriers_through_coordination_service()
+  orbax_barriers_through_coordination_service()
   if coordinator is not None:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
@@ -112,7 +112,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   return True
 
 
-def _orbax_barriers_through_coordination_service() -> None:
+def orbax_barriers_through_coordination_service() -> None:
   """Orbax's default barrier is a device collective, issued also from its save thread; the
   coordination service's barrier touches no device (and has a timeout)."""
   from absl import flags
@@ -143,6 +143,16 @@ def patient_cpu_collectives(stall_timeout_s: float, environ=os.environ) -> None:
            if flag not in flags]
   if added:
     environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
+    environ[ADDED_FLAGS] = " ".join([environ.get(ADDED_FLAGS, ""), *added]).strip()
+
+
+ADDED_FLAGS = "JAXTRAIN_ADDED_XLA_FLAGS"  # inherited by child processes, as XLA_FLAGS is
+
+
+def users_xla_flags(environ=os.environ) -> str:
+  """XLA_FLAGS as the user set them: without the ones jaxtrain added (what a manifest records)."""
+  added = set(environ.get(ADDED_FLAGS, "").split())
+  return " ".join(f for f in environ.get("XLA_FLAGS", "").split() if f not in added)
 
 
 def _client():
@@ -169,9 +179,10 @@ def agree_on_stop(name: str, signal_name: str | None, timeout_s: float = 0) -> s
 
 
 class JobStalls:
-  """How a stalled process tells the job's others, and how they hear of it (watchdog.py)."""
+  """How a stalled process tells the job's others, how they hear of it, and how they leave in
+  order: process 0, which hosts the coordination service, last (watchdog.py)."""
 
-  PREFIX = "jaxtrain/stalled/"
+  PREFIX, LEFT = "jaxtrain/stalled/", "jaxtrain/leaving/"
 
   def publish(self, what: str) -> None:
     import jax
@@ -180,3 +191,18 @@ class JobStalls:
   def poll(self) -> str | None:
     reported = _client().key_value_dir_get(self.PREFIX)
     return sorted(value for _, value in reported)[0] if reported else None
+
+  def leave(self) -> None:
+    import jax
+    _client().key_value_set(self.LEFT + str(jax.process_index()), "1")
+
+  def wait_for_the_others(self, seconds: float) -> None:
+    """Process 0: returns once every process has said it leaves (or after `seconds`)."""
+    import time
+    import jax
+    deadline = time.monotonic() + seconds
+    while jax.process_index() == 0 and time.monotonic() < deadline:
+      if len(_client().key_value_dir_get(self.LEFT)) >= jax.process_count():
+        time.sleep(0.5)  # their exits, after their last word
+        return
+      time.sleep(0.1)

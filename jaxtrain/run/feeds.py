@@ -125,6 +125,11 @@ class DeviceFeed:
       self._guarded.add(k)
     self.step += k
 
+  def groups_bit_exactly(self, loop) -> bool:
+    """Whether k steps per dispatch keep one-step dispatches' bits (compiled.groups_bit_exactly)."""
+    batch = jax.tree.map(lambda a: a[:self.batch_size], self.arrays)
+    return compiled.groups_bit_exactly(loop.state, loop.totals, loop.health, batch)
+
   # Grain's checkpoint handler saves and restores the position through these.
   def get_state(self) -> bytes:
     return json.dumps({"next_index": self.step // self.unit}).encode()
@@ -154,7 +159,9 @@ class AutoPace:
   `target_s`, k is the largest divisor of `cadence` (the gcd of every cadence
   and of the run's end) with k * step time <= `target_s`, at most `max_k`,
   and only if the steps left would save more than that compile costs. Until
-  `loop.step` is a multiple of k, steps go one at a time.
+  `loop.step` is a multiple of k, steps go one at a time. k stays 1 where
+  grouping would change the bits (a convolution on CPU: `groups_bit_exactly`),
+  since k comes from a clock and the bits must not.
   """
 
   def __init__(self, cadence: int, *, target_s: float = 0.004, max_k: int = 128,
@@ -175,7 +182,9 @@ class AutoPace:
       elif self._calls == self.measure + 2:
         jax.block_until_ready(loop.totals)
         self.step_seconds = (time.perf_counter() - self._t0) / self.measure
-        self.k = self.choose(self.step_seconds, loop.last_step - loop.step)
+        check = getattr(getattr(loop, "train_iter", None), "groups_bit_exactly", None)
+        exact = check is None or check(loop)
+        self.k = self.choose(self.step_seconds, loop.last_step - loop.step) if exact else 1
         log.info("steps_per_dispatch=auto: a step takes %.3g ms; %d per dispatch",
                  1e3 * self.step_seconds, self.k)
       if self.k is None:

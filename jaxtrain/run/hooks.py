@@ -257,11 +257,12 @@ class Preemption(Hook):
     self.watcher = watcher
 
   def due(self, loop: Loop) -> bool:
-    return self.watcher.agree is None or super().due(loop)
+    return getattr(self.watcher, "agree", None) is None or super().due(loop)
 
   def run(self, loop: Loop) -> None:
     if self.watcher.should_stop(loop.step):
-      loop.stop, loop.stop_signal = "preempted", self.watcher.stop_signal
+      loop.stop, loop.stop_signal = "preempted", getattr(self.watcher, "stop_signal",
+                                                         self.watcher.signal_name)
 
 
 class Checkpoint(Hook):

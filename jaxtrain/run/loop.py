@@ -28,7 +28,7 @@ import time
 import jax
 import numpy as np
 
-from jaxtrain import optim
+from jaxtrain import optim, tasks
 from jaxtrain.config import validate
 from jaxtrain.data import input_pipeline
 from jaxtrain.errors import UserError
@@ -67,6 +67,8 @@ def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
   """
   t_entry = time.perf_counter()
   many = jax.process_count() > 1
+  if many:  # also where the caller joined the processes itself (jax.distributed.initialize)
+    distributed.orbax_barriers_through_coordination_service()
   watchdog = Watchdog(config.parallel.stall_timeout_s,
                       process=f"process {jax.process_index()} of {jax.process_count()}",
                       peers=distributed.JobStalls() if many else None)
@@ -244,7 +246,7 @@ def _initial_state(config, workdir: str, inputs: run_inputs.RunInputs, layout: p
   _check_data_fits_model(config, inputs.builder, model, example_batch)
   axis_name = parallel.DATA_AXIS if layout.mode == "pmap" else None
   state = create_train_state(config, model, tx, example_batch, model.apply_fn(axis_name),
-                             inputs.task.loss_fn)
+                             tasks.over_members(inputs.task.loss_fn))
   optim.check_patterns(state.params, config.optimizer.freeze, config.optimizer.lr_multipliers)
   if config.early_stopping.metric:
     _check_eval_metric(config, inputs, state)

@@ -23,6 +23,7 @@ import jax
 
 from jaxtrain.config import base_config
 from jaxtrain.errors import UserError
+from jaxtrain.run import distributed
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
             "grain", "ml-collections", "numpy")
@@ -74,7 +75,7 @@ def environment() -> dict:
   return {"python": platform.python_version(), "platform": platform.platform(),
           "versions": versions, "backend": jax.default_backend(), "devices": kinds,
           "process_count": jax.process_count(),
-          "xla_flags": os.environ.get("XLA_FLAGS", ""), "git_commit": _git_commit()}
+          "xla_flags": distributed.users_xla_flags(), "git_commit": _git_commit()}
 
 
 def dataset_fingerprint(directory: str) -> str:

@@ -11,12 +11,12 @@ nothing: the newest checkpoint was written whole before, and the same
 command resumes from it.
 
 With several processes (`peers`: distributed.JobStalls) a stalled process
-first tells the others through the coordination service and gives them a
-moment to hear it; each of them then prints its own line naming the stalled
-process, and every process exits 76 together (a peer that simply vanished
-would make the others' collectives fail with a stack trace instead). A
-process that stalls without knowing it, waiting in a collective for the one
-that stalled, is caught by its own timeout all the same.
+first tells the others through the coordination service; each of them then
+prints its own line naming the stalled process, and every process exits 76.
+Process 0, which hosts the coordination service, leaves last: when it goes,
+JAX ends any process still there with a fatal error and a stack trace.
+A process that stalls without knowing it, waiting in a collective for the
+one that stalled, is caught by its own timeout all the same.
 """
 
 from __future__ import annotations
@@ -71,9 +71,12 @@ class Watchdog:
       if line is None:
         continue
       print(line, file=sys.stderr, flush=True)
-      if own is not None and self.peers is not None:  # tell the others, then let them hear it
-        _bounded(lambda: self.peers.publish(own), 5.0)
-        self._stop.wait(3 * self.interval)
+      if self.peers is not None:
+        if own is not None:  # tell the others
+          _bounded(lambda: self.peers.publish(own), 5.0)
+        _bounded(self.peers.leave, 5.0)
+        wait = 3 * self.interval + 10  # for the others to hear it, and go
+        _bounded(lambda: self.peers.wait_for_the_others(wait), wait + 5)
       self._exit(STALLED)
       return
 
