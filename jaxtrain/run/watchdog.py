@@ -57,7 +57,10 @@ class Watchdog:
 
   def check(self) -> str | None:
     """The line to print if this process, or another of the job, has stalled; else None."""
-    what = self.stalled()
+    return self._line(self.stalled())
+
+  def _line(self, own: str | None) -> str | None:
+    what = own
     if what is None and self.peer_report is not None:
       what = f"{self.peer_report}; {self.process} stops with it (here: {self.phase}, step {self.step})"
     if what is None:
@@ -67,7 +70,8 @@ class Watchdog:
 
   def _watch(self) -> None:
     while not self._stop.wait(self.interval):
-      own, line = self.stalled(), self.check()
+      own = self.stalled()
+      line = self._line(own)
       if line is None:
         continue
       print(line, file=sys.stderr, flush=True)
