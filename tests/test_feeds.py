@@ -78,19 +78,24 @@ def test_pace_for_config_values(small_config):
   assert feeds.pace_for(0, device, [1, 20, 30, 60, 0]).cadence == 10
 
 
-def test_auto_runs_k_steps_per_dispatch_with_the_bits_of_one(tmp_path, small_config, monkeypatch,
-                                                             caplog):
-  one = small_config.copy_and_resolve_references()
+def _one_and_forced_auto(tmp_path, config, monkeypatch, caplog) -> str:
+  """Trains `config` at k=1 (tmp_path/one) and with auto forced to choose 10 (tmp_path/auto);
+  returns auto's log. A real measurement on a 60-step run would rightly not pay for a
+  compile; the choice is forced (its rule is tested above), the mechanics are real."""
+  one = config.copy_and_resolve_references()
   one.steps_per_dispatch = 1
   train.train_and_evaluate(one, str(tmp_path / "one"))
-  # A real measurement on a 60-step run would rightly not pay for a compile; the choice
-  # is forced here (its rule is tested above), the mechanics are real.
   monkeypatch.setattr(feeds.AutoPace, "choose", lambda self, step_seconds, steps_left: 10)
-  auto = small_config.copy_and_resolve_references()
+  auto = config.copy_and_resolve_references()
   auto.steps_per_dispatch = 0
   with caplog.at_level("INFO", logger="jaxtrain"):
     train.train_and_evaluate(auto, str(tmp_path / "auto"))
-  assert "; 10 per dispatch" in caplog.text
+  return caplog.text
+
+
+def test_auto_runs_k_steps_per_dispatch_with_the_bits_of_one(tmp_path, small_config, monkeypatch,
+                                                             caplog):
+  assert "; 10 per dispatch" in _one_and_forced_auto(tmp_path, small_config, monkeypatch, caplog)
   assert _digest(tmp_path / "auto") == _digest(tmp_path / "one")
   assert _evals(tmp_path / "auto") == _evals(tmp_path / "one")
 
@@ -100,15 +105,7 @@ def test_auto_keeps_one_step_per_dispatch_where_grouping_would_change_the_bits(
   # XLA:CPU's unrolled convolutions differ from single steps in the last bits; a k picked
   # by a clock must then stay 1, or a rerun under other load would end with other bits.
   small_config.model = dict(name="cnn", num_classes=10, dropout_rate=0.3)
-  one = small_config.copy_and_resolve_references()
-  one.steps_per_dispatch = 1
-  train.train_and_evaluate(one, str(tmp_path / "one"))
-  monkeypatch.setattr(feeds.AutoPace, "choose", lambda self, step_seconds, steps_left: 10)
-  auto = small_config.copy_and_resolve_references()
-  auto.steps_per_dispatch = 0
-  with caplog.at_level("INFO", logger="jaxtrain"):
-    train.train_and_evaluate(auto, str(tmp_path / "auto"))
-  assert "; 1 per dispatch" in caplog.text
+  assert "; 1 per dispatch" in _one_and_forced_auto(tmp_path, small_config, monkeypatch, caplog)
   assert _digest(tmp_path / "auto") == _digest(tmp_path / "one")
 
 

@@ -154,23 +154,24 @@ def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator=None
 
 
 def _data_files(manager, step: int) -> list[str]:
+  """The paths of `step`'s data position files, one per process of the job that saved it."""
   folder = os.path.join(str(manager.directory), str(step), "data")
-  return sorted(n for n in os.listdir(folder) if n.endswith(".json")) if os.path.isdir(folder) else []
+  names = sorted(n for n in os.listdir(folder) if n.endswith(".json")) if os.path.isdir(folder) else []
+  return [os.path.join(folder, n) for n in names]
 
 
 def _data_position_elsewhere(manager, step: int) -> bool:
   """The data position of `step` was saved by another number of processes than this job's."""
-  files = _data_files(manager, step)
-  return bool(files) and f"process_{jax.process_index()}-of-{jax.process_count()}.json" not in files
+  names = [os.path.basename(p) for p in _data_files(manager, step)]
+  return bool(names) and f"process_{jax.process_index()}-of-{jax.process_count()}.json" not in names
 
 
 def _shared_data_position(manager, step: int) -> bytes:
   """The one data position every process of the saving job recorded (they must agree)."""
-  folder = os.path.join(str(manager.directory), str(step), "data")
   positions = {}
-  for name in _data_files(manager, step):
-    with open(os.path.join(folder, name), "rb") as f:
-      positions[name] = json.dumps(json.loads(f.read()), sort_keys=True)
+  for path in _data_files(manager, step):
+    with open(path, "rb") as f:
+      positions[path] = json.dumps(json.loads(f.read()), sort_keys=True)
   if len(set(positions.values())) != 1:
     raise Unusable(f"its {len(positions)} processes saved different data positions "
                    f"({', '.join(sorted(set(positions.values())))}): it resumes only on as many "
