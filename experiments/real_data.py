@@ -16,9 +16,14 @@ categories as integer codes, text as the raw strings), timing both:
               its day and hour), the next hour from the weather, the calendar and lags 1, 2,
               24 h by time, split by time: configs/demand.py vs HistGradientBoosting on
               the same inputs and seasonal naive (24 h ago); RMSE
+  movielens   MovieLens 100K (943 users, 1,682 films, 100,000 ratings; the copy RecBole's
+              wheel ships), split at random: configs/ratings.py vs Surprise's SVD and
+              its user+item biases (BaselineOnly); RMSE
 
 ISLP ships its tables in its wheel; install it without its dependencies:
-pip install --no-deps ISLP (a job whose data is missing is skipped, and says so).
+pip install --no-deps ISLP (a job whose data is missing is skipped, and says so); the
+same for RecBole (pip install --no-deps recbole: only its data file is read) and Surprise
+(pip install scikit-surprise).
 
     python experiments/real_data.py [--jobs sms_spam,wage,default,bikeshare] [--seeds 0]
     python experiments/real_data.py --quick    # what the test suite runs (no accuracy claims)
@@ -73,12 +78,17 @@ JOBS = {
                                 split="time:time", cutoffs="2011-10-01,2011-11-15",
                                 gaps="drop"),  # hours without a rental are missing rows
                       config="demand"),
+    "movielens": dict(source=lambda tmp: package_file("recbole", "dataset_example", "ml-100k",
+                                                      "ml-100k.inter"), kind="ratings",
+                      spec=dict(label="rating:float", label_kind="value", ignore="timestamp:float",
+                                columns="user_id:token=category,item_id:token=category"),
+                      config="ratings", set=("preprocess.features=user_id:token,item_id:token",)),
 }
 
 
 def job_config(job: dict, name: str, data_dir: str, quick: bool, seed: int, overrides=()):
   c = load_config(job["config"])
-  for override in overrides:  # "model.ensemble_size=8": to compare a change on every job
+  for override in job.get("set", ()) + tuple(overrides):  # "model.ensemble_size=8": to compare a change on every job
     key, _, text = override.partition("=")
     *parents, leaf = key.split(".")
     node = c
@@ -133,6 +143,8 @@ def baselines(kind: str, data: dict, seed: int) -> dict:
     return [False] * numeric + [True] * categorical
 
   results = {}
+  if kind == "ratings":
+    return _rating_baselines(data, seed)
   if kind == "text":
     texts = {s: [t.decode() for t in data[s][1]["text"]] for s in data}
     start = time.perf_counter()
@@ -165,6 +177,37 @@ def baselines(kind: str, data: dict, seed: int) -> dict:
   if kind == "forecast":
     lag = data["test"][1]["bikers_lag_24"]
     results["seasonal_naive_24h"] = {"rmse": float(np.sqrt(np.mean((lag - yt) ** 2))), "seconds": 0.0}
+  return results
+
+
+def _rating_baselines(data: dict, seed: int) -> dict:
+  """Surprise's SVD (biased matrix factorization by SGD) and its user+item biases (ALS)."""
+  try:
+    import surprise
+  except ImportError:
+    print("ratings: Surprise's baselines skipped (pip install scikit-surprise)")
+    return {}
+  user, item, label = "user_id_token", "item_id_token", "label"  # as the import names them
+  def triples(split):
+    raw = data[split][1]
+    return list(zip(map(bytes.decode, raw[user]), map(bytes.decode, raw[item]), raw[label]))
+  train = triples("train")
+  with tempfile.NamedTemporaryFile("w", suffix=".tsv") as f:  # Surprise reads a file (or pandas)
+    f.writelines(f"{u}\t{i}\t{r}\n" for u, i, r in train)
+    f.flush()
+    reader = surprise.Reader(line_format="user item rating", sep="\t",
+                             rating_scale=(min(r for *_, r in train), max(r for *_, r in train)))
+    trainset = surprise.Dataset.load_from_file(f.name, reader).build_full_trainset()
+  test = triples("test")
+  results = {}
+  for name, algo in (("surprise_svd", surprise.SVD(random_state=seed)),
+                     ("surprise_biases", surprise.BaselineOnly(verbose=False))):
+    start = time.perf_counter()
+    algo.fit(trainset)
+    predicted = np.array([algo.predict(u, i).est for u, i, _ in test])
+    truth = np.array([r for *_, r in test])
+    results[name] = {"rmse": float(np.sqrt(np.mean((predicted - truth) ** 2))),
+                     "seconds": time.perf_counter() - start}
   return results
 
 

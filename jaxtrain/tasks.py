@@ -15,7 +15,8 @@ scale), else their defaults. The built-in tasks are classes of that kind:
     classification  softmax cross-entropy (class weights); accuracy, precision,
                     recall, F1 (binary: of class 1; else macro), MCC, ROC-AUC and
                     PR-AUC (binary)
-    regression      mse | huber | quantile on the standardised label; MAE, RMSE,
+    regression      mse | huber | quantile on the standardised label (plus a
+                    model's per-example "penalty", if it returns one); MAE, RMSE,
                     MAPE (over non-zero labels; mape_zero_labels: the share skipped)
                     in the label's units (ratings, ETAs, demand)
     retrieval       two-tower in-batch sampled softmax; recall@k and NDCG@k of
@@ -188,7 +189,11 @@ def _to_label(z, transform: str):
 def regression_loss(outputs, batch, *, mean, std, loss="mse", huber_delta=1.0, quantile=0.5,
                     transform="none"):
   """The loss on the standardised (and, with `transform="log1p"`, log) label; MAE, RMSE
-  and MAPE in the label's own units."""
+  and MAPE in the label's own units. A model may return `{"prediction": [B],
+  "penalty": [B]}`: a per-example regulariser added to the loss, not to the metrics."""
+  penalty = 0.0
+  if isinstance(outputs, dict):
+    outputs, penalty = outputs["prediction"], outputs["penalty"].astype(jnp.float32)
   pred_n = outputs.reshape(outputs.shape[0]).astype(jnp.float32)
   y = batch["label"].astype(jnp.float32)
   y_t = jnp.log1p(jnp.maximum(y, 0.0)) if transform == "log1p" else y
@@ -201,7 +206,7 @@ def regression_loss(outputs, batch, *, mean, std, loss="mse", huber_delta=1.0, q
     per = jnp.maximum(-quantile * err_n, (1 - quantile) * err_n)
   err = _to_label(pred_n * std + mean, transform) - y
   nonzero = y != 0  # a percentage of zero is undefined: MAPE skips those labels
-  return {"loss": per, "mae": jnp.abs(err), "squared_error": err ** 2,
+  return {"loss": per + penalty, "mae": jnp.abs(err), "squared_error": err ** 2,
           "ape": jnp.where(nonzero, jnp.abs(err) / jnp.where(nonzero, jnp.abs(y), 1.0), 0.0),
           "nonzero_label": nonzero.astype(jnp.float32)}
 

@@ -29,7 +29,7 @@ def _files(tmp_path):
   (tmp_path / "bad_value.csv").write_text("amount,city,label\n1.5,Oslo,a\n2.0,Rome,b\nabc,Oslo,a\n")
   (tmp_path / "bad_fields.csv").write_text("amount,label\n1.5,a\n2.0,b,extra\n")
   (tmp_path / "bad.jsonl").write_text('{"x": 1, "label": "a"}\n{"x": 2, "label": \n')
-  (tmp_path / "rows.txt").write_text("x\n")
+  (tmp_path / "rows.xlsx").write_bytes(b"PK\x03\x04\x14\x00\x06\x00")  # a spreadsheet: binary
   import numpy as np
   np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}], dtype=object), label=np.array([1]))
 
@@ -115,8 +115,8 @@ CASES = [
      "{t}/bad.jsonl line 2: not a JSON object: Expecting value"),
     ("import: pickled npz", ["data", "import", "{t}/objects.npz", "--name", "x", "--data_dir", "{t}/dd"], 1,
      "cannot read {t}/objects.npz as .npz without pickle"),
-    ("import: unknown file type", ["data", "import", "{t}/rows.txt", "--name", "x", "--data_dir", "{t}/dd"], 1,
-     "{t}/rows.txt: unknown file type '.txt'"),
+    ("import: unknown file type", ["data", "import", "{t}/rows.xlsx", "--name", "x", "--data_dir", "{t}/dd"], 1,
+     "{t}/rows.xlsx: unknown file type '.xlsx'"),
     ("import: no label column", ["data", "import", "{t}/bad_value.csv", "--name", "x", "--label", "target",
                                  "--data_dir", "{t}/dd"], 1, "no column 'target' to use as the label"),
     ("import: bad fractions", ["data", "import", "jaxtrain/sample_data/spam.csv", "--name", "x",

@@ -190,6 +190,27 @@ def test_tsv_headerless_and_zipped_tables_import(tmp_path, capsys):
   assert sum(schema["num_examples"].values()) == 40
 
 
+def test_text_tables_with_any_suffix_import_with_lags_too(tmp_path, capsys):
+  """MovieLens' u.data (tab, no header), a ratings.dat; lags read the same way (tab, --names)."""
+  (tmp_path / "u.data").write_text("".join(f"{u}\t{i}\t{1 + (u * i) % 5}\t{880000000 + u}\n"
+                                           for u in range(1, 21) for i in range(1, 11)))
+  _import(capsys, tmp_path / "u.data", "--name", "ml", "--names", "user,item,rating,timestamp",
+          "--label", "rating", "--label_kind", "value", "--columns", "user=category,item=category",
+          "--ignore", "timestamp", "--data_dir", tmp_path / "dd")
+  schema = data_import.read_schema(tmp_path / "dd" / "ml" / "1.0.0")
+  assert schema["columns"] == {"user": "category", "item": "category"}
+  assert sum(schema["num_examples"].values()) == 200
+  start = dt.datetime(2024, 3, 1)
+  (tmp_path / "load.dat").write_text("".join(f"{(start + dt.timedelta(hours=h)).isoformat()}\t{h * 10}\n"
+                                             for h in range(60)))
+  spec = data_import.ImportSpec(sources=(str(tmp_path / "load.dat"),), name="load", label="load",
+                                label_kind="value", names="when,load", columns="when=time", lags="1",
+                                split="time:when", cutoffs="2024-03-02T12:00,2024-03-02T18:00")
+  directory, _ = data_import.run_import(spec, str(tmp_path / "dd"))
+  rows = _split(directory, "train")
+  assert np.array_equal(rows["load_lag_1"], rows["label"] - 10) and len(rows["label"]) == 35
+
+
 def test_a_stray_word_in_a_numeric_column_is_named(tmp_path):
   rows = ["x,label"] + [f"{i * 0.5},{i % 2}" for i in range(300)]
   rows[201] = "12.5.1,1"

@@ -111,3 +111,29 @@ def test_unknown_remat_policy_is_a_user_error():
   from jaxtrain.models.image import ResNet
   with pytest.raises(UserError, match="config.model.remat='some' is not one of"):
     ResNet(num_classes=2, remat="some").init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+
+
+def test_matrix_factorization_regularises_each_rating_by_the_rows_it_uses():
+  """Training adds l2 x the squared norms of the rating's user and item rows (vectors and
+  biases) to that rating's loss, not to its error; evaluation returns the prediction alone."""
+  import numpy as np
+  from jaxtrain import tasks
+  from jaxtrain.models.tables import MatrixFactorization
+  model = MatrixFactorization(categorical_sizes=(5, 4), dim=3, l2=0.25)
+  batch = {"categorical": jnp.array([[1, 2], [4, 2], [1, 3]]), "label": jnp.array([0.5, -1.0, 2.0])}
+  variables = model.init(jax.random.key(0), batch)
+  p = jax.tree.map(lambda x: x + 0.1, variables["params"])  # biases off zero too
+  out = model.apply({"params": p}, batch, train=True)
+  plain = model.apply({"params": p}, batch)
+  np.testing.assert_array_equal(out["prediction"], plain)
+  rows = lambda name, ids: np.asarray(p[name]["embedding"])[np.asarray(ids)]
+  users, items = batch["categorical"][:, 0], batch["categorical"][:, 1]
+  norms = ((rows("user", users) ** 2).sum(1) + (rows("item", items) ** 2).sum(1)
+           + rows("user_bias", users)[:, 0] ** 2 + rows("item_bias", items)[:, 0] ** 2)
+  np.testing.assert_allclose(out["penalty"], 0.25 * norms, rtol=1e-6)
+  trained = tasks.regression_loss(out, batch, mean=0.0, std=1.0)
+  evaluated = tasks.regression_loss(plain, batch, mean=0.0, std=1.0)
+  np.testing.assert_allclose(trained["loss"], evaluated["loss"] + 0.25 * norms, rtol=1e-6)
+  np.testing.assert_array_equal(trained["squared_error"], evaluated["squared_error"])
+  unregularised = MatrixFactorization(categorical_sizes=(5, 4), dim=3, l2=0.0)
+  np.testing.assert_array_equal(unregularised.apply({"params": p}, batch, train=True), plain)

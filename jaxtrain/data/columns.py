@@ -54,9 +54,20 @@ class Chunk:
 # --- reading ------------------------------------------------------------------------------
 
 def is_table(path: Path) -> bool:
-  """A file `chunks` reads: delimited text (.csv, .tsv, .tab, none), .jsonl/.json, .parquet, .zip."""
+  """A file `chunks` reads: .jsonl/.json, .parquet, .zip, or delimited text.
+
+  Text tables come with any suffix (MovieLens' u.data and ratings.dat, a
+  RecBole .inter, an export without one): a file whose first bytes hold no
+  NUL byte is read as text, its delimiter sniffed (or --delimiter).
+  """
   suffix = path.suffix.lower()
-  return suffix in _TABLE_SUFFIXES + (".jsonl", ".json", ".parquet", ".zip")
+  if suffix in _TABLE_SUFFIXES + (".jsonl", ".json", ".parquet", ".zip"):
+    return True
+  if suffix == ".npz" or not path.is_file():
+    return False
+  with open(path, "rb") as f:
+    head = f.read(8192)
+  return bool(head) and b"\0" not in head  # images, archives and arrays all hold NULs early
 
 
 def chunks(path: Path, *, delimiter: str = "", names: str = "",

@@ -22,6 +22,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import io
 import json
@@ -126,23 +127,13 @@ def _text_file(path: Path):
     raise columns.not_utf8(str(path), e) from None
 
 
-def _csv_rows(path: Path):
-  with _text_file(path) as f:
-    reader = csv.reader(f)
-    try:
-      header = next(reader)
-      columns.check_header(str(path), header)
-      for values in reader:
-        if not values:
-          continue
-        if len(values) != len(header):
-          raise UserError(f"{path} line {reader.line_num}: {len(values)} fields, but the header "
-                          f"has {len(header)} ({', '.join(header)})")
-        yield reader.line_num, dict(zip(header, values))
-    except StopIteration:
-      raise UserError(f"{path} is empty (expected a header row)") from None
-    except csv.Error as e:  # e.g. a field over csv.field_size_limit(), a NUL byte
-      raise UserError(f"{path} line {reader.line_num}: {e}") from None
+def _text_table_rows(path: Path, delimiter: str, names: str):
+  """Delimited text read as the streamed import reads it (sniffed delimiter, --names, zips)."""
+  header_lines = 0 if names else 1
+  for chunk in columns.chunks(path, delimiter=delimiter, names=names):
+    values = {k: v.to_pylist() for k, v in chunk.columns.items()}
+    for i in range(len(chunk)):
+      yield chunk.first_row + i + 1 + header_lines, {k: v[i] for k, v in values.items()}
 
 
 def _jsonl_rows(path: Path):
@@ -226,7 +217,7 @@ def _read_image(path: Path, size):
   return array[..., None] if array.ndim == 2 else array
 
 
-_READERS = {".csv": _csv_rows, ".jsonl": _jsonl_rows, ".json": _jsonl_rows,
+_READERS = {".jsonl": _jsonl_rows, ".json": _jsonl_rows,
             ".parquet": _parquet_rows, ".npz": _npz_rows}
 
 
@@ -261,9 +252,11 @@ def read_rows(spec: ImportSpec) -> Iterator[tuple[Path, int, dict]]:
       yield from _folder_rows(p, spec.label, image_size)
       continue
     reader = _READERS.get(p.suffix.lower())
+    if reader is None and columns.is_table(p):
+      reader = functools.partial(_text_table_rows, delimiter=spec.delimiter, names=spec.names)
     if reader is None:
-      raise UserError(f"{p}: unknown file type {p.suffix!r} (expected one of "
-                      f"{', '.join(sorted(_READERS))}, or a folder per class)")
+      raise UserError(f"{p}: unknown file type {p.suffix!r} (expected delimited text, "
+                      f"{', '.join(sorted(_READERS))}, .zip, or a folder per class)")
     for line, row in reader(p):
       yield p, line, row
 

@@ -164,12 +164,18 @@ class TransformerEncoder(nn.Module):
 class MatrixFactorization(nn.Module):
   """Rating = <user, item> + user bias + item bias (on the standardised scale).
 
-  The first two categorical features are the user and the item.
+  The first two categorical features are the user and the item. Training
+  returns `{"prediction", "penalty"}`: `l2` times the squared norms of the
+  rows each rating uses (the regression loss adds it), so a user or item
+  with few ratings is held near the mean and one with many is free to fit;
+  the regularisation of Funk's SVD (Surprise's SVD), which weight decay on
+  the whole table is not: that shrinks every row at every step.
   """
   input_key = None                # the whole preprocessed batch
   categorical_sizes: Sequence[int]
   num_outputs: int = 1
   dim: int = 32
+  l2: float = 0.1
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
@@ -179,7 +185,11 @@ class MatrixFactorization(nn.Module):
     v = nn.Embed(self.categorical_sizes[1], self.dim, embedding_init=init, name="item")(item)
     ub = nn.Embed(self.categorical_sizes[0], 1, embedding_init=nn.initializers.zeros, name="user_bias")(user)
     ib = nn.Embed(self.categorical_sizes[1], 1, embedding_init=nn.initializers.zeros, name="item_bias")(item)
-    return (u * v).sum(-1) + ub[:, 0] + ib[:, 0]
+    prediction = (u * v).sum(-1) + ub[:, 0] + ib[:, 0]
+    if not train or not self.l2:
+      return prediction
+    norms = (u ** 2).sum(-1) + (v ** 2).sum(-1) + ub[:, 0] ** 2 + ib[:, 0] ** 2
+    return {"prediction": prediction, "penalty": self.l2 * norms}
 
 
 class TwoTower(nn.Module):
