@@ -47,6 +47,10 @@ def test_spam_classifier_beats_the_majority_class(tmp_path, capsys, model):
   # Early stopping kept the best two checkpoints and tested the best.
   best = sorted(int(p.name) for p in (workdir / "best_checkpoints").iterdir() if p.name.isdigit())
   assert 1 <= len(best) <= 2
+  # The test applies the threshold its checkpoint's validation chose.
+  [chosen] = [e for e in read_metrics(workdir) if e["split"] == "eval" and e["step"] == test["step"]]
+  assert test["validation_threshold"] == chosen["best_f1_threshold"]
+  assert test["f1_at_validation_threshold"] >= 0.75
 
 
 def test_tabular_classifier_on_real_data_beats_the_majority_class(tmp_path, capsys):
@@ -112,6 +116,36 @@ def test_roc_auc_pr_auc_and_mcc_match_scikit_learn(separation):
   assert out["mcc"] == pytest.approx(matthews_corrcoef(labels, margin > 0), abs=1e-9)
   if separation > 4:  # the 1,000-bin probability histogram this replaced was off by > 1e-2 here
     assert roc_auc_score(labels, probs) > 0.99
+
+
+def test_the_f1_threshold_is_chosen_on_validation_and_applied_to_the_test():
+  """3% positives: F1 at 0.5 is poor; the validation's F1-best threshold, applied to the
+  test split, gives the F1 and MCC scikit-learn computes at that threshold (bin edges)."""
+  from sklearn.metrics import f1_score, matthews_corrcoef, precision_recall_curve
+  rng = np.random.default_rng(3)
+
+  def split(n):
+    labels = (rng.random(n) < 0.03).astype(np.int64)
+    margin = labels * 3.0 - 4.5 + rng.normal(0, 1.2, n)
+    logits = np.stack([np.zeros(n), margin], 1).astype(np.float32)
+    means = {k: np.asarray(v, np.float64).mean(0)
+             for k, v in tasks.classification_loss(logits, {"label": labels}, binary=True).items()}
+    return labels, 1 / (1 + np.exp(-margin.astype(np.float32))), means
+
+  labels_v, probs_v, means_v = split(20_000)
+  labels_t, probs_t, means_t = split(20_000)
+  validation = tasks.finalize_classification(means_v)
+  precision, recall, _ = precision_recall_curve(labels_v, probs_v)
+  best_f1 = np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12))
+  threshold = validation["best_f1_threshold"]  # F1 is flat near its best: compare F1, not cuts
+  assert f1_score(labels_v, probs_v >= threshold) == pytest.approx(best_f1, abs=2e-3)
+  test = tasks.finalize_classification(means_t, validation)
+  assert test["validation_threshold"] == threshold
+  assert test["f1_at_validation_threshold"] == pytest.approx(f1_score(labels_t, probs_t >= threshold), abs=1e-3)
+  assert test["mcc_at_validation_threshold"] == pytest.approx(
+      matthews_corrcoef(labels_t, probs_t >= threshold), abs=1e-3)
+  assert test["f1_at_validation_threshold"] > test["f1"] + 0.1  # the argmax's 0.5 misses most positives
+  assert "validation_threshold" not in tasks.finalize_classification(means_t)
 
 
 def test_multiclass_mcc_matches_scikit_learn():

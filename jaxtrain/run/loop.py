@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -299,10 +300,23 @@ def finish(loop: Loop, evaluation: Evaluate | None) -> None:
   state, best_step = evaluation.best_state(loop) if evaluation is not None else (None, None)
   if state is not None:  # the test measures the model one would deploy: the best
     log.info("testing the best checkpoint (step %d)", best_step)
+  tested_step = best_step if state is not None else loop.step
   loop.emit("test", compiled.without_count(compiled.evaluate(
       state if state is not None else loop.state, source, batch_size=loop.config.batch_size,
       layout=loop.layout, transform=loop.inputs.transform(train=False),
-      finalize=loop.inputs.task.finalize)), step=best_step)  # logged under the step it measured
+      finalize=_with_validation(loop.inputs.task.finalize, loop.workdir, tested_step))),
+      step=best_step)  # logged under the step it measured
+
+
+def _with_validation(finalize, workdir: str, step: int):
+  """`finalize` given the validation metrics of `step`'s checkpoint, if it takes them."""
+  try:
+    if "validation" not in inspect.signature(finalize).parameters:
+      return finalize
+  except (TypeError, ValueError):  # a callable without a signature Python can read
+    return finalize
+  events = [e for e in read_metrics(workdir) if e.get("split") == "eval" and e.get("step") == step]
+  return functools.partial(finalize, validation=events[-1] if events else None)
 
 
 def close(loop: Loop, every: list) -> None:
