@@ -91,6 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
       vocab_size=20000, num_buckets=1 << 15, max_length=64, min_count=1,
       word_ngrams=2, char_ngrams="2,5",  # for tokenizer=ngrams ("" = no character n-grams)
       max_categories=100000,      # a category's most frequent values kept; the rest share index 0
+      numeric_scaling="standard", # standard (mean, std) | robust (RealMLP's: median, IQR / 1.349,
+                                  # smooth clip at 3; for long tails. Not better on real_data's tables)
       calendar="dayofweek,month", # fields of each time column fed as categories: dayofweek, month,
                                   # hour, dayofmonth, dayofyear, halfhour (of the day), minuteofday
       time_trend="auto",          # a time column also as a number: on | off | auto (off where the

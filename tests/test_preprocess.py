@@ -43,6 +43,25 @@ def test_fit_uses_the_training_split_only_and_transform_applies_it():
   assert prep["label"]["class_weights"] == [1.0, 1.0]
 
 
+def test_robust_scaling_centres_on_the_median_and_clips_a_long_tail_smoothly():
+  schema = {"columns": {"income": "float"}, "features": {"income": "income"}, "label": "label",
+            "label_kind": "class", "class_names": ["no", "yes"]}
+  income = np.array([20, 30, 40, 50, 60, 70, 80, 90, 5000], np.float64)  # one fortune
+  train = {"income": income, "label": np.arange(9) % 2}
+  prep = preprocess.fit(schema, train, _config(numeric_scaling="robust"))
+  q25, median, q75 = np.quantile(income, [0.25, 0.5, 0.75])
+  spec = prep["numeric"][0]
+  assert (spec["mean"], spec["std"]) == (median, pytest.approx((q75 - q25) / 1.349))
+  z = preprocess.make_transform(prep, train=False)(train)["numeric"][:, 0]
+  r = (income - median) / ((q75 - q25) / 1.349)
+  np.testing.assert_allclose(z, r / np.sqrt(1 + (r / 3) ** 2), rtol=1e-6)
+  assert z[4] == 0 and z.max() < 3 < r.max()  # the median is 0; the fortune is just under 3
+  standard = preprocess.fit(schema, train, _config())["numeric"][0]
+  assert "smooth_clip" not in standard and standard["mean"] == income.mean()
+  with pytest.raises(UserError, match="preprocess.numeric_scaling='minmax' should be standard or robust"):
+    preprocess.fit(schema, train, _config(numeric_scaling="minmax"))
+
+
 def test_hashing_tokenizer_and_balanced_class_weights():
   labels = dict(TRAIN, label=np.array([1, 0, 0, 0]))
   prep = preprocess.fit(SCHEMA, labels, _config(tokenizer="hashing", num_buckets=64, class_weights="balanced"))
