@@ -87,6 +87,11 @@ def test_classifier_predictions_and_export_reproduce_the_test_metrics(tmp_path, 
   from sklearn.metrics import roc_auc_score
   assert roc_auc_score(labels, probs[:, 1]) == pytest.approx(test["roc_auc"], abs=5e-3)
   assert [p["predicted"] for p in preds] == [["ham", "spam"][i] for i in probs.argmax(1)]
+  # The class at the threshold the checkpoint's validation chose: the test's F1 at it.
+  from sklearn.metrics import f1_score
+  at_threshold = np.array([p["predicted_at_threshold"] == "spam" for p in preds], int)
+  assert at_threshold.tolist() == (probs[:, 1] >= test["validation_threshold"]).astype(int).tolist()
+  assert f1_score(labels, at_threshold) == pytest.approx(test["f1_at_validation_threshold"], abs=5e-3)
 
   exported = _exported_outputs(workdir, tmp_path / "export", rows)
   np.testing.assert_allclose(exported["probabilities"], probs, rtol=1e-5, atol=1e-7)

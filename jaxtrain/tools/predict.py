@@ -23,6 +23,7 @@ from jaxtrain.errors import UserError
 from jaxtrain.run import early_stopping, finetune, manifest, parallel
 from jaxtrain.run import inputs as run_inputs
 from jaxtrain.run.compiled import evaluate, without_count
+from jaxtrain.run.metric_writers import read_metrics
 from jaxtrain.state import Functions, TrainState
 from jaxtrain.steps import predict_step
 
@@ -110,15 +111,27 @@ def _read_input(path: str, inputs) -> tuple[dict, np.ndarray | None]:
     return {"image": f["image"]}, (f["label"] if "label" in f.files else None)
 
 
-def output_columns(inputs, outputs: dict) -> dict[str, list]:
-  """Named CSV columns: class and probabilities, a value, or recommended items."""
+def validation_threshold(workdir: str, step: int) -> float | None:
+  """The F1-best probability threshold the validation of `step`'s checkpoint chose (binary)."""
+  chosen = [e["best_f1_threshold"] for e in read_metrics(workdir)
+            if e.get("split") == "eval" and e.get("step") == step and "best_f1_threshold" in e]
+  return chosen[-1] if chosen else None
+
+
+def output_columns(inputs, outputs: dict, threshold: float | None = None) -> dict[str, list]:
+  """Named CSV columns: class and probabilities, a value, or recommended items. Two classes
+  and a `threshold` (`validation_threshold`) add the class at it: what the test's
+  f1_at_validation_threshold measured."""
   prep = inputs.prep
   if "probabilities" in outputs:
+    probs = outputs["probabilities"]
     names = prep["label"]["class_names"] if prep["kind"] == "table" else [
-        str(i) for i in range(outputs["probabilities"].shape[1])]
-    cols = {"predicted": [names[i] for i in outputs["probabilities"].argmax(1)]}
+        str(i) for i in range(probs.shape[1])]
+    cols = {"predicted": [names[i] for i in probs.argmax(1)]}
+    if threshold is not None and probs.shape[1] == 2:
+      cols["predicted_at_threshold"] = [names[int(p >= threshold)] for p in probs[:, 1]]
     for i, name in enumerate(names):
-      cols[f"prob_{name}"] = outputs["probabilities"][:, i].tolist()
+      cols[f"prob_{name}"] = probs[:, i].tolist()
     return cols
   if "prediction" in outputs:
     return {"prediction": outputs["prediction"].tolist()}
@@ -140,7 +153,8 @@ def predict_file(workdir: str, input_path: str, output_path: str, *, batch_size:
     raise UserError(f"--output {output_path}: the folder {os.path.dirname(output_path)} does not exist")
   config, inputs, state, step = load_run(workdir, best=best, code_dir=code_dir)
   raw, labels = _read_input(input_path, inputs)
-  columns = output_columns(inputs, predict_arrays(inputs, state, raw, batch_size))
+  columns = output_columns(inputs, predict_arrays(inputs, state, raw, batch_size),
+                           validation_threshold(workdir, step))
   n = len(next(iter(columns.values())))
   tmp = output_path + ".tmp"
   try:  # the output is written whole or not at all, even when a signal stops the command
