@@ -25,11 +25,14 @@ def get_config():
       numeric_embedding="periodic",  # numbers also as learned periodic features (PLR) | none
       ensemble_size=32)           # members trained at once, TabM-mini style (1: one MLP)
   config.batch_size = 32
-  config.num_train_steps = 400
+  # Budgets in epochs, not steps: the same config fits 300 rows and 30,000 (a fixed step
+  # count is many epochs of one and a single epoch of the other). Early stopping ends it.
+  config.num_train_steps = -1
+  config.num_epochs = 200
   config.log_every_steps = 50
-  config.eval_every_steps = 50
-  config.checkpoint_every_steps = 100
+  config.eval_every_steps = -1          # once per epoch
+  config.checkpoint_every_steps = -1    # once per epoch
   config.optimizer.update(name="adamw", learning_rate=3e-3, weight_decay=1e-4)
-  config.early_stopping.update(metric="loss", mode="min", patience=3)
+  config.early_stopping.update(metric="loss", mode="min", patience=10)  # evaluations, so epochs
   config.keep_best_checkpoints = 1  # the test measures the best evaluation's checkpoint
   return config

@@ -29,6 +29,7 @@ NAN_POLICIES = ("halt", "skip")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 PARALLEL_MODES = ("jit", "pmap")
 AUTO = 0  # steps_per_dispatch: measured at start-up (feeds.AutoPace)
+PER_EPOCH = -1  # eval_every_steps, checkpoint_every_steps: a cadence that grows with the data
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -39,8 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_train_steps = -1          # -1: num_epochs * (train examples // batch_size)
   c.num_epochs = 10
   c.log_every_steps = 50
-  c.eval_every_steps = 500        # and always after the last step
-  c.checkpoint_every_steps = 500  # and always after the last step
+  c.eval_every_steps = 500        # and always after the last step; -1: once per epoch
+  c.checkpoint_every_steps = 500  # and always after the last step; -1: once per epoch
   c.keep_checkpoints = 3
   c.async_checkpointing = True
   c.nan_policy = "halt"           # halt | skip: what a non-finite loss or gradient does
@@ -153,8 +154,10 @@ def _checks(c):
   yield "compute_dtype", c.compute_dtype in COMPUTE_DTYPES, f"must be one of {COMPUTE_DTYPES}"
   yield "num_train_steps", c.num_train_steps == -1 or c.num_train_steps > 0, "must be > 0, or -1 to use num_epochs"
   yield "num_epochs", c.num_train_steps > 0 or c.num_epochs > 0, "must be > 0 when num_train_steps is -1"
-  for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+  for field in ("log_every_steps", "keep_checkpoints"):
     yield field, c[field] > 0, "must be > 0"
+  for field in ("eval_every_steps", "checkpoint_every_steps"):
+    yield field, c[field] > 0 or c[field] == PER_EPOCH, "must be > 0, or -1 for once per epoch"
   yield "nan_policy", c.nan_policy in NAN_POLICIES, f"must be one of {NAN_POLICIES}"
   yield "nan_max_consecutive_skips", c.nan_max_consecutive_skips > 0, "must be > 0"
   yield "optimizer.name", o.name in OPTIMIZERS, f"must be one of {OPTIMIZERS}"

@@ -9,7 +9,8 @@ from jaxtrain.errors import UserError
 @pytest.mark.parametrize("path, value, message", [
     ("batch_size", 0, "config.batch_size=0 must be > 0"),
     ("num_train_steps", 0, "config.num_train_steps=0 must be > 0, or -1 to use num_epochs"),
-    ("eval_every_steps", -5, "config.eval_every_steps=-5 must be > 0"),
+    ("eval_every_steps", -5, "config.eval_every_steps=-5 must be > 0, or -1 for once per epoch"),
+    ("log_every_steps", -1, "config.log_every_steps=-1 must be > 0"),
     ("optimizer.name", "rmsprop", "config.optimizer.name='rmsprop' must be one of ('sgd', 'adam', 'adamw')"),
     ("optimizer.momentum", 1.0, "config.optimizer.momentum=1.0 must be in [0, 1)"),
     ("optimizer.schedule", "cosine", "config.optimizer.schedule='cosine' must be one of"),

@@ -66,6 +66,16 @@ def test_workdir_holds_config_metrics_events_and_checkpoints(small_config, tmp_p
   assert sorted(checkpoint.make_manager(workdir).all_steps()) == [90, 120]
 
 
+def test_once_per_epoch_evaluates_and_saves_at_each_epochs_end(small_config, tmp_path):
+  """-1: the cadence is the train split's steps per epoch (1,293 examples of 50: 25)."""
+  small_config.update(num_train_steps=-1, num_epochs=3, eval_every_steps=-1, checkpoint_every_steps=-1,
+                      keep_checkpoints=5)
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(small_config, workdir)
+  assert [e["step"] for e in read_metrics(workdir) if e["split"] == "eval"] == [25, 50, 75]
+  assert sorted(checkpoint.make_manager(workdir).all_steps()) == [25, 50, 75]
+
+
 def test_rerunning_a_finished_run_changes_nothing(small_config, tmp_path):
   workdir = str(tmp_path / "run")
   first = train_and_evaluate(small_config, workdir)

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from jaxtrain import optim, tasks
-from jaxtrain.config import validate
+from jaxtrain.config import PER_EPOCH, validate
 from jaxtrain.data import input_pipeline
 from jaxtrain.errors import UserError
 from jaxtrain.run import (checkpoint, compiled, distributed, early_stopping, feeds, finetune,
@@ -94,7 +94,7 @@ def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
              *([evaluation] if evaluation is not None else []),
              *hooks,
              Preemption(watcher, config.parallel.stop_check_every_steps if many else 1),
-             Checkpoint(config.checkpoint_every_steps, save)]
+             Checkpoint(cadence(config.checkpoint_every_steps, loop.steps_per_epoch), save)]
     try:
       with watcher:
         train(loop, every, t_entry)
@@ -154,7 +154,8 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
       _check_code_unchanged(workdir, inputs.code, allow_config_change)
     train_source = inputs.sources["train_split"]
     num_train_steps = resolve_num_train_steps(config, len(train_source))
-    _check_dispatch_cadence(config, num_train_steps, stop_at_step)
+    steps_per_epoch = input_pipeline.steps_per_epoch(len(train_source), config.batch_size)
+    _check_dispatch_cadence(config, num_train_steps, steps_per_epoch, stop_at_step)
     train_data, train_iter = _train_data(config, inputs, layout)
     tx, schedule = optim.make_optimizer(config.optimizer, num_train_steps)
     state = _initial_state(config, workdir, inputs, layout, tx, train_data[0], resuming)
@@ -186,7 +187,7 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
                 last_step=min(stop_at_step or num_train_steps, num_train_steps), first_step=step,
                 previous_step=step, schedule=schedule, train_iter=train_iter, manager=manager,
                 writer=writer, config_dict=config_dict, lock=lock,
-                steps_per_epoch=input_pipeline.steps_per_epoch(len(train_source), config.batch_size))
+                steps_per_epoch=steps_per_epoch)
     loop.health = layout.put_replicated(nan_guard.as_vector(nan_guard.new_health()))
     # Metric totals' shapes, from one trace of the step (not per log interval).
     loop.total_shapes = jax.eval_shape(compiled.train_fn(layout, state), loop.state, None,
@@ -266,7 +267,8 @@ def make_evaluation(loop: Loop) -> Evaluate | None:
                                                up_to_step=loop.step) if es.metric else None
   best_manager = (early_stopping.make_best_manager(loop.workdir)
                   if es.metric and config.keep_best_checkpoints else None)
-  return Evaluate(config.eval_every_steps, source, batch_size=config.batch_size,
+  return Evaluate(cadence(config.eval_every_steps, loop.steps_per_epoch), source,
+                  batch_size=config.batch_size,
                   early_stop_config=es, tracker=tracker, best_manager=best_manager,
                   keep_best=config.keep_best_checkpoints)
 
@@ -369,6 +371,12 @@ def _host_prefetch(source, config) -> int:
   return 0 if isinstance(source, input_pipeline.InMemorySource) else config.dataset.prefetch
 
 
+def cadence(every_steps: int, steps_per_epoch: int) -> int:
+  """A configured cadence in steps: -1 (config.PER_EPOCH) is once per epoch, so a config
+  evaluates and early-stops alike on 300 rows and on 30,000."""
+  return steps_per_epoch if every_steps == PER_EPOCH else every_steps
+
+
 def resolve_num_train_steps(config, num_train_examples: int) -> int:
   if config.num_train_steps > 0:
     return config.num_train_steps
@@ -451,7 +459,8 @@ def _check_model_fits_memory(config, variables) -> None:
                     "their gradients and optimizer state: check config.model's sizes")
 
 
-def _check_dispatch_cadence(config, num_train_steps: int, stop_at_step: int | None) -> None:
+def _check_dispatch_cadence(config, num_train_steps: int, steps_per_epoch: int,
+                            stop_at_step: int | None) -> None:
   """With k steps per dispatch, everything the loop does between steps falls on multiples of k."""
   if config.optimizer.accumulate_steps > num_train_steps:
     raise UserError(f"config.optimizer.accumulate_steps={config.optimizer.accumulate_steps} is more "
@@ -460,8 +469,9 @@ def _check_dispatch_cadence(config, num_train_steps: int, stop_at_step: int | No
   if k <= 1:  # one, or auto (which keeps to the cadences itself)
     return
   for name, value in (("num_train_steps", num_train_steps), ("log_every_steps", config.log_every_steps),
-                      ("eval_every_steps", config.eval_every_steps),
-                      ("checkpoint_every_steps", config.checkpoint_every_steps), ("--stop_at_step", stop_at_step)):
+                      ("eval_every_steps", cadence(config.eval_every_steps, steps_per_epoch)),
+                      ("checkpoint_every_steps", cadence(config.checkpoint_every_steps, steps_per_epoch)),
+                      ("--stop_at_step", stop_at_step)):
     if value is not None and value % k:
       raise UserError(f"{name}={value} must be a multiple of steps_per_dispatch={k}")
 
