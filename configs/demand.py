@@ -26,7 +26,7 @@ def get_config():
   config.loss.name = "mse"
   config.model = dict(
       name="tabular_mlp",
-      features=(64, 32),        # hidden layer widths
+      features=(128, 128),      # hidden layer widths
       max_embedding=32,           # the widest categorical embedding (1.6 * size^0.56 below it)
       dropout_rate=0.0,          # after each hidden layer
       numeric_embedding="periodic",  # numbers also as learned periodic features (PLR) | none

@@ -10,6 +10,8 @@ categories as integer codes, text as the raw strings), timing both:
               TF-IDF character 2-5-grams + LinearSVC; F1 of spam, MCC
   wage        ISLP's Wage (3,000 workers; logwage left out): configs/diabetes.py
               (tabular regression) vs HistGradientBoosting, RandomForest; RMSE
+  bike_table  ISLP's Bikeshare as a plain table (8,645 hours, split at random, no lags):
+              configs/diabetes.py vs HistGradientBoosting, RandomForest; RMSE
   default     ISLP's Default (10,000 card holders, 3% default): configs/diabetes.py
               made a classifier vs HistGradientBoosting; F1, MCC, ROC-AUC, and F1 and MCC
               at the threshold that maximised F1 on validation (both models)
@@ -70,6 +72,9 @@ JOBS = {
                      spec=dict(names="label,text", label="label"), config="spam"),
     "wage": dict(source=lambda tmp: package_file("ISLP", "data", "Wage.csv"), kind="regression",
                  spec=dict(label="wage", label_kind="value", ignore="logwage"), config="diabetes"),
+    "bike_table": dict(source=lambda tmp: package_file("ISLP", "data", "Bikeshare.csv"),
+                       kind="regression", spec=dict(label="bikers", label_kind="value",
+                                                    ignore="casual,registered"), config="diabetes"),
     "default": dict(source=lambda tmp: package_file("ISLP", "data", "Default.csv"),
                     kind="classification", spec=dict(label="default", label_kind="class"),
                     config="diabetes"),
