@@ -38,7 +38,6 @@ import argparse
 import ast
 import importlib.util
 import json
-import os
 import sys
 import tempfile
 import time

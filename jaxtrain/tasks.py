@@ -38,7 +38,6 @@ model return.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Callable
 
 import jax

@@ -175,7 +175,7 @@ def test_tsv_headerless_and_zipped_tables_import(tmp_path, capsys):
   import zipfile
   lines = [("ham" if i % 4 else "spam") + "\t" + f'Call "now" £{i}! or not {i}' for i in range(60)]
   (tmp_path / "SMSCollection").write_text("\n".join(lines) + "\n")  # no suffix, no header
-  out = _import(capsys, tmp_path / "SMSCollection", "--name", "sms", "--names", "label,text",
+  _import(capsys, tmp_path / "SMSCollection", "--name", "sms", "--names", "label,text",
                 "--data_dir", tmp_path / "dd")
   train = _split(tmp_path / "dd" / "sms" / "1.0.0", "train")
   texts = {t.decode() for t in train["text"]}

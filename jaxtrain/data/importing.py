@@ -19,7 +19,6 @@ nothing, and changed or added files make the next version, which is what
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import datetime as dt
 import functools
@@ -468,7 +467,7 @@ def add_lags(parsed: dict[str, list], schema: dict, spec: ImportSpec, where: lis
   steps = np.diff(times[order])[same]
   if (steps == 0).any():
     at = np.flatnonzero(same & (np.diff(times[order]) == 0))[0]
-    (p1, l1), (p2, l2) = where[order[at]], where[order[at + 1]]
+    (_, l1), (p2, l2) = where[order[at]], where[order[at + 1]]
     raise UserError(f"{p2} line {l2}: series {str(names[codes[order[at]]])!r} already has a row at this "
                     f"time (line {l1}); lags need one row per series and time")
   if spec.frequency:
