@@ -191,7 +191,7 @@ def test_tsv_headerless_and_zipped_tables_import(tmp_path, capsys):
 
 
 def test_text_tables_with_any_suffix_import_with_lags_too(tmp_path, capsys):
-  """MovieLens' u.data (tab, no header), a ratings.dat; lags read the same way (tab, --names)."""
+  """MovieLens' u.data (tab, no header), a .dat; lags read the same way (tab, --names); "::"."""
   (tmp_path / "u.data").write_text("".join(f"{u}\t{i}\t{1 + (u * i) % 5}\t{880000000 + u}\n"
                                            for u in range(1, 21) for i in range(1, 11)))
   _import(capsys, tmp_path / "u.data", "--name", "ml", "--names", "user,item,rating,timestamp",
@@ -209,6 +209,19 @@ def test_text_tables_with_any_suffix_import_with_lags_too(tmp_path, capsys):
   directory, _ = data_import.run_import(spec, str(tmp_path / "dd"))
   rows = _split(directory, "train")
   assert np.array_equal(rows["load_lag_1"], rows["label"] - 10) and len(rows["label"]) == 35
+  # MovieLens 1M's "::": a delimiter of two characters, errors located on their line.
+  lines = [f"{u}::{i}::{1 + (u + i) % 5}::97830076{u}\n" for u in range(1, 11) for i in range(1, 11)]
+  (tmp_path / "ratings.dat").write_text("".join(lines))
+  spec = data_import.ImportSpec(sources=(str(tmp_path / "ratings.dat"),), name="ml1m", label="rating",
+                                label_kind="value", names="user,item,rating,ts", delimiter="::",
+                                columns="user=category,item=category", ignore="ts", fractions="1,0,0")
+  rows = _split(data_import.run_import(spec, str(tmp_path / "dd"))[0], "train")
+  users, items = rows["user"].astype(int), rows["item"].astype(int)
+  assert len(users) == 100 and np.array_equal(rows["label"], 1 + (users + items) % 5)
+  lines[56] = "6::7::x::978300766\n"
+  (tmp_path / "ratings.dat").write_text("".join(lines))
+  with pytest.raises(UserError, match=r"ratings.dat line 57, column 'rating': 'x' is not a number"):
+    data_import.run_import(spec, str(tmp_path / "dd"))
 
 
 def test_a_stray_word_in_a_numeric_column_is_named(tmp_path):

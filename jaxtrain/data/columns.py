@@ -147,8 +147,47 @@ def _csv_reader(text_stream, delimiter: str):
   return csv.reader(text_stream, delimiter=delimiter, quoting=quoting)
 
 
+_UNIT_SEPARATOR = "\x1f"  # what a delimiter of several characters is read as
+
+
+class _Redelimited(io.RawIOBase):
+  """A text table's bytes with a delimiter of several characters (MovieLens 1M's "::")
+  replaced by one unit separator, a block of whole lines at a time (a delimiter never
+  spans a line break), for readers that take one character."""
+
+  def __init__(self, raw, delimiter: bytes):
+    self.raw, self.delimiter, self.pending = raw, delimiter, b""
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    if not self.pending:
+      block = self.raw.read(1 << 20)
+      if block and not block.endswith(b"\n"):
+        block += self.raw.readline()
+      self.pending = block.replace(self.delimiter, _UNIT_SEPARATOR.encode())
+    n = min(len(buffer), len(self.pending))
+    buffer[:n], self.pending = self.pending[:n], self.pending[n:]
+    return n
+
+  def close(self) -> None:
+    self.raw.close()
+    super().close()
+
+
+def _one_character(opener, delimiter: str):
+  """(opener, delimiter) with the delimiter one character, as pyarrow and csv need."""
+  if any(c in delimiter for c in '\r\n"'):
+    raise UserError(f"--delimiter={delimiter!r} cannot hold a quote or a line break")
+  if len(delimiter) <= 1:
+    return opener, delimiter
+  return (lambda: io.BufferedReader(_Redelimited(opener(), delimiter.encode()))), _UNIT_SEPARATOR
+
+
 def _csv_chunks(name: str, opener, suffix: str, delimiter: str, names: str, block_bytes: int):
   import pyarrow.csv as pacsv
+  opener, delimiter = _one_character(opener, delimiter)
   with opener() as f:
     sample = _decode_start(f.read(1 << 16), name)
   delimiter = delimiter or sniff_delimiter(sample, suffix)
@@ -290,6 +329,7 @@ def line_of(path: str, row: int, *, delimiter: str = "", names: str = "") -> int
     opener = lambda: zipfile.ZipFile(archive + ".zip").open(member)
   else:
     opener = lambda: open(path, "rb")
+  opener, delimiter = _one_character(opener, delimiter)
   with _text_stream(opener, path) as text:
     if path.lower().endswith((".jsonl", ".json")):
       seen = -1

@@ -83,8 +83,9 @@ class ImportSpec:
                       "(the import stops, naming it) or drop (the row is dropped, counted)")
   image_size: str = _option("", "'H,W': resize folder images to this (default: as they are, "
                             "which must then all be one size)")
-  delimiter: str = _option("", "the field separator of text tables (default: tab for .tsv, else "
-                           "sniffed from the first lines: , tab ; |)")
+  delimiter: str = _option("", "the field separator of text tables, one character or several "
+                           "(MovieLens 1M's ::) (default: tab for .tsv, else sniffed from the "
+                           "first lines: , tab ; |)")
   names: str = _option("", "column names for text tables without a header row, e.g. "
                        "'label,text'")
   beam: str = _option("", "write with Apache Beam (pip install 'jaxtrain[beam]'): its pipeline "
