@@ -42,10 +42,11 @@ def get_config(model: str = "bag"):
   elif model != "bag":
     raise ValueError(f"configs/spam.py:{model}: the model is bag or transformer")
   config.batch_size = 64
-  config.num_train_steps = 600
+  config.num_train_steps = -1     # a budget in epochs: 5,000 messages or 500,000 alike
+  config.num_epochs = 20          # early stopping (patience: 4 epochs) ends it sooner
   config.log_every_steps = 50
-  config.eval_every_steps = 50
-  config.checkpoint_every_steps = 100
+  config.eval_every_steps = -1    # once per epoch
+  config.checkpoint_every_steps = -1
   config.optimizer.update(name="adamw", learning_rate=3e-3, weight_decay=1e-4, schedule="warmup_cosine",
                           warmup_steps=30)
   config.early_stopping.update(metric="f1", mode="max", patience=4, min_delta=1e-3)
