@@ -28,7 +28,8 @@ pip install --no-deps ISLP (a job whose data is missing is skipped, and says so)
 same for RecBole (pip install --no-deps recbole: only its data file is read) and Surprise
 (pip install scikit-surprise).
 
-    python experiments/real_data.py [--jobs sms_spam,wage,default,bikeshare] [--seeds 0]
+    python experiments/real_data.py [--jobs sms_spam,wage,bike_table,default,bikeshare,movielens]
+                                    [--seeds 0] [--set FIELD=VALUE ...]
     python experiments/real_data.py --quick    # what the test suite runs (no accuracy claims)
 """
 
@@ -93,7 +94,8 @@ JOBS = {
 
 def job_config(job: dict, name: str, data_dir: str, quick: bool, seed: int, overrides=()):
   c = load_config(job["config"])
-  for override in job.get("set", ()) + tuple(overrides):  # "model.ensemble_size=8": to compare a change on every job
+  # The job's own settings, then --set's ("model.ensemble_size=8": a change compared on every job).
+  for override in job.get("set", ()) + tuple(overrides):
     key, _, text = override.partition("=")
     *parents, leaf = key.split(".")
     node = c
