@@ -19,6 +19,27 @@ def _args(workdir, data_dir):
           "--config.log_every_steps=10", "--config.dataset.test_split="]
 
 
+def test_a_stop_that_the_interrupted_code_wraps_in_its_own_error_still_exits_75(monkeypatch, capsys):
+  """Seen in CI: SIGTERM during start-up's TFDS import became "RuntimeError: Error calling
+  __set_name__" (Python 3.11 wraps what a class body's set-up raises), then a data error."""
+  from jaxtrain.tools import cli
+
+  def interrupted(argv):
+    try:
+      signal.raise_signal(signal.SIGTERM)
+      raise AssertionError("the handler did not stop the command")
+    except BaseException as e:
+      raise RuntimeError("Error calling __set_name__ on 'Field' instance 'data_source'") from e
+  monkeypatch.setitem(cli.COMMANDS, "inspect", interrupted)
+  assert cli.main(["inspect", "somewhere"]) == 75
+  assert capsys.readouterr().err.strip() == (
+      "jaxtrain: preempted: SIGTERM received: stopped before anything new was trained; nothing "
+      "saved was touched; run the same command to resume")
+  monkeypatch.setitem(cli.COMMANDS, "inspect", lambda argv: 1 / 0)  # no signal: the error is the error
+  with pytest.raises(ZeroDivisionError):
+    cli.main(["inspect", "somewhere"])
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_stop_signal_saves_the_step_reached_and_resumes_exactly(tmp_path, data_dir, sig):
   proc = subprocess.Popen([sys.executable, "-u", "-m", "jaxtrain.tools.cli", "train",

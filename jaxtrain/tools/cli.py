@@ -309,10 +309,19 @@ def _stop_on_signals() -> dict:
   """
   def stop(signum, frame):
     del frame
-    raise Preempted(None, signal.Signals(signum).name)
+    _STOPPED_BY.append(signal.Signals(signum).name)
+    raise Preempted(None, _STOPPED_BY[-1])
+  _STOPPED_BY.clear()
   if threading.current_thread() is not threading.main_thread():
     return {}
   return {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+
+
+# The stop signals this command received. Code the stop interrupts may wrap it in an
+# error of its own (Python 3.11 turns any exception raised while a class body is set up,
+# as in an import, into "RuntimeError: Error calling __set_name__"): after a signal, a
+# failure is the signal's, and the command exits 75, not with the wrapper's message.
+_STOPPED_BY: list[str] = []
 
 
 def _log_to_console(stream=None):
@@ -627,10 +636,13 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as e:
       print(f"jaxtrain: preempted: {e}", file=sys.stderr)
       return PREEMPTED
-    except _Fail as e:
-      print(f"jaxtrain: error: {e}", file=sys.stderr)
-      return e.status
     except Exception as e:
+      if _STOPPED_BY:
+        print(f"jaxtrain: preempted: {Preempted(None, _STOPPED_BY[0])}", file=sys.stderr)
+        return PREEMPTED
+      if isinstance(e, _Fail):
+        print(f"jaxtrain: error: {e}", file=sys.stderr)
+        return e.status
       from jaxtrain.errors import UserError
       full_disk = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
       if debug or not (isinstance(e, UserError) or full_disk):
