@@ -317,8 +317,7 @@ def _with_validation(finalize, workdir: str, step: int):
       return finalize
   except (TypeError, ValueError):  # a callable without a signature Python can read
     return finalize
-  events = [e for e in read_metrics(workdir) if e.get("split") == "eval" and e.get("step") == step]
-  return functools.partial(finalize, validation=events[-1] if events else None)
+  return functools.partial(finalize, validation=metric_writers.event_at(workdir, "eval", step))
 
 
 def close(loop: Loop, every: list) -> None:

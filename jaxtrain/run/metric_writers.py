@@ -152,6 +152,12 @@ def read_metrics(workdir: str) -> list[dict]:
   return [e for e in events if e is not None]
 
 
+def event_at(workdir: str, split: str, step: int) -> dict | None:
+  """The last `split` event logged at `step` (an evaluation of a checkpoint), or None."""
+  events = [e for e in read_metrics(workdir) if e["split"] == split and e["step"] == step]
+  return events[-1] if events else None
+
+
 def keep_up_to(workdir: str, step: int) -> int:
   """Drops the events after `step` from metrics.jsonl (into metrics.abandoned.jsonl).
 

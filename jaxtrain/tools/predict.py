@@ -23,7 +23,7 @@ from jaxtrain.errors import UserError
 from jaxtrain.run import early_stopping, finetune, manifest, parallel
 from jaxtrain.run import inputs as run_inputs
 from jaxtrain.run.compiled import evaluate, without_count
-from jaxtrain.run.metric_writers import read_metrics
+from jaxtrain.run.metric_writers import event_at
 from jaxtrain.state import Functions, TrainState
 from jaxtrain.steps import predict_step
 
@@ -113,9 +113,7 @@ def _read_input(path: str, inputs) -> tuple[dict, np.ndarray | None]:
 
 def validation_threshold(workdir: str, step: int) -> float | None:
   """The F1-best probability threshold the validation of `step`'s checkpoint chose (binary)."""
-  chosen = [e["best_f1_threshold"] for e in read_metrics(workdir)
-            if e.get("split") == "eval" and e.get("step") == step and "best_f1_threshold" in e]
-  return chosen[-1] if chosen else None
+  return (event_at(workdir, "eval", step) or {}).get("best_f1_threshold")
 
 
 def output_columns(inputs, outputs: dict, threshold: float | None = None) -> dict[str, list]:
