@@ -127,8 +127,12 @@ def base_config() -> ml_collections.ConfigDict:
       fsdp=False,                 # jit only: shard large params and optimizer state over devices
       fsdp_min_size=1 << 14,      # arrays with fewer elements stay replicated
       prefetch_to_device=2,       # batches copied to the devices ahead of the step
-      stall_timeout_s=1800,       # a step, evaluation or save unfinished this long ends every
-                                  # process with status 76, the last checkpoint intact (0 = never)
+      stall_timeout_s=1800,       # a step, evaluation or save unfinished past its limit ends every
+                                  # process with status 76, the last checkpoint intact: 10 x the
+                                  # slowest of its kind, at least 120 s, at most this (0 = never)
+      startup_timeout_s=1800,     # ... start-up's limit, and each phase's first (it compiles)
+      stop_grace_s=30,            # SIGTERM/SIGINT/...: the time to reach a step boundary, after
+                                  # which the process ends (75, or 76 if a save was in flight)
       stop_check_every_steps=10))  # many processes: how often they agree whether one received
                                   # SIGTERM/SIGINT/SIGUSR1 (a ~1 ms barrier; lower it where 10
                                   # steps outlast a preemption's grace period)
@@ -190,6 +194,8 @@ def _checks(c):
   yield "parallel.fsdp_min_size", c.parallel.fsdp_min_size >= 0, "must be >= 0"
   yield "parallel.prefetch_to_device", c.parallel.prefetch_to_device >= 0, "must be >= 0"
   yield "parallel.stall_timeout_s", c.parallel.stall_timeout_s >= 0, "must be >= 0 (0 = never)"
+  yield "parallel.startup_timeout_s", c.parallel.startup_timeout_s >= 0, "must be >= 0 (0 = never)"
+  yield "parallel.stop_grace_s", c.parallel.stop_grace_s > 0, "must be > 0"
   yield "parallel.stop_check_every_steps", c.parallel.stop_check_every_steps >= 1, "must be >= 1"
   yield "model.name", isinstance(c.model.get("name"), str) and bool(c.model.get("name")), "must name a model"
   e = c.early_stopping

@@ -145,7 +145,6 @@ _STALLING_PROCESS = textwrap.dedent("""
     from jaxtrain.run import distributed
 
     workdir, mode, port, process_id = sys.argv[1:]
-    distributed.patient_cpu_collectives(45)  # as the command line does, before any device is used
     distributed.initialize(f"127.0.0.1:{{port}}", 2, int(process_id))
 
     class Stall(Hook):  # a stand-in for a process that stops making progress: never returns
@@ -195,17 +194,20 @@ def _train_losses(workdir) -> dict[int, float]:
 def test_a_run_resumes_on_another_number_of_processes(two_by_two, data_dir, tmp_path, legs):
   workdir = tmp_path / "elastic"
   for n, (processes, devices_each, stop) in enumerate(legs):
+    # One process joins with the flags too: gloo's collectives, the 2x2 run's bits. (XLA's
+    # in-process all-reduce sums in another order, 1e-7 apart at step 20, which 40 more
+    # steps of this schedule grow to 3e-4 in the loss: the layouts test bounds that.)
     _run(workdir, data_dir, tag=f"leg{n}", processes=processes, devices_each=devices_each,
-         gloo=processes > 1, extra=[f"--stop_at_step={stop}"] if stop < STEPS else [])
+         extra=[f"--stop_at_step={stop}"] if stop < STEPS else [])
     data = os.listdir(os.path.join(workdir, "checkpoints", str(stop), "data"))
     assert sorted(n for n in data if n.endswith(".json")) == [
         f"process_{i}-of-{processes}.json" for i in range(processes)]
   # The data position is the step: every later interval trained on the uninterrupted run's
-  # batches (a batch out of place would move its mean loss by far more than 1e-5).
+  # batches, to the bit.
   resumed, straight = _train_losses(workdir), _train_losses(two_by_two[0])
   assert sorted(resumed) == sorted(straight) == list(range(10, STEPS + 1, 10))
-  for step in straight:
-    assert resumed[step] == pytest.approx(straight[step], rel=1e-5), step
+  assert resumed == straight
+  assert _params_digest(workdir) == _params_digest(two_by_two[0])
   resumes = json.load(open(workdir / "manifest.json"))["resumes"]
   assert [r["step"] for r in resumes] == [stop for _, _, stop in legs[:-1]]
 
@@ -256,13 +258,14 @@ def test_launchers_are_detected_from_their_environment():
   assert distributed.detected_launcher({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) is None
 
 
-def test_xla_cpu_collectives_wait_past_the_stall_timeout_unless_xla_flags_say_otherwise():
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  distributed.patient_cpu_collectives(1800, env)
-  assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8",
-                                      "--xla_cpu_collective_call_terminate_timeout_seconds=2100",
-                                      "--xla_cpu_collective_timeout_seconds=2100"]
-  mine = {"XLA_FLAGS": "--xla_cpu_collective_call_terminate_timeout_seconds=5"}
-  distributed.patient_cpu_collectives(0, mine)  # 0: no watchdog, and no give-up of XLA's own
-  assert mine["XLA_FLAGS"].split() == ["--xla_cpu_collective_call_terminate_timeout_seconds=5",
-                                       f"--xla_cpu_collective_timeout_seconds={distributed.NEVER_S}"]
+def test_the_command_line_leaves_xlas_collective_timeouts_as_they_are(monkeypatch):
+  """A stuck collective fails fast and loudly (XLA:CPU's 40 s), not after the stall timeout."""
+  from ml_collections import ConfigDict
+  from jaxtrain.config import base_config
+  from jaxtrain.tools import cli
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  cli._set_xla_flags(base_config())
+  assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
+  cli._set_xla_flags(ConfigDict(dict(base_config(), deterministic_gpu_ops=True)))
+  assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8",
+                                             "--xla_gpu_deterministic_ops=true"]

@@ -10,12 +10,14 @@ from jaxtrain.run import checkpoint
 from jaxtrain.run.watchdog import STALLED, Watchdog
 
 
-def test_the_watchdog_names_the_phase_step_and_process_once_the_timeout_passes():
+def test_the_watchdog_names_the_phase_step_and_process_once_the_limit_passes():
   now = [100.0]
-  dog = Watchdog(30, process="process 1 of 2", clock=lambda: now[0])
+  dog = Watchdog(30, startup_timeout_s=600, process="process 1 of 2", clock=lambda: now[0])
+  dog.mark("evaluation", 200)
+  now[0] += 5  # the first evaluation compiles: start-up's limit
   dog.mark("evaluation", 250)
   now[0] += 30
-  assert dog.check() is None  # at the timeout, not past it
+  assert dog.check() is None  # at the limit, not past it
   now[0] += 1
   assert dog.check() == ("jaxtrain: stalled: the evaluation at step 250 of process 1 of 2 has not "
                          "finished in 31 s (parallel.stall_timeout_s=30); exiting with status 76: "
@@ -23,6 +25,35 @@ def test_the_watchdog_names_the_phase_step_and_process_once_the_timeout_passes()
   dog.mark("step", 251)  # progress: the clock starts again
   assert dog.check() is None
   assert Watchdog(0, clock=lambda: 1e9).check() is None  # 0: never
+
+
+def test_the_limit_is_start_ups_for_a_first_phase_then_a_multiple_of_the_slowest_seen():
+  now = [0.0]
+  dog = Watchdog(1800, startup_timeout_s=600, clock=lambda: now[0])
+  assert dog.limit() == (600, "parallel.startup_timeout_s=600")
+  now[0] += 601
+  assert dog.check().startswith("jaxtrain: stalled: the start-up at step 0 of process 0 of 1 has "
+                                "not finished in 601 s (parallel.startup_timeout_s=600)")
+  dog.mark("step", 1)
+  assert dog.limit() == (600, "parallel.startup_timeout_s=600")  # the first step compiles
+  now[0] += 5
+  dog.mark("step", 2)  # from here on: 10 x the slowest step, at least 120 s
+  assert dog.limit() == (120, "10 x the slowest step so far, 5 s, at least 120 s")
+  now[0] += 0.01
+  dog.mark("step", 3)  # later steps replace the first (compiling) one
+  assert dog.limit() == (120, "10 x the slowest step so far, 0.01 s, at least 120 s")
+  now[0] += 30
+  dog.mark("step", 4)
+  assert dog.limit() == (300, "10 x the slowest step so far, 30 s, at least 120 s")
+  now[0] += 301
+  assert dog.stalled() == ("the step at step 4 of process 0 of 1 has not finished in 301 s "
+                           "(10 x the slowest step so far, 30 s, at least 120 s)")
+  dog.mark("step", 5)  # 10 x 301 s is past the ceiling
+  assert dog.limit() == (1800, "parallel.stall_timeout_s=1800")
+  dog.mark("evaluation", 5)
+  assert dog.limit() == (600, "parallel.startup_timeout_s=600")  # its first: it compiles
+  assert dog.doing() == "the evaluation at step 5"
+  assert Watchdog(1800, startup_timeout_s=0).limit() is None  # 0: start-up never stalls
 
 
 def test_its_thread_exits_with_76(capsys):
@@ -49,7 +80,16 @@ class _Peers:
   def leave(self):
     pass
 
-  def wait_for_the_others(self, seconds):
+  def beat(self):
+    pass
+
+  def gone(self, silence_s):
+    return None
+
+  def counts(self):
+    return {}
+
+  def wait_for_the_others(self, seconds, silence_s):
     pass
 
 

@@ -185,6 +185,16 @@ def saved_steps(workdir: str) -> list[int]:
   return sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
 
 
+def on_disk(workdir: str) -> tuple[int | None, bool]:
+  """(the newest complete checkpoint's step or None, whether a save is being written): from
+  the directory alone, without Orbax or a device, so a thread may ask while the loop is stuck.
+  Orbax writes a checkpoint under a temporary name and renames it when it is whole."""
+  root = checkpoint_dir(workdir)
+  names = os.listdir(root) if os.path.isdir(root) else []
+  steps = [int(n) for n in names if n.isdigit()]
+  return (max(steps) if steps else None), any("orbax-checkpoint-tmp" in n for n in names)
+
+
 def state_target(state):
   """The shapes, dtypes and shardings of `state`'s arrays: what a restore reads into."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state_arrays(state))

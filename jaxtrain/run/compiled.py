@@ -6,10 +6,16 @@ non-finite values (nan_guard.py) and adds its metrics to running totals on
 the device, so the loop never waits for a step. `gathering_train_fn` does
 the same for a split held on the devices, each step gathering its own batch
 (feeds.DeviceFeed). `evaluate` runs `eval_step` over every example of a split.
+
+Every loop that dispatches programs keeps at most `MAX_IN_FLIGHT` of them
+unfinished (`InFlight`): on XLA:CPU an unbounded queue deadlocks a
+multi-device run (see `InFlight`), and on any backend it bounds memory and
+how long a stop waits for the steps already queued.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 
 import jax
@@ -19,6 +25,35 @@ import numpy as np
 from jaxtrain.data import input_pipeline
 from jaxtrain.run import nan_guard, parallel
 from jaxtrain.steps import accumulate, eval_step, summarize, train_step
+
+
+# XLA:CPU runs the per-device parts of every program on one pool of max(cores, devices)
+# threads, and admits 32 programs per device in flight: the launch of the 33rd waits for a
+# slot *on a pool thread*. With the host 32 dispatches ahead, that waiting launch can hold
+# the thread that the last device's part of the oldest program needs, while the other
+# devices' parts hold theirs waiting for it in an all-reduce: nothing moves again. Seen
+# with 2 to 8 simulated devices (gdb: 8 pool threads = 7 parts in the rendezvous + 1 launch
+# waiting on device 7's slots; experiments/dispatch_deadlock.py hangs at 32 in flight and
+# never at 31). Keeping at most MAX_IN_FLIGHT dispatches unfinished leaves the slots free.
+MAX_IN_FLIGHT = 8
+
+
+class InFlight:
+  """At most `limit` dispatched programs unfinished: `add(output)` after each dispatch.
+
+  `output` is one of the dispatch's results that no later dispatch donates
+  (waiting on a donated buffer fails). Once more than `limit` are held the
+  oldest is waited for: the host stays up to `limit` programs ahead of the
+  devices, which keeps them busy, and never further.
+  """
+
+  def __init__(self, limit: int = MAX_IN_FLIGHT):
+    self.limit, self._outputs = limit, collections.deque()
+
+  def add(self, output) -> None:
+    self._outputs.append(output)
+    if len(self._outputs) > self.limit:
+      jax.block_until_ready(self._outputs.popleft())
 
 
 def _train_and_accumulate(state, totals, health, batch, *, keep_finite: bool = True,
@@ -129,14 +164,16 @@ def _eval_and_accumulate(state, totals, batch, axis_name=None):
 
 @functools.cache
 def eval_fn(layout: parallel.Layout):
-  return layout.compile(_eval_and_accumulate, donate_argnums=(1,),
-                        out_shardings=parallel.replicated(layout.mesh))
+  # The totals are not donated: `evaluate` waits on earlier ones (InFlight).
+  return layout.compile(_eval_and_accumulate, out_shardings=parallel.replicated(layout.mesh))
 
 
 def train_fn(layout: parallel.Layout, state, steps_per_dispatch: int = 1, *,
              keep_finite: bool = True):
   """The loop's step (or k steps) for `layout` and `state` (whose fsdp shardings it keeps).
 
+  The state and totals are donated; the NaN guard's `health` is not, so the
+  feeds can wait on an earlier dispatch's (InFlight).
   `keep_finite` (nan_policy "skip"): a step with non-finite metrics leaves the
   state as it was. Without it (nan_policy "halt") the step's result is kept
   whatever it is: the run halts at its next log, evaluation or save, before
@@ -146,7 +183,7 @@ def train_fn(layout: parallel.Layout, state, steps_per_dispatch: int = 1, *,
   if not layout.fsdp:
     return _replicated_train_fn(layout, steps_per_dispatch, keep_finite)
   every = parallel.replicated(layout.mesh)
-  return layout.compile(_train_fn(steps_per_dispatch, keep_finite), donate_argnums=(0, 1, 2),
+  return layout.compile(_train_fn(steps_per_dispatch, keep_finite), donate_argnums=(0, 1),
                         out_shardings=(layout.state_shardings(state), every, every))
 
 
@@ -158,7 +195,7 @@ def _train_fn(steps_per_dispatch: int, keep_finite: bool):
 @functools.cache
 def _replicated_train_fn(layout: parallel.Layout, steps_per_dispatch: int, keep_finite: bool):
   every = parallel.replicated(layout.mesh)
-  return layout.compile(_train_fn(steps_per_dispatch, keep_finite), donate_argnums=(0, 1, 2),
+  return layout.compile(_train_fn(steps_per_dispatch, keep_finite), donate_argnums=(0, 1),
                         out_shardings=(every, every, every))
 
 
@@ -171,26 +208,31 @@ def gathering_train_fn(layout: parallel.Layout, steps_per_dispatch: int, batch_s
   sharding = parallel.data_sharded(layout.mesh) if layout.num_devices > 1 else None
   fn = functools.partial(_gather_and_train, k=steps_per_dispatch, batch_size=batch_size,
                          keep_finite=keep_finite, sharding=sharding)
-  return layout.compile(fn, donate_argnums=(0, 1, 2, 3), out_shardings=(every,) * 4)
+  return layout.compile(fn, donate_argnums=(0, 1, 3), out_shardings=(every,) * 4)
 
 
 def evaluate(state, source, *, batch_size: int, layout: parallel.Layout,
-             transform=input_pipeline.to_model_inputs, finalize=None) -> dict[str, float]:
+             transform=input_pipeline.to_model_inputs, finalize=None,
+             between_batches=None) -> dict[str, float]:
   """Mean metrics over every example of `source` (padded last batch masked out).
 
   `state` is in the layout's step form (under pmap: a copy per device);
-  `finalize` (a task's) turns per-class and histogram totals into scalars.
+  `finalize` (a task's) turns per-class and histogram totals into scalars;
+  `between_batches()` is called after each batch (the final test: a stop signal).
   """
   dataset = input_pipeline.eval_dataset(
       source, global_batch_size=batch_size, process_index=jax.process_index(),
       process_count=jax.process_count(), transform=transform)
-  step_fn, totals = eval_fn(layout), None
+  step_fn, totals, in_flight = eval_fn(layout), None, InFlight()
   for local_batch in input_pipeline.iterate(dataset):
     batch = layout.put_batch(local_batch)
     if totals is None:
       totals = layout.zeros_like(jax.eval_shape(step_fn, state, None, batch))
     with jax.transfer_guard("disallow"):
       totals = step_fn(state, totals, batch)
+    in_flight.add(totals)
+    if between_batches is not None:
+      between_batches()
   metrics = summarize(layout.fetch(totals))
   return finalize(metrics) if finalize else metrics
 

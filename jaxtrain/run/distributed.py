@@ -109,6 +109,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     jax.distributed.initialize()
   log.info("process %d of %d joined (%s); %d devices in all",
            jax.process_index(), jax.process_count(), launcher or coordinator, jax.device_count())
+  if jax.process_count() > 1:  # from here on they stop together (preemption.py)
+    from jaxtrain.run import preemption
+    preemption.acting_jointly()
   return True
 
 
@@ -121,38 +124,12 @@ def orbax_barriers_through_coordination_service() -> None:
   flag.value, flag.present = True, 1  # readable before absl parses a command line
 
 
-# XLA's CPU collectives end the process (status 134, a C++ stack trace) when a device's thread
-# has not joined a collective within 40 s, which a loaded machine with simulated devices reaches
-# without any hang; gloo's give up after their own timeout. Both wait longer than the stall
-# timeout, so that the watchdog's one line comes first.
-CPU_COLLECTIVE_FLAGS = ("--xla_cpu_collective_call_terminate_timeout_seconds",
-                        "--xla_cpu_collective_timeout_seconds")
 NEVER_S = 7 * 24 * 3600
 
 
 def past_stall_timeout(stall_timeout_s: float) -> int:
   """Seconds a wait between processes may take before it fails by itself: past the watchdog's."""
   return int(stall_timeout_s) + 300 if stall_timeout_s > 0 else NEVER_S
-
-
-def patient_cpu_collectives(stall_timeout_s: float, environ=os.environ) -> None:
-  """Sets XLA's CPU collective timeouts past `stall_timeout_s` (unless XLA_FLAGS sets them):
-  call before anything touches a device."""
-  flags = environ.get("XLA_FLAGS", "")
-  added = [f"{flag}={past_stall_timeout(stall_timeout_s)}" for flag in CPU_COLLECTIVE_FLAGS
-           if flag not in flags]
-  if added:
-    environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
-    environ[ADDED_FLAGS] = " ".join([environ.get(ADDED_FLAGS, ""), *added]).strip()
-
-
-ADDED_FLAGS = "JAXTRAIN_ADDED_XLA_FLAGS"  # inherited by child processes, as XLA_FLAGS is
-
-
-def users_xla_flags(environ=os.environ) -> str:
-  """XLA_FLAGS as the user set them: without the ones jaxtrain added (what a manifest records)."""
-  added = set(environ.get(ADDED_FLAGS, "").split())
-  return " ".join(f for f in environ.get("XLA_FLAGS", "").split() if f not in added)
 
 
 def _client():
@@ -178,11 +155,34 @@ def agree_on_stop(name: str, signal_name: str | None, timeout_s: float = 0) -> s
   return received[0] if received else None
 
 
-class JobStalls:
-  """How a stalled process tells the job's others, how they hear of it, and how they leave in
-  order: process 0, which hosts the coordination service, last (watchdog.py)."""
+def everyones(name: str, value: str, timeout_s: float = 0) -> list[str]:
+  """Every process's `value` for `name`, in process order; the same list on all of them.
 
-  PREFIX, LEFT = "jaxtrain/stalled/", "jaxtrain/leaving/"
+  Each process calls it once at the same point (a decision all must share: whether each
+  holds its workdir lock, whether each was asked to start over). Through the coordination
+  service: no device is involved. Waits past `timeout_s` (the stall timeout) at most.
+  """
+  import jax
+  client, prefix = _client(), f"jaxtrain/{name}/"
+  client.key_value_set(prefix + str(jax.process_index()), value)
+  timeout_ms = min(past_stall_timeout(timeout_s), 2**31 // 1000 - 1) * 1000
+  client.wait_at_barrier(f"jaxtrain/{name}", timeout_ms)
+  values = dict(client.key_value_dir_get(prefix))
+  return [values[prefix + str(i)] for i in range(jax.process_count())]
+
+
+class JobStalls:
+  """How a stalled process tells the job's others, how they hear of it, how a dead one is
+  noticed (each beats; one silent too long is gone), and how they leave in order: process 0,
+  which hosts the coordination service, last (watchdog.py)."""
+
+  PREFIX, LEFT, ALIVE = "jaxtrain/stalled/", "jaxtrain/leaving/", "jaxtrain/alive/"
+
+  def __init__(self, clock=None):
+    import time
+    self.clock = clock or time.monotonic
+    self._heard: dict[int, tuple[int, float]] = {}  # process -> (its beat count, when it changed)
+    self._started = self.clock()
 
   def publish(self, what: str) -> None:
     import jax
@@ -192,17 +192,50 @@ class JobStalls:
     reported = _client().key_value_dir_get(self.PREFIX)
     return sorted(value for _, value in reported)[0] if reported else None
 
+  def beat(self) -> None:
+    import jax
+    _client().key_value_increment(self.ALIVE + str(jax.process_index()), 1)
+
+  def counts(self) -> dict[int, int]:
+    """Each process's beats so far."""
+    return {int(key.rsplit("/", 1)[-1]): int(count)
+            for key, count in _client().key_value_dir_get(self.ALIVE)}
+
+  def _listen(self) -> None:
+    now = self.clock()
+    for process, count in self.counts().items():
+      if self._heard.get(process, (None,))[0] != count:
+        self._heard[process] = (count, now)
+
+  def gone(self, silence_s: float) -> str | None:
+    """"process 1 of 2 is gone: ...", for the first process not heard from in `silence_s`."""
+    import jax
+    self._listen()
+    now = self.clock()
+    for process in range(jax.process_count()):
+      if process == jax.process_index():
+        continue
+      last = self._heard.get(process, (None, self._started))[1]
+      if now - last > silence_s:
+        return (f"process {process} of {jax.process_count()} is gone: not heard from in "
+                f"{now - last:.0f} s")
+    return None
+
   def leave(self) -> None:
     import jax
     _client().key_value_set(self.LEFT + str(jax.process_index()), "1")
 
-  def wait_for_the_others(self, seconds: float) -> None:
-    """Process 0: returns once every process has said it leaves (or after `seconds`)."""
+  def wait_for_the_others(self, seconds: float, silence_s: float = 30.0) -> None:
+    """Process 0: returns once every process not gone (heard from within `silence_s`) has
+    said it leaves, or after `seconds`."""
     import time
     import jax
     deadline = time.monotonic() + seconds
     while jax.process_index() == 0 and time.monotonic() < deadline:
-      if len(_client().key_value_dir_get(self.LEFT)) >= jax.process_count():
+      self._listen()
+      alive = sum(self.clock() - self._heard.get(p, (None, self._started))[1] <= silence_s
+                  for p in range(jax.process_count()))
+      if len(_client().key_value_dir_get(self.LEFT)) >= max(alive, 1):
         time.sleep(0.5)  # their exits, after their last word
         return
       time.sleep(0.1)

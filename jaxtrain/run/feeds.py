@@ -50,6 +50,7 @@ class HostFeed:
                keep_finite: bool = True):
     self.iterator, self.layout, self.k = iterator, layout, steps_per_dispatch
     self.keep_finite = keep_finite
+    self.in_flight = compiled.InFlight()
 
   def dispatch(self, loop, k: int) -> None:
     assert k == self.k, (k, self.k)  # the iterator's grouping is fixed when it is built
@@ -59,6 +60,7 @@ class HostFeed:
     step_fn = compiled.train_fn(self.layout, loop.state, k, keep_finite=self.keep_finite)
     with jax.transfer_guard("disallow"):
       loop.state, loop.totals, loop.health = step_fn(loop.state, loop.totals, loop.health, batch)
+    self.in_flight.add(loop.health)
 
   def get_state(self) -> bytes:
     return self.iterator.get_state()
@@ -89,6 +91,7 @@ class DeviceFeed:
     self._cursor = None      # the same, on the device (the step carries it)
     self._window = None      # (first epoch, number of epochs, their orders on the device)
     self._guarded: set[int] = set()  # the k whose program ran under the transfer guard
+    self.in_flight = compiled.InFlight()
 
   def _epochs_held(self, k: int) -> int:
     # Steps s .. s+k-1 span at most ceil(k / steps_per_epoch) + 1 epochs wherever s
@@ -123,6 +126,7 @@ class DeviceFeed:
       with jax.transfer_guard("disallow"):
         loop.state, loop.totals, loop.health, self._cursor = step_fn(*args)
       self._guarded.add(k)
+    self.in_flight.add(loop.health)
     self.step += k
 
   def groups_bit_exactly(self, loop) -> bool:

@@ -56,7 +56,7 @@ class Loop:
   train_iter: Any = None        # the data iterator whose position checkpoints hold
   manager: Any = None           # the Orbax CheckpointManager of <workdir>/checkpoints
   writer: Any = None            # metric_writers.MetricWriter (console, metrics.jsonl, TensorBoard)
-  lock: Any = None              # workdir_lock.WorkdirLock held by process 0
+  lock: Any = None              # workdir_lock.WorkdirLock this process holds
   totals: Any = None            # train metrics summed on device since the last log
   total_shapes: Any = None      # their shapes and dtypes
   health: Any = None            # nan_guard's record, on device
@@ -258,6 +258,12 @@ class Preemption(Hook):
 
   def due(self, loop: Loop) -> bool:
     return getattr(self.watcher, "agree", None) is None or super().due(loop)
+
+  def __call__(self, loop: Loop) -> None:
+    observe = getattr(self.watcher, "observe", None)
+    if observe is not None:  # a step boundary: the signal is in hand, whenever they agree
+      observe()
+    super().__call__(loop)
 
   def run(self, loop: Loop) -> None:
     if self.watcher.should_stop(loop.step):

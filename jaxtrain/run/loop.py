@@ -34,14 +34,13 @@ from jaxtrain.config import PER_EPOCH, validate
 from jaxtrain.data import input_pipeline
 from jaxtrain.errors import UserError
 from jaxtrain.run import (checkpoint, compiled, distributed, early_stopping, feeds, finetune,
-                          inputs as run_inputs, manifest, nan_guard, parallel)
+                          inputs as run_inputs, manifest, nan_guard, parallel, preemption)
 from jaxtrain.run.hooks import (Checkpoint, Evaluate, LogTrainMetrics, Loop, Preemption,
                                 Progress)
 from jaxtrain.run import metric_writers
 from jaxtrain.run.metric_writers import MetricWriter, ProgressBar, read_metrics
 from jaxtrain.run.preemption import Preempted, PreemptionWatcher
 from jaxtrain.run.watchdog import Watchdog
-from jaxtrain.run import workdir_lock
 from jaxtrain.run.workdir_lock import WorkdirLock
 from jaxtrain.state import TrainState
 from jaxtrain.steps import eval_step
@@ -58,8 +57,9 @@ def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
   `config_dir` anchors the config's relative file paths (`model.py:Net`; the
   CLI passes the config file's directory). `stop_at_step` ends this process
   after that global step (with a checkpoint) without changing the run:
-  starting again continues to `num_train_steps`. SIGTERM/SIGINT save a
-  checkpoint and raise `Preempted`. `hooks` (hooks.Hook) run after the
+  starting again continues to `num_train_steps`. SIGTERM, SIGINT, SIGHUP and
+  SIGUSR1 stop it at the next step boundary with a checkpoint and raise
+  `Preempted` (preemption.py). `hooks` (hooks.Hook) run after the
   built-in evaluation and before checkpointing; an exception from one (a
   sweep's pruner) ends the run. `progress` shows a live bar (on a terminal).
   TensorBoard events go to `tensorboard_dir` (default: <workdir>/tensorboard).
@@ -70,19 +70,21 @@ def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
   many = jax.process_count() > 1
   if many:  # also where the caller joined the processes itself (jax.distributed.initialize)
     distributed.orbax_barriers_through_coordination_service()
-  watchdog = Watchdog(config.parallel.stall_timeout_s,
+  parallel_config = config.parallel
+  watchdog = Watchdog(parallel_config.stall_timeout_s,
+                      startup_timeout_s=parallel_config.startup_timeout_s,
                       process=f"process {jax.process_index()} of {jax.process_count()}",
                       peers=distributed.JobStalls() if many else None)
   # Many processes stop together or not at all: a signal during start-up or the final test is
   # recorded, not acted on alone (one process leaving a collective would hang the others).
   watcher = PreemptionWatcher(agree=functools.partial(
-      distributed.agree_on_stop, timeout_s=config.parallel.stall_timeout_s) if many else None)
-  together = watcher if many else contextlib.nullcontext()
-  with watchdog:
-    with together:
-      loop = setup(config, workdir, config_dir=config_dir, stop_at_step=stop_at_step,
-                   allow_config_change=allow_config_change, tensorboard_dir=tensorboard_dir,
-                   start_over=start_over)
+      distributed.agree_on_stop, timeout_s=parallel_config.stall_timeout_s) if many else None)
+  signals = preemption.running(where=watchdog.doing, checkpoints=lambda: checkpoint.on_disk(workdir),
+                               grace_s=parallel_config.stop_grace_s, jointly=many)
+  with watchdog, watcher, signals, _dead_peer_named(watchdog, many):
+    loop = setup(config, workdir, config_dir=config_dir, stop_at_step=stop_at_step,
+                 allow_config_change=allow_config_change, tensorboard_dir=tensorboard_dir,
+                 start_over=start_over)
     loop.watchdog = watchdog
     bar = ProgressBar(loop.num_train_steps, loop.step, loop.steps_per_epoch,
                       enabled=progress and jax.process_index() == 0)
@@ -93,23 +95,35 @@ def train_and_evaluate(config, workdir: str, *, config_dir: str | None = None,
                              nan_max_consecutive_skips=config.nan_max_consecutive_skips),
              *([evaluation] if evaluation is not None else []),
              *hooks,
-             Preemption(watcher, config.parallel.stop_check_every_steps if many else 1),
+             Preemption(watcher, parallel_config.stop_check_every_steps if many else 1),
              Checkpoint(cadence(config.checkpoint_every_steps, loop.steps_per_epoch), save)]
     try:
-      with watcher:
-        train(loop, every, t_entry)
+      preemption.check()  # nothing trained yet: a signal during start-up stops here
+      train(loop, every, t_entry)
       if watcher.stop_signal:  # after the last step's hooks: its checkpoint is saved
         raise Preempted(loop.step, watcher.stop_signal)
-      with together:
-        finish(loop, evaluation)
+      preemption.check(step=loop.step)  # before the test, which then runs on resume
+      finish(loop, evaluation)
     except BaseException as e:
       abort(loop, every, e)
       raise
-    with PreemptionWatcher() as saving:  # a signal now waits for the saves to reach the disk
-      close(loop, every)
-  if saving.signal_name and not many:  # many: all finished; a signal to one changes nothing
-    raise Preempted(loop.step, saving.signal_name)
+    close(loop, every)  # a signal now waits for the saves to reach the disk
+    if preemption.observe() and not many:  # many: all finished; a signal to one changes nothing
+      raise Preempted(loop.step, preemption.received())
   return loop.host_state()
+
+
+@contextlib.contextmanager
+def _dead_peer_named(watchdog: Watchdog, many: bool):
+  """Several processes: a collective that fails because another process died ends this one
+  with the watchdog's one line naming it (76), not a traceback and, 100 s later, JAX's fatal
+  error; a failure that is not a dead process's is raised as it is."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError:
+    if many:
+      watchdog.peer_gone_soon()
+    raise
 
 
 def train(loop: Loop, every: list, t_entry: float | None = None) -> None:
@@ -140,9 +154,14 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
           start_over: bool = False) -> Loop:
   """Checks, data, model, task and state of a run, restored from its newest checkpoint."""
   validate(config)
-  with _claimed(workdir) as lock:
+  with _claimed(workdir, config.parallel.stall_timeout_s) as lock:
+    if jax.process_count() > 1:  # all of them, or none
+      asked = distributed.everyones("start_over", "1" if start_over else "", config.parallel.stall_timeout_s)
+      if len(set(asked)) > 1:
+        raise UserError(f"--start_over was given to processes {[i for i, a in enumerate(asked) if a]} "
+                        f"of {len(asked)} only: give it to every process of the job, or to none")
     if start_over:
-      _start_over(workdir)
+      _start_over(workdir, config.parallel.stall_timeout_s)
     config_dict = json.loads(config.to_json_best_effort())
     resuming = bool(checkpoint.saved_steps(workdir))
     _check_config_unchanged(workdir, config_dict, allow_config_change)
@@ -150,6 +169,7 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
     layout.check_batch_size(config.batch_size)
 
     inputs = run_inputs.load(config, workdir, fit=not resuming, base_dir=config_dir)
+    preemption.check()  # start-up's boundaries: a signal stops it here, nothing lost
     if resuming:
       _check_code_unchanged(workdir, inputs.code, allow_config_change)
     train_source = inputs.sources["train_split"]
@@ -159,6 +179,7 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
     train_data, train_iter = _train_data(config, inputs, layout)
     tx, schedule = optim.make_optimizer(config.optimizer, num_train_steps)
     state = _initial_state(config, workdir, inputs, layout, tx, train_data[0], resuming)
+    preemption.check()
     if not resuming:
       inputs.save_preprocessing(workdir)
 
@@ -199,8 +220,9 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
     return loop
 
 
-def _start_over(workdir: str) -> None:
-  """Sets aside a workdir's history if, and only if, none of its checkpoints is usable."""
+def _start_over(workdir: str, timeout_s: float = 0) -> None:
+  """Sets aside a workdir's history if, and only if, none of its checkpoints is usable (process
+  0 moves it; the others wait for it, so none reads what is being moved)."""
   steps = checkpoint.saved_steps(workdir)
   if not steps:
     return
@@ -209,9 +231,13 @@ def _start_over(workdir: str) -> None:
   if usable:
     raise UserError(f"--start_over sets aside a run none of whose checkpoints is usable, but step "
                     f"{usable[-1]} of {workdir} is: resume it (drop --start_over), or use a new workdir")
+  if jax.process_count() > 1:  # every process has looked before anything moves
+    distributed.everyones("start_over_verified", "", timeout_s)
   if jax.process_index() == 0:
     log.warning("none of the checkpoints of %s is usable; set them and their metrics aside in %s "
                 "and starting again at step 0", workdir, checkpoint.set_aside(workdir))
+  if jax.process_count() > 1:
+    distributed.everyones("start_over_done", "", timeout_s)
 
 
 def _curves_hint(workdir: str, tensorboard_dir: str) -> str:
@@ -306,7 +332,8 @@ def finish(loop: Loop, evaluation: Evaluate | None) -> None:
   loop.emit("test", compiled.without_count(compiled.evaluate(
       state if state is not None else loop.state, source, batch_size=loop.config.batch_size,
       layout=loop.layout, transform=loop.inputs.transform(train=False),
-      finalize=_with_validation(loop.inputs.task.finalize, loop.workdir, tested_step))),
+      finalize=_with_validation(loop.inputs.task.finalize, loop.workdir, tested_step),
+      between_batches=functools.partial(preemption.check, step=loop.step))),  # resumed: runs again
       step=best_step)  # logged under the step it measured
 
 
@@ -383,8 +410,9 @@ def resolve_num_train_steps(config, num_train_examples: int) -> int:
 
 
 @contextlib.contextmanager
-def _claimed(workdir: str):
-  """`workdir`, writable and locked for this run (process 0 holds the lock for the job).
+def _claimed(workdir: str, timeout_s: float = 0):
+  """`workdir`, writable and locked for this run: every process holds a lock of its own, and
+  with several they agree that all of them do before any goes on (else all refuse).
 
   If setup fails the lock is released, and a workdir made here is removed
   again: a refused config leaves no trace, and the fixed command starts clean.
@@ -398,16 +426,26 @@ def _claimed(workdir: str):
     os.remove(probe)
   except OSError as e:
     raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
-  lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+  lock, refused = None, ""
+  try:
+    lock = WorkdirLock(workdir, process=jax.process_index()).acquire()
+  except UserError as e:
+    refused = str(e)
+  if jax.process_count() > 1:  # one refusal refuses the job: no process trains alone
+    refusals = [r for r in distributed.everyones("claim", refused, timeout_s) if r]
+    refused = refused or (refusals[0] if refusals else "")
+  if refused:
+    if lock is not None:
+      lock.release()
+    raise UserError(refused)
   try:
     yield lock
   except BaseException:
-    if lock is not None:
-      lock.release()
+    lock.release()
     if created:
       with contextlib.suppress(OSError):
-        os.remove(os.path.join(workdir, workdir_lock.LOCK_FILE))
-        os.rmdir(workdir)  # only if nothing else was written
+        os.remove(lock.path)
+        os.rmdir(workdir)  # only if nothing else was written (by this or another process)
     raise
 
 

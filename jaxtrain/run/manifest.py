@@ -23,7 +23,6 @@ import jax
 
 from jaxtrain.config import base_config
 from jaxtrain.errors import UserError
-from jaxtrain.run import distributed
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
             "grain", "ml-collections", "numpy")
@@ -33,7 +32,9 @@ RESUMABLE_FIELDS = ("log_every_steps", "eval_every_steps", "checkpoint_every_ste
                     "keep_checkpoints", "async_checkpointing", "dataset.prefetch",
                     "dataset.eval_split", "dataset.test_split", "nan_policy",
                     "nan_max_consecutive_skips", "parallel.fsdp", "parallel.fsdp_min_size",
-                    "parallel.prefetch_to_device", "parallel.stall_timeout_s", "parallel.stop_check_every_steps",
+                    "parallel.prefetch_to_device", "parallel.stall_timeout_s",
+                    "parallel.startup_timeout_s", "parallel.stop_grace_s",
+                    "parallel.stop_check_every_steps",
                     "dataset.cache_max_mb",
                     "dataset.device_cache_max_mb",
                     "eval_top_k",
@@ -75,7 +76,7 @@ def environment() -> dict:
   return {"python": platform.python_version(), "platform": platform.platform(),
           "versions": versions, "backend": jax.default_backend(), "devices": kinds,
           "process_count": jax.process_count(),
-          "xla_flags": distributed.users_xla_flags(), "git_commit": _git_commit()}
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "git_commit": _git_commit()}
 
 
 def dataset_fingerprint(directory: str) -> str:

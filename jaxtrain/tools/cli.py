@@ -16,14 +16,17 @@
 
 Exit status: 0 done; 1 a mistake found while running (config value, data,
 checkpoint, non-finite loss) or a rerun whose bits differ; 2 a bad command
-line; 75 preempted (SIGTERM/SIGINT) with a checkpoint saved: run the same
-command again to resume. Errors are one line, `jaxtrain: error: ...`;
-`--debug` shows the traceback instead.
+line; 75 preempted (SIGTERM, SIGINT, SIGHUP, SIGUSR1) with the newest
+checkpoint complete: run the same command again to resume; 76 stalled, or
+stopped while a save was being written: the newest complete checkpoint
+resumes it. Errors are one line, `jaxtrain: error: ...`; `--debug` shows
+the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib.util
 import json
@@ -32,10 +35,10 @@ import os
 import re
 import signal
 import sys
-import threading
 
 from jaxtrain import __version__
 from jaxtrain.errors import PREEMPTED, RUN_ERROR, STOP_SIGNALS, USAGE_ERROR, Preempted
+from jaxtrain.run import preemption
 
 COMMAND_SUMMARIES = {
     "train": "train a config in a workdir (the same command resumes it)",
@@ -287,41 +290,13 @@ def _model_arguments_set(fv, argv: list[str]) -> tuple[list[str], dict]:
 def _set_xla_flags(config) -> None:
   """XLA reads its flags when the backend starts: set them before anything touches a device.
 
-  Deterministic GPU kernels where asked; CPU collectives that wait for a slow
-  device thread longer than the stall watchdog does (run/distributed.py).
+  Deterministic GPU kernels where asked. XLA's own collective timeouts stay as
+  they are: a collective stuck on CPU ends the process after 40 s, loudly.
   """
-  from jaxtrain.run import distributed
   if config.deterministic_gpu_ops:
     flags = os.environ.get("XLA_FLAGS", "")
     if "--xla_gpu_deterministic_ops" not in flags:
       os.environ["XLA_FLAGS"] = (flags + " --xla_gpu_deterministic_ops=true").strip()
-  distributed.patient_cpu_collectives(config.parallel.get("stall_timeout_s", 1800))
-
-
-def _stop_on_signals() -> dict:
-  """From the command's start: SIGTERM, SIGINT, SIGHUP or SIGUSR1 (SLURM's warning) end it
-  with exit 75 (PREEMPTED).
-
-  Where the command is when one arrives, nothing new has been trained (start-
-  up, restore, the final test, an import): it stops there, and its files are
-  written whole or not at all. The training loop and the final saves watch for
-  signals themselves (run/preemption.py) and stop after a checkpoint.
-  """
-  def stop(signum, frame):
-    del frame
-    _STOPPED_BY.append(signal.Signals(signum).name)
-    raise Preempted(None, _STOPPED_BY[-1])
-  _STOPPED_BY.clear()
-  if threading.current_thread() is not threading.main_thread():
-    return {}
-  return {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
-
-
-# The stop signals this command received. Code the stop interrupts may wrap it in an
-# error of its own (Python 3.11 turns any exception raised while a class body is set up,
-# as in an import, into "RuntimeError: Error calling __set_name__"): after a signal, a
-# failure is the signal's, and the command exits 75, not with the wrapper's message.
-_STOPPED_BY: list[str] = []
 
 
 def _log_to_console(stream=None):
@@ -366,8 +341,10 @@ def train(argv: list[str]) -> int:
   from jaxtrain.tools import managed as managed_lib
   managed = managed_lib.from_environment()
   fv = _parse_train_flags(argv, managed=managed)
+  preemption.check()
   _set_xla_flags(fv.config)
   _quiet_libraries()
+  preemption.check()
   from jaxtrain.run import distributed
   if distributed.initialize(fv.coordinator, fv.num_processes, fv.process_id):
     import jax
@@ -376,6 +353,7 @@ def train(argv: list[str]) -> int:
   from jaxtrain.data.datasets import DatasetNotFound
   from jaxtrain.errors import UserError
   from jaxtrain.run.loop import train_and_evaluate
+  preemption.check()
   try:
     train_and_evaluate(fv.config, fv.workdir, config_dir=config_dir(fv),
                        stop_at_step=fv.stop_at_step, allow_config_change=fv.allow_config_change,
@@ -608,9 +586,22 @@ COMMANDS = {"train": train, "sweep": sweep, "report": report, "inspect": inspect
 
 
 def main(argv: list[str] | None = None) -> int:
-  """The `jaxtrain` command (`argv` given: called from Python, which gets its signal handlers back)."""
+  """The `jaxtrain` command (`argv` given: called from Python, which gets its signal handlers back).
+
+  From its first line to its last a stop signal is recorded (run/preemption.py)
+  and acted on where stopping loses nothing; as the program, a thread also ends
+  the process if the main thread does not get there within the grace period.
+  """
   as_program = argv is None
-  argv = sys.argv[1:] if argv is None else argv
+  with preemption.watching(), preemption.GraceThread() if as_program else contextlib.nullcontext():
+    status = _main(sys.argv[1:] if argv is None else argv)
+  if as_program:  # the program's work is done and its status decided: a late signal changes nothing
+    for sig in STOP_SIGNALS:
+      signal.signal(sig, signal.SIG_IGN)
+  return status
+
+
+def _main(argv: list[str]) -> int:
   if argv[:1] in (["-h"], ["--help"], ["help"]):
     print(_usage())
     return 0
@@ -626,33 +617,35 @@ def main(argv: list[str] | None = None) -> int:
     print(_flag_help(argv[0]))
     return 0
   _log_to_console()
-  previous = _stop_on_signals()
   debug = "--debug" in argv
-  if argv[0] in COMPILING_COMMANDS and not {"-h", "--help"} & set(argv):
-    _use_compilation_cache()
   try:
-    try:
-      return COMMANDS[argv[0]](argv[1:])
-    except Preempted as e:
-      print(f"jaxtrain: preempted: {e}", file=sys.stderr)
+    if argv[0] in COMPILING_COMMANDS and not {"-h", "--help"} & set(argv):
+      _use_compilation_cache()
+    preemption.check()
+    status = COMMANDS[argv[0]](argv[1:])
+  except Preempted as e:
+    print(f"jaxtrain: preempted: {e}", file=sys.stderr)
+    return PREEMPTED
+  except Exception as e:
+    # After a stop signal a failure is reported as the stop (a library the signal
+    # interrupted may fail for it); the restart surfaces any real error.
+    if preemption.received():
+      print(f"jaxtrain: preempted: {Preempted(None, preemption.received())}", file=sys.stderr)
       return PREEMPTED
-    except Exception as e:
-      if _STOPPED_BY:
-        print(f"jaxtrain: preempted: {Preempted(None, _STOPPED_BY[0])}", file=sys.stderr)
-        return PREEMPTED
-      if isinstance(e, _Fail):
-        print(f"jaxtrain: error: {e}", file=sys.stderr)
-        return e.status
-      from jaxtrain.errors import UserError
-      full_disk = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-      if debug or not (isinstance(e, UserError) or full_disk):
-        raise
+    if isinstance(e, _Fail):
       print(f"jaxtrain: error: {e}", file=sys.stderr)
-      return RUN_ERROR
-  finally:
-    for sig, handler in previous.items():
-      # The program's work is done and its status decided: a late signal changes nothing.
-      signal.signal(sig, signal.SIG_IGN if as_program else handler)
+      return e.status
+    from jaxtrain.errors import UserError
+    full_disk = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    if debug or not (isinstance(e, UserError) or full_disk):
+      raise
+    print(f"jaxtrain: error: {e}", file=sys.stderr)
+    return RUN_ERROR
+  if preemption.observe():
+    logging.getLogger("jaxtrain").info(
+        "%s received after `jaxtrain %s` had finished its work: nothing to resume",
+        preemption.received(), argv[0])
+  return status
 
 
 if __name__ == "__main__":

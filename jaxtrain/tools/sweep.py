@@ -52,7 +52,8 @@ GRACE_SECONDS = 20  # a trial whose worker is silent this long is retried
 NEUTRAL_FIELDS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                   "async_checkpointing", "dataset.prefetch", "dataset.cache_max_mb",
                   "dataset.device_cache_max_mb", "parallel.prefetch_to_device",
-                  "parallel.stall_timeout_s", "parallel.stop_check_every_steps")
+                  "parallel.stall_timeout_s", "parallel.startup_timeout_s",
+                  "parallel.stop_grace_s", "parallel.stop_check_every_steps")
 
 
 @dataclasses.dataclass(frozen=True)
