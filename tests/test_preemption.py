@@ -1,6 +1,8 @@
 """SIGTERM (or SLURM's SIGUSR1) mid-run: status 75, a checkpoint at the step reached, an exact resume."""
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT
+from jaxtrain.run import checkpoint
 from test_cli import jaxtrain
 
 
@@ -68,3 +71,127 @@ def test_a_stop_signal_saves_the_step_reached_and_resumes_exactly(tmp_path, data
                        for w in ("run", "straight"))
   assert resumed["latest_step"] == straight["latest_step"] == 5000
   assert resumed["state_digest"] == straight["state_digest"]
+
+
+_STUCK_MODEL = '''
+"""A model whose step blocks inside XLA (a host callback that sleeps) once a flag file exists."""
+import os
+import time
+
+import flax.linen as nn
+import jax
+
+
+class Net(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+
+    def wait(v):
+      if os.path.exists(os.environ["STUCK_FLAG"]):
+        time.sleep(3600)
+      return v
+    x = jax.pure_callback(wait, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+    return nn.Dense(self.num_classes)(x)
+'''
+_STUCK_CONFIG = '''
+from jaxtrain.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.model = dict(name="model.py:Net", num_classes=10)
+  c.dataset.update(name="digits", train_split="train[:90%]", eval_split="", test_split="")
+  c.update(batch_size=32, num_train_steps=400, log_every_steps=10, checkpoint_every_steps=20)
+  c.optimizer.update(name="adam", learning_rate=1e-3)
+  c.parallel.stop_grace_s = 3
+  return c
+'''
+
+
+def _stuck_run(folder, workdir, data_dir, flag):
+  env = dict(os.environ, STUCK_FLAG=str(flag), TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
+  return subprocess.Popen([sys.executable, "-m", "jaxtrain.tools.cli", "train", "--quiet",
+                           "--config", str(folder / "config.py"), "--workdir", str(workdir)],
+                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def _stuck_setup(tmp_path):
+  folder = tmp_path / "stuck"
+  folder.mkdir()
+  (folder / "model.py").write_text(_STUCK_MODEL)
+  (folder / "config.py").write_text(_STUCK_CONFIG)
+  return folder
+
+
+def _wait_for_checkpoint(workdir, step, proc):
+  deadline = time.monotonic() + 300
+  while step not in checkpoint.saved_steps(str(workdir)):
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    assert time.monotonic() < deadline, "no checkpoint came"
+    time.sleep(0.05)
+
+
+def test_a_signal_while_a_step_is_stuck_in_xla_ends_the_process_after_the_grace(tmp_path, data_dir):
+  """The main thread waits inside XLA, where no Python handler runs: the grace thread ends it."""
+  folder, flag = _stuck_setup(tmp_path), tmp_path / "stuck.flag"
+  proc = _stuck_run(folder, tmp_path / "w", data_dir, flag)
+  _wait_for_checkpoint(tmp_path / "w", 40, proc)
+  flag.write_text("")  # every step from here on blocks in its callback
+  time.sleep(1)  # the loop is now waiting for a step that never ends
+  sent = time.monotonic()
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=60)
+  took = time.monotonic() - sent
+  assert proc.returncode in (75, 76) and took < 3 + 10, (proc.returncode, took, stderr[-2000:])
+  [line] = [l for l in stderr.splitlines() if l.startswith("jaxtrain:")]
+  assert re.fullmatch(r"jaxtrain: preempted: SIGTERM received: stopped while stuck in the (step|save) at "
+                      r"step \d+ \(not done within parallel.stop_grace_s=3\); the last checkpoint is "
+                      r"step \d+( \(a save in flight is lost\))?; run the same command to resume", line), line
+  assert "Traceback" not in stderr
+  last = checkpoint.saved_steps(str(tmp_path / "w"))[-1]
+  assert f"the last checkpoint is step {last}" in line
+
+  flag.unlink()  # the same command resumes, to the bits of a run never stuck
+  for workdir in ("w", "straight"):
+    resumed = _stuck_run(folder, tmp_path / workdir, data_dir, flag)
+    assert resumed.wait(timeout=600) == 0, resumed.communicate()[1][-2000:]
+  digests = [checkpoint.tree_digest(checkpoint.load_arrays(str(tmp_path / w))[1])
+             for w in ("w", "straight")]
+  assert digests[0] == digests[1]
+
+
+def test_a_second_ctrl_c_ends_a_stuck_process_at_once(tmp_path, data_dir):
+  folder, flag = _stuck_setup(tmp_path), tmp_path / "stuck.flag"
+  (folder / "config.py").write_text(_STUCK_CONFIG.replace("stop_grace_s = 3", "stop_grace_s = 600"))
+  proc = _stuck_run(folder, tmp_path / "w", data_dir, flag)
+  _wait_for_checkpoint(tmp_path / "w", 20, proc)
+  flag.write_text("")
+  time.sleep(1)
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.5)
+  assert proc.poll() is None  # the first waits for a boundary (600 s of grace)
+  sent = time.monotonic()
+  proc.send_signal(signal.SIGINT)
+  _, stderr = proc.communicate(timeout=30)
+  assert proc.returncode in (75, 76) and time.monotonic() - sent < 10, stderr[-2000:]
+  [line] = [l for l in stderr.splitlines() if l.startswith("jaxtrain:")]
+  assert line.startswith("jaxtrain: preempted: SIGINT received: stopped while stuck in ")
+  assert "(a second Ctrl-C)" in line
+
+
+def test_sigterm_at_any_moment_of_a_fresh_and_a_resumed_run_exits_75_and_resumes_exactly(tmp_path):
+  """The soak's scan, at a few points (experiments/multiprocess_soak.py --scan does every 0.1 s)."""
+  out = tmp_path / "scan.json"
+  proc = subprocess.run([sys.executable, "experiments/multiprocess_soak.py", "--scan", "--load", "0",
+                         "--busy", "0", "--scan_delays", "0.3,4", "--hang_s", "120",
+                         "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+  tries = json.loads(out.read_text())["tries"]
+  assert len(tries) == 4 and [t["resumed"] for t in tries] == [False] * 2 + [True] * 2
+  for t in tries:
+    assert t["exit"] in (0, 75) and not t["traceback"], t
+    assert t["ok"], t  # one line, stopped within a few steps, resumed to the same bits
+  assert proc.returncode == 0, proc.stdout[-2000:]

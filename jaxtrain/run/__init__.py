@@ -5,13 +5,16 @@
                        built-in ones (progress, train metrics, evaluation with early
                        stopping and best-k, preemption, checkpoints)
     inputs.py          a run's data, preprocessing, model and task, found through registry.py
-    compiled.py        the steps compiled per layout; evaluation over a split
+    compiled.py        the steps compiled per layout; evaluation over a split; at most
+                       8 dispatches unfinished (XLA:CPU deadlocks past 32)
     checkpoint.py      Orbax save/restore of state + data position, checksums verified; digests
     parallel.py        Layout: jit over a device mesh (optionally fsdp) or pmap
     distributed.py     multi-host: jax.distributed from flags, JAX's variables, SLURM, Open
                        MPI, JobSet; agreements through the coordination service
-    preemption.py      SIGTERM/SIGINT/SIGHUP/SIGUSR1: save and exit 75 (all processes at one step)
-    watchdog.py        a stall ends every process with one line and exit 76
+    preemption.py      SIGTERM/SIGINT/SIGHUP/SIGUSR1: recorded, acted on at boundaries (save,
+                       exit 75; all processes at one step); a stuck process ends after the grace
+    watchdog.py        a stall (or a dead process) ends every process with one line and exit
+                       76; limits adapt to the slowest step, evaluation and save seen
     workdir_lock.py    one writer per workdir (an OS lock naming its holder)
     nan_guard.py       non-finite steps: never applied or saved; halt or skip
     early_stopping.py  patience on an eval metric; the k best checkpoints
