@@ -155,7 +155,7 @@ _STALLING_PROCESS = textwrap.dedent("""
     c.update(num_train_steps={steps}, log_every_steps=10, checkpoint_every_steps=20,
              eval_every_steps=1000)
     c.dataset.test_split = ""
-    c.parallel.stall_timeout_s = 45  # above any start-up, compile or save of it, loaded machine too
+    c.parallel.stall_timeout_s = 20  # steps after the first (start-up and compiles: 1800 s)
     stall = mode == "stall" and process_id == "1"
     train_and_evaluate(c, workdir, hooks=[Stall(30)] if stall else [])
 """)
@@ -172,7 +172,7 @@ def test_a_stalled_process_ends_both_with_one_line_each_and_the_restart_is_bit_i
   for i, log in enumerate(logs):
     [line] = [l for l in log.splitlines() if l.startswith("jaxtrain: stalled")]
     assert re.fullmatch(rf"jaxtrain: stalled: the step at step 30 of process {i} of 2 has not "
-                        r"finished in \d+ s \(parallel.stall_timeout_s=45\)(; process . of 2 stops "
+                        r"finished in \d+ s \(parallel.stall_timeout_s=20\)(; process . of 2 stops "
                         r"with it \(here: \w+, step \d+\))?; exiting with status 76: the newest "
                         r"checkpoint is intact, run the same command to resume from it", line), line
   assert "Traceback" not in logs[0] + logs[1]
@@ -270,56 +270,3 @@ def test_the_command_line_leaves_xlas_collective_timeouts_as_they_are(monkeypatc
   assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8",
                                              "--xla_gpu_deterministic_ops=true"]
 
-
-def test_a_killed_process_is_named_by_the_survivor_in_one_line_within_the_stall_limit(data_dir, tmp_path):
-  workdir = tmp_path / "dead"
-  procs = _launch(workdir, data_dir, processes=2, devices_each=1, tag="dead",
-                  extra=["--config.num_train_steps=5000"])
-  _wait_for_checkpoint(workdir, 20, procs)
-  procs[1].send_signal(signal.SIGKILL)
-  killed = time.monotonic()
-  codes, logs = _wait(procs, workdir, "dead")
-  took = time.monotonic() - killed
-  assert codes == [76, -signal.SIGKILL], logs[0][-3000:]
-  assert took < 120, took  # the stall limit's floor; JAX's own heartbeat timeout is 100 s
-  [line] = [l for l in logs[0].splitlines() if l.startswith("jaxtrain:")]
-  assert re.fullmatch(r"jaxtrain: stalled: process 1 of 2 is gone: not heard from in \d+ s \(here: "
-                      r"the \w+ at step \d+ of process 0 of 2\); exiting with status 76: the newest "
-                      r"checkpoint is intact, run the same command to resume from it", line), line
-  assert "Traceback" not in logs[0] and "Check failure" not in logs[0]
-
-
-def test_a_second_job_on_a_workdir_is_refused_by_every_one_of_its_processes(data_dir, tmp_path):
-  workdir = tmp_path / "shared"
-  first = _launch(workdir, data_dir, processes=2, devices_each=1, tag="first",
-                  extra=["--config.num_train_steps=5000"])
-  try:
-    _wait_for_checkpoint(workdir, 20, first)
-    codes, logs = _wait(_launch(workdir, data_dir, processes=2, devices_each=1, tag="second"),
-                        workdir, "second")
-    assert codes == [1, 1], logs
-    for log in logs:
-      [line] = [l for l in log.splitlines() if l.startswith("jaxtrain:")]
-      assert re.fullmatch(rf"jaxtrain: error: {re.escape(str(workdir))} is in use by process \d+ on "
-                          r".* one run writes a workdir at a time; wait for it, stop it, or use "
-                          r"another workdir", line), line
-    assert all(p.poll() is None for p in first)  # the first job trains on
-  finally:
-    for p in first:
-      p.kill()
-
-
-def test_start_over_must_be_given_to_every_process_or_none(data_dir, tmp_path):
-  workdir = tmp_path / "half"
-  argv = lambda i, port: [sys.executable, "-m", "jaxtrain.tools.cli", "train", *CONFIG,
-                          "--workdir", str(workdir), "--coordinator", f"127.0.0.1:{port}",
-                          "--num_processes", "2", "--process_id", str(i),
-                          *(["--start_over"] if i == 1 else [])]
-  codes, logs = _wait(_launch(workdir, data_dir, processes=2, devices_each=1, tag="half",
-                              command=argv), workdir, "half")
-  assert codes == [1, 1], logs
-  for log in logs:
-    assert log.strip().splitlines()[-1] == (
-        "jaxtrain: error: --start_over was given to processes [1] of 2 only: give it to every "
-        "process of the job, or to none")
-  assert not os.path.exists(workdir / "checkpoints")

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT
+from jaxtrain.errors import Preempted
 from jaxtrain.run import checkpoint
 from test_cli import jaxtrain
 
@@ -195,3 +196,54 @@ def test_sigterm_at_any_moment_of_a_fresh_and_a_resumed_run_exits_75_and_resumes
     assert t["exit"] in (0, 75) and not t["traceback"], t
     assert t["ok"], t  # one line, stopped within a few steps, resumed to the same bits
   assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_a_handler_only_records_and_scopes_nest_on_one_record():
+  from jaxtrain.run import preemption
+  with preemption.watching():
+    os.kill(os.getpid(), signal.SIGHUP)
+    time.sleep(0)  # the handler runs between two bytecodes of this thread, and returns
+    with preemption.PreemptionWatcher() as watcher:  # a scope inside: the same record
+      assert watcher.signal_name == "SIGHUP" and watcher.should_stop(10)
+    with pytest.raises(Preempted, match="^SIGHUP received: saved a checkpoint at step 7;"):
+      preemption.check(step=7)
+    preemption.acting_jointly()
+    preemption.check()  # several processes stop where they agree, not here
+  with preemption.watching():  # a new outermost scope: a new record
+    assert preemption.received() is None
+    preemption.check()
+
+
+def test_the_grace_thread_ends_the_process_only_if_no_boundary_comes(capsys):
+  from jaxtrain.run import preemption
+  ended = []
+  with preemption.watching(), preemption.running(
+      where=lambda: "the step at step 12", checkpoints=lambda: (10, False), grace_s=0.2), \
+      preemption.GraceThread(exit=ended.append) as grace:
+    os.kill(os.getpid(), signal.SIGTERM)
+    grace._thread.join(timeout=30)  # it returns once it has ended the process
+  assert ended == [75]
+  assert capsys.readouterr().err.strip() == (
+      "jaxtrain: preempted: SIGTERM received: stopped while stuck in the step at step 12 (not "
+      "done within parallel.stop_grace_s=0.2); the last checkpoint is step 10; run the same "
+      "command to resume")
+
+  ended.clear()
+  with preemption.watching(), preemption.running(
+      where=lambda: "the step at step 12", checkpoints=lambda: (10, False), grace_s=0.2), \
+      preemption.GraceThread(exit=ended.append):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0)
+    assert preemption.observe() == "SIGTERM"  # a boundary: the main thread acts on it
+    time.sleep(0.6)
+  assert ended == []
+
+
+def test_a_stop_with_a_save_in_flight_is_76():
+  from jaxtrain.run import preemption
+  with preemption.running(where=lambda: "the save at step 40", checkpoints=lambda: (20, True)):
+    line, status = preemption.stuck_line("SIGINT", "a second Ctrl-C")
+  assert status == 76 and line == (
+      "jaxtrain: preempted: SIGINT received: stopped while stuck in the save at step 40 (a second "
+      "Ctrl-C); the last checkpoint is step 20 (a save in flight is lost); run the same command "
+      "to resume")
