@@ -185,13 +185,14 @@ def test_a_second_ctrl_c_ends_a_stuck_process_at_once(tmp_path, data_dir):
 
 
 def test_sigterm_at_any_moment_of_a_fresh_and_a_resumed_run_exits_75_and_resumes_exactly(tmp_path):
-  """The soak's scan, at a few points (experiments/multiprocess_soak.py --scan does every 0.1 s)."""
+  """The soak's scan at one point, in start-up (experiments/multiprocess_soak.py --scan does every
+  0.1 s; the tests above stop training runs)."""
   out = tmp_path / "scan.json"
   proc = subprocess.run([sys.executable, "experiments/multiprocess_soak.py", "--scan", "--load", "0",
-                         "--busy", "0", "--scan_delays", "0.3,4", "--hang_s", "120",
+                         "--busy", "0", "--scan_delays", "0.5", "--hang_s", "120",
                          "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1200)
   tries = json.loads(out.read_text())["tries"]
-  assert len(tries) == 4 and [t["resumed"] for t in tries] == [False] * 2 + [True] * 2
+  assert [t["resumed"] for t in tries] == [False, True]
   for t in tries:
     assert t["exit"] in (0, 75) and not t["traceback"], t
     assert t["ok"], t  # one line, stopped within a few steps, resumed to the same bits
