@@ -184,7 +184,7 @@ def test_a_second_ctrl_c_ends_a_stuck_process_at_once(tmp_path, data_dir):
   assert "(a second Ctrl-C)" in line
 
 
-def test_sigterm_at_any_moment_of_a_fresh_and_a_resumed_run_exits_75_and_resumes_exactly(tmp_path):
+def test_sigterm_in_start_up_of_a_fresh_and_a_resumed_run_exits_75_and_resumes_exactly(tmp_path):
   """The soak's scan at one point, in start-up (experiments/multiprocess_soak.py --scan does every
   0.1 s; the tests above stop training runs)."""
   out = tmp_path / "scan.json"
