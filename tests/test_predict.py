@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 from jaxtrain.tools import predict
 from jaxtrain.data import preprocess
+from jaxtrain.run import workdir as wd
 from jaxtrain.tools.cli import main
 from jaxtrain.data.input_pipeline import InMemorySource
 from jaxtrain.run.metric_writers import read_metrics
@@ -47,7 +48,7 @@ def _exported_outputs(workdir, out, rows):
   """The exported artifact called on the run's own preprocessing of `rows`."""
   best = ["--best"] if (workdir / "best_checkpoints").exists() else []
   assert main(["export", "--workdir", str(workdir), "--output", str(out), *best]) == 0
-  prep, seen = preprocess.load(str(workdir))
+  prep, seen = preprocess.load(wd.preprocess(str(workdir)))
   batch = preprocess.make_transform(prep, train=False, seen=seen)(rows)
   batch.pop("label", None)
   outputs = {k: np.asarray(v) for k, v in predict.load_exported(str(out))(batch).items()}
@@ -81,7 +82,7 @@ def test_classifier_predictions_and_export_reproduce_the_test_metrics(tmp_path, 
   labels = np.array([p["label"] == "spam" for p in preds], int)
   # Accuracy exactly, the class-weighted loss to float32 rounding, ROC-AUC to its binning.
   assert np.mean(probs.argmax(1) == labels) == test["accuracy"]
-  weights = np.array(preprocess.load(str(workdir))[0]["label"]["class_weights"])[labels]
+  weights = np.array(preprocess.load(wd.preprocess(str(workdir)))[0]["label"]["class_weights"])[labels]
   loss = np.mean(-np.log(probs[np.arange(len(labels)), labels]) * weights)
   assert loss == pytest.approx(test["loss"], rel=1e-4)
   from sklearn.metrics import roc_auc_score
@@ -120,7 +121,7 @@ def test_forecast_predictions_and_export_reproduce_the_test_metrics(tmp_path, ca
 
 def test_recommendations_exclude_what_the_user_has_seen(tmp_path, capsys):
   dd, workdir, _ = _train(tmp_path, capsys, "recommend", "--config.num_train_steps=200")
-  prep, seen = preprocess.load(str(workdir))
+  prep, seen = preprocess.load(wd.preprocess(str(workdir)))
   users = prep["categorical"][0]["vocab"][:20]
   _write(tmp_path / "users.csv", {"user": users})
   assert main(["predict", "--workdir", str(workdir), "--input", str(tmp_path / "users.csv"),

@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from jaxtrain import tasks
 from jaxtrain.data import preprocess
+from jaxtrain.run import workdir as wd
 from jaxtrain.tools.cli import main
 from jaxtrain.data.input_pipeline import InMemorySource
 from jaxtrain.run.metric_writers import read_metrics
@@ -75,7 +76,7 @@ def test_regression_beats_the_training_mean(tmp_path, capsys, config, name, marg
 def test_two_tower_recommender_beats_popularity(tmp_path, capsys):
   """recall@10 at least 1.25x that of recommending the most popular unseen items."""
   test, dd, workdir = _run(tmp_path, capsys, "recommend")
-  prep, seen = preprocess.load(str(workdir))
+  prep, seen = preprocess.load(wd.preprocess(str(workdir)))
   batch = preprocess.make_transform(prep, train=False, seen=seen)(_arrays(dd, "interactions", "test"))
   popularity = seen["popularity"].astype(np.float64)
   hits = []

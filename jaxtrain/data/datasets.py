@@ -25,7 +25,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import inspect
-import os
 import re
 from pathlib import Path
 

@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 import shutil
 from pathlib import Path
@@ -38,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import tensorflow_datasets as tfds
 
+from jaxtrain.files import publish, write_text
 from jaxtrain.data import columns, records, store
 from jaxtrain.data.columns import RowError, parse_time  # noqa: F401  (re-exported)
 from jaxtrain.errors import UserError, require
@@ -878,7 +878,7 @@ def _import_tables(spec: ImportSpec, data_dir: str, files, fp: str, legacy: str)
       _write_json(final / SCHEMA_FILE, schema)
     else:
       _write_tables(spec, schema, class_names, codes, counts, partial)
-      os.replace(partial, final)
+      publish(partial, final)
     history.append({"version": version, "fingerprint": fp, "files": schema["files"],
                     "num_examples": schema["num_examples"],
                     "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
@@ -989,10 +989,7 @@ class BeamTableDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 def _write_json(path: Path, value: Any) -> None:
-  tmp = path.with_suffix(".json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  write_text(path, json.dumps(value, indent=2, sort_keys=True))  # the bytes imports always had
 
 
 def schema_table(schema: dict) -> str:

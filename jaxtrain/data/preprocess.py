@@ -25,11 +25,13 @@ import collections
 import json
 import os
 import re
+import warnings
 import zlib
 from typing import Callable
 
 import numpy as np
 
+from jaxtrain import files
 from jaxtrain.errors import UserError
 from jaxtrain.data.input_pipeline import Batch, to_model_inputs
 
@@ -193,16 +195,17 @@ def _class_weights(counts: np.ndarray, how: str) -> list[float]:
   return weights
 
 
-def inherit(prep: dict, source_workdir: str) -> dict:
-  """`prep` with the feature preprocessing of the run it fine-tunes (`init_from`).
+def inherit(prep: dict, source_folder: str) -> dict:
+  """`prep` with the feature preprocessing of the run it fine-tunes (`init_from`), saved in
+  `source_folder` (that run's preprocess folder).
 
   Embeddings learned over one vocabulary are wrong under another, so a run
   warm-started from another keeps that run's tokenizer, vocabularies and
   scaling; only the label (classes, weights, scale) is fitted to the new data.
   """
-  if prep["kind"] != "table" or not saved(source_workdir):
+  if prep["kind"] != "table" or not saved(source_folder):
     return prep
-  source, _ = load(source_workdir)
+  source, _ = load(source_folder)
   if source.get("kind") != "table":
     return prep
   inherited = dict(prep)
@@ -376,31 +379,46 @@ def task_kwargs(prep: dict) -> dict:
   return kwargs
 
 
-def save(workdir: str, prep: dict, seen: dict | None) -> None:
-  path = os.path.join(workdir, "preprocess")
-  os.makedirs(path, exist_ok=True)
-  tmp = os.path.join(path, "preprocess.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(prep, f, indent=1, sort_keys=True)
+# The files of a saved preprocessing, in the folder the caller names (a workdir's
+# preprocess/, an export's folder).
+PREP_FILE, SEEN_FILE = "preprocess.json", "seen.npz"
+
+
+def save(folder: str, prep: dict, seen: dict | None) -> None:
+  """Writes the fitted preprocessing into `folder`; preprocess.json, written last, marks it whole."""
+  os.makedirs(folder, exist_ok=True)
   if seen is not None:
-    np.savez(os.path.join(path, "seen.npz"), **seen)
-  os.replace(tmp, os.path.join(path, "preprocess.json"))
+    with files.replacing(os.path.join(folder, SEEN_FILE), "wb") as f:
+      np.savez(f, **seen)
+  files.write_text(os.path.join(folder, PREP_FILE), json.dumps(prep, indent=1, sort_keys=True))
 
 
-def saved(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, "preprocess", "preprocess.json"))
+def saved(folder: str) -> bool:
+  return os.path.exists(os.path.join(folder, PREP_FILE))
 
 
-def load(workdir: str) -> tuple[dict, dict | None]:
-  path = os.path.join(workdir, "preprocess")
+def load(folder: str) -> tuple[dict, dict | None]:
+  """(prep, seen) saved in `folder` (a workdir's: `jaxtrain.run.workdir.preprocess(workdir)`)."""
+  old_style = os.path.join(folder, "preprocess")  # a workdir, as this took before 0.x
+  if not saved(folder) and saved(old_style):
+    warnings.warn("preprocess.load(workdir) is deprecated: pass the folder, "
+                  "jaxtrain.run.workdir.preprocess(workdir)", DeprecationWarning, stacklevel=2)
+    folder = old_style
   try:
-    with open(os.path.join(path, "preprocess.json")) as f:
+    with open(os.path.join(folder, PREP_FILE)) as f:
       prep = json.load(f)
   except FileNotFoundError:
-    raise UserError(f"{workdir} has no preprocess/preprocess.json (not a jaxtrain run, or "
-                    "one that never started)") from None
+    raise UserError(f"{folder} has no {PREP_FILE} (not a jaxtrain run's, or one that never "
+                    "started)") from None
   seen = None
-  if os.path.exists(os.path.join(path, "seen.npz")):
-    with np.load(os.path.join(path, "seen.npz"), allow_pickle=False) as f:
+  if os.path.exists(os.path.join(folder, SEEN_FILE)):
+    with np.load(os.path.join(folder, SEEN_FILE), allow_pickle=False) as f:
       seen = {k: f[k] for k in f.files}
   return prep, seen
+
+
+def copy_saved(folder: str, target: str) -> None:
+  """The preprocessing saved in `folder`, copied into `target` (an export serves with it)."""
+  for name in (PREP_FILE, SEEN_FILE):
+    if os.path.exists(os.path.join(folder, name)):
+      files.copy(os.path.join(folder, name), os.path.join(target, name))

@@ -1,17 +1,21 @@
 """Orbax checkpoints of (train state, data iterator), and digests of their bits.
 
-A checkpoint at step s is a directory `<workdir>/checkpoints/s/` with two
-items: `state` (the TrainState's arrays, via StandardSave) and `data` (the
-Grain iterator's position, JSON per process). Saving both together is what
-makes a resumed run see the same batches an uninterrupted one would have.
-A loop of one's own may save and restore a state alone (`data_iterator=None`).
+The only module that reads or writes Orbax checkpoints. A workdir keeps two
+sets (run/workdir.py names them): the newest N in `checkpoints/`, each with
+two items, `state` (the TrainState's arrays, via StandardSave) and `data` (the
+Grain iterator's position, JSON per process), so a resumed run sees the same
+batches an uninterrupted one would have; and the best k in
+`best_checkpoints/` (`state` alone; early_stopping.py ranks them). A loop of
+one's own may save and restore a state alone (`data_iterator=None`).
 
 Every save records, in the checkpoint's metadata, a checksum of each saved
 array (computed on the devices from the values saved: a sum and a
 position-weighted sum of its 32-bit words) and the data position; a restore
 recomputes them from what it read and refuses a checkpoint that differs, so
 bit rot is never trained on. A checkpoint is usable only if all of it reads
-back and verifies.
+back and verifies, and every reader verifies: resume (`restore_latest_valid`),
+the best checkpoint's test (`restore`), fine-tuning, predict and export
+(`read_arrays`, `read_pytree`), `inspect` (`verify`, `load_arrays`), in both sets.
 
 Elastic: a checkpoint written by N processes resumes on M. Orbax reads the
 arrays into whatever devices the state now has; the data position, which
@@ -27,7 +31,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from typing import Any
 
 import grain
@@ -36,14 +39,15 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxtrain.run import parallel
 from jaxtrain.errors import UserError
+from jaxtrain.run import parallel, workdir as wd
 
 log = logging.getLogger("jaxtrain")
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+def checkpoint_dir(workdir: str, best: bool = False) -> str:
+  """The folder of a workdir's newest checkpoints (or, `best`, of its best ones)."""
+  return os.path.abspath(wd.best_checkpoints(workdir) if best else wd.checkpoints(workdir))
 
 
 def make_manager(workdir: str, *, max_to_keep: int = 3,
@@ -53,6 +57,15 @@ def make_manager(workdir: str, *, max_to_keep: int = 3,
       enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                item_names=("state", "data"))
+
+
+def make_best_manager(workdir: str, read_only: bool = False) -> ocp.CheckpointManager:
+  """The best checkpoints' manager: states alone, saved synchronously, none deleted by Orbax
+  (early_stopping.py decides which are kept)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=None, create=not read_only, read_only=read_only,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(checkpoint_dir(workdir, best=True), options=options,
+                               item_names=("state",))
 
 
 class Unusable(Exception):
@@ -119,18 +132,21 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None) -
 def _verify(manager, step: int, arrays, data_iterator=None) -> None:
   """Raises Unusable if what was read differs from what the save recorded."""
   recorded = manager.metadata(step).custom_metadata or {}
-  expected = recorded.get("checksums")
+  _verify_checksums(recorded.get("checksums"), arrays)
+  if data_iterator is not None and recorded.get("next_index") is not None:
+    position = _next_index(data_iterator)
+    if position != recorded["next_index"]:
+      raise Unusable(f"the data position reads {position}, the save recorded "
+                     f"{recorded['next_index']}")
+
+
+def _verify_checksums(expected: dict | None, arrays) -> None:
   if expected is not None:  # checkpoints from before checksums existed are taken as they read
     got = checksums(arrays)
     changed = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
     if changed:
       raise Unusable(f"checksum of {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} "
                      "differs from the one saved: the files changed since")
-  if data_iterator is not None and recorded.get("next_index") is not None:
-    position = _next_index(data_iterator)
-    if position != recorded["next_index"]:
-      raise Unusable(f"the data position reads {position}, the save recorded "
-                     f"{recorded['next_index']}")
 
 
 def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator=None):
@@ -179,9 +195,17 @@ def _shared_data_position(manager, step: int) -> bytes:
   return next(iter(positions.values())).encode()
 
 
-def saved_steps(workdir: str) -> list[int]:
+def save_state(manager: ocp.CheckpointManager, step: int, state) -> None:
+  """Saves `state` alone (a best checkpoint), with its checksums, and waits for it."""
+  arrays = state_arrays(state)
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays)), force=True,
+               custom_metadata={"checksums": checksums(arrays)})
+  manager.wait_until_finished()
+
+
+def saved_steps(workdir: str, best: bool = False) -> list[int]:
   """The steps with a checkpoint directory in `workdir` (read or not), oldest first."""
-  root = checkpoint_dir(workdir)
+  root = checkpoint_dir(workdir, best)
   return sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
 
 
@@ -201,7 +225,7 @@ def state_target(state):
 
 
 def quarantine_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "corrupt_checkpoints")
+  return os.path.abspath(wd.corrupt_checkpoints(workdir))
 
 
 def _quarantine(workdir: str, step: int) -> str:
@@ -290,22 +314,11 @@ def restore_latest_valid(workdir: str, state, data_iterator, **manager_options):
                   "aside and train from step 0")
 
 
-def set_aside(workdir: str) -> str:
-  """Moves a run's checkpoints, metrics and records to <workdir>/abandoned/<time>/; returns it.
-
-  For `--start_over`: the new history starts clean, the old one is kept.
-  """
-  target = os.path.join(os.path.abspath(workdir), "abandoned", time.strftime("%Y%m%dT%H%M%S"))
-  os.makedirs(target, exist_ok=True)
-  for name in ("checkpoints", "best_checkpoints", "metrics.jsonl", "tensorboard", "manifest.json",
-               "config.json", "init_from.json"):
-    if os.path.exists(os.path.join(workdir, name)):
-      shutil.move(os.path.join(workdir, name), os.path.join(target, name))
-  return target
+set_aside = wd.set_aside  # where code written against this module finds it
 
 
-def _local_target(workdir: str, step: int):
-  return local_target(os.path.join(checkpoint_dir(workdir), str(step), "state"))
+def _local_target(workdir: str, step: int, best: bool = False):
+  return local_target(os.path.join(checkpoint_dir(workdir, best), str(step), "state"))
 
 
 def local_target(path: str):
@@ -319,23 +332,31 @@ def local_target(path: str):
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
 
 
-def _restore_local(manager, workdir: str, step: int):
+def _restore_local(manager, workdir: str, step: int, best: bool = False):
   return manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_local_target(workdir, step)))).state
+      state=ocp.args.StandardRestore(_local_target(workdir, step, best)))).state
 
 
-def verify(workdir: str) -> dict[int, str]:
-  """{step: reason} for every checkpoint in `workdir` that does not read back whole and verify."""
-  manager = make_manager(workdir, read_only=True)
+def _read_only(workdir: str, best: bool) -> ocp.CheckpointManager:
+  return make_best_manager(workdir, read_only=True) if best else make_manager(workdir, read_only=True)
+
+
+def verify(workdir: str, best: bool = False) -> dict[int, str]:
+  """{step: reason} for every checkpoint in `workdir` (in its best set, `best`) that does not
+  read back whole and verify."""
+  if not os.path.isdir(checkpoint_dir(workdir, best)):
+    return {}
+  manager = _read_only(workdir, best)
   bad = {}
   for step in manager.all_steps():
-    if not os.path.isdir(os.path.join(checkpoint_dir(workdir), str(step))):
+    folder = os.path.join(checkpoint_dir(workdir, best), str(step))
+    if not os.path.isdir(folder):
       continue  # deleted by a running job's rotation since it was listed
     try:
-      _verify(manager, step, _restore_local(manager, workdir, step))
-      with open(os.path.join(checkpoint_dir(workdir), str(step), "_CHECKPOINT_METADATA")) as f:
+      _verify(manager, step, _restore_local(manager, workdir, step, best))
+      with open(os.path.join(folder, "_CHECKPOINT_METADATA")) as f:
         saved_items = json.load(f)["item_handlers"]  # a state-only save has no "data"
-      data = os.path.join(checkpoint_dir(workdir), str(step), "data")
+      data = os.path.join(folder, "data")
       for name in os.listdir(data) if "data" in saved_items else ():
         if name.endswith(".json"):
           with open(os.path.join(data, name)) as f:
@@ -351,26 +372,100 @@ def state_arrays(state) -> dict[str, Any]:
           "model_state": state.model_state, "rng": state.rng}
 
 
-def load_arrays(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
+def load_arrays(workdir: str, step: int | None = None, best: bool = False
+                ) -> tuple[int, dict[str, Any]]:
   """(step, arrays) of a checkpoint, read without the model's code (for `inspect`).
 
   With no `step`, the newest checkpoint that reads back whole and verifies
   (one that a running job deletes meanwhile is passed over).
   """
-  manager = make_manager(workdir, read_only=True)
+  manager = _read_only(workdir, best)
   steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
   if not steps:
-    raise UserError(f"{checkpoint_dir(workdir)} holds no checkpoint")
+    raise UserError(f"{checkpoint_dir(workdir, best)} holds no checkpoint")
   error = None
   for candidate in steps:
     try:
-      arrays = _restore_local(manager, workdir, candidate)
+      arrays = _restore_local(manager, workdir, candidate, best)
       _verify(manager, candidate, arrays)
       return candidate, jax.tree.map(np.asarray, arrays)
     except Exception as e:  # Orbax and TensorStore raise many types here
       error = e
-  raise UserError(f"no checkpoint in {checkpoint_dir(workdir)} reads back whole "
+  raise UserError(f"no checkpoint in {checkpoint_dir(workdir, best)} reads back whole "
                   f"(step {steps[-1]}: {_reason(error)})")
+
+
+def source_step(workdir: str, step: int = -1, best: bool = False) -> int:
+  """The step a reader of `workdir` means: `step`, or the newest (`best`: the best, by best.json)."""
+  if not os.path.isdir(workdir):
+    raise UserError(f"{workdir} does not exist")
+  root = checkpoint_dir(workdir, best)
+  steps = saved_steps(workdir, best)
+  if not steps:
+    raise UserError(f"{workdir} has no {'best ' if best else ''}checkpoints in {root}")
+  if best and step < 0:
+    step = _best_step(workdir)
+  step = steps[-1] if step < 0 else step
+  if step not in steps:
+    raise UserError(f"step {step}: {root} has checkpoints at steps {steps}")
+  return step
+
+
+def _best_step(workdir: str) -> int:
+  try:
+    with open(wd.best_record(workdir)) as f:
+      return int(json.load(f).get("best_step", -1))
+  except (OSError, ValueError, TypeError, AttributeError):  # no ranking: the newest kept
+    return -1
+
+
+def read_arrays(workdir: str, step: int = -1, best: bool = False) -> tuple[dict[str, Any], int]:
+  """A run's checkpoint (`source_step`) as host NumPy arrays, verified, and its step.
+
+  For fine-tuning, predict and export: a checkpoint that does not read back or
+  verify is refused in one line naming its step and what differs; the reader
+  never falls back to another one (that would be other weights than asked for).
+  """
+  step = source_step(workdir, step, best)
+  manager = _read_only(workdir, best)
+  try:
+    arrays = _restore_local(manager, workdir, step, best)
+    _verify(manager, step, arrays)
+  except Exception as e:  # Orbax and TensorStore raise many types here
+    raise UserError(f"the checkpoint of step {step} in {checkpoint_dir(workdir, best)} is unusable "
+                    f"({_reason(e)}): restore it from a backup, or remove it to read another") from None
+  finally:
+    manager.close()
+  return jax.tree.map(np.asarray, arrays), step
+
+
+def read_pytree(path: str) -> dict[str, Any]:
+  """Any Orbax (StandardCheckpointer) pytree at `path`, read onto this host as NumPy.
+
+  Where `path` is an item of a jaxtrain checkpoint (`.../<step>/state`), the
+  checksums its save recorded are verified too.
+  """
+  if not os.path.isdir(path):
+    raise UserError(f"{path} is not a directory")
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      arrays = checkpointer.restore(path, local_target(path))
+    _verify_checksums(_recorded_checksums(path), arrays)
+  except Exception as e:  # Orbax and TensorStore raise many types here
+    raise UserError(f"cannot read {path}: {_reason(e)}") from None
+  return jax.tree.map(np.asarray, arrays)
+
+
+def _recorded_checksums(path: str) -> dict | None:
+  """The checksums a jaxtrain save recorded for the `state` item at `path`, if it is one."""
+  if os.path.basename(os.path.normpath(path)) != "state":
+    return None
+  try:
+    with open(os.path.join(os.path.dirname(os.path.normpath(path)), "_CHECKPOINT_METADATA")) as f:
+      recorded = json.load(f).get("custom_metadata") or {}
+  except (OSError, ValueError, AttributeError):
+    return None
+  return recorded.get("checksums") if isinstance(recorded, dict) else None
 
 
 def _key_name(key) -> str:

@@ -12,13 +12,16 @@ value, and every kept step's value.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import jax
-import orbax.checkpoint as ocp
 
-from jaxtrain.run import checkpoint
+from jaxtrain import files
 from jaxtrain.errors import UserError
+from jaxtrain.run import checkpoint, workdir as wd
+
+log = logging.getLogger("jaxtrain")
 
 
 class Tracker:
@@ -70,18 +73,16 @@ def metric_value(metrics: dict, name: str) -> float:
 
 
 def best_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "best_checkpoints")
+  return os.path.abspath(wd.best_checkpoints(workdir))
 
 
-def make_best_manager(workdir: str, read_only: bool = False) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=None, create=not read_only, read_only=read_only,
-                                         enable_async_checkpointing=False)
-  return ocp.CheckpointManager(best_dir(workdir), options=options, item_names=("state",))
+make_best_manager = checkpoint.make_best_manager  # where code written against this module finds it
 
 
 def read_best(workdir: str) -> dict:
+  """best.json: the ranking of the kept best checkpoints ({} if the run keeps none)."""
   try:
-    with open(os.path.join(best_dir(workdir), "best.json")) as f:
+    with open(wd.best_record(workdir)) as f:
       return json.load(f)
   except FileNotFoundError:
     return {}
@@ -99,27 +100,28 @@ def save_best(manager, workdir: str, step: int, state, keep: int, metric: str,
   ranked = tracker.ranked(keep)
   on_disk = set(manager.all_steps())
   if step in ranked and step not in on_disk:
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(checkpoint.state_arrays(state))))
-    manager.wait_until_finished()
+    checkpoint.save_state(manager, step, state)
   for old in sorted(on_disk - set(ranked)):
     manager.delete(old)
   if jax.process_index() == 0:
-    tmp = os.path.join(best_dir(workdir), "best.json.tmp")
-    with open(tmp, "w") as f:
-      json.dump({"metric": metric, "mode": tracker.mode, "best_step": ranked[0],
-                 "best_value": tracker.history[ranked[0]],
-                 "kept": {str(s): tracker.history[s] for s in ranked}, "kept_steps": sorted(ranked)},
-                f, indent=2)
-    os.replace(tmp, os.path.join(best_dir(workdir), "best.json"))
+    files.write_json(wd.best_record(workdir), {
+        "metric": metric, "mode": tracker.mode, "best_step": ranked[0],
+        "best_value": tracker.history[ranked[0]],
+        "kept": {str(s): tracker.history[s] for s in ranked}, "kept_steps": sorted(ranked)})
 
 
 def restore_best(manager, state, tracker: Tracker):
-  """`state` with the arrays of the best checkpoint, and its step (None, None if there is none)."""
-  ranked = tracker.ranked(1)
-  step = ranked[0] if ranked else None
-  if step is None or step not in manager.all_steps():
-    return None, None
-  target = checkpoint.state_target(state)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  return state.replace(**restored.state), step
+  """`state` with the arrays of the best usable checkpoint, and its step (None, None if none).
+
+  A best checkpoint that does not verify is passed over for the next best,
+  in one warning naming its step and what differs: the test then measures
+  the best model that is intact.
+  """
+  on_disk = set(manager.all_steps())
+  for step in [s for s in tracker.ranked(len(tracker.history)) if s in on_disk]:
+    try:
+      return checkpoint.restore(manager, step, state), step
+    except Exception as e:  # Orbax, TensorStore and the checksums raise many types here
+      log.warning("best checkpoint at step %d is unusable (%s: %s); passing over it", step,
+                  type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
+  return None, None

@@ -12,53 +12,35 @@ are applied by optim.py).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 import jax
-import numpy as np
-import orbax.checkpoint as ocp
 
-from jaxtrain.optim import flat, path_str
-from jaxtrain.run import checkpoint, early_stopping
+from jaxtrain import files
 from jaxtrain.errors import UserError
+from jaxtrain.optim import flat, path_str
+from jaxtrain.run import checkpoint, workdir as wd
 
 log = logging.getLogger("jaxtrain")
 
 
-def _source_step(workdir: str, step: int, best: bool) -> tuple[str, int]:
-  """The checkpoint directory root and step that `init_from` names."""
+def read_source(workdir: str, step: int = -1, best: bool = False) -> tuple[dict, int]:
+  """The source checkpoint's state arrays (host NumPy), verified, and its step."""
   if not os.path.isdir(workdir):
     raise UserError(f"init_from.workdir={workdir} does not exist")
-  root = early_stopping.best_dir(workdir) if best else checkpoint.checkpoint_dir(workdir)
-  steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
-  if not steps:
-    raise UserError(f"init_from.workdir={workdir} has no {'best ' if best else ''}checkpoints in {root}")
-  if best and step < 0:
-    step = early_stopping.read_best(workdir).get("best_step", -1)
-  step = steps[-1] if step < 0 else step
-  if step not in steps:
-    raise UserError(f"init_from.step={step}: {root} has checkpoints at steps {steps}")
-  return root, step
-
-
-def read_source(workdir: str, step: int = -1, best: bool = False) -> tuple[dict, int]:
-  """The source checkpoint's state arrays (host NumPy), and its step."""
-  root, step = _source_step(workdir, step, best)
-  return read_checkpoint(os.path.join(root, str(step), "state")), step
+  try:
+    return checkpoint.read_arrays(workdir, step, best)
+  except UserError as e:
+    raise UserError(f"init_from: {e}") from None
 
 
 def read_checkpoint(path: str) -> dict:
   """Any Orbax (StandardCheckpointer) pytree at `path`, read onto this host as NumPy."""
-  if not os.path.isdir(path):
-    raise UserError(f"init_from: {path} is not a directory")
   try:
-    with ocp.StandardCheckpointer() as ckptr:
-      arrays = ckptr.restore(path, checkpoint.local_target(path))
-  except Exception as e:
-    raise UserError(f"init_from: cannot read {path}: {str(e).splitlines()[0]}") from None
-  return jax.tree.map(np.asarray, arrays)
+    return checkpoint.read_pytree(path)
+  except UserError as e:
+    raise UserError(f"init_from: {e}") from None
 
 
 def merge(target, source) -> tuple[object, dict]:
@@ -101,8 +83,7 @@ def init_from(state, config, workdir: str):
            c.checkpoint or c.workdir, step, len(report["restored"]), len(report["restored"]) + len(report["initialised"]),
            "; ".join(report["initialised"]) or "none")
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "init_from.json"), "w") as f:
-      json.dump(report, f, indent=2)
+    files.write_json(wd.init_from_record(workdir), report)
   return state.replace(params=params, model_state=model_state, opt_state=state.tx.init(params))
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxtrain.run import checkpoint, compiled, early_stopping, nan_guard, parallel
+from jaxtrain.run import compiled, early_stopping, nan_guard, parallel
 from jaxtrain.run.compiled import evaluate, without_count
 from jaxtrain.steps import summarize
 

@@ -34,7 +34,7 @@ from jaxtrain import registry, tasks
 from jaxtrain.config import base_config
 from jaxtrain.data import datasets, importing, input_pipeline, preprocess, store
 from jaxtrain.errors import UserError
-from jaxtrain.run import manifest
+from jaxtrain.run import manifest, workdir as wd
 from jaxtrain.state import ApplyFn, linen_apply_fn, nnx_split
 
 SPLIT_FIELDS = ("train_split", "eval_split", "test_split")
@@ -210,7 +210,7 @@ class RunInputs:
   def save_preprocessing(self, workdir: str) -> None:
     """Writes the fitted preprocessing into the run (once its checks have passed)."""
     if jax.process_index() == 0:
-      preprocess.save(workdir, self.prep, self.seen)
+      preprocess.save(wd.preprocess(workdir), self.prep, self.seen)
 
   def model(self, config, example_batch) -> Model:
     return build_model(config, self.prep, example_batch, self.base_dir)
@@ -228,7 +228,7 @@ def _code_record(config, task_code: registry.Loaded, dataset, base_dir: str | No
 def pinned_dataset(config, workdir: str | None):
   """`config.dataset`, with an imported dataset's version pinned to the one the run started on."""
   dataset = config.dataset
-  if not workdir or ":" in dataset.name or not os.path.exists(manifest.path(workdir)):
+  if not workdir or ":" in dataset.name or not os.path.exists(wd.manifest(workdir)):
     return dataset
   data_dir = dataset.data_dir or store.default_data_dir()
   if store.imported_dir(data_dir, dataset.name) is None:
@@ -260,14 +260,14 @@ def load(config, workdir: str | None = None, *, fit: bool, dataset=None,
   sources = {k: input_pipeline.cached(datasets.get_source(builder, dataset[k], f"dataset.{k}"),
                                       dataset.cache_max_mb << 20) if dataset[k] else None
              for k in SPLIT_FIELDS}
-  if not fit and (schema is not None or preprocess.saved(workdir)):
-    prep, seen = preprocess.load(workdir)
+  if not fit and (schema is not None or preprocess.saved(wd.preprocess(workdir))):
+    prep, seen = preprocess.load(wd.preprocess(workdir))
     task, task_code = build_task(config, prep, base_dir)
   else:
     train = source_arrays(sources["train_split"]) if schema is not None else {}
     prep = preprocess.fit(schema, train, config)
     if config.init_from.workdir:
-      prep = preprocess.inherit(prep, config.init_from.workdir)
+      prep = preprocess.inherit(prep, wd.preprocess(config.init_from.workdir))
     task, task_code = build_task(config, prep, base_dir)  # a task that cannot use this data says so first
     seen = preprocess.fit_seen(train, prep) if task.needs_seen_items else None
   code = _code_record(config, task_code, dataset, base_dir)
@@ -279,8 +279,8 @@ def load_for_inference(config, workdir: str, base_dir: str | None = None) -> Run
   dataset = pinned_dataset(config, workdir)
   builder = datasets.get_builder(dataset, base_dir, prepare=False)
   schema = importing.read_schema(builder.data_dir)
-  if preprocess.saved(workdir):
-    prep, seen = preprocess.load(workdir)
+  if preprocess.saved(wd.preprocess(workdir)):
+    prep, seen = preprocess.load(wd.preprocess(workdir))
   else:
     prep, seen = preprocess.fit(None, {}, config), None
   task, task_code = build_task(config, prep, base_dir)

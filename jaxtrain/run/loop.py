@@ -37,11 +37,10 @@ from jaxtrain.run import (checkpoint, compiled, distributed, early_stopping, fee
                           inputs as run_inputs, manifest, nan_guard, parallel, preemption)
 from jaxtrain.run.hooks import (Checkpoint, Evaluate, LogTrainMetrics, Loop, Preemption,
                                 Progress)
-from jaxtrain.run import metric_writers
-from jaxtrain.run.metric_writers import MetricWriter, ProgressBar, read_metrics
+from jaxtrain.run import metric_writers, workdir as wd
+from jaxtrain.run.metric_writers import MetricWriter, ProgressBar
 from jaxtrain.run.preemption import Preempted, PreemptionWatcher
 from jaxtrain.run.watchdog import Watchdog
-from jaxtrain.run.workdir_lock import WorkdirLock
 from jaxtrain.state import TrainState
 from jaxtrain.steps import eval_step
 
@@ -154,7 +153,7 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
           start_over: bool = False) -> Loop:
   """Checks, data, model, task and state of a run, restored from its newest checkpoint."""
   validate(config)
-  with _claimed(workdir, config.parallel.stall_timeout_s) as lock:
+  with wd.claimed(workdir, config.parallel.stall_timeout_s) as lock:
     if jax.process_count() > 1:  # all of them, or none
       asked = distributed.everyones("start_over", "1" if start_over else "", config.parallel.stall_timeout_s)
       if len(set(asked)) > 1:
@@ -187,18 +186,17 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
         workdir, state, train_iter, max_to_keep=config.keep_checkpoints,
         async_save=config.async_checkpointing)
     step = int(parallel.host_value(state.step))
-    if jax.process_index() == 0:  # written whole or not at all
-      with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-      os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
+    if jax.process_index() == 0:
+      wd.write_config(workdir, config)
       manifest.record_start(workdir, config_dict, manifest.dataset_record(inputs.builder, config.dataset),
                             step, code=inputs.code,
                             config_dir=os.path.abspath(config_dir) if config_dir else None)
     if step:
       log.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir), step)
-    if jax.process_index() == 0:
-      metric_writers.keep_up_to(workdir, step)
-    tensorboard_dir = tensorboard_dir or os.path.join(workdir, "tensorboard")
+    tensorboard_dir = tensorboard_dir or wd.tensorboard(workdir)
+    if jax.process_index() == 0:  # the steps after `step` are trained again: one history
+      wd.keep_up_to(workdir, step)
+      metric_writers.keep_tensorboard_up_to(tensorboard_dir, step)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard_dir=tensorboard_dir)
     if step == 0:
       writer.write_text("config", "```\n" + str(config) + "\n```")
@@ -214,7 +212,7 @@ def setup(config, workdir: str, *, config_dir: str | None = None, stop_at_step: 
     loop.total_shapes = jax.eval_shape(compiled.train_fn(layout, state), loop.state, None,
                                        loop.health, layout.put_batch(train_data[0]))[1]
     loop.metric_names = tuple(sorted(loop.total_shapes))
-    if any(e.get("split") == "early_stop" and e["step"] <= step for e in read_metrics(workdir)):
+    if wd.stopped_early(workdir, step):
       loop.stop = "early_stop"  # stopped early before: nothing more to train
     log.info("curves: %s", _curves_hint(workdir, tensorboard_dir))
     return loop
@@ -235,7 +233,7 @@ def _start_over(workdir: str, timeout_s: float = 0) -> None:
     distributed.everyones("start_over_verified", "", timeout_s)
   if jax.process_index() == 0:
     log.warning("none of the checkpoints of %s is usable; set them and their metrics aside in %s "
-                "and starting again at step 0", workdir, checkpoint.set_aside(workdir))
+                "and starting again at step 0", workdir, wd.set_aside(workdir))
   if jax.process_count() > 1:
     distributed.everyones("start_over_done", "", timeout_s)
 
@@ -243,7 +241,7 @@ def _start_over(workdir: str, timeout_s: float = 0) -> None:
 def _curves_hint(workdir: str, tensorboard_dir: str) -> str:
   if importlib.util.find_spec("tensorboard") is not None:
     return f"tensorboard --logdir {tensorboard_dir}"
-  return (f"{os.path.join(workdir, 'metrics.jsonl')}; TensorBoard event files in {tensorboard_dir} "
+  return (f"{wd.metrics(workdir)}; TensorBoard event files in {tensorboard_dir} "
           "(to view them: pip install 'jaxtrain[tensorboard]')")
 
 
@@ -289,7 +287,7 @@ def make_evaluation(loop: Loop) -> Evaluate | None:
   if source is None:
     return None
   es = config.early_stopping
-  tracker = early_stopping.Tracker.from_events(read_metrics(loop.workdir), config,
+  tracker = early_stopping.Tracker.from_events(wd.read_events(loop.workdir), config,
                                                up_to_step=loop.step) if es.metric else None
   best_manager = (early_stopping.make_best_manager(loop.workdir)
                   if es.metric and config.keep_best_checkpoints else None)
@@ -322,7 +320,7 @@ def finish(loop: Loop, evaluation: Evaluate | None) -> None:
   """After the last step (or an early stop): the test split, measured on the best checkpoint."""
   source = loop.inputs.sources["test_split"]
   done = loop.step == loop.num_train_steps or loop.stop == "early_stop"
-  if not done or source is None or _has_event(loop.workdir, "test"):
+  if not done or source is None or wd.has_event(loop.workdir, "test"):
     return
   loop.mark("test")
   state, best_step = evaluation.best_state(loop) if evaluation is not None else (None, None)
@@ -344,7 +342,7 @@ def _with_validation(finalize, workdir: str, step: int):
       return finalize
   except (TypeError, ValueError):  # a callable without a signature Python can read
     return finalize
-  return functools.partial(finalize, validation=metric_writers.event_at(workdir, "eval", step))
+  return functools.partial(finalize, validation=wd.event_at(workdir, "eval", step))
 
 
 def close(loop: Loop, every: list) -> None:
@@ -407,46 +405,6 @@ def resolve_num_train_steps(config, num_train_examples: int) -> int:
   if config.num_train_steps > 0:
     return config.num_train_steps
   return config.num_epochs * input_pipeline.steps_per_epoch(num_train_examples, config.batch_size)
-
-
-@contextlib.contextmanager
-def _claimed(workdir: str, timeout_s: float = 0):
-  """`workdir`, writable and locked for this run: every process holds a lock of its own, and
-  with several they agree that all of them do before any goes on (else all refuse).
-
-  If setup fails the lock is released, and a workdir made here is removed
-  again: a refused config leaves no trace, and the fixed command starts clean.
-  """
-  created = not os.path.exists(workdir)
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
-  lock, refused = None, ""
-  try:
-    lock = WorkdirLock(workdir, process=jax.process_index()).acquire()
-  except UserError as e:
-    refused = str(e)
-  if jax.process_count() > 1:  # one refusal refuses the job: no process trains alone
-    refusals = [r for r in distributed.everyones("claim", refused, timeout_s) if r]
-    refused = refused or (refusals[0] if refusals else "")
-  if refused:
-    if lock is not None:
-      lock.release()
-    raise UserError(refused)
-  try:
-    yield lock
-  except BaseException:
-    lock.release()
-    if created:
-      with contextlib.suppress(OSError):
-        os.remove(lock.path)
-        os.rmdir(workdir)  # only if nothing else was written (by this or another process)
-    raise
 
 
 def _check_data_fits_model(config, builder, model: run_inputs.Model, example_batch) -> None:
@@ -525,21 +483,10 @@ def _check_eval_metric(config, inputs, state) -> None:
 
 def _saved_config(workdir: str) -> dict | None:
   """The config a run started with: config.json, else the manifest's (None if neither exists)."""
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    try:
-      with open(path, "rb") as f:
-        saved = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-      raise UserError(f"{path} is not valid JSON ({e}): it is the run's record of its config; "
-                      "restore it, or remove it to compare with manifest.json's") from None
-    if not isinstance(saved, dict):
-      raise UserError(f"{path} is not a config (a JSON object); restore it, or remove it to "
-                      "compare with manifest.json's")
-    return saved
-  if os.path.exists(manifest.path(workdir)):
+  saved = wd.read_config(workdir)
+  if saved is None and os.path.exists(wd.manifest(workdir)):
     return manifest.read(workdir)["config"]
-  return None
+  return saved
 
 
 def _check_config_unchanged(workdir: str, config_dict: dict, allow: bool) -> None:
@@ -558,7 +505,7 @@ def _check_config_unchanged(workdir: str, config_dict: dict, allow: bool) -> Non
 
 def _check_code_unchanged(workdir: str, code: dict, allow: bool) -> None:
   """Refuses to resume a run whose model, task or dataset code (a user's file) has changed."""
-  if allow or not os.path.exists(manifest.path(workdir)):
+  if allow or not os.path.exists(wd.manifest(workdir)):
     return
   changes = manifest.code_changes(manifest.read(workdir).get("code", {}), code)
   if changes:
@@ -608,12 +555,9 @@ def _finish_saves(manager, workdir: str, step: int) -> None:
 def _final_metrics(workdir: str) -> dict[str, float]:
   """{"split/name": last value} over the whole run (resumed segments included)."""
   final = {}
-  for event in read_metrics(workdir):
+  for event in wd.read_events(workdir):
     for k, v in event.items():
       if k not in ("step", "split", "time") and isinstance(v, (int, float)):
         final[f"{event['split']}/{k}"] = v
   return final
 
-
-def _has_event(workdir: str, split: str) -> bool:
-  return any(event.get("split") == split for event in read_metrics(workdir))

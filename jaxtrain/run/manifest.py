@@ -21,8 +21,10 @@ from pathlib import Path
 
 import jax
 
+from jaxtrain import files
 from jaxtrain.config import base_config
 from jaxtrain.errors import UserError
+from jaxtrain.run import workdir as wd
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
             "grain", "ml-collections", "numpy")
@@ -81,10 +83,10 @@ def environment() -> dict:
 
 def dataset_fingerprint(directory: str) -> str:
   """SHA-256 over a prepared dataset's files (contents; names and sizes past 1 GiB)."""
-  files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
-  full = sum(p.stat().st_size for p in files) <= FULL_HASH_LIMIT
+  paths = sorted(p for p in Path(directory).rglob("*") if p.is_file())
+  full = sum(p.stat().st_size for p in paths) <= FULL_HASH_LIMIT
   h = hashlib.sha256(b"contents" if full else b"names+sizes")
-  for p in files:
+  for p in paths:
     h.update(f"{p.relative_to(directory)}:{p.stat().st_size}\n".encode())
     if full:
       with open(p, "rb") as f:
@@ -102,7 +104,7 @@ def dataset_record(builder, dataset_config) -> dict:
 
 
 def path(workdir: str) -> str:
-  return os.path.join(workdir, "manifest.json")
+  return wd.manifest(workdir)
 
 
 REQUIRED = {"config": dict, "environment": dict, "dataset": dict, "resumes": list}
@@ -127,11 +129,7 @@ def read(workdir: str) -> dict:
 
 
 def _write(workdir: str, record: dict) -> None:
-  tmp = path(workdir) + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path(workdir))  # never a half-written manifest
+  files.write_json(path(workdir), record, sort_keys=True)
 
 
 def record_start(workdir: str, config_dict: dict, dataset: dict, step: int, *,

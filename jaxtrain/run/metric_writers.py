@@ -20,8 +20,12 @@ import logging
 import math
 import os
 import shutil
+import struct
 import sys
 import time
+
+from jaxtrain import files
+from jaxtrain.run import workdir as wd
 
 log = logging.getLogger("jaxtrain")
 
@@ -81,12 +85,12 @@ class MetricWriter:
     self.enabled = enabled
     self._jsonl = self._tb = None
     if enabled:
-      path = os.path.join(workdir, "metrics.jsonl")
+      path = wd.metrics(workdir)
       torn = os.path.exists(path) and os.path.getsize(path) and not _ends_with_newline(path)
       self._jsonl = open(path, "a", buffering=1)
       if torn:  # a process killed mid-line: start the next event on a line of its own
         self._jsonl.write("\n")
-      self._tb = _EventFile(tensorboard_dir or os.path.join(workdir, "tensorboard"))
+      self._tb = _EventFile(tensorboard_dir or wd.tensorboard(workdir))
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
     if not self.enabled:
@@ -120,62 +124,50 @@ class MetricWriter:
       self._tb.close()
 
 
-def _event(line: bytes) -> dict | None:
-  """A line of metrics.jsonl as an event, or None for anything else (torn, garbled, edited)."""
-  try:
-    event = json.loads(line.decode("utf-8"))
-  except (UnicodeDecodeError, ValueError):
-    return None
-  if not (isinstance(event, dict) and isinstance(event.get("step"), int)
-          and isinstance(event.get("split"), str)):
-    return None
-  return event
+# Kept in this module's namespace for code written against it; run/workdir.py owns them.
+read_metrics, event_at, keep_up_to = wd.read_events, wd.event_at, wd.keep_up_to
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """Every event in `<workdir>/metrics.jsonl`, in order.
+def _records(data: bytes):
+  """(start, end, payload) of each whole TFRecord in an event file's bytes; a torn tail
+  (a process killed mid-write) ends the list."""
+  at = 0
+  while at + 12 <= len(data):
+    length = struct.unpack("<Q", data[at:at + 8])[0]
+    end = at + 12 + length + 4
+    if end > len(data):
+      return
+    yield at, end, data[at + 12:at + 12 + length]
+    at = end
 
-  A line that is not an event (a torn last line, bytes that are not UTF-8,
-  JSON that is not an object with an int `step` and a `split`) is passed
-  over, with a warning: one bad line never makes a workdir unreadable.
+
+def keep_tensorboard_up_to(logdir: str, step: int) -> int:
+  """Drops the summaries after `step` from the event files in `logdir`; returns how many.
+
+  What `workdir.keep_up_to` does for metrics.jsonl (whose abandoned file keeps
+  the values): a resumed run's curves show one history, not the steps it
+  trains again twice. Each file is rewritten whole or not at all.
   """
-  path = os.path.join(workdir, "metrics.jsonl")
-  try:
+  from tensorboardX.proto import event_pb2
+  dropped = 0
+  for name in sorted(os.listdir(logdir)) if os.path.isdir(logdir) else ():
+    path = os.path.join(logdir, name)
+    if not name.startswith("events") or not os.path.isfile(path):
+      continue
     with open(path, "rb") as f:
-      lines = f.read().splitlines()
-  except FileNotFoundError:
-    return []
-  events = [_event(line) for line in lines if line.strip()]
-  bad = sum(e is None for e in events)
-  if bad:
-    log.warning("%s: passed over %d line(s) that are not metric events", path, bad)
-  return [e for e in events if e is not None]
-
-
-def event_at(workdir: str, split: str, step: int) -> dict | None:
-  """The last `split` event logged at `step` (an evaluation of a checkpoint), or None."""
-  events = [e for e in read_metrics(workdir) if e["split"] == split and e["step"] == step]
-  return events[-1] if events else None
-
-
-def keep_up_to(workdir: str, step: int) -> int:
-  """Drops the events after `step` from metrics.jsonl (into metrics.abandoned.jsonl).
-
-  A run resumed from the checkpoint of `step` trains the steps after it
-  again: the events of the attempt that did not reach its next checkpoint
-  would otherwise be a second history of the same steps. Returns how many.
-  """
-  path = os.path.join(workdir, "metrics.jsonl")
-  events = read_metrics(workdir)
-  later = [e for e in events if e["step"] > step]
-  if not later:
-    return 0
-  with open(os.path.join(workdir, "metrics.abandoned.jsonl"), "a") as f:
-    f.writelines(json.dumps(e) + "\n" for e in later)
-  with open(path + ".tmp", "w") as f:
-    f.writelines(json.dumps(e) + "\n" for e in events if e["step"] <= step)
-  os.replace(path + ".tmp", path)
-  return len(later)
+      data = f.read()
+    kept, later, whole = [], 0, 0
+    for start, end, payload in _records(data):
+      whole = end
+      event = event_pb2.Event.FromString(payload)
+      if event.step > step and event.HasField("summary"):
+        later += 1
+      else:
+        kept.append(data[start:end])
+    if later or whole != len(data):
+      files.write_bytes(path, b"".join(kept))
+    dropped += later
+  return dropped
 
 
 def flatten_config(tree: dict, prefix: str = "") -> dict:

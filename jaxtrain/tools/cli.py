@@ -380,11 +380,10 @@ def inspect(argv: list[str]) -> int:
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
   _quiet_libraries()
-  from jaxtrain.run import checkpoint
-  from jaxtrain.run.metric_writers import read_metrics
+  from jaxtrain.run import checkpoint, workdir as wd
   step, arrays = checkpoint.load_arrays(args.workdir)
   last = {}
-  for event in read_metrics(args.workdir):
+  for event in wd.read_events(args.workdir):
     last[event["split"]] = event
   quarantined = checkpoint.quarantine_dir(args.workdir)
   report = {"workdir": args.workdir, "latest_step": step,
@@ -392,6 +391,8 @@ def inspect(argv: list[str]) -> int:
             "state_digest": checkpoint.tree_digest(arrays),
             "metrics": last,
             "bad_checkpoints": {str(k): v for k, v in checkpoint.verify(args.workdir).items()},
+            "bad_best_checkpoints": {str(k): v for k, v in
+                                     checkpoint.verify(args.workdir, best=True).items()},
             "quarantined_checkpoints": sorted(os.listdir(quarantined)) if os.path.isdir(quarantined) else []}
   if args.json:
     print(json.dumps(report, indent=2))
@@ -402,6 +403,8 @@ def inspect(argv: list[str]) -> int:
   print(f"state digest   {report['state_digest']}")
   for bad, reason in report["bad_checkpoints"].items():
     print(f"bad checkpoint {bad}: {reason}")
+  for bad, reason in report["bad_best_checkpoints"].items():
+    print(f"bad best checkpoint {bad} ({wd.best_checkpoints(args.workdir)}): {reason}")
   for moved in report["quarantined_checkpoints"]:
     print(f"bad checkpoint {moved} (moved to {quarantined})")
   for split, event in last.items():
@@ -574,7 +577,8 @@ def export(argv: list[str]) -> int:
   args = parser.parse_args(argv)
   _quiet_libraries()
   from jaxtrain.tools import predict as predict_lib
-  out = args.output or os.path.join(args.workdir, "export")
+  from jaxtrain.run import workdir as wd
+  out = args.output or wd.export(args.workdir)
   record = predict_lib.export(args.workdir, out, best=args.best, code_dir=args.code)
   print(f"exported step {record['step']} to {out} (inputs: {', '.join(record['inputs'])}; "
         f"outputs: {', '.join(record['outputs'])})")

@@ -10,7 +10,6 @@ model code, and its outputs equal `predict`'s.
 from __future__ import annotations
 
 import csv
-import json
 import os
 
 import jax
@@ -18,12 +17,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain.data import datasets, importing
+from jaxtrain import files
+from jaxtrain.data import datasets, importing, preprocess
 from jaxtrain.errors import UserError
-from jaxtrain.run import early_stopping, finetune, manifest, parallel
+from jaxtrain.run import checkpoint, early_stopping, manifest, parallel, workdir as wd
 from jaxtrain.run import inputs as run_inputs
 from jaxtrain.run.compiled import evaluate, without_count
-from jaxtrain.run.metric_writers import event_at
 from jaxtrain.state import Functions, TrainState
 from jaxtrain.steps import predict_step
 
@@ -56,17 +55,16 @@ def load_run(workdir: str, *, best: bool | None = None, code_dir: str | None = N
 
   `code_dir`: the folder of the run's own model/task files, if it has any.
   """
-  try:
-    with open(os.path.join(workdir, "config.json")) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-  except FileNotFoundError:
-    raise UserError(f"{workdir} has no config.json (not a jaxtrain workdir?)") from None
-  record = manifest.read(workdir) if os.path.exists(manifest.path(workdir)) else {}
+  saved = wd.read_config(workdir)
+  if saved is None:
+    raise UserError(f"{workdir} has no config.json (not a jaxtrain workdir?)")
+  config = ml_collections.ConfigDict(saved)
+  record = manifest.read(workdir) if os.path.exists(wd.manifest(workdir)) else {}
   inputs = run_inputs.load_for_inference(config, workdir, trusted_code_dir(workdir, record, code_dir))
   changed = manifest.code_changes(record.get("code", {}), inputs.code)
   if changed:
     raise UserError(f"{workdir} was trained with other code: {'; '.join(changed)}")
-  arrays, step = finetune.read_source(workdir, -1, uses_best(workdir, best))
+  arrays, step = checkpoint.read_arrays(workdir, -1, uses_best(workdir, best))
   example = jax.tree.map(lambda s: np.zeros((1, *s.shape[1:]), s.dtype),
                          input_signature(inputs, config, batch=1))
   model = inputs.model(config, example)
@@ -113,7 +111,7 @@ def _read_input(path: str, inputs) -> tuple[dict, np.ndarray | None]:
 
 def validation_threshold(workdir: str, step: int) -> float | None:
   """The F1-best probability threshold the validation of `step`'s checkpoint chose (binary)."""
-  return (event_at(workdir, "eval", step) or {}).get("best_f1_threshold")
+  return (wd.event_at(workdir, "eval", step) or {}).get("best_f1_threshold")
 
 
 def output_columns(inputs, outputs: dict, threshold: float | None = None) -> dict[str, list]:
@@ -154,20 +152,15 @@ def predict_file(workdir: str, input_path: str, output_path: str, *, batch_size:
   columns = output_columns(inputs, predict_arrays(inputs, state, raw, batch_size),
                            validation_threshold(workdir, step))
   n = len(next(iter(columns.values())))
-  tmp = output_path + ".tmp"
-  try:  # the output is written whole or not at all, even when a signal stops the command
-    with open(tmp, "w", newline="") as f:
-      writer = csv.writer(f)
-      head = ["row"] + (["label"] if labels is not None else []) + list(columns)
-      writer.writerow(head)
-      for i in range(n):
-        label = [_label_name(inputs, labels[i])] if labels is not None else []
-        writer.writerow([i + 1] + label + [repr(c[i]) if isinstance(c[i], float) else c[i]
-                                           for c in columns.values()])
-    os.replace(tmp, output_path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  # Written whole or not at all, even when a signal stops the command.
+  with files.replacing(output_path, "w", newline="") as f:
+    writer = csv.writer(f)
+    head = ["row"] + (["label"] if labels is not None else []) + list(columns)
+    writer.writerow(head)
+    for i in range(n):
+      label = [_label_name(inputs, labels[i])] if labels is not None else []
+      writer.writerow([i + 1] + label + [repr(c[i]) if isinstance(c[i], float) else c[i]
+                                         for c in columns.values()])
   return n, step
 
 
@@ -209,21 +202,14 @@ def export(workdir: str, out_dir: str, *, best: bool | None = None,
   fn = jax.jit(lambda batch: inputs.task.predict(predict_step(state, batch), batch))
   serialized = jax.export.export(fn)(signature).serialize()
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, EXPORT_FILE + ".tmp"), "wb") as f:
-    f.write(serialized)
-  os.replace(os.path.join(out_dir, EXPORT_FILE + ".tmp"), os.path.join(out_dir, EXPORT_FILE))
+  files.write_bytes(os.path.join(out_dir, EXPORT_FILE), serialized)
   record = {"workdir": os.path.abspath(workdir), "step": step, "task": config.task,
             "inputs": {k: {"shape": [None if not isinstance(d, int) else d for d in v.shape],
                            "dtype": str(np.dtype(v.dtype))} for k, v in signature.items()},
             "outputs": sorted(jax.eval_shape(fn, {k: jax.ShapeDtypeStruct(
                 (1,) + v.shape[1:], v.dtype) for k, v in signature.items()}))}
-  with open(os.path.join(out_dir, SIGNATURE_FILE), "w") as f:
-    json.dump(record, f, indent=2)
-  for name in ("preprocess.json", "seen.npz"):
-    src = os.path.join(workdir, "preprocess", name)
-    if os.path.exists(src):
-      with open(src, "rb") as fi, open(os.path.join(out_dir, name), "wb") as fo:
-        fo.write(fi.read())
+  files.write_json(os.path.join(out_dir, SIGNATURE_FILE), record)
+  preprocess.copy_saved(wd.preprocess(workdir), out_dir)
   return record
 
 

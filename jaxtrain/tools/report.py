@@ -14,14 +14,16 @@ import os
 from typing import Any
 
 from jaxtrain.errors import UserError, require
-from jaxtrain.run.metric_writers import flatten_config, read_metrics
+from jaxtrain import files
+from jaxtrain.run import workdir as wd
+from jaxtrain.run.metric_writers import flatten_config
 
 CURVES = ("train/loss", "eval/loss", "eval/accuracy")
 SKIPPED = ("time", "step", "split", "learning_rate", "steps_per_sec", "examples_per_sec", "data_wait")
 
 
 def _run(name: str, workdir: str, trial: dict | None = None) -> dict[str, Any]:
-  events = read_metrics(workdir)
+  events = wd.read_events(workdir)
   curves: dict[str, list] = {}
   final: dict[str, float] = {}
   for e in events:
@@ -29,8 +31,7 @@ def _run(name: str, workdir: str, trial: dict | None = None) -> dict[str, Any]:
       if k not in SKIPPED and isinstance(v, (int, float)):
         curves.setdefault(f"{e['split']}/{k}", []).append([e["step"], v])
         final[f"{e['split']}/{k}"] = v
-  config_path = os.path.join(workdir, "config.json")
-  config = json.load(open(config_path)) if os.path.exists(config_path) else {}
+  config = wd.read_config(workdir) or {}
   return {"name": name, "workdir": workdir, "curves": curves, "final": final,
           "steps": max((e["step"] for e in events), default=0),
           "config": flatten_config(config), "trial": trial}
@@ -52,7 +53,7 @@ def collect(dirs: list[str]) -> dict[str, Any]:
       sweeps.append({"name": label, "dir": d, "metric": info["metric"],
                      "direction": info["direction"], "space": info["space"],
                      "result": result, "importance": _importance(d, info.get("storage"))})
-    elif os.path.exists(os.path.join(d, "metrics.jsonl")):
+    elif os.path.exists(wd.metrics(d)):
       runs.append(_run(os.path.basename(os.path.abspath(d)) or d, d))
     else:
       raise UserError(f"{d} is neither a workdir (no metrics.jsonl) nor a sweep (no sweep.json)")
@@ -102,7 +103,7 @@ def _plot_sweep(sweep: dict, out: str) -> dict:
   trials = [t for t in sweep["result"]["trials"] if t["value"] is not None and t["state"] == "COMPLETE"]
   params = sorted(sweep["space"])
   data = {"objective": sweep["metric"], "params": {}, "importance": sweep["importance"]}
-  files = {}
+  pictures = {}
   if params:
     fig, axes = plt.subplots(1, len(params), figsize=(4.5 * len(params), 3.8), squeeze=False)
     for ax, p in zip(axes[0], params):
@@ -115,8 +116,8 @@ def _plot_sweep(sweep: dict, out: str) -> dict:
       ax.set_xlabel(p)
       ax.set_ylabel(sweep["metric"])
     fig.tight_layout()
-    files["params"] = f"{sweep['name']}-params.png"
-    fig.savefig(os.path.join(out, files["params"]), dpi=100)
+    pictures["params"] = f"{sweep['name']}-params.png"
+    fig.savefig(os.path.join(out, pictures["params"]), dpi=100)
     plt.close(fig)
   if sweep["importance"]:
     fig, ax = plt.subplots(figsize=(5, 0.5 + 0.5 * len(sweep["importance"])))
@@ -124,10 +125,10 @@ def _plot_sweep(sweep: dict, out: str) -> dict:
     ax.barh(names, [sweep["importance"][n] for n in names])
     ax.set_xlabel(f"importance for {sweep['metric']}")
     fig.tight_layout()
-    files["importance"] = f"{sweep['name']}-importance.png"
-    fig.savefig(os.path.join(out, files["importance"]), dpi=100)
+    pictures["importance"] = f"{sweep['name']}-importance.png"
+    fig.savefig(os.path.join(out, pictures["importance"]), dpi=100)
     plt.close(fig)
-  data["files"] = files
+  data["files"] = pictures
   return data
 
 
@@ -156,8 +157,7 @@ def write_report(dirs: list[str], out: str) -> dict[str, Any]:
   plot_data = {"curves": _plot_curves(found["runs"], os.path.join(out, "curves.png")),
                "sweeps": {s["name"]: _plot_sweep(s, out) for s in found["sweeps"]},
                "runs": [r["name"] for r in found["runs"]]}
-  with open(os.path.join(out, "plot_data.json"), "w") as f:
-    json.dump(plot_data, f, indent=1)
+  files.write_json(os.path.join(out, "plot_data.json"), plot_data, indent=1)
   header, rows = _table_rows(found["runs"])
   table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + \
       "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows) + \
@@ -169,7 +169,7 @@ def write_report(dirs: list[str], out: str) -> dict[str, Any]:
     images = "".join(f"<img src='{html.escape(f)}' alt='{k}'>"
                      for k, f in plot_data["sweeps"][s["name"]]["files"].items())
     sections.append(f"<h2>Sweep {html.escape(s['name'])}</h2><p>{html.escape(text)}</p>{images}")
-  with open(os.path.join(out, "index.html"), "w") as f:
+  with files.replacing(os.path.join(out, "index.html")) as f:
     f.write("<!doctype html><html><head><meta charset='utf-8'><title>jaxtrain report</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px}img{max-width:100%}"

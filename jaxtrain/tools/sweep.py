@@ -35,13 +35,13 @@ from typing import Any, Callable, Sequence
 
 import jax
 
-from jaxtrain import registry
+from jaxtrain import files, registry
 from jaxtrain.data import store
 from jaxtrain.errors import Preempted, UserError
 from jaxtrain.run import early_stopping, manifest
 from jaxtrain.run.hooks import Hook
 from jaxtrain.run.loop import train_and_evaluate
-from jaxtrain.run.metric_writers import read_metrics
+from jaxtrain.run import workdir as wd
 
 log = logging.getLogger("jaxtrain")
 
@@ -264,7 +264,7 @@ def run_sweep(config, space: dict[str, Distribution], sweep_dir: str, *, trials:
       raise _Interrupted(e.signal_name) from None
     finally:
       jax.clear_caches()  # each trial compiles its own steps: without this, memory grows per trial
-    value = trial_value(read_metrics(workdir), metric, config.early_stopping,
+    value = trial_value(wd.read_events(workdir), metric, config.early_stopping,
                         early_stopping.read_best(workdir))
     if value is None:
       raise UserError(f"--metric={metric} was never reported: the config has no "
@@ -385,11 +385,10 @@ def _record_sweep(sweep_dir, config, space, metric, direction, storage, config_d
     from sqlalchemy.engine import make_url
     storage = make_url(storage).render_as_string(hide_password=False) \
         if make_url(storage).password is None else None
-  with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
-    json.dump({"metric": metric, "direction": direction, "storage": storage,
-               "space": _space_record(space),
-               "config": json.loads(config.to_json_best_effort()),
-               "config_dir": os.path.abspath(config_dir) if config_dir else None}, f, indent=2)
+  files.write_json(os.path.join(sweep_dir, "sweep.json"), {
+      "metric": metric, "direction": direction, "storage": storage,
+      "space": _space_record(space), "config": json.loads(config.to_json_best_effort()),
+      "config_dir": os.path.abspath(config_dir) if config_dir else None})
 
 
 def summary(sweep_dir: str, storage: str | None = None) -> dict[str, Any]:
@@ -415,11 +414,8 @@ def write_best_config(sweep_dir: str, best: dict) -> str:
   Read from the trial's workdir; when another machine's worker ran it, made
   from the sweep's base config and the trial's parameters.
   """
-  trial_config = os.path.join(sweep_dir, best["workdir"] or "", "config.json")
-  if best["workdir"] and os.path.exists(trial_config):
-    with open(trial_config) as f:
-      config = json.load(f)
-  else:
+  config = wd.read_config(os.path.join(sweep_dir, best["workdir"])) if best["workdir"] else None
+  if config is None:
     import ml_collections
     with open(os.path.join(sweep_dir, "sweep.json")) as f:
       base = ml_collections.ConfigDict(json.load(f)["config"])
@@ -428,7 +424,7 @@ def write_best_config(sweep_dir: str, best: dict) -> str:
     config_dir = json.load(f).get("config_dir")
   config = _absolute_code_paths(config, config_dir)
   path = os.path.join(sweep_dir, "best_config.py")
-  with open(path, "w") as f:
+  with files.replacing(path) as f:
     doc = (f"The best trial (#{best['number']}, value {best['value']!r}) of the sweep in "
            f"{os.path.abspath(sweep_dir)}.\n\nIts parameters: {_describe(best['params'])}.\n"
            "Training it in a fresh workdir gives the trial's bits.\n")
