@@ -9,6 +9,8 @@ import subprocess
 import sys
 import termios
 
+import numpy as np
+
 from jaxtrain.run.metric_writers import ProgressBar, flatten_config
 
 from conftest import ROOT
@@ -64,3 +66,23 @@ def test_flatten_config_gives_dotted_scalars():
                          "model": {"features": [64, 32], "bias": True}})
   assert flat == {"seed": 0, "optimizer.name": "adamw", "optimizer.learning_rate": 0.1,
                   "model.features": "[64, 32]", "model.bias": True}
+
+
+def test_event_files_kept_up_to_a_step_drop_later_summaries_and_a_torn_tail(tmp_path):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  from jaxtrain.run.metric_writers import _EventFile, keep_tensorboard_up_to
+  events = _EventFile(str(tmp_path))
+  events.add_text("config", "seed 0", 0)
+  for step in range(1, 6):
+    events.add_scalar("train/loss", 1.0 / step, step)
+  events.close()
+  [path] = [p for p in tmp_path.iterdir() if p.name.startswith("events")]
+  path.write_bytes(path.read_bytes() + b"\x20\x00\x00\x00\x00\x00\x00\x00torn")  # killed mid-write
+  assert keep_tensorboard_up_to(str(tmp_path), 3) == 2
+  assert keep_tensorboard_up_to(str(tmp_path), 3) == 0  # nothing more to drop: left as it is
+  reader = EventAccumulator(str(tmp_path), purge_orphaned_data=False)
+  reader.Reload()
+  assert [(e.step, e.value) for e in reader.Scalars("train/loss")] == [
+      (1, 1.0), (2, 0.5), (3, float(np.float32(1 / 3)))]
+  assert reader.Tags()["tensors"] == ["config/text_summary"]
+  assert [p.name for p in tmp_path.iterdir()] == [path.name]  # rewritten in place, no temporary

@@ -425,3 +425,111 @@ def test_11_predict_output_must_be_a_new_file_in_an_existing_folder(data_dir, tm
                  "--output", str(output)]) == 1
     assert text in capsys.readouterr().err
   assert np.load(tmp_path / "rows.npz")["image"].shape == (2, 8, 8, 1)
+
+
+# 12 --------------------------------------------------------------------------------------
+def _one_line(capsys, *argv):
+  """(exit code, stderr's lines) of a command."""
+  capsys.readouterr()
+  code = main(list(argv))
+  return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture(scope="module")
+def kept_best(data_dir, tmp_path_factory):
+  """A finished 60-step run that keeps its 2 best checkpoints (evaluated at 20, 40, 60)."""
+  workdir = tmp_path_factory.mktemp("best") / "w"
+  assert main(_args(workdir, data_dir, 60, 20, "--config.eval_every_steps=20",
+                    "--config.early_stopping.metric=loss", "--config.keep_best_checkpoints=2")) == 0
+  return workdir
+
+
+@pytest.mark.parametrize("retention", ["best_checkpoints", "checkpoints"])
+def test_12_a_flipped_byte_is_refused_by_every_reader_naming_step_and_array(
+    kept_best, data_dir, tmp_path, capsys, retention):
+  """export, export --best/--newest, predict, init_from and inspect read both retention sets
+  verified: a rotten checkpoint is never used silently, and nothing on disk is touched."""
+  workdir = tmp_path / "w"
+  import shutil
+  shutil.copytree(kept_best, workdir)
+  best = retention == "best_checkpoints"
+  step = (json.loads((workdir / "best_checkpoints" / "best.json").read_text())["best_step"] if best
+          else checkpoint.saved_steps(str(workdir))[-1])
+  _flip_a_byte(workdir / retention / str(step))
+  before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
+  np.savez(tmp_path / "rows.npz", image=np.zeros((2, 8, 8, 1), np.uint8))
+  which = "--best" if best else "--newest"
+  refused = [("export", "--workdir", str(workdir), "--output", str(tmp_path / "e1"), which),
+             ("predict", "--workdir", str(workdir), "--input", str(tmp_path / "rows.npz"),
+              "--output", str(tmp_path / "p1.csv"), which)]
+  if best:  # by default both read the best: the checkpoint the test measured
+    refused += [("export", "--workdir", str(workdir), "--output", str(tmp_path / "e2")),
+                ("predict", "--workdir", str(workdir), "--input", str(tmp_path / "rows.npz"),
+                 "--output", str(tmp_path / "p2.csv"))]
+  refused.append(tuple(_args(tmp_path / "tuned", data_dir, 20, 10,
+                             f"--config.init_from.workdir={workdir}",
+                             f"--config.init_from.best={best}")))
+  for argv in refused:
+    code, err = _one_line(capsys, *argv)
+    assert code == 1 and len(err) == 1, (argv, err)
+    assert f"the checkpoint of step {step} in {workdir / retention} is unusable" in err[0], err
+    assert "checksum of params/" in err[0], err
+  assert not (tmp_path / "e1").exists() and not (tmp_path / "p1.csv").exists()
+  assert not (tmp_path / "tuned").exists()
+  # The other set is intact and still serves.
+  other = "--newest" if best else "--best"
+  code, err = _one_line(capsys, "export", "--workdir", str(workdir), "--output",
+                        str(tmp_path / "e3"), other)
+  assert code == 0 and (tmp_path / "e3" / "model.jaxexport").is_file(), err
+  # inspect names it in one line and reads the newest checkpoint that verifies.
+  capsys.readouterr()
+  assert main(["inspect", str(workdir), "--json"]) == 0
+  report = json.loads(capsys.readouterr().out)
+  bad = report["bad_best_checkpoints" if best else "bad_checkpoints"]
+  assert list(bad) == [str(step)] and "checksum of params/" in bad[str(step)]
+  assert report["bad_checkpoints" if best else "bad_best_checkpoints"] == {}
+  assert report["latest_step"] == (60 if best else checkpoint.saved_steps(str(workdir))[-2])
+  assert main(["inspect", str(workdir)]) == 0
+  lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("bad ")]
+  assert lines == [f"bad {'best ' if best else ''}checkpoint {step}"
+                   f"{f' ({workdir / retention})' if best else ''}: {bad[str(step)]}"]
+  assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file()) == before
+
+
+# 13 --------------------------------------------------------------------------------------
+def _scalars(logdir) -> dict[str, list[int]]:
+  """{tag: steps} of the event files in `logdir`, read by TensorBoard's own reader with its
+  purging off, so that a second history of the same steps would show."""
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  events = EventAccumulator(str(logdir), purge_orphaned_data=False)
+  events.Reload()
+  return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_13_tensorboard_shows_one_history_after_kill_9_and_resume(data_dir, tmp_path):
+  workdir = tmp_path / "w"
+  proc = _spawn(_args(workdir, data_dir, 300_000, 100))
+
+  def trained_past_a_checkpoint():
+    steps = checkpoint.saved_steps(str(workdir))
+    events = [e["step"] for e in read_metrics(str(workdir)) if e["split"] == "train"]
+    return bool(steps) and bool(events) and events[-1] >= steps[-1] + 40
+  _wait_for(trained_past_a_checkpoint, proc)
+  proc.kill()
+  proc.wait()
+  resumed_at = checkpoint.saved_steps(str(workdir))[-1]
+  retrained = [e for e in read_metrics(str(workdir)) if e["step"] > resumed_at]
+  assert retrained, "the killed run logged nothing past its last checkpoint"
+  assert _scalars(workdir / "tensorboard")["train/loss"][-1] > resumed_at  # to be trained again
+  assert main(_args(workdir, data_dir, 300_000, 100, f"--stop_at_step={resumed_at + 100}")) == 0
+  after = _scalars(workdir / "tensorboard")
+  logged = {}
+  for e in read_metrics(str(workdir)):
+    for k, v in e.items():
+      if k not in ("step", "split", "time") and isinstance(v, (int, float)):
+        logged.setdefault(f"{e['split']}/{k}", []).append(e["step"])
+  assert after == logged  # exactly one value per step, the same steps as metrics.jsonl
+  assert after["train/loss"] == list(range(10, resumed_at + 101, 10))
+  assert all(steps == sorted(set(steps)) for steps in after.values())
+  abandoned = [json.loads(line) for line in (workdir / "metrics.abandoned.jsonl").read_text().splitlines()]
+  assert [(e["step"], e["split"]) for e in abandoned] == [(e["step"], e["split"]) for e in retrained]

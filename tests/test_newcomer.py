@@ -108,8 +108,10 @@ def test_6_and_7_curves_line_only_for_a_run_and_never_an_uninstalled_command(tmp
   curves = [line for line in ok.stdout.splitlines() if " curves: " in line]
   assert len(curves) == 1
   import importlib.util
-  if importlib.util.find_spec("tensorboard") is None:  # the suite's environment has no TensorBoard
+  if importlib.util.find_spec("tensorboard") is None:  # an environment without TensorBoard
     assert "tensorboard --logdir" not in curves[0] and "pip install 'jaxtrain[tensorboard]'" in curves[0]
+  else:
+    assert f"tensorboard --logdir {tmp_path / 'w' / 'tensorboard'}" in curves[0]
   bad = _run("train", "--config", "configs/digits.py", "--workdir", str(tmp_path / "new"),
              f"--config.dataset.data_dir={data_dir}", "--config.early_stopping.metric=f2")
   assert bad.returncode == 1 and "curves" not in bad.stdout + bad.stderr

@@ -143,7 +143,8 @@ def _verify(manager, step: int, arrays, data_iterator=None) -> None:
 def _verify_checksums(expected: dict | None, arrays) -> None:
   if expected is not None:  # checkpoints from before checksums existed are taken as they read
     got = checksums(arrays)
-    changed = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
+    changed = sorted((k for k in set(expected) | set(got) if expected.get(k) != got.get(k)),
+                     key=lambda k: (not k.startswith("params/"), k))  # the weights first
     if changed:
       raise Unusable(f"checksum of {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} "
                      "differs from the one saved: the files changed since")
