@@ -53,10 +53,11 @@ def write_csv(path: Path, rows: int, seed: int = 0, bad_row: int = 0, chunk: int
 
 _CHILD = """
 import resource, sys, time
-from jaxtrain.data import columns, importing
+from jaxtrain.data import columns
+from jaxtrain.data.importing import rows
 if sys.argv[1] == "legacy":  # every row a Python dict, inferred and checked one by one
   columns.is_table = lambda path: False
-  importing._READERS[".csv"] = lambda path: importing._text_table_rows(path, "", "")
+  rows._READERS[".csv"] = lambda path: rows._text_table_rows(path, "", "")
 from jaxtrain.tools.cli import main
 start = time.perf_counter()
 status = main(sys.argv[2:])

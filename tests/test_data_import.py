@@ -334,3 +334,30 @@ def test_a_character_cut_by_the_sniffed_sample_is_not_a_decoding_error(tmp_path)
   spec = data_import.ImportSpec(sources=(str(tmp_path / "t.csv"),), name="t")
   directory, _ = data_import.run_import(spec, str(tmp_path / "dd"))
   assert sum(data_import.read_schema(directory)["num_examples"].values()) == 51
+
+
+def test_the_same_csv_gets_the_same_kinds_and_table_with_or_without_lags(tmp_path, capsys):
+  """One kind rule (columns.Stats) for the streamed import and the one that adds lags."""
+  start = dt.date(2024, 1, 1)
+  lines = ["date,store_id,zip,price,promo,region,demand"]
+  for day in range(40):
+    for store in (3, 7):
+      price = "" if (day + store) % 9 == 0 else f"{2.5 + 0.1 * (day % 5):.2f}"
+      lines.append(f"{start + dt.timedelta(days=day)},{store},0{2100 + store},{price},{day % 2},"
+                   f"{'north' if store == 3 else 'south'},{10 + day + store}")
+  (tmp_path / "sales.csv").write_text("\n".join(lines) + "\n")
+  tables = {}
+  for name, extra in (("plain", ()), ("lagged", ("--lags", "1", "--series", "store_id"))):
+    out = _import(capsys, tmp_path / "sales.csv", "--name", name, "--label", "demand",
+                  "--label_kind", "value", "--data_dir", tmp_path / "dd", *extra)
+    schema = data_import.read_schema(tmp_path / "dd" / name / "1.0.0")
+    tables[name] = (schema["columns"], {s["column"]: s for s in schema["summary"]},
+                    [line for line in out.splitlines() if line.startswith("  ") and "_lag_" not in line])
+  (plain, plain_summary, plain_table), (lagged, lagged_summary, lagged_table) = tables.values()
+  assert plain == {"date": "time", "store_id": "category", "zip": "category", "price": "float",
+                   "promo": "int", "region": "category"}
+  assert {c: k for c, k in lagged.items() if c in plain} == plain
+  assert set(lagged) - set(plain) == {"demand_lag_1"}
+  assert {c: lagged_summary[c] for c in plain_summary} == plain_summary
+  assert plain_summary["price"]["missing"] == 9 and plain_summary["zip"]["examples"][0] == "02103"
+  assert plain_table == lagged_table  # the schema table printed, column for column

@@ -273,7 +273,8 @@ def _jsonl_chunks(path: Path, block_bytes: int):
     yield _json_chunk(str(path), rows, first)
 
 
-def _json_text(v) -> str:
+def json_text(v) -> str:
+  """A JSON value as the text a CSV cell of it would be (null: missing)."""
   if v is None:
     return ""
   if isinstance(v, float):
@@ -283,7 +284,7 @@ def _json_text(v) -> str:
 
 def _json_chunk(name, rows, first) -> Chunk:
   names = list(dict.fromkeys(c for r in rows for c in r))
-  return Chunk(name, {c: pa.array([_json_text(r.get(c)) for r in rows], pa.string())
+  return Chunk(name, {c: pa.array([json_text(r.get(c)) for r in rows], pa.string())
                       for c in names}, first)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import importlib.util
 import json
@@ -483,7 +484,7 @@ def _import_parser(data_import) -> argparse.ArgumentParser:
       description="Files as a versioned TFDS dataset in a data_dir: every value is checked before "
       "anything is written; unchanged files import as the version they already are.",
       epilog="--config.FIELD=VALUE overrides the config's fields, as for train.")
-  fields = {f.name: f for f in data_import.dataclasses.fields(data_import.ImportSpec)}
+  fields = {f.name: f for f in dataclasses.fields(data_import.ImportSpec)}
   parser.add_argument("sources", nargs="*", help=fields["sources"].metadata["help"])
   parser.add_argument("--config", help="a config file whose data_import section says what to import")
   parser.add_argument("--data_dir", help="where TFDS datasets live (default: the config's, "
@@ -517,7 +518,7 @@ def data(argv: list[str]) -> int:
     data_dir = config.dataset.data_dir
   else:
     spec, data_dir = data_import.ImportSpec(sources=(), name=""), ""
-  for field in data_import.dataclasses.fields(spec):
+  for field in dataclasses.fields(spec):
     value = args.sources if field.name == "sources" else getattr(args, field.name)
     if value:
       setattr(spec, field.name, tuple(value) if field.name == "sources" else value)
