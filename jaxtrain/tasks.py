@@ -38,6 +38,7 @@ model return.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Callable
 
 import jax
@@ -108,8 +109,9 @@ def over_members(loss_fn: Callable) -> Callable:
   return loss
 
 
-def classification_loss(logits, batch, *, class_weights=None, binary=False):
-  """steps.classification_loss, weighted per class, plus per-class hits (and scores, if binary)."""
+def classification_loss_and_counts(logits, batch, *, class_weights=None, binary=False):
+  """steps.classification_loss, weighted per class, plus per-class hits (and scores, if binary):
+  what finalize_classification turns into precision, recall, F1, MCC and the AUCs."""
   labels = batch["label"]
   metrics = steps.classification_loss(logits, batch)
   if class_weights is not None:
@@ -124,6 +126,14 @@ def classification_loss(logits, batch, *, class_weights=None, binary=False):
     positive = (labels == 1).astype(jnp.float32)[:, None]
     metrics.update(pos_scores=bins * positive, neg_scores=bins * (1 - positive))
   return metrics
+
+
+def classification_loss(logits, batch, *, class_weights=None, binary=False):
+  """Deprecated: `classification_loss_and_counts` (`steps.classification_loss` is the plain one)."""
+  warnings.warn("jaxtrain.tasks.classification_loss is deprecated: use "
+                "jaxtrain.tasks.classification_loss_and_counts (or jaxtrain.steps.classification_loss "
+                "for the loss and accuracy alone)", DeprecationWarning, stacklevel=2)
+  return classification_loss_and_counts(logits, batch, class_weights=class_weights, binary=binary)
 
 
 def finalize_classification(means: dict, validation: dict | None = None) -> dict:
@@ -352,7 +362,7 @@ class Classification:
                       "use task='regression' or import with --label_kind class")
 
   def loss(self, logits, batch):
-    return classification_loss(logits, batch, class_weights=self.class_weights,
+    return classification_loss_and_counts(logits, batch, class_weights=self.class_weights,
                                binary=logits.shape[-1] == 2)
 
   def finalize(self, means, validation=None):

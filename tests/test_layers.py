@@ -6,13 +6,14 @@ loop; the tools. Imports inside functions count too.
 """
 
 import ast
+import re
 import subprocess
 import sys
 
 from conftest import ROOT
 
 PACKAGE = ROOT / "jaxtrain"
-RANKS = {"jaxtrain": 0, "jaxtrain.errors": 0, "jaxtrain.config": 1, "jaxtrain.registry": 1,
+RANKS = {"jaxtrain": 0, "jaxtrain.errors": 0, "jaxtrain.files": 0, "jaxtrain.config": 1, "jaxtrain.registry": 1,
          "jaxtrain.state": 2, "jaxtrain.steps": 2, "jaxtrain.tasks": 2, "jaxtrain.optim": 2,
          "jaxtrain.models": 3, "jaxtrain.data": 3, "jaxtrain.run": 4, "jaxtrain.tools": 5}
 
@@ -113,3 +114,66 @@ def test_the_entry_point_prints_help_and_exits_0():
   out = subprocess.run([sys.executable, "-m", "jaxtrain.tools.cli", "train", "-h"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == 0 and "--workdir" in out.stdout, out.stderr
+
+
+# One owner per artifact ------------------------------------------------------------------
+def _orbax_importers(name: str, source: str) -> set[str]:
+  """The orbax modules `name` imports, anywhere in its body."""
+  found = set()
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Import):
+      found |= {a.name for a in node.names if a.name.startswith("orbax")}
+    elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("orbax"):
+      found.add(node.module)
+  return found
+
+
+def test_only_checkpoint_py_reads_or_writes_orbax_checkpoints():
+  """Every checkpoint read goes through the verifying reader: no second one can appear.
+  distributed.py only routes Orbax's barriers through JAX's coordination service."""
+  users = {name: found for name, src in _modules().items() if (found := _orbax_importers(name, src))}
+  assert set(users) == {"jaxtrain.run.checkpoint", "jaxtrain.run.distributed"}, users
+  assert users["jaxtrain.run.distributed"] == {"orbax.checkpoint._src.multihost"}
+
+
+# The names of a workdir's entries (run/workdir.py's docstring lists their owners).
+WORKDIR_NAMES = {"checkpoints", "best_checkpoints", "corrupt_checkpoints", "abandoned",
+                 "metrics.jsonl", "metrics.abandoned.jsonl", "tensorboard", "manifest.json",
+                 "config.json", "init_from.json", "best.json", ".lock", "export"}
+
+
+def _names_a_workdir_file(text: str) -> bool:
+  parts = [p for p in re.split(r"[/\\]", text) if p]
+  return any(p in WORKDIR_NAMES or p.startswith(".lock.") for p in parts) and (
+      len(parts) > 1 or text in WORKDIR_NAMES)
+
+
+def test_only_workdir_py_spells_a_workdir_file_name():
+  """String constants (f-strings' literal parts included) naming a workdir entry, or a path
+  ending in one, appear in run/workdir.py alone. Messages that mention a file by name in
+  prose ("has no config.json (...)") are not paths and are not counted."""
+  wrong = []
+  for name, source in _modules().items():
+    if name == "jaxtrain.run.workdir":
+      continue
+    for node in ast.walk(ast.parse(source)):
+      if isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+          node.value in WORKDIR_NAMES or (_names_a_workdir_file(node.value) and " " not in node.value)):
+        wrong.append(f"{name}:{node.lineno}: {node.value!r}")
+  # Not workdir entries: the CLI's command names, managed services' own folders, a data_dir's
+  # lock, the tensorboard package.
+  allowed = {"jaxtrain.tools.cli": {"'export'"}, "jaxtrain.tools.managed": {"'checkpoints'", "'tensorboard'"},
+             "jaxtrain.data.store": {"'.lock'"}, "jaxtrain.run.loop": {"'tensorboard'"}}
+  wrong = [w for w in wrong if w.split(": ", 1)[1] not in allowed.get(w.split(":")[0], set())]
+  assert not wrong, wrong
+
+
+def test_only_files_py_renames_over_a_file():
+  """Atomic writes have one implementation: nothing else calls os.replace or os.rename."""
+  calls = []
+  for name, source in _modules().items():
+    for node in ast.walk(ast.parse(source)):
+      if (isinstance(node, ast.Attribute) and node.attr in ("replace", "rename")
+          and isinstance(node.value, ast.Name) and node.value.id == "os"):
+        calls.append(f"{name}:{node.lineno}: os.{node.attr}")
+  assert calls and all(c.startswith("jaxtrain.files:") for c in calls), calls

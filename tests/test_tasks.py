@@ -6,6 +6,7 @@ from the same imported splits: majority class, the training mean, or
 recommending the most popular items. The margin each must beat is stated.
 """
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -95,7 +96,7 @@ def test_binary_roc_auc_matches_scikit_learn():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 2, 500)
   logits = np.stack([np.zeros(500), labels * 1.5 + rng.normal(0, 1, 500)], 1).astype(np.float32)
-  metrics = tasks.classification_loss(logits, {"label": labels}, binary=True)
+  metrics = tasks.classification_loss_and_counts(logits, {"label": labels}, binary=True)
   means = {k: np.asarray(v, np.float64).mean(0) for k, v in metrics.items()}
   probs = np.exp(logits[:, 1]) / np.exp(logits).sum(1)
   assert tasks.finalize_classification(means)["roc_auc"] == pytest.approx(roc_auc_score(labels, probs), abs=2e-3)
@@ -109,7 +110,7 @@ def test_roc_auc_pr_auc_and_mcc_match_scikit_learn(separation):
   margin = (labels * 2 - 1) * separation / 2 + rng.normal(0, 2, 4000)
   logits = np.stack([np.zeros(4000), margin], 1).astype(np.float32)
   means = {k: np.asarray(v, np.float64).mean(0)
-           for k, v in tasks.classification_loss(logits, {"label": labels}, binary=True).items()}
+           for k, v in tasks.classification_loss_and_counts(logits, {"label": labels}, binary=True).items()}
   out = tasks.finalize_classification(means)
   probs = 1 / (1 + np.exp(-margin.astype(np.float32)))
   assert out["roc_auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-3)
@@ -130,7 +131,7 @@ def test_the_f1_threshold_is_chosen_on_validation_and_applied_to_the_test():
     margin = labels * 3.0 - 4.5 + rng.normal(0, 1.2, n)
     logits = np.stack([np.zeros(n), margin], 1).astype(np.float32)
     means = {k: np.asarray(v, np.float64).mean(0)
-             for k, v in tasks.classification_loss(logits, {"label": labels}, binary=True).items()}
+             for k, v in tasks.classification_loss_and_counts(logits, {"label": labels}, binary=True).items()}
     return labels, 1 / (1 + np.exp(-margin.astype(np.float32))), means
 
   labels_v, probs_v, means_v = split(20_000)
@@ -155,7 +156,7 @@ def test_multiclass_mcc_matches_scikit_learn():
   labels = rng.integers(0, 4, 1000)
   logits = rng.normal(0, 1, (1000, 4)).astype(np.float32) + 1.2 * np.eye(4)[labels]
   means = {k: np.asarray(v, np.float64).mean(0)
-           for k, v in tasks.classification_loss(logits, {"label": labels}).items()}
+           for k, v in tasks.classification_loss_and_counts(logits, {"label": labels}).items()}
   assert tasks.finalize_classification(means)["mcc"] == pytest.approx(
       matthews_corrcoef(labels, logits.argmax(1)), abs=1e-9)
 
@@ -173,11 +174,11 @@ def test_macro_f1_and_class_weights():
   from sklearn.metrics import f1_score
   labels = np.array([0, 0, 1, 2, 2, 2])
   logits = np.eye(3, dtype=np.float32)[[0, 1, 1, 2, 0, 2]] * 5
-  metrics = tasks.classification_loss(logits, {"label": labels}, class_weights=(1.0, 2.0, 0.5))
+  metrics = tasks.classification_loss_and_counts(logits, {"label": labels}, class_weights=(1.0, 2.0, 0.5))
   means = {k: np.asarray(v, np.float64).mean(0) for k, v in metrics.items()}
   assert tasks.finalize_classification(means)["f1"] == pytest.approx(
       f1_score(labels, logits.argmax(1), average="macro"))
-  unweighted = tasks.classification_loss(logits, {"label": labels})
+  unweighted = tasks.classification_loss_and_counts(logits, {"label": labels})
   np.testing.assert_allclose(metrics["loss"], unweighted["loss"] * np.array([1, 1, 2, .5, .5, .5]), rtol=1e-6)
 
 
@@ -219,3 +220,11 @@ def test_a_log1p_label_is_learned_in_logs_and_reported_in_its_units():
   assert preprocess.task_kwargs(prep)["label_transform"] == "log1p"
   assert preprocess.fit(schema, {"label": np.array([-1, 0, 5], np.float32)}, config)["label"][
       "transform"] == "none"
+
+
+def test_the_old_name_of_the_counting_loss_warns_and_gives_the_same_values():
+  logits, labels = jnp.asarray([[2.0, -1.0], [0.5, 1.5]]), jnp.asarray([0, 0])
+  with pytest.warns(DeprecationWarning, match="use jaxtrain.tasks.classification_loss_and_counts"):
+    old = tasks.classification_loss(logits, {"label": labels}, binary=True)
+  new = tasks.classification_loss_and_counts(logits, {"label": labels}, binary=True)
+  assert sorted(old) == sorted(new) and all(np.array_equal(old[k], new[k]) for k in new)

@@ -26,10 +26,12 @@ count), so any of them positions all M iterators.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from typing import Any
 
@@ -70,6 +72,10 @@ def make_best_manager(workdir: str, read_only: bool = False) -> ocp.CheckpointMa
 
 class Unusable(Exception):
   """A checkpoint that reads back but does not verify (changed since it was saved)."""
+
+
+class WriteFailed(UserError):
+  """A checkpoint could not be written (a full disk, a quota, a read-only file system)."""
 
 
 def _words(x) -> jax.Array:
@@ -491,3 +497,41 @@ def tree_digest(tree) -> str:
     h.update(f"{name}:{array.dtype.str}:{array.shape}\n".encode())
     h.update(array.tobytes())
   return h.hexdigest()
+
+
+# Orbax reports an asynchronous write's failure at the next save or wait, often as a
+# ValueError from TensorStore: its text is all that identifies it, so it is read here, once,
+# and becomes a WriteFailed for everything above.
+_WRITE_FAILURES = ("No space left on device", "RESOURCE_EXHAUSTED", "Disk quota exceeded",
+                   "Read-only file system", "Failed writing")
+
+
+def write_failure(error: Exception, manager, workdir: str, step: int) -> WriteFailed | None:
+  """`error` as a one-line WriteFailed naming the intact checkpoint, if it is a failed write."""
+  text = str(error)
+  reason = next((r for r in _WRITE_FAILURES if r in text), None)
+  if reason is None and not isinstance(error, OSError):
+    return None
+  in_checkpoint = re.search(re.escape(os.path.basename(checkpoint_dir(workdir))) + r"/(\d+)", text)
+  failed = int(in_checkpoint[1]) if in_checkpoint else step
+  with contextlib.suppress(Exception):
+    manager.reload()  # a failed asynchronous save must not count as a step
+  intact = [s for s in manager.all_steps() if s < failed or (s == failed and not in_checkpoint)]
+  kept = f"the checkpoint of step {max(intact)} is intact" if intact else "no earlier checkpoint exists"
+  why = getattr(error, "strerror", None) or reason or text.splitlines()[0]
+  target = (f"the checkpoint of step {failed} to {checkpoint_dir(workdir)}"
+            if in_checkpoint or not getattr(error, "filename", None) else error.filename)
+  return WriteFailed(f"could not write {target}: {why}; {kept}")
+
+
+def finish_saves(manager, workdir: str, step: int) -> None:
+  """Waits for asynchronous saves and closes `manager`; a write that failed is a WriteFailed."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    failure = write_failure(e, manager, workdir, step)
+    if failure is None:
+      raise
+    raise failure from None
+  finally:
+    manager.close()

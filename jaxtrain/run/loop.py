@@ -23,7 +23,6 @@ import inspect
 import json
 import logging
 import os
-import re
 import time
 
 import jax
@@ -310,7 +309,7 @@ def save(loop: Loop) -> None:
   try:
     checkpoint.save(loop.manager, loop.step, state, loop.train_iter)
   except Exception as e:  # this save, or an earlier asynchronous one, failed to write
-    failure = _write_failure(e, loop.manager, loop.workdir, loop.step)
+    failure = checkpoint.write_failure(e, loop.manager, loop.workdir, loop.step)
     if failure is None:
       raise
     raise failure from None
@@ -367,7 +366,7 @@ def abort(loop: Loop, every: list, error: BaseException) -> None:
       lambda h=h: h.close(loop) for h in every]:
     with contextlib.suppress(Exception):
       cleanup()
-  failure = _write_failure(error, loop.manager, loop.workdir, loop.step) if isinstance(
+  failure = checkpoint.write_failure(error, loop.manager, loop.workdir, loop.step) if isinstance(
       error, Exception) else None
   with contextlib.suppress(Exception):
     loop.manager.close()
@@ -513,43 +512,9 @@ def _check_code_unchanged(workdir: str, code: dict, allow: bool) -> None:
                     "workdir, or pass --allow_config_change to resume with the code as it is now")
 
 
-_WRITE_FAILURES = ("No space left on device", "RESOURCE_EXHAUSTED", "Disk quota exceeded",
-                   "Read-only file system", "Failed writing")
-
-
-def _write_failure(error: Exception, manager, workdir: str, step: int) -> UserError | None:
-  """A one-line UserError if `error` is a failed write (disk full...), else None.
-
-  Orbax reports an asynchronous write's failure at the next save or wait,
-  often as a ValueError from TensorStore, so the text is what identifies it.
-  """
-  text = str(error)
-  reason = next((r for r in _WRITE_FAILURES if r in text), None)
-  if reason is None and not isinstance(error, OSError):
-    return None
-  in_checkpoint = re.search(r"checkpoints/(\d+)", text)
-  failed = int(in_checkpoint[1]) if in_checkpoint else step
-  with contextlib.suppress(Exception):
-    manager.reload()  # a failed asynchronous save must not count as a step
-  intact = [s for s in manager.all_steps() if s < failed or (s == failed and not in_checkpoint)]
-  kept = f"the checkpoint of step {max(intact)} is intact" if intact else "no earlier checkpoint exists"
-  why = getattr(error, "strerror", None) or reason or text.splitlines()[0]
-  target = (f"the checkpoint of step {failed} to {checkpoint.checkpoint_dir(workdir)}"
-            if in_checkpoint or not getattr(error, "filename", None) else error.filename)
-  return UserError(f"could not write {target}: {why}; {kept}")
-
-
 def _finish_saves(manager, workdir: str, step: int) -> None:
-  """Waits for asynchronous saves; a write that failed is reported as such."""
-  try:
-    manager.wait_until_finished()
-  except Exception as e:
-    failure = _write_failure(e, manager, workdir, step)
-    if failure is None:
-      raise
-    raise failure from None
-  finally:
-    manager.close()
+  """Waits for asynchronous saves (a failed write is one line naming the intact checkpoint)."""
+  checkpoint.finish_saves(manager, workdir, step)
 
 
 def _final_metrics(workdir: str) -> dict[str, float]:

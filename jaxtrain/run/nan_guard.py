@@ -92,7 +92,6 @@ def check(health, metric_names, *, policy: str, max_consecutive: int) -> int:
   return h["skipped"]
 
 
-@jax.jit
 @jax.jit  # one program for the whole state, not an op per leaf at every save
 def all_finite(tree) -> jax.Array:
   """True if every floating-point leaf of `tree` is finite (checked before a save)."""

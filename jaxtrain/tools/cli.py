@@ -28,7 +28,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import errno
+import importlib.machinery
 import importlib.util
 import json
 import logging
@@ -36,6 +38,7 @@ import os
 import re
 import signal
 import sys
+from inspect import signature
 
 from jaxtrain import __version__
 from jaxtrain.errors import PREEMPTED, RUN_ERROR, STOP_SIGNALS, USAGE_ERROR, Preempted
@@ -65,39 +68,66 @@ def _usage() -> str:
           f"commands:\n{commands}\n\nExit status:{__doc__.split('Exit status:')[1]}")
 
 
-def _config_error(error: Exception, argv: list[str]) -> str:
-  """One line naming the config field a flag-parsing error is about."""
-  text = str(error)
-  if isinstance(error, AttributeError) and "get_config" in text:
-    return "--config: the config file has no get_config() function"
-  if isinstance(error, AttributeError):  # ml_collections: a field that does not exist
-    # Its text names the key in quotes (escaped, when ml_collections adds a second line
-    # 'Did you mean "learning_rate" ...?').
-    key = (re.findall(r"[A-Za-z_]\w*", text) or [text])[0]
-    hint = re.search(r'Did you mean "([^"]+)"', text)
-    suggestion = f"; did you mean '{hint[1]}'?" if hint else ""
-    for arg in argv:
-      m = re.match(r"--config\.([\w.]+)", arg)
-      if m and key in m[1].split("."):
-        return f"config has no field '{m[1]}' (from {arg}){suggestion}"
-    return f"config has no field '{key}'{suggestion}"
-  if "Failed loading config file" in text or "earlier failure to load" in text:
-    detail = [l.strip() for l in text.splitlines() if l.strip()][-1]
-    return f"--config: cannot load the config file: {detail}"
-  if "Error whilst parsing config file" in text:
-    detail = [l.strip() for l in text.splitlines() if l.strip()][-1]
-    return f"--config: its get_config() failed: {detail}"
-  from absl import flags
-  if not isinstance(error, flags.Error):  # raised by the config file's own code
-    return f"--config: its get_config() raised {type(error).__name__}: {text.splitlines()[0] if text else ''}"
-  return text.splitlines()[0] if text else type(error).__name__
+def load_config_file(value: str):
+  """(the ConfigDict that `--config FILE[:ARG]`'s get_config([ARG]) returns, FILE[:ARG]).
+
+  Each file is executed as a module of its own (named by its path), so configs
+  loaded one after another in a process never share a get_config. Every
+  failure is one line saying what to fix in the file.
+  """
+  path, colon, arg = value.partition(":") if ".py:" in value or not value.endswith(".py") else (
+      value, "", "")
+  if not path.endswith(".py") and colon and not os.path.isfile(path):
+    path, colon, arg = value, "", ""  # a file without .py whose name holds a colon
+  module_name = "jaxtrain_config_" + re.sub(r"\W", "_", os.path.abspath(path))
+  try:
+    loader = importlib.machinery.SourceFileLoader(module_name, path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(module_name, loader))
+    loader.exec_module(module)
+  except Exception as e:  # the file's own code may raise anything
+    raise _Fail(f"--config: cannot load the config file: {e}", USAGE_ERROR) from None
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise _Fail("--config: the config file has no get_config() function", USAGE_ERROR)
+  args = (arg,) if colon else ()
+  try:
+    signature(get_config).bind(*args)
+  except TypeError as e:
+    raise _Fail(f"--config: its get_config() failed: TypeError: get_config() {e}", USAGE_ERROR) from None
+  except ValueError:  # a callable without a signature Python can read: called as it is
+    pass
+  try:
+    config = get_config(*args)
+  except Exception as e:  # the file's own code may raise anything
+    text = str(e)
+    raise _Fail(f"--config: its get_config() raised {type(e).__name__}: "
+                f"{text.splitlines()[0] if text else ''}", USAGE_ERROR) from None
+  return config, path + colon + arg
 
 
-def _check_config_is_a_config(fv) -> None:
+def _check_fields_exist(config, argv: list[str]) -> None:
+  """Every `--config.a.b=v` names a field the config has: else one line naming it (and the
+  closest field there is)."""
+  from ml_collections import ConfigDict
+  for arg in argv:
+    m = re.match(r"--config\.([\w.]+)(=|$)", arg)
+    if not m or not isinstance(config, ConfigDict):
+      continue
+    node = config
+    for key in m[1].split("."):
+      if not isinstance(node, ConfigDict):
+        break  # a field inside a value: ml_collections says what is wrong with it
+      if key not in node:
+        close = difflib.get_close_matches(key, list(node.keys()), n=1)
+        suggestion = f"; did you mean '{close[0]}'?" if close else ""
+        raise _Fail(f"config has no field '{m[1]}' (from {arg}){suggestion}", USAGE_ERROR)
+      node = node[key]
+
+
+def _check_config_is_a_config(config, name: str) -> None:
   """A config file's get_config() must return a ConfigDict built on base_config()."""
   from ml_collections import ConfigDict
   from jaxtrain.config import base_config
-  name, config = fv["config"].config_filename, fv.config
   if not isinstance(config, ConfigDict):
     raise _Fail(f"--config {name}: get_config() returned {type(config).__name__}, not the "
                 "ml_collections ConfigDict of jaxtrain.config.base_config() (did it `return config`?)",
@@ -187,34 +217,70 @@ def _with_builtin_config(argv: list[str]) -> list[str]:
   return out
 
 
-def _parse_flags(argv: list[str], command: str = "train"):
+def _config_value(argv: list[str]) -> str | None:
+  """The value of `--config FILE` (or `--config=FILE`) in argv, if given."""
+  for i, arg in enumerate(argv):
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith("--config="):
+      return arg[len("--config="):]
+  return None
+
+
+def _without_config_file(argv: list[str]) -> list[str]:
+  out, skip = [], False
+  for i, arg in enumerate(argv):
+    if skip:
+      skip = False
+    elif arg == "--config":
+      skip = True
+    elif not arg.startswith("--config="):
+      out.append(arg)
+  return out
+
+
+def _parse_flags(argv: list[str], command: str = "train", loaded=None):
+  """The command's flags, its config loaded (`load_config_file`) and overridden by
+  `--config.FIELD=VALUE`; `loaded` is a (config, filename) loaded already."""
   logging.getLogger("absl").setLevel(logging.ERROR)  # its warnings would be a second error line
   from absl import flags
   from ml_collections import config_flags
+  value = _config_value(argv)
+  if loaded is None and value is not None:
+    loaded = load_config_file(value)
+  config, filename = loaded if loaded is not None else (None, None)
   fv = flags.FlagValues()
-  argv = [f"jaxtrain {command}"] + argv
-  # config_flags execs every config file into one module name, reusing the
-  # module if present: without this, a second config in one process would
-  # inherit the first one's get_config.
-  sys.modules.pop("config_config", None)
-  # config_flags reads overrides from sys_argv (default: sys.argv), not from fv(argv).
-  config_flags.DEFINE_config_file("config", None, "Config file (a .py with get_config()).",
-                                  flag_values=fv, lock_config=True, sys_argv=argv)
+  argv = [f"jaxtrain {command}"] + _without_config_file(argv)
+  if config is not None:
+    _check_fields_exist(config, argv)
+    # config_flags reads overrides from sys_argv (default: sys.argv), not from fv(argv).
+    config_flags.DEFINE_config_dict("config", config, "The config (from --config FILE).",
+                                    flag_values=fv, lock_config=True, sys_argv=argv)
   for name, kind, help_text in (SWEEP_FLAGS if command == "sweep" else ()) + TRAIN_FLAGS:
     default = False if kind == "bool" else None
     getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=fv)
+  if config is None:
+    flags.DEFINE_string("config", None, "Config file (a .py with get_config()).", flag_values=fv)
   try:
     fv(argv)
-    if fv.config is not None:
-      fv.config.keys()  # config_flags defers a load failure to the first access
-  except Exception as e:  # absl and ml_collections raise several types here
-    raise _Fail(_config_error(e, argv), USAGE_ERROR) from None
+  except flags.Error as e:
+    text = str(e)
+    raise _Fail(text.splitlines()[0] if text else type(e).__name__, USAGE_ERROR) from None
+  fv.__dict__["config_filename"] = filename  # FlagValues keeps flags as attributes: set beside
   return fv
+
+
+def config_filename(fv) -> str | None:
+  """The `--config FILE[:ARG]` the flags were parsed with."""
+  return fv.__dict__.get("config_filename")
 
 
 def config_dir(fv) -> str:
   """The directory of the config file: where its relative `file.py:Name` paths start."""
-  filename = fv["config"].config_filename
+  return _directory_of(config_filename(fv))
+
+
+def _directory_of(filename: str) -> str:
   if ".py:" in filename:  # configs/spam.py:transformer
     filename = filename[:filename.rindex(".py:") + 3]
   return os.path.dirname(os.path.abspath(filename))
@@ -235,18 +301,17 @@ def _parse_train_flags(argv: list[str], command: str = "train", managed=None):
     argv = argv[:at] + list(managed.overrides) + argv[at:]
     if managed.workdir and not any(a == "--workdir" or a.startswith("--workdir=") for a in argv):
       argv.append(f"--workdir={managed.workdir}")
-  # First without overrides, so a missing or broken config file is reported as
-  # such rather than as an unknown --config.* flag.
-  fv = _parse_flags([a for a in argv if not a.startswith("--config.")], command)
-  if fv.config is None and not any(a == "--config" or a.startswith("--config=") for a in argv):
+  value = _config_value(argv)
+  if value is None:
     raise _Fail("--config is required (e.g. --config configs/digits.py)", USAGE_ERROR)
-  _check_config_is_a_config(fv)
+  config, filename = load_config_file(value)
+  _check_config_is_a_config(config, filename)  # before its fields are looked for
+  argv, model_args = _model_arguments_set(config, filename, argv)
+  fv = _parse_flags(argv, command, loaded=(config, filename))
   if not fv.workdir:
     raise _Fail("--workdir is required", USAGE_ERROR)
   from jaxtrain.tools.managed import local_path
   local_path(fv.workdir, "--workdir")
-  argv, model_args = _model_arguments_set(fv, argv)
-  fv = _parse_flags(argv, command)
   if model_args:
     with fv.config.unlocked():
       for key, value in model_args.items():
@@ -256,7 +321,7 @@ def _parse_train_flags(argv: list[str], command: str = "train", managed=None):
   return fv
 
 
-def _model_arguments_set(fv, argv: list[str]) -> tuple[list[str], dict]:
+def _model_arguments_set(config, filename: str, argv: list[str]) -> tuple[list[str], dict]:
   """`--config.model.FIELD=VALUE` for an argument the model takes that its config leaves out
   (at its default): taken off argv, set after the config is parsed. Other unknown fields
   stay in argv, to be refused as any unknown field is."""
@@ -266,14 +331,14 @@ def _model_arguments_set(fv, argv: list[str]) -> tuple[list[str], dict]:
   wanted = {}
   for arg in argv:
     m = re.fullmatch(r"--config\.model\.(\w+)=(.*)", arg, re.S)
-    if m and m[1] not in fv.config.model:
+    if m and m[1] not in config.model:
       wanted[m[1]] = (arg, m[2])
   if not wanted:
     return argv, {}
   name = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("--config.model.name=")),
-              fv.config.model.name)
+              config.model.name)
   try:
-    loaded = registry.resolve(name, registry.MODELS, "config.model.name", config_dir(fv))
+    loaded = registry.resolve(name, registry.MODELS, "config.model.name", _directory_of(filename))
   except Exception:  # an unusable model name is reported where the run loads it
     return argv, {}
   takes = _arguments(loaded.obj)[0]
@@ -364,7 +429,7 @@ def train(argv: list[str]) -> int:
     if fv.config.data_import.name != e.name.partition(":")[0]:
       raise
     raise UserError(f"{e}; this config imports it: run `jaxtrain data import --config "
-                    f"{fv['config'].config_filename} --data_dir {e.data_dir}` first") from None
+                    f"{config_filename(fv)} --data_dir {e.data_dir}` first") from None
   if managed.model_dir and fv.stop_at_step is None:  # a finished run: the job's model output
     import jax
     if jax.process_index() == 0:
