@@ -311,10 +311,14 @@ def get_source(builder, split: str, field: str = "dataset.train_split"):
   `field` names the config field the split came from, for error messages.
   """
   try:
+    empty = builder.info.splits[split].num_examples == 0  # a slice that selects nothing
+  except Exception:  # an unknown split or bad slice: as_data_source says which, below
+    empty = False
+  if empty:
+    raise UserError(f"{field}={split!r} is empty")
+  try:
     source = builder.as_data_source(split=split)
-  except Exception as e:
-    if "0 length" in str(e):  # TFDS's words for a slice that selects nothing
-      raise UserError(f"{field}={split!r} is empty") from None
+  except Exception as e:  # TFDS raises several types for a split it cannot read
     splits = ", ".join(sorted(builder.info.splits.keys()))
     raise UserError(f"{field}={split!r} cannot be read from {builder.name} "
                     f"(its splits: {splits}): {str(e).splitlines()[0]}") from None

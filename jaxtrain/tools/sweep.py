@@ -168,6 +168,7 @@ def open_study(sweep_dir: str, storage: str | None, *, direction: str = "minimiz
   """The sweep's study (made on first use); heartbeats let crashed trials be retried."""
   import optuna
   warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+  import sqlalchemy.exc
   url = storage or f"sqlite:///{os.path.abspath(os.path.join(sweep_dir, 'study.db'))}"
   retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # Optuna >= 4.9
   retry = ({"heartbeat_stale_trial_callback": retry(max_retry=3)} if retry else
@@ -183,7 +184,10 @@ def open_study(sweep_dir: str, storage: str | None, *, direction: str = "minimiz
             engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
         break
       except Exception as e:  # SQLAlchemy: a bad URL, a server that is down, a missing driver
-        if attempt < 4 and any(m in str(e) for m in ("duplicate key", "already exists", "UNIQUE")):
+        # Another worker created a table or the study first: a constraint it broke
+        # (IntegrityError) or a table that exists now (ProgrammingError); once more.
+        if attempt < 4 and isinstance(e, (sqlalchemy.exc.IntegrityError,
+                                          sqlalchemy.exc.ProgrammingError)):
           time.sleep(0.5 + attempt)
           continue
         raise UserError(f"--storage {url} cannot be opened: {str(e).splitlines()[0]}") from None
