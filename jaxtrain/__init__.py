@@ -15,9 +15,10 @@ Where things are. Layers import only downwards (tests/test_layers.py checks it):
     registry.py        names in a config -> objects: short names and import paths
                        ("model.py:Net") for models, tasks and datasets
     errors.py          UserError: one line naming what to fix
+    files.py           files written whole or not at all (the only os.replace)
   models/              built-in Flax modules: image.py (MLP, CNN, ResNet), tables.py,
                        lm.py (GPT-2-shaped LM), remat.py
-  data/                datasets.py (TFDS builders), importing.py (`jaxtrain data import`),
+  data/                datasets.py (TFDS builders), importing/ (`jaxtrain data import`),
                        columns.py (tables read column-wise in chunks, kinds, missing values),
                        records.py (tf.train.Example shards written fast), preprocess.py
                        (fitted on train), input_pipeline.py (Grain), store.py
@@ -25,9 +26,10 @@ Where things are. Layers import only downwards (tests/test_layers.py checks it):
                        (periodic work: logging, evaluation + early stopping, checkpoints,
                        preemption, progress, yours), inputs.py (a run's data, model, task),
                        feeds.py (batches from the host or gathered on the device; the auto
-                       steps per dispatch), compiled.py, checkpoint.py (Orbax), parallel.py
-                       (mesh/pmap layout),
-                       distributed.py, preemption.py, workdir_lock.py, nan_guard.py,
+                       steps per dispatch), compiled.py, workdir.py (every workdir name,
+                       the lock, config.json, the events log), checkpoint.py (the only
+                       Orbax reader/writer, every read verified), parallel.py
+                       (mesh/pmap layout), distributed.py, preemption.py, nan_guard.py,
                        early_stopping.py, finetune.py, manifest.py, metric_writers.py
   tools/               cli.py (`jaxtrain ...`), sweep.py (Optuna), report.py, predict.py
                        (predict/export), rerun.py, managed.py (SageMaker, Vertex AI)

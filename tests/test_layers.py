@@ -177,3 +177,14 @@ def test_only_files_py_renames_over_a_file():
           and isinstance(node.value, ast.Name) and node.value.id == "os"):
         calls.append(f"{name}:{node.lineno}: os.{node.attr}")
   assert calls and all(c.startswith("jaxtrain.files:") for c in calls), calls
+
+
+def test_the_old_lock_module_still_works_and_names_its_replacement():
+  out = _fresh("import warnings\nwarnings.simplefilter('always')\n"
+               "with warnings.catch_warnings(record=True) as caught:\n"
+               "  from jaxtrain.run.workdir_lock import WorkdirLock\n"
+               "from jaxtrain.run import workdir\n"
+               "print(WorkdirLock is workdir.WorkdirLock, [str(w.message) for w in caught])")
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.startswith("True [") and "import WorkdirLock, holder and lock_file from " \
+      "jaxtrain.run.workdir" in out.stdout

@@ -534,3 +534,24 @@ def test_13_tensorboard_shows_one_history_after_kill_9_and_resume(data_dir, tmp_
   assert all(steps == sorted(set(steps)) for steps in after.values())
   abandoned = [json.loads(line) for line in (workdir / "metrics.abandoned.jsonl").read_text().splitlines()]
   assert [(e["step"], e["split"]) for e in abandoned] == [(e["step"], e["split"]) for e in retrained]
+
+
+def test_12_a_rotten_best_checkpoint_is_passed_over_by_the_test_in_one_warning(data_dir, tmp_path,
+                                                                              capsys):
+  """The test measures the best intact checkpoint: mode=max on the loss makes the earliest
+  evaluation the best, so the run's own later checkpoints cannot hide the rotten one."""
+  workdir = tmp_path / "w"
+  best = ("--config.eval_every_steps=20", "--config.early_stopping.metric=loss",
+          "--config.early_stopping.mode=max", "--config.keep_best_checkpoints=2")
+  assert main(_args(workdir, data_dir, 60, 20, "--stop_at_step=40", *best)) == 0
+  assert json.loads((workdir / "best_checkpoints" / "best.json").read_text())["kept_steps"] == [20, 40]
+  _flip_a_byte(workdir / "best_checkpoints" / "20")
+  capsys.readouterr()
+  assert main(_args(workdir, data_dir, 60, 20, *best)) == 0
+  out = capsys.readouterr().out
+  [warning] = [l for l in out.splitlines() if "is unusable" in l]
+  assert "best checkpoint at step 20 is unusable (Unusable: checksum of " in warning
+  assert warning.endswith("passing over it")
+  assert "testing the best checkpoint (step 40)" in out
+  assert [e["step"] for e in read_metrics(str(workdir)) if e["split"] == "test"] == [40]
+  assert sorted(p.name for p in (workdir / "best_checkpoints").iterdir() if p.name.isdigit()) == ["20", "40"]

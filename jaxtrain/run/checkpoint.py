@@ -368,7 +368,7 @@ def verify(workdir: str, best: bool = False) -> dict[int, str]:
         if name.endswith(".json"):
           with open(os.path.join(data, name)) as f:
             json.load(f)
-    except Exception as e:
+    except Exception as e:  # Orbax, TensorStore and JSON raise many types here
       bad[step] = _reason(e)
   return bad
 

@@ -422,7 +422,7 @@ def _check_data_fits_model(config, builder, model: run_inputs.Model, example_bat
                                            example_batch))
   except UserError:  # the model's own check of its config
     raise
-  except Exception as e:
+  except Exception as e:  # a model's code raises whatever its authors chose
     shapes = jax.tree.map(lambda x: f"{x.shape[1:]} {x.dtype}", model.inputs(example_batch))
     raise UserError(f"config.model ({config.model.name}) cannot take this dataset's inputs "
                     f"{shapes}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None

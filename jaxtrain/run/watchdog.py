@@ -173,7 +173,7 @@ class Watchdog:
         before = counts if before is None else before
         if all(counts.get(p, 0) != c for p, c in before.items()):
           return False  # every process has beaten since: all alive
-      except Exception:
+      except Exception:  # the coordination service of a dying job fails in many ways: ask again
         pass
       time.sleep(BEAT_S / 2)
     return False
@@ -196,7 +196,7 @@ def _bounded(call: Callable[[], None], seconds: float) -> None:
   def run():
     try:
       call()
-    except Exception:
+    except Exception:  # best effort on the way out: the caller does not wait for an answer
       pass
   thread = threading.Thread(target=run, daemon=True)
   thread.start()

@@ -59,7 +59,7 @@ def _parquet_rows(path: Path):
   import pyarrow.parquet as pq
   try:
     table = pq.read_table(path)
-  except Exception as e:
+  except (pa.ArrowException, OSError) as e:
     raise UserError(f"cannot read Parquet file {path}: {str(e).splitlines()[0]}") from None
   for i, row in enumerate(table.to_pylist(), 1):
     yield i, row
@@ -117,7 +117,7 @@ def _read_image(path: Path, size):
       if size is not None:
         im = im.resize((size[1], size[0]))
       array = np.asarray(im, np.uint8)
-  except Exception as e:
+  except Exception as e:  # Pillow: OSError for most files, its own types for bombs and modes
     raise UserError(f"{path}: cannot read image: {e}") from None
   return array[..., None] if array.ndim == 2 else array
 
