@@ -17,12 +17,11 @@ def get_config():
   config.log_every_steps = 100
   config.eval_every_steps = 250
   config.checkpoint_every_steps = 250
-  config.optimizer.update(name="adamw", learning_rate=3e-3, weight_decay=1e-4,
-                          schedule="warmup_cosine", warmup_steps=50)
-  config.dataset.update(name="digits", train_split="train[:90%]",
-                        eval_split="train[90%:]", test_split="test")
-  config.model = dict(
-      name="cnn",
-      num_classes=10,
-      dropout_rate=0.1)           # before the last dense layer
+  config.optimizer.update(
+    name="adamw", learning_rate=3e-3, weight_decay=1e-4, schedule="warmup_cosine", warmup_steps=50
+  )
+  config.dataset.update(
+    name="digits", train_split="train[:90%]", eval_split="train[90%:]", test_split="test"
+  )
+  config.model = dict(name="cnn", num_classes=10, dropout_rate=0.1)  # before the last dense layer
   return config

@@ -15,8 +15,10 @@ from jaxtrain.config import base_config
 
 
 def get_config(arg: str = "124m"):
-  shapes = {"124m": dict(num_layers=12, num_heads=12, embed_dim=768),
-            "350m": dict(num_layers=24, num_heads=16, embed_dim=1024)}
+  shapes = {
+    "124m": dict(num_layers=12, num_heads=12, embed_dim=768),
+    "350m": dict(num_layers=24, num_heads=16, embed_dim=1024),
+  }
   config = base_config()
   config.task = "language_modeling"
   config.batch_size = 32
@@ -25,12 +27,29 @@ def get_config(arg: str = "124m"):
   config.eval_every_steps = 500
   config.checkpoint_every_steps = 1000
   config.compute_dtype = "bfloat16"
-  config.optimizer.update(name="adamw", learning_rate=6e-4, b1=0.9, b2=0.95, weight_decay=0.1,
-                          grad_clip_norm=1.0, schedule="warmup_cosine", warmup_steps=100,
-                          end_lr_factor=0.1)
-  config.dataset.update(name="synthetic_tokens", train_split="train", eval_split="test",
-                        test_split="")
+  config.optimizer.update(
+    name="adamw",
+    learning_rate=6e-4,
+    b1=0.9,
+    b2=0.95,
+    weight_decay=0.1,
+    grad_clip_norm=1.0,
+    schedule="warmup_cosine",
+    warmup_steps=100,
+    end_lr_factor=0.1,
+  )
+  config.dataset.update(
+    name="synthetic_tokens", train_split="train", eval_split="test", test_split=""
+  )
   config.dataset.builder_kwargs.update(vocab_size=50304, seq_len=1024, num_examples=8192)
-  config.model = dict(name="transformer_lm", vocab_size=50304, max_length=1024, mlp_ratio=4,
-                      dropout_rate=0.0, attention="", remat="", **shapes[arg])
+  config.model = dict(
+    name="transformer_lm",
+    vocab_size=50304,
+    max_length=1024,
+    mlp_ratio=4,
+    dropout_rate=0.0,
+    attention="",
+    remat="",
+    **shapes[arg],
+  )
   return config

@@ -20,8 +20,5 @@ def get_config():
   config.checkpoint_every_steps = 200
   config.optimizer.update(name="sgd", learning_rate=0.1, momentum=0.9)
   config.dataset.update(name="mnist", train_split="train", eval_split="test")
-  config.model = dict(
-      name="cnn",
-      num_classes=10,
-      dropout_rate=0.1)           # before the last dense layer
+  config.model = dict(name="cnn", num_classes=10, dropout_rate=0.1)  # before the last dense layer
   return config

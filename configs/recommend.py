@@ -16,16 +16,24 @@ from jaxtrain.config import base_config, sample_file
 def get_config():
   config = base_config()
   config.task = "retrieval"
-  config.data_import.update(sources=(sample_file("ratings.csv"),), name="interactions",
-                            label="rating", label_kind="value", columns="user=category,item=category",
-                            split="time:timestamp", cutoffs="2024-10-01,2024-11-15")
-  config.dataset.update(name="interactions", train_split="train", eval_split="validation",
-                        test_split="test")
+  config.data_import.update(
+    sources=(sample_file("ratings.csv"),),
+    name="interactions",
+    label="rating",
+    label_kind="value",
+    columns="user=category,item=category",
+    split="time:timestamp",
+    cutoffs="2024-10-01,2024-11-15",
+  )
+  config.dataset.update(
+    name="interactions", train_split="train", eval_split="validation", test_split="test"
+  )
   config.preprocess.features = "user,item"
   config.model = dict(
-      name="two_tower",
-      dim=32,                     # the user and item vectors compared
-      hidden=64)                  # each tower's embedding width
+    name="two_tower",
+    dim=32,  # the user and item vectors compared
+    hidden=64,
+  )  # each tower's embedding width
   config.loss.temperature = 0.1
   config.eval_top_k = 10
   config.batch_size = 256

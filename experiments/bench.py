@@ -31,11 +31,15 @@ def timed_run(config, workdir: str, warmup: int) -> dict:
   """
   train_and_evaluate(config, workdir)
   intervals = [e for e in read_metrics(workdir) if e["split"] == "train" and e["step"] > warmup]
-  seconds = [(e["step"] - p["step"]) / e["steps_per_sec"]
-             for p, e in zip([{"step": warmup}] + intervals, intervals)]
-  return {"steps_per_sec": (config.num_train_steps - warmup) / sum(seconds),
-          "data_wait": sum(e["data_wait"] * s for e, s in zip(intervals, seconds)) / sum(seconds),
-          "final": intervals[-1]}
+  seconds = [
+    (e["step"] - p["step"]) / e["steps_per_sec"]
+    for p, e in zip([{"step": warmup}] + intervals, intervals)
+  ]
+  return {
+    "steps_per_sec": (config.num_train_steps - warmup) / sum(seconds),
+    "data_wait": sum(e["data_wait"] * s for e, s in zip(intervals, seconds)) / sum(seconds),
+    "final": intervals[-1],
+  }
 
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist_t10k"
@@ -52,9 +56,13 @@ def mnist_config(*, quick: bool, warmup: int, steps: int, data_dir: str, evaluat
   c.num_train_steps, c.log_every_steps = warmup + steps, warmup
   c.checkpoint_every_steps = c.eval_every_steps = c.num_train_steps
   if quick:
-    c.dataset.update(name="digits", path="", train_split="train", eval_split="test" if evaluate else "")
+    c.dataset.update(
+      name="digits", path="", train_split="train", eval_split="test" if evaluate else ""
+    )
   else:
-    c.dataset.update(path=str(MNIST), train_split="test[:8000]", eval_split="test[8000:]" if evaluate else "")
+    c.dataset.update(
+      path=str(MNIST), train_split="test[:8000]", eval_split="test[8000:]" if evaluate else ""
+    )
   c.dataset.data_dir = data_dir
   return c
 

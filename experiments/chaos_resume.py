@@ -30,11 +30,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_args(workdir: Path, data_dir: str, steps: int) -> list[str]:
-  return [sys.executable, "-m", "jaxtrain.tools.cli", "train", "--config", str(ROOT / "configs/digits.py"),
-          "--workdir", str(workdir), f"--config.dataset.data_dir={data_dir}",
-          f"--config.num_train_steps={steps}", "--config.checkpoint_every_steps=7",
-          "--config.log_every_steps=10", f"--config.eval_every_steps={steps // 3}",
-          "--config.model.name=mlp"]
+  return [
+    sys.executable,
+    "-m",
+    "jaxtrain.tools.cli",
+    "train",
+    "--config",
+    str(ROOT / "configs/digits.py"),
+    "--workdir",
+    str(workdir),
+    f"--config.dataset.data_dir={data_dir}",
+    f"--config.num_train_steps={steps}",
+    "--config.checkpoint_every_steps=7",
+    "--config.log_every_steps=10",
+    f"--config.eval_every_steps={steps // 3}",
+    "--config.model.name=mlp",
+  ]
 
 
 SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -42,8 +53,13 @@ SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 def state_digest(workdir: Path) -> str:
   """The final state's digest and the test split's metrics (as they were measured)."""
-  out = subprocess.run([sys.executable, "-m", "jaxtrain.tools.cli", "inspect", str(workdir), "--json"],
-                       capture_output=True, text=True, check=True, cwd=ROOT)
+  out = subprocess.run(
+    [sys.executable, "-m", "jaxtrain.tools.cli", "inspect", str(workdir), "--json"],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=ROOT,
+  )
   report = json.loads(out.stdout)
   test = {k: v for k, v in report["metrics"].get("test", {}).items() if k != "time"}
   return report["state_digest"] + json.dumps(test, sort_keys=True)
@@ -57,8 +73,13 @@ def trial(workdir: Path, data_dir: str, steps: int, budget: float, rng: random.R
   """
   planned, kills = rng.randint(1, 3), []
   while True:
-    proc = subprocess.Popen(run_args(workdir, data_dir, steps), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+      run_args(workdir, data_dir, steps),
+      cwd=ROOT,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
     if len(kills) < planned:
       delay, sig = rng.uniform(0.3, 1.05 * budget), rng.choice(SIGNALS)
       try:
@@ -89,8 +110,9 @@ def main(argv=None) -> int:
     tmp = Path(tmp)
     data_dir = str(tmp / "data")
     start = time.monotonic()
-    subprocess.run(run_args(tmp / "reference", data_dir, steps), cwd=ROOT, check=True,
-                   capture_output=True)
+    subprocess.run(
+      run_args(tmp / "reference", data_dir, steps), cwd=ROOT, check=True, capture_output=True
+    )
     budget = time.monotonic() - start  # kills land anywhere from start-up to the end
     reference = state_digest(tmp / "reference")
     results = []
@@ -98,17 +120,23 @@ def main(argv=None) -> int:
       result = trial(tmp / f"trial{i}", data_dir, steps, budget, rng)
       result["identical"] = result["digest"] == reference
       results.append(result)
-      print(f"trial {i:2d}  kills {result['kills']!s:<45}  "
-            f"{'bit-identical' if result['identical'] else 'DIFFERENT'}", flush=True)
+      print(
+        f"trial {i:2d}  kills {result['kills']!s:<45}  "
+        f"{'bit-identical' if result['identical'] else 'DIFFERENT'}",
+        flush=True,
+      )
   identical = sum(r["identical"] for r in results)
   kills = [k for r in results for k in r["kills"]]
   counts = ", ".join(f"{sum(k[1] == s.name for k in kills)} {s.name}" for s in SIGNALS)
-  print(f"{identical}/{len(results)} trials ended bit-identical to an uninterrupted run "
-        f"({steps} steps, reference digest {reference[:16]}; {len(kills)} stops: {counts}; "
-        "every exit 0, 75 or SIGKILL)")
+  print(
+    f"{identical}/{len(results)} trials ended bit-identical to an uninterrupted run "
+    f"({steps} steps, reference digest {reference[:16]}; {len(kills)} stops: {counts}; "
+    "every exit 0, 75 or SIGKILL)"
+  )
   if args.out:
-    Path(args.out).write_text(json.dumps({"steps": steps, "reference": reference,
-                                          "trials": results}, indent=2))
+    Path(args.out).write_text(
+      json.dumps({"steps": steps, "reference": reference, "trials": results}, indent=2)
+    )
   return 0 if identical == len(results) else 1
 
 

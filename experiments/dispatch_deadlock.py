@@ -61,17 +61,31 @@ jax.block_until_ready(w)
 
 
 def run_case(devices: int, limit: int, steps: int, timeout_s: float) -> dict:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    TF_CPP_MIN_LOG_LEVEL="3",
+  )
   start = time.perf_counter()
   try:
-    proc = subprocess.run([sys.executable, "-c", CASE, str(limit), str(steps)], env=env,
-                          capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.run(
+      [sys.executable, "-c", CASE, str(limit), str(steps)],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout_s,
+    )
     outcome = "finished" if proc.returncode == 0 else f"failed ({proc.returncode})"
   except subprocess.TimeoutExpired:
     outcome = "hung"
-  return {"devices": devices, "in_flight_limit": limit or None, "steps": steps,
-          "outcome": outcome, "seconds": round(time.perf_counter() - start, 1)}
+  return {
+    "devices": devices,
+    "in_flight_limit": limit or None,
+    "steps": steps,
+    "outcome": outcome,
+    "seconds": round(time.perf_counter() - start, 1),
+  }
 
 
 def main(argv=None) -> list[dict]:
@@ -86,13 +100,18 @@ def main(argv=None) -> list[dict]:
   args = parser.parse_args(argv)
   if args.quick:
     args.devices, args.limits, args.tries, args.timeout_s = "4", "0,8", 1, 30
-  rows = [run_case(d, limit, args.steps, args.timeout_s)
-          for d in map(int, args.devices.split(",")) for limit in map(int, args.limits.split(","))
-          for _ in range(args.tries)]
+  rows = [
+    run_case(d, limit, args.steps, args.timeout_s)
+    for d in map(int, args.devices.split(","))
+    for limit in map(int, args.limits.split(","))
+    for _ in range(args.tries)
+  ]
   print(f"{'devices':>7}  {'in flight':>9}  outcome")
   for r in rows:
-    print(f"{r['devices']:>7}  {r['in_flight_limit'] or 'no limit':>9}  {r['outcome']} "
-          f"({r['seconds']} s)")
+    print(
+      f"{r['devices']:>7}  {r['in_flight_limit'] or 'no limit':>9}  {r['outcome']} "
+      f"({r['seconds']} s)"
+    )
   if args.out:
     with open(args.out, "w") as f:
       json.dump({"jax": jax.__version__, "cpu_count": os.cpu_count(), "rows": rows}, f, indent=1)

@@ -66,32 +66,59 @@ print("RESULT", status, time.perf_counter() - start, resource.getrusage(resource
 
 
 def import_once(csv: Path, data_dir: Path, engine: str) -> dict:
-  argv = ["data", "import", str(csv), "--name", "scale", "--label", "label",
-          "--columns", COLUMNS, "--data_dir", str(data_dir)]
-  proc = subprocess.run([sys.executable, "-c", _CHILD, engine, *argv], capture_output=True,
-                        text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  argv = [
+    "data",
+    "import",
+    str(csv),
+    "--name",
+    "scale",
+    "--label",
+    "label",
+    "--columns",
+    COLUMNS,
+    "--data_dir",
+    str(data_dir),
+  ]
+  proc = subprocess.run(
+    [sys.executable, "-c", _CHILD, engine, *argv],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=str(ROOT)),
+  )
   result = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
   if not result:
     raise RuntimeError(proc.stderr[-3000:])
   _, status, seconds, rss_kb = result[-1].split()
-  return {"status": int(status), "seconds": float(seconds), "peak_rss_mb": int(rss_kb) / 1024,
-          "stderr": proc.stderr.strip().splitlines()[-1:] if int(status) else []}
+  return {
+    "status": int(status),
+    "seconds": float(seconds),
+    "peak_rss_mb": int(rss_kb) / 1024,
+    "stderr": proc.stderr.strip().splitlines()[-1:] if int(status) else [],
+  }
 
 
 def pyarrow_read_seconds(csv: Path) -> float:
   """`pyarrow.csv.read_csv` of the file, in a process of its own: a child forked from a
   parent holding the table would count the parent's memory in its peak RSS."""
-  code = ("import sys, time, pyarrow.csv as c; t = time.perf_counter(); c.read_csv(sys.argv[1]); "
-          "print(time.perf_counter() - t)")
-  out = subprocess.run([sys.executable, "-c", code, str(csv)], capture_output=True, text=True, check=True)
+  code = (
+    "import sys, time, pyarrow.csv as c; t = time.perf_counter(); c.read_csv(sys.argv[1]); "
+    "print(time.perf_counter() - t)"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code, str(csv)], capture_output=True, text=True, check=True
+  )
   return float(out.stdout.split()[-1])
 
 
 def write_csv_apart(path: Path, rows: int, bad_row: int = 0) -> None:
   """write_csv in a child process: this process stays small, so the import children it
   starts (whose peak RSS counts the memory they were forked from) are measured alone."""
-  subprocess.run([sys.executable, __file__, "--write_csv", str(path), str(rows), str(bad_row)],
-                 check=True, cwd=ROOT)
+  subprocess.run(
+    [sys.executable, __file__, "--write_csv", str(path), str(rows), str(bad_row)],
+    check=True,
+    cwd=ROOT,
+  )
 
 
 def main(argv=None) -> dict:
@@ -113,16 +140,25 @@ def main(argv=None) -> dict:
     for n in [int(n) for n in args.rows.split(",")]:
       csv = Path(tmp) / f"rows_{n}.csv"
       write_csv_apart(csv, n)
-      row = {"rows": n, "file_mb": csv.stat().st_size / 2**20,
-             "pyarrow_read_s": pyarrow_read_seconds(csv)}
+      row = {
+        "rows": n,
+        "file_mb": csv.stat().st_size / 2**20,
+        "pyarrow_read_s": pyarrow_read_seconds(csv),
+      }
       ours = import_once(csv, Path(tmp) / f"dd_{n}", "columnar")
       assert ours["status"] == 0, ours
-      row.update(seconds=ours["seconds"], rows_per_s=n / ours["seconds"], peak_rss_mb=ours["peak_rss_mb"])
+      row.update(
+        seconds=ours["seconds"], rows_per_s=n / ours["seconds"], peak_rss_mb=ours["peak_rss_mb"]
+      )
       if n in legacy:
         old = import_once(csv, Path(tmp) / f"dd_legacy_{n}", "legacy")
         assert old["status"] == 0, old
-        row.update(legacy_seconds=old["seconds"], legacy_rows_per_s=n / old["seconds"],
-                   legacy_peak_rss_mb=old["peak_rss_mb"], speedup=old["seconds"] / ours["seconds"])
+        row.update(
+          legacy_seconds=old["seconds"],
+          legacy_rows_per_s=n / old["seconds"],
+          legacy_peak_rss_mb=old["peak_rss_mb"],
+          speedup=old["seconds"] / ours["seconds"],
+        )
       results.append(row)
       csv.unlink()
     bad = None
@@ -131,19 +167,36 @@ def main(argv=None) -> dict:
       csv = Path(tmp) / f"bad_{n}.csv"
       write_csv_apart(csv, n, bad_row=args.bad_row)
       got = import_once(csv, Path(tmp) / "dd_bad", "columnar")
-      bad = {"rows": n, "bad_row": args.bad_row, "status": got["status"], "message": got["stderr"],
-             "seconds": got["seconds"], "peak_rss_mb": got["peak_rss_mb"]}
-  print(f"{'rows':>11} {'MB':>7} {'import s':>9} {'rows/s':>10} {'peak RSS MB':>12} "
-        f"{'x pyarrow read':>15} {'0.2 rows/s':>11} {'speed-up':>9}")
+      bad = {
+        "rows": n,
+        "bad_row": args.bad_row,
+        "status": got["status"],
+        "message": got["stderr"],
+        "seconds": got["seconds"],
+        "peak_rss_mb": got["peak_rss_mb"],
+      }
+  print(
+    f"{'rows':>11} {'MB':>7} {'import s':>9} {'rows/s':>10} {'peak RSS MB':>12} "
+    f"{'x pyarrow read':>15} {'0.2 rows/s':>11} {'speed-up':>9}"
+  )
   for r in results:
-    print(f"{r['rows']:>11,} {r['file_mb']:>7.0f} {r['seconds']:>9.2f} {r['rows_per_s']:>10,.0f} "
-          f"{r['peak_rss_mb']:>12.0f} {r['seconds'] / r['pyarrow_read_s']:>15.1f} "
-          f"{r.get('legacy_rows_per_s', float('nan')):>11,.0f} {r.get('speedup', float('nan')):>9.1f}")
+    print(
+      f"{r['rows']:>11,} {r['file_mb']:>7.0f} {r['seconds']:>9.2f} {r['rows_per_s']:>10,.0f} "
+      f"{r['peak_rss_mb']:>12.0f} {r['seconds'] / r['pyarrow_read_s']:>15.1f} "
+      f"{r.get('legacy_rows_per_s', float('nan')):>11,.0f} {r.get('speedup', float('nan')):>9.1f}"
+    )
   if bad:
-    print(f"malformed value at data row {bad['bad_row']:,} of {bad['rows']:,}: exit {bad['status']} "
-          f"after {bad['seconds']:.1f} s: {' '.join(bad['message'])}")
-  result = {"benchmark": "import_scale", "date": time.strftime("%Y-%m-%d"), "results": results,
-            "bad_row": bad, "cpu_count": os.cpu_count()}
+    print(
+      f"malformed value at data row {bad['bad_row']:,} of {bad['rows']:,}: exit {bad['status']} "
+      f"after {bad['seconds']:.1f} s: {' '.join(bad['message'])}"
+    )
+  result = {
+    "benchmark": "import_scale",
+    "date": time.strftime("%Y-%m-%d"),
+    "results": results,
+    "bad_row": bad,
+    "cpu_count": os.cpu_count(),
+  }
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
   return result

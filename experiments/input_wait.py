@@ -28,8 +28,10 @@ import jax  # noqa: E402
 
 from bench import MNIST, mnist_config, timed_run  # noqa: E402
 
-MODELS = {"cnn": dict(name="cnn", num_classes=10, dropout_rate=0.1),
-          "resnet": dict(name="resnet", num_classes=10, stage_sizes=(2, 2, 2), width=32)}
+MODELS = {
+  "cnn": dict(name="cnn", num_classes=10, dropout_rate=0.1),
+  "resnet": dict(name="resnet", num_classes=10, stage_sizes=(2, 2, 2), width=32),
+}
 
 
 def config_for(args, model: str, cached: bool):
@@ -49,7 +51,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--steps", type=int, default=1000, help="timed steps per run")
   parser.add_argument("--warmup", type=int, default=50)
   parser.add_argument("--quick", action="store_true", help="digits, a few steps")
-  parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "jaxtrain-bench-tfds"))
+  parser.add_argument(
+    "--data_dir", default=os.path.join(tempfile.gettempdir(), "jaxtrain-bench-tfds")
+  )
   parser.add_argument("--out", default="input_wait.json")
   args = parser.parse_args(argv)
   if args.quick:
@@ -59,14 +63,32 @@ def main(argv=None) -> dict:
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     pairs = [(m, c) for m in MODELS for c in (True, False)]
-    for model, cached in pairs[::3] if args.quick else pairs:  # quick: cnn cached, resnet from files
-      run = timed_run(config_for(args, model, cached), os.path.join(tmp, f"{model}{cached}"), args.warmup)
-      rows.append({"model": model, "source": "memory" if cached else "array_record",
-                   "steps_per_sec": run["steps_per_sec"], "data_wait": run["data_wait"]})
-  result = {"benchmark": "input_wait", "device": str(jax.devices()[0].device_kind),
-            "data": "digits" if args.quick else "mnist_t10k[:8000]", "batch_size": 32 if args.quick else 128,
-            "timed_steps": args.steps, "runs": rows, "date": time.strftime("%Y-%m-%d")}
-  print(f"device {result['device']}, {result['data']}, batch {result['batch_size']}, {args.steps} timed steps")
+    for model, cached in (
+      pairs[::3] if args.quick else pairs
+    ):  # quick: cnn cached, resnet from files
+      run = timed_run(
+        config_for(args, model, cached), os.path.join(tmp, f"{model}{cached}"), args.warmup
+      )
+      rows.append(
+        {
+          "model": model,
+          "source": "memory" if cached else "array_record",
+          "steps_per_sec": run["steps_per_sec"],
+          "data_wait": run["data_wait"],
+        }
+      )
+  result = {
+    "benchmark": "input_wait",
+    "device": str(jax.devices()[0].device_kind),
+    "data": "digits" if args.quick else "mnist_t10k[:8000]",
+    "batch_size": 32 if args.quick else 128,
+    "timed_steps": args.steps,
+    "runs": rows,
+    "date": time.strftime("%Y-%m-%d"),
+  }
+  print(
+    f"device {result['device']}, {result['data']}, batch {result['batch_size']}, {args.steps} timed steps"
+  )
   print(f"{'model':<8} {'source':<13} {'steps/s':>9} {'data wait':>10}")
   for r in rows:
     print(f"{r['model']:<8} {r['source']:<13} {r['steps_per_sec']:>9.1f} {r['data_wait']:>10.1%}")

@@ -54,8 +54,11 @@ def load_config(args):
   c.num_train_steps, c.log_every_steps = args.warmup + args.steps, args.warmup
   c.checkpoint_every_steps = c.eval_every_steps = 10 * c.num_train_steps  # the final save only
   c.dataset.update(eval_split="", data_dir=args.data_dir)
-  c.dataset.builder_kwargs.update(vocab_size=m.vocab_size, seq_len=m.max_length,
-                             num_examples=max(4 * c.batch_size, 64 if args.quick else 1024))
+  c.dataset.builder_kwargs.update(
+    vocab_size=m.vocab_size,
+    seq_len=m.max_length,
+    num_examples=max(4 * c.batch_size, 64 if args.quick else 1024),
+  )
   return c
 
 
@@ -69,6 +72,7 @@ def matmul_rate(n: int, chain: int = 8, repeats: int = 5) -> float:
     for _ in range(chain):
       x = jnp.dot(x, b, preferred_element_type=jnp.float32).astype(jnp.bfloat16) * 0.5
     return x
+
   run(a).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
@@ -80,16 +84,32 @@ def matmul_rate(n: int, chain: int = 8, repeats: int = 5) -> float:
 
 # The hand-written model: GPT-2's shape as plain functions of a params dict.
 
+
 def init_params(key, *, vocab_size, max_length, num_layers, embed_dim, mlp_ratio, **_):
   keys = iter(jax.random.split(key, 4 + 4 * num_layers))
   normal = lambda *shape: 0.02 * jax.random.normal(next(keys), shape, jnp.float32)
   d = embed_dim
-  layer = lambda: {"ln1": jnp.ones(d), "ln1_b": jnp.zeros(d), "qkv": normal(d, 3 * d), "qkv_b": jnp.zeros(3 * d),
-                   "out": normal(d, d), "out_b": jnp.zeros(d), "ln2": jnp.ones(d), "ln2_b": jnp.zeros(d),
-                   "up": normal(d, mlp_ratio * d), "up_b": jnp.zeros(mlp_ratio * d),
-                   "down": normal(mlp_ratio * d, d), "down_b": jnp.zeros(d)}
-  return {"token_embed": normal(vocab_size, d), "position_embed": normal(max_length, d),
-          "layers": [layer() for _ in range(num_layers)], "ln_f": jnp.ones(d), "ln_f_b": jnp.zeros(d)}
+  layer = lambda: {
+    "ln1": jnp.ones(d),
+    "ln1_b": jnp.zeros(d),
+    "qkv": normal(d, 3 * d),
+    "qkv_b": jnp.zeros(3 * d),
+    "out": normal(d, d),
+    "out_b": jnp.zeros(d),
+    "ln2": jnp.ones(d),
+    "ln2_b": jnp.zeros(d),
+    "up": normal(d, mlp_ratio * d),
+    "up_b": jnp.zeros(mlp_ratio * d),
+    "down": normal(mlp_ratio * d, d),
+    "down_b": jnp.zeros(d),
+  }
+  return {
+    "token_embed": normal(vocab_size, d),
+    "position_embed": normal(max_length, d),
+    "layers": [layer() for _ in range(num_layers)],
+    "ln_f": jnp.ones(d),
+    "ln_f_b": jnp.zeros(d),
+  }
 
 
 def _layer_norm(x, scale, bias):
@@ -119,8 +139,9 @@ def hand_steps_per_sec(config, tokens: np.ndarray, warmup: int, steps: int) -> f
   m = config.model
   tx, _ = make_optimizer(config.optimizer, config.num_train_steps)
   params = init_params(jax.random.PRNGKey(0), **m)
-  loss = lambda p, batch: hand_loss(p, batch, num_heads=m.num_heads, attention=m.attention,
-                                    dtype=jnp.dtype(config.compute_dtype))
+  loss = lambda p, batch: hand_loss(
+    p, batch, num_heads=m.num_heads, attention=m.attention, dtype=jnp.dtype(config.compute_dtype)
+  )
 
   def step(state, batch):
     params, opt_state = state
@@ -130,7 +151,10 @@ def hand_steps_per_sec(config, tokens: np.ndarray, warmup: int, steps: int) -> f
 
   step = jax.jit(step, donate_argnums=0)
   state, per_epoch = (params, tx.init(params)), len(tokens) // config.batch_size
-  batches = [jax.device_put(tokens[i * config.batch_size:(i + 1) * config.batch_size]) for i in range(per_epoch)]
+  batches = [
+    jax.device_put(tokens[i * config.batch_size : (i + 1) * config.batch_size])
+    for i in range(per_epoch)
+  ]
   for i in range(warmup):
     state, value = step(state, batches[i % per_epoch])
   value.block_until_ready()
@@ -147,13 +171,18 @@ def main(argv=None) -> dict:
   parser.add_argument("--steps", type=int, default=100, help="timed steps")
   parser.add_argument("--warmup", type=int, default=20)
   parser.add_argument("--batch_size", type=int, default=0, help="0: the config's")
-  parser.add_argument("--attention", default="best",
-                      help="best (cudnn on a GPU, else xla), '' (JAX chooses), xla or cudnn")
+  parser.add_argument(
+    "--attention",
+    default="best",
+    help="best (cudnn on a GPU, else xla), '' (JAX chooses), xla or cudnn",
+  )
   parser.add_argument("--remat", default="", help="'', full, dots, dots_no_batch")
   parser.add_argument("--compute_dtype", default="bfloat16")
   parser.add_argument("--matmul_size", type=int, default=8192)
   parser.add_argument("--quick", action="store_true", help="a tiny model, a few steps")
-  parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "jaxtrain-bench-tfds"))
+  parser.add_argument(
+    "--data_dir", default=os.path.join(tempfile.gettempdir(), "jaxtrain-bench-tfds")
+  )
   parser.add_argument("--out", default="lm_mfu.json")
   args = parser.parse_args(argv)
   if args.quick:
@@ -169,21 +198,35 @@ def main(argv=None) -> dict:
   tokens = input_pipeline.InMemorySource(source).arrays["tokens"]
   theirs = hand_steps_per_sec(config, tokens, args.warmup, args.steps)
   params = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), **m))
-  flops = train_flops_per_token(params, num_layers=m.num_layers, embed_dim=m.embed_dim, seq_len=m.max_length)
+  flops = train_flops_per_token(
+    params, num_layers=m.num_layers, embed_dim=m.embed_dim, seq_len=m.max_length
+  )
   tokens_per_step = config.batch_size * m.max_length
   mfu = lambda steps_per_sec: flops * tokens_per_step * steps_per_sec / rate
   result = {
-      "benchmark": "lm_mfu", "device": str(jax.devices()[0].device_kind), "model": args.model if not args.quick
-      else "quick", "params": int(sum(x.size for x in jax.tree.leaves(params))),
-      "batch_size": config.batch_size, "seq_len": m.max_length, "compute_dtype": config.compute_dtype,
-      "attention": m.attention or "auto", "remat": m.remat or "none", "timed_steps": args.steps,
-      "matmul_flops_per_sec": rate, "model_flops_per_token": flops,
-      "jaxtrain_steps_per_sec": ours, "hand_steps_per_sec": theirs,
-      "jaxtrain_mfu": mfu(ours), "hand_mfu": mfu(theirs), "ratio": ours / theirs,
-      "date": time.strftime("%Y-%m-%d"),
+    "benchmark": "lm_mfu",
+    "device": str(jax.devices()[0].device_kind),
+    "model": args.model if not args.quick else "quick",
+    "params": int(sum(x.size for x in jax.tree.leaves(params))),
+    "batch_size": config.batch_size,
+    "seq_len": m.max_length,
+    "compute_dtype": config.compute_dtype,
+    "attention": m.attention or "auto",
+    "remat": m.remat or "none",
+    "timed_steps": args.steps,
+    "matmul_flops_per_sec": rate,
+    "model_flops_per_token": flops,
+    "jaxtrain_steps_per_sec": ours,
+    "hand_steps_per_sec": theirs,
+    "jaxtrain_mfu": mfu(ours),
+    "hand_mfu": mfu(theirs),
+    "ratio": ours / theirs,
+    "date": time.strftime("%Y-%m-%d"),
   }
-  print(f"device {result['device']}: bf16 matmul {rate / 1e12:.3g} TFLOP/s; model {result['model']} "
-        f"({result['params'] / 1e6:.1f}M params), batch {config.batch_size} x {m.max_length} tokens")
+  print(
+    f"device {result['device']}: bf16 matmul {rate / 1e12:.3g} TFLOP/s; model {result['model']} "
+    f"({result['params'] / 1e6:.1f}M params), batch {config.batch_size} x {m.max_length} tokens"
+  )
   print(f"{'step':<12} {'steps/s':>9} {'tokens/s':>11} {'MFU':>7}")
   for name, v in (("jaxtrain", ours), ("hand jax", theirs)):
     print(f"{name:<12} {v:>9.2f} {v * tokens_per_step:>11.0f} {mfu(v):>7.1%}")

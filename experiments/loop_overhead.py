@@ -46,14 +46,20 @@ from jaxtrain.run.loop import create_train_state  # noqa: E402
 
 
 MODELS = {
-    # Dispatch-bound: a step of an MLP this small is a few microseconds of compute.
-    "tiny": dict(name="mlp", num_classes=10, features=(32,), dropout_rate=0.0),
-    "cnn": None,  # configs/digits.py's own CNN
+  # Dispatch-bound: a step of an MLP this small is a few microseconds of compute.
+  "tiny": dict(name="mlp", num_classes=10, features=(32,), dropout_rate=0.0),
+  "cnn": None,  # configs/digits.py's own CNN
 }
 
 
-def load_config(warmup: int, steps: int, data_dir: str, model: str = "cnn", batch_size: int = 0,
-                steps_per_dispatch=1):
+def load_config(
+  warmup: int,
+  steps: int,
+  data_dir: str,
+  model: str = "cnn",
+  batch_size: int = 0,
+  steps_per_dispatch=1,
+):
   c = load_config_file("digits")
   if MODELS[model] is not None:
     c.model = MODELS[model]
@@ -76,8 +82,9 @@ def hand_loop(config, warmup: int) -> float:
   per_epoch = len(rows) // config.batch_size
   model = build_model(config, {"kind": "image"}, {"image": images[:1]})
   tx, _ = make_optimizer(config.optimizer, config.num_train_steps)
-  state = create_train_state(config, model, tx, {"image": images[:1]}, model.apply_fn(),
-                             classification_loss)
+  state = create_train_state(
+    config, model, tx, {"image": images[:1]}, model.apply_fn(), classification_loss
+  )
   step = jax.jit(train_step, donate_argnums=0)
   rng = np.random.default_rng(config.seed)
   order = []
@@ -85,7 +92,7 @@ def hand_loop(config, warmup: int) -> float:
   def batch(i):
     if i % per_epoch == 0:
       order[:] = [rng.permutation(len(rows))]
-    idx = order[0][(i % per_epoch) * config.batch_size:(i % per_epoch + 1) * config.batch_size]
+    idx = order[0][(i % per_epoch) * config.batch_size : (i % per_epoch + 1) * config.batch_size]
     return {"image": images[idx], "label": labels[idx]}
 
   for i in range(warmup):
@@ -103,11 +110,19 @@ def main(argv=None) -> dict:
   parser.add_argument("--steps", type=int, default=600, help="timed steps per repeat")
   parser.add_argument("--warmup", type=int, default=50)
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--model", choices=sorted(MODELS), default="cnn",
-                      help="tiny: an MLP with one hidden layer of 32 (dispatch-bound); cnn: digits' CNN")
-  parser.add_argument("--batch_size", type=int, default=0, help="default: 32 for tiny, the config's for cnn")
+  parser.add_argument(
+    "--model",
+    choices=sorted(MODELS),
+    default="cnn",
+    help="tiny: an MLP with one hidden layer of 32 (dispatch-bound); cnn: digits' CNN",
+  )
+  parser.add_argument(
+    "--batch_size", type=int, default=0, help="default: 32 for tiny, the config's for cnn"
+  )
   parser.add_argument("--quick", action="store_true", help="a few steps, one repeat")
-  parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "jaxtrain-bench-tfds"))
+  parser.add_argument(
+    "--data_dir", default=os.path.join(tempfile.gettempdir(), "jaxtrain-bench-tfds")
+  )
   parser.add_argument("--out", default="loop_overhead.json")
   args = parser.parse_args(argv)
   if args.quick:
@@ -120,25 +135,38 @@ def main(argv=None) -> dict:
     for r in range(args.repeats):
       for name, k in loops.items():
         config = load_config(args.warmup, args.steps, args.data_dir, args.model, batch_size, k or 0)
-        runs[name].append(hand_loop(config, args.warmup) if k is None else
-                          timed_run(config, os.path.join(tmp, f"{r}-{k}"), args.warmup)["steps_per_sec"])
+        runs[name].append(
+          hand_loop(config, args.warmup)
+          if k is None
+          else timed_run(config, os.path.join(tmp, f"{r}-{k}"), args.warmup)["steps_per_sec"]
+        )
   median = {name: statistics.median(v) for name, v in runs.items()}
   hand = median["hand jit k=1"]
   result = {
-      "benchmark": "loop_overhead", "device": str(jax.devices()[0].device_kind),
-      "model": args.model, "model_config": dict(config.model), "batch_size": config.batch_size,
-      "timed_steps": args.steps, "warmup_steps": args.warmup, "repeats": args.repeats,
-      "steps_per_sec": runs,
-      "ratio_k1": median["jaxtrain k=1"] / hand, "ratio_auto": median["jaxtrain auto"] / hand,
-      "date": time.strftime("%Y-%m-%d"),
+    "benchmark": "loop_overhead",
+    "device": str(jax.devices()[0].device_kind),
+    "model": args.model,
+    "model_config": dict(config.model),
+    "batch_size": config.batch_size,
+    "timed_steps": args.steps,
+    "warmup_steps": args.warmup,
+    "repeats": args.repeats,
+    "steps_per_sec": runs,
+    "ratio_k1": median["jaxtrain k=1"] / hand,
+    "ratio_auto": median["jaxtrain auto"] / hand,
+    "date": time.strftime("%Y-%m-%d"),
   }
   print(f"{'loop':<14} {'steps/s (median)':>17}  {'/ hand':>7}  runs")
   for name, v in runs.items():
-    print(f"{name:<14} {median[name]:>17.1f}  {median[name] / hand:>7.3f}  "
-          f"{', '.join(f'{x:.1f}' for x in v)}")
+    print(
+      f"{name:<14} {median[name]:>17.1f}  {median[name] / hand:>7.3f}  "
+      f"{', '.join(f'{x:.1f}' for x in v)}"
+    )
   goals = {"tiny": "k=1 >= 0.95, auto >= 2", "cnn": "k=1 >= 0.97"}
-  print(f"ratios to the hand loop: k=1 {result['ratio_k1']:.3f}, auto {result['ratio_auto']:.3f}  "
-        f"(goals for {args.model}: {goals[args.model]})")
+  print(
+    f"ratios to the hand loop: k=1 {result['ratio_k1']:.3f}, auto {result['ratio_auto']:.3f}  "
+    f"(goals for {args.model}: {goals[args.model]})"
+  )
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
   return result

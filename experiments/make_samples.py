@@ -22,11 +22,15 @@ import os
 
 import numpy as np
 
-HAM = ("meeting tomorrow lunch call later home dinner thanks love see you soon ok sure "
-       "project report office train bus weekend movie game coffee mum dad kids school "
-       "class notes running late sorry traffic plan trip photo birthday party").split()
-SPAM = ("free winner prize claim cash urgent offer click now guaranteed bonus credit "
-        "loan deal limited exclusive reward voucher subscribe congratulations selected").split()
+HAM = (
+  "meeting tomorrow lunch call later home dinner thanks love see you soon ok sure "
+  "project report office train bus weekend movie game coffee mum dad kids school "
+  "class notes running late sorry traffic plan trip photo birthday party"
+).split()
+SPAM = (
+  "free winner prize claim cash urgent offer click now guaranteed bonus credit "
+  "loan deal limited exclusive reward voucher subscribe congratulations selected"
+).split()
 
 
 def spam(rng, n=2000):
@@ -36,8 +40,12 @@ def spam(rng, n=2000):
     length = rng.integers(5, 16)
     share = 0.45 if is_spam else 0.04  # ham sometimes says "free" too
     words = [rng.choice(SPAM) if rng.random() < share else rng.choice(HAM) for _ in range(length)]
-    rows.append({"text": " ".join(words).capitalize() + rng.choice([".", "!", "?"]),
-                 "label": "spam" if is_spam else "ham"})
+    rows.append(
+      {
+        "text": " ".join(words).capitalize() + rng.choice([".", "!", "?"]),
+        "label": "spam" if is_spam else "ham",
+      }
+    )
   return rows
 
 
@@ -53,8 +61,14 @@ def ratings(rng, users=300, items=400, per_user=50, dim=3):
     for b in chosen:
       score = 2.4 + 0.7 * (u[a] @ v[b]) + item_bias[b] + user_bias[a] + rng.normal(0, 0.3)
       when = start + dt.timedelta(minutes=int(rng.integers(0, 365 * 24 * 60)))
-      rows.append({"user": f"u{a}", "item": f"i{b}", "rating": int(np.clip(np.round(score), 1, 5)),
-                   "timestamp": when.isoformat()})
+      rows.append(
+        {
+          "user": f"u{a}",
+          "item": f"i{b}",
+          "rating": int(np.clip(np.round(score), 1, 5)),
+          "timestamp": when.isoformat(),
+        }
+      )
   rows.sort(key=lambda r: r["timestamp"])
   return rows
 
@@ -71,9 +85,22 @@ def demand(rng, stores=8, days=730):
       temp = 15 + 10 * np.sin(2 * np.pi * (d - 100) / 365) + rng.normal(0, 3)
       promo = int(rng.random() < 0.1)
       shock = 0.9 * shock + rng.normal(0, 0.08)  # persistent: yesterday's demand tells
-      level = base[s] * weekly[day.weekday()] * (1 + 0.35 * promo) * (1 + 0.01 * (temp - 15)) * np.exp(shock)
-      rows.append({"store": f"s{s}", "date": day.isoformat(), "temperature": round(float(temp), 1),
-                   "promo": promo, "demand": round(float(level + rng.normal(0, 3)), 1)})
+      level = (
+        base[s]
+        * weekly[day.weekday()]
+        * (1 + 0.35 * promo)
+        * (1 + 0.01 * (temp - 15))
+        * np.exp(shock)
+      )
+      rows.append(
+        {
+          "store": f"s{s}",
+          "date": day.isoformat(),
+          "temperature": round(float(temp), 1),
+          "promo": promo,
+          "demand": round(float(level + rng.normal(0, 3)), 1),
+        }
+      )
   return rows
 
 
@@ -86,7 +113,9 @@ def write_csv(path, rows):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "jaxtrain", "sample_data"))
+  parser.add_argument(
+    "--out", default=os.path.join(os.path.dirname(__file__), "..", "jaxtrain", "sample_data")
+  )
   out = parser.parse_args().out
   os.makedirs(out, exist_ok=True)
   rng = np.random.default_rng(20261123)
@@ -95,6 +124,7 @@ def main():
   write_csv(os.path.join(out, "demand.csv"), demand(rng))
 
   from sklearn.datasets import load_breast_cancer, load_diabetes
+
   cancer = load_breast_cancer()
   with open(os.path.join(out, "breast_cancer.jsonl"), "w") as f:
     for x, y in zip(cancer.data, cancer.target):
@@ -103,6 +133,7 @@ def main():
       f.write(json.dumps(row) + "\n")
   import pyarrow as pa
   import pyarrow.parquet as pq
+
   diabetes = load_diabetes(scaled=False)
   columns = {name: diabetes.data[:, i] for i, name in enumerate(diabetes.feature_names)}
   columns["progression"] = diabetes.target

@@ -45,8 +45,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUTS = {"2x2": (2, 2), "4x1": (4, 1), "1x8": (1, 8), "1x4": (1, 4), "1x4c": (1, 4)}
-PLANS = ("none", "SIGTERM one", "SIGINT one", "SIGUSR1 one", "SIGTERM all", "SIGKILL one",
-         "SIGKILL all")
+PLANS = (
+  "none",
+  "SIGTERM one",
+  "SIGINT one",
+  "SIGUSR1 one",
+  "SIGTERM all",
+  "SIGKILL one",
+  "SIGKILL all",
+)
 CLEAN = {0, 75, 76}
 LOAD_MODES = ("jit", "pmap")
 
@@ -58,16 +65,33 @@ def _free_port() -> int:
 
 
 def _env(devices: int, data_dir: str) -> dict:
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-              JAX_PLATFORMS="cpu", TFDS_DATA_DIR=data_dir, JAXTRAIN_COMPILATION_CACHE="0")
+  return dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    TFDS_DATA_DIR=data_dir,
+    JAXTRAIN_COMPILATION_CACHE="0",
+  )
 
 
 def _train_argv(args, workdir: str) -> list[str]:
-  return [sys.executable, "-m", "jaxtrain.tools.cli", "train", "--config", "configs/digits.py",
-          "--workdir", workdir, "--quiet", f"--config.num_train_steps={args.steps}",
-          f"--config.checkpoint_every_steps={args.steps // 4}", f"--config.eval_every_steps={args.steps // 2}",
-          "--config.log_every_steps=10", "--config.dataset.test_split=",
-          f"--config.parallel.stall_timeout_s={args.stall_timeout_s}"]
+  return [
+    sys.executable,
+    "-m",
+    "jaxtrain.tools.cli",
+    "train",
+    "--config",
+    "configs/digits.py",
+    "--workdir",
+    workdir,
+    "--quiet",
+    f"--config.num_train_steps={args.steps}",
+    f"--config.checkpoint_every_steps={args.steps // 4}",
+    f"--config.eval_every_steps={args.steps // 2}",
+    "--config.log_every_steps=10",
+    "--config.dataset.test_split=",
+    f"--config.parallel.stall_timeout_s={args.stall_timeout_s}",
+  ]
 
 
 def launch(args, layout: str, workdir: str, log_path: str) -> list[subprocess.Popen]:
@@ -75,12 +99,29 @@ def launch(args, layout: str, workdir: str, log_path: str) -> list[subprocess.Po
   processes, devices = LAYOUTS[layout]
   port, procs = _free_port(), []
   for i in range(processes):
-    join = (["--coordinator", f"127.0.0.1:{port}", "--num_processes", str(processes),
-             "--process_id", str(i)] if processes > 1 or layout.endswith("c") else [])
+    join = (
+      [
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--num_processes",
+        str(processes),
+        "--process_id",
+        str(i),
+      ]
+      if processes > 1 or layout.endswith("c")
+      else []
+    )
     log = open(f"{log_path}.{i}", "w")
-    procs.append(subprocess.Popen(_train_argv(args, workdir) + join, cwd=ROOT, stdout=log,
-                                  stderr=subprocess.STDOUT, env=_env(devices, args.data_dir),
-                                  start_new_session=True))
+    procs.append(
+      subprocess.Popen(
+        _train_argv(args, workdir) + join,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env(devices, args.data_dir),
+        start_new_session=True,
+      )
+    )
   return procs
 
 
@@ -104,10 +145,13 @@ def _checkpoints(workdir: str) -> list[int]:
 
 def digest(workdir: str) -> str | None:
   """The final parameters' digest (read in a child: the harness itself never starts JAX)."""
-  code = ("import sys; from jaxtrain.run import checkpoint; s, a = checkpoint.load_arrays(sys.argv[1]); "
-          "print(s, checkpoint.tree_digest(a['params']))")
-  out = subprocess.run([sys.executable, "-c", code, workdir], cwd=ROOT, capture_output=True,
-                       text=True, env=_env(1, ""))
+  code = (
+    "import sys; from jaxtrain.run import checkpoint; s, a = checkpoint.load_arrays(sys.argv[1]); "
+    "print(s, checkpoint.tree_digest(a['params']))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code, workdir], cwd=ROOT, capture_output=True, text=True, env=_env(1, "")
+  )
   return out.stdout.split()[-1] if out.returncode == 0 else None
 
 
@@ -132,8 +176,11 @@ def run_job(args, layout: str, plan: str, rng: random.Random, work: str, n: int)
   record["signalled"] = False
   if plan != "none":  # a random moment after the first or second checkpoint
     after, deadline = rng.choice([1, 2]) * (args.steps // 4), time.monotonic() + args.hang_s
-    while after not in _checkpoints(workdir) and any(p.poll() is None for p in procs) \
-        and time.monotonic() < deadline:
+    while (
+      after not in _checkpoints(workdir)
+      and any(p.poll() is None for p in procs)
+      and time.monotonic() < deadline
+    ):
       time.sleep(0.05)
     time.sleep(rng.uniform(0, args.signal_window_s))
     record["signalled"] = interrupt(procs, plan, rng)
@@ -157,16 +204,23 @@ def start_load(args, work: str) -> list[subprocess.Popen]:
   procs = []
   for i in range(args.load):
     mode = LOAD_MODES[i % 2]
-    loop = (f"i=0; while true; do i=$((i+1)); rm -rf {work}/load{i}; "
-            f"{sys.executable} -m jaxtrain.tools.cli train --config configs/digits.py --quiet "
-            f"--workdir {work}/load{i} --config.parallel.mode={mode} --config.num_train_steps=400 "
-            f"--config.eval_every_steps=100 --config.checkpoint_every_steps=100 "
-            f"--config.dataset.test_split= --config.parallel.stall_timeout_s={args.load_stall_timeout_s} "
-            f"> {work}/load{i}.log 2>&1; echo $? >> {work}/load{i}.codes; done")
-    procs.append(subprocess.Popen(["bash", "-c", loop], cwd=ROOT, env=_env(8, args.data_dir),
-                                  start_new_session=True))
+    loop = (
+      f"i=0; while true; do i=$((i+1)); rm -rf {work}/load{i}; "
+      f"{sys.executable} -m jaxtrain.tools.cli train --config configs/digits.py --quiet "
+      f"--workdir {work}/load{i} --config.parallel.mode={mode} --config.num_train_steps=400 "
+      f"--config.eval_every_steps=100 --config.checkpoint_every_steps=100 "
+      f"--config.dataset.test_split= --config.parallel.stall_timeout_s={args.load_stall_timeout_s} "
+      f"> {work}/load{i}.log 2>&1; echo $? >> {work}/load{i}.codes; done"
+    )
+    procs.append(
+      subprocess.Popen(
+        ["bash", "-c", loop], cwd=ROOT, env=_env(8, args.data_dir), start_new_session=True
+      )
+    )
   for _ in range(args.busy):
-    procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True))
+    procs.append(
+      subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+    )
   return procs
 
 
@@ -197,12 +251,22 @@ def table(records: list[dict], references: dict, load_codes: dict | None = None)
       c["hangs"] += r["hangs"]
       c["launches"] += len(r["launches"])
       # SIGKILL (-9) is the harness's own kill; every other process must exit 0, 75 or 76.
-      c["clean exits"] += sum(all(code in CLEAN or code == -9 for code in codes)
-                              for codes in r["launches"])
+      c["clean exits"] += sum(
+        all(code in CLEAN or code == -9 for code in codes) for codes in r["launches"]
+      )
       c["resumes"] += len(r["launches"]) - 1
       c["interrupted"] += r["signalled"]
       c["digest equal"] += r["digest"] is not None and r["digest"] == references[r["layout"]]
-  head = ["layout", "runs", "interrupted", "launches", "hangs", "clean exits", "resumes", "digest equal"]
+  head = [
+    "layout",
+    "runs",
+    "interrupted",
+    "launches",
+    "hangs",
+    "clean exits",
+    "resumes",
+    "digest equal",
+  ]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, c in rows.items():
     if c["runs"]:
@@ -211,7 +275,9 @@ def table(records: list[dict], references: dict, load_codes: dict | None = None)
     runs = sum(codes.values())
     finished = codes.get("0", 0)
     exits = ", ".join(f"{k}: {v}" for k, v in sorted(codes.items()))
-    lines.append(f"| {name} (exits {exits}) | {runs} | - | {runs} | {runs - finished} | {finished} | - | - |")
+    lines.append(
+      f"| {name} (exits {exits}) | {runs} | - | {runs} | {runs - finished} | {finished} | - | - |"
+    )
   return "\n".join(lines)
 
 
@@ -220,11 +286,24 @@ SCAN_STEPS, SCAN_EVERY = 3000, 25  # longer than the scan; a checkpoint every 25
 
 
 def _scan_argv(args, workdir: str, stop_at: int | None = None) -> list[str]:
-  return [sys.executable, "-m", "jaxtrain.tools.cli", "train", "--config", "configs/digits.py",
-          "--workdir", workdir, "--quiet", f"--config.num_train_steps={SCAN_STEPS}",
-          f"--config.checkpoint_every_steps={SCAN_EVERY}", "--config.keep_checkpoints=1000",
-          "--config.eval_every_steps=100", "--config.log_every_steps=10",
-          "--config.dataset.test_split=", *([f"--stop_at_step={stop_at}"] if stop_at else [])]
+  return [
+    sys.executable,
+    "-m",
+    "jaxtrain.tools.cli",
+    "train",
+    "--config",
+    "configs/digits.py",
+    "--workdir",
+    workdir,
+    "--quiet",
+    f"--config.num_train_steps={SCAN_STEPS}",
+    f"--config.checkpoint_every_steps={SCAN_EVERY}",
+    "--config.keep_checkpoints=1000",
+    "--config.eval_every_steps=100",
+    "--config.log_every_steps=10",
+    "--config.dataset.test_split=",
+    *([f"--stop_at_step={stop_at}"] if stop_at else []),
+  ]
 
 
 def _logged_step(workdir: str) -> int:
@@ -235,14 +314,23 @@ def _logged_step(workdir: str) -> int:
 
 def _state_digests(checkpoints: list[tuple[str, int]]) -> list[str | None]:
   """The state digest of each (workdir, step) checkpoint, read in one child (no JAX here)."""
-  code = ("import json, sys\nfrom jaxtrain.run import checkpoint\nout = []\n"
-          "for workdir, step in json.loads(sys.argv[1]):\n"
-          "  try: out.append(checkpoint.tree_digest(checkpoint.load_arrays(workdir, step)[1]))\n"
-          "  except Exception: out.append(None)\n"
-          "print(json.dumps(out))")
-  proc = subprocess.run([sys.executable, "-c", code, json.dumps(checkpoints)], cwd=ROOT,
-                        capture_output=True, text=True, env=_env(1, ""))
-  return json.loads(proc.stdout.splitlines()[-1]) if proc.returncode == 0 else [None] * len(checkpoints)
+  code = (
+    "import json, sys\nfrom jaxtrain.run import checkpoint\nout = []\n"
+    "for workdir, step in json.loads(sys.argv[1]):\n"
+    "  try: out.append(checkpoint.tree_digest(checkpoint.load_arrays(workdir, step)[1]))\n"
+    "  except Exception: out.append(None)\n"
+    "print(json.dumps(out))"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code, json.dumps(checkpoints)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=_env(1, ""),
+  )
+  return (
+    json.loads(proc.stdout.splitlines()[-1]) if proc.returncode == 0 else [None] * len(checkpoints)
+  )
 
 
 def scan_try(args, workdir: str, delay: float, resumed_from: str | None) -> dict:
@@ -251,8 +339,9 @@ def scan_try(args, workdir: str, delay: float, resumed_from: str | None) -> dict
     shutil.copytree(resumed_from, workdir)
   env = _env(1, args.data_dir)
   with open(workdir + ".err", "w") as err:
-    proc = subprocess.Popen(_scan_argv(args, workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=err, env=env)
+    proc = subprocess.Popen(
+      _scan_argv(args, workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env=env
+    )
     time.sleep(delay)
     logged = _logged_step(workdir)  # what it had trained (at least) when the signal went
     proc.send_signal(signal.SIGTERM)
@@ -264,39 +353,62 @@ def scan_try(args, workdir: str, delay: float, resumed_from: str | None) -> dict
   stderr = open(workdir + ".err").read()
   saved = _checkpoints(workdir)
   lines = [l for l in stderr.splitlines() if l.startswith("jaxtrain:")]
-  return {"delay": delay, "resumed": bool(resumed_from), "exit": code, "lines": lines,
-          "traceback": "Traceback" in stderr, "logged_step": logged,
-          "saved_step": saved[-1] if saved else None}
+  return {
+    "delay": delay,
+    "resumed": bool(resumed_from),
+    "exit": code,
+    "lines": lines,
+    "traceback": "Traceback" in stderr,
+    "logged_step": logged,
+    "saved_step": saved[-1] if saved else None,
+  }
 
 
 def scan(args, work: str) -> list[dict]:
   """SIGTERM at each delay to a fresh run and to one resumed from step 50; each then resumes."""
   base = os.path.join(work, "scan-base")
-  subprocess.run(_scan_argv(args, base, stop_at=2 * SCAN_EVERY), cwd=ROOT, check=True,
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(1, args.data_dir))
+  subprocess.run(
+    _scan_argv(args, base, stop_at=2 * SCAN_EVERY),
+    cwd=ROOT,
+    check=True,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    env=_env(1, args.data_dir),
+  )
   n = round(args.scan_to / args.scan_step)
   delays = [round(args.scan_step * (i + 1), 3) for i in range(n)]
   tries = []
   for resumed in (False, True):
-    for delay in (args.scan_delays or delays):
+    for delay in args.scan_delays or delays:
       workdir = os.path.join(work, f"scan-{'resumed' if resumed else 'fresh'}-{delay}")
       record = scan_try(args, workdir, delay, base if resumed else None)
       # Where it resumes to: the next checkpoint of the uninterrupted run's.
       target = ((record["saved_step"] or 0) // SCAN_EVERY + 1) * SCAN_EVERY
       if record["exit"] in (0, 75):
-        resume = subprocess.run(_scan_argv(args, workdir, stop_at=target), cwd=ROOT,
-                                capture_output=True, text=True, env=_env(1, args.data_dir))
+        resume = subprocess.run(
+          _scan_argv(args, workdir, stop_at=target),
+          cwd=ROOT,
+          capture_output=True,
+          text=True,
+          env=_env(1, args.data_dir),
+        )
         record["resume_exit"] = resume.returncode
       record["workdir"], record["target"] = workdir, target
       tries.append(record)
       print(json.dumps(record), flush=True)
   reference = os.path.join(work, "scan-reference")
-  subprocess.run(_scan_argv(args, reference, stop_at=max(t["target"] for t in tries)), cwd=ROOT,
-                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                 env=_env(1, args.data_dir))
-  digests = _state_digests([(t["workdir"], t["target"]) for t in tries]
-                           + [(reference, t["target"]) for t in tries])
-  for t, mine, theirs in zip(tries, digests[:len(tries)], digests[len(tries):]):
+  subprocess.run(
+    _scan_argv(args, reference, stop_at=max(t["target"] for t in tries)),
+    cwd=ROOT,
+    check=True,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    env=_env(1, args.data_dir),
+  )
+  digests = _state_digests(
+    [(t["workdir"], t["target"]) for t in tries] + [(reference, t["target"]) for t in tries]
+  )
+  for t, mine, theirs in zip(tries, digests[: len(tries)], digests[len(tries) :]):
     t["digest_equal"] = mine is not None and mine == theirs
     t["ok"] = scan_ok(t)
   return tries
@@ -307,26 +419,42 @@ def scan_ok(t: dict) -> bool:
   signal (a log interval, the dispatches in flight, the one it was in), the same bits after."""
   one_line = len(t["lines"]) == 1 and t["lines"][0].startswith("jaxtrain: preempted: SIGTERM")
   ended = (t["exit"] == 75 and one_line) or (t["exit"] == 0 and t["saved_step"] == SCAN_STEPS)
-  stopped = t["saved_step"] is None or t["saved_step"] <= t["logged_step"] + 10 + 8 + 2 or (
-      t["resumed"] and t["saved_step"] == 2 * SCAN_EVERY)
+  stopped = (
+    t["saved_step"] is None
+    or t["saved_step"] <= t["logged_step"] + 10 + 8 + 2
+    or (t["resumed"] and t["saved_step"] == 2 * SCAN_EVERY)
+  )
   return ended and stopped and not t["traceback"] and t["digest_equal"]
 
 
 def scan_table(tries: list[dict]) -> str:
-  rows = ["| run | tries | exit 75, one line | exit 0 (finished) | killed before `main` (-15) | "
-          "other exits | hangs | stopped within 20 steps | resumed to the same bits |",
-          "|---|---|---|---|---|---|---|---|---|"]
+  rows = [
+    "| run | tries | exit 75, one line | exit 0 (finished) | killed before `main` (-15) | "
+    "other exits | hangs | stopped within 20 steps | resumed to the same bits |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for resumed in (False, True):
     ts = [t for t in tries if t["resumed"] == resumed]
     if not ts:
       continue
-    rows.append("| " + " | ".join(str(x) for x in [
-        "resumed from step 50" if resumed else "fresh", len(ts),
-        sum(t["exit"] == 75 and len(t["lines"]) == 1 for t in ts),
-        sum(t["exit"] == 0 for t in ts), sum(t["exit"] == -signal.SIGTERM for t in ts),
-        sum(t["exit"] not in (0, 75, -signal.SIGTERM, "hung") for t in ts),
-        sum(t["exit"] == "hung" for t in ts), sum(scan_ok(dict(t, digest_equal=True)) for t in ts),
-        sum(t["digest_equal"] for t in ts)]) + " |")
+    rows.append(
+      "| "
+      + " | ".join(
+        str(x)
+        for x in [
+          "resumed from step 50" if resumed else "fresh",
+          len(ts),
+          sum(t["exit"] == 75 and len(t["lines"]) == 1 for t in ts),
+          sum(t["exit"] == 0 for t in ts),
+          sum(t["exit"] == -signal.SIGTERM for t in ts),
+          sum(t["exit"] not in (0, 75, -signal.SIGTERM, "hung") for t in ts),
+          sum(t["exit"] == "hung" for t in ts),
+          sum(scan_ok(dict(t, digest_equal=True)) for t in ts),
+          sum(t["digest_equal"] for t in ts),
+        ]
+      )
+      + " |"
+    )
   return "\n".join(rows)
 
 
@@ -334,10 +462,16 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--jobs", type=int, default=30)
   parser.add_argument("--layouts", default="2x2,4x1,1x8")
-  parser.add_argument("--load", type=int, default=2, help="looping 8-device XLA runs beside the jobs")
+  parser.add_argument(
+    "--load", type=int, default=2, help="looping 8-device XLA runs beside the jobs"
+  )
   parser.add_argument("--busy", type=int, default=2, help="busy-loop processes beside the jobs")
-  parser.add_argument("--load_stall_timeout_s", type=int, default=120,
-                      help="the load runs' own watchdog: one stuck in XLA's rendezvous starts again")
+  parser.add_argument(
+    "--load_stall_timeout_s",
+    type=int,
+    default=120,
+    help="the load runs' own watchdog: one stuck in XLA's rendezvous starts again",
+  )
   parser.add_argument("--steps", type=int, default=80)
   parser.add_argument("--stall_timeout_s", type=int, default=300)
   parser.add_argument("--hang_s", type=float, default=900, help="a launch running this long hung")
@@ -349,8 +483,12 @@ def main(argv=None) -> int:
   parser.add_argument("--scan", action="store_true", help="the SIGTERM scan instead of jobs")
   parser.add_argument("--scan_to", type=float, default=8.0)
   parser.add_argument("--scan_step", type=float, default=0.1)
-  parser.add_argument("--scan_delays", type=lambda t: [float(x) for x in t.split(",")], default=None,
-                      help="these delays instead of every scan_step (e.g. 0.1,1,3)")
+  parser.add_argument(
+    "--scan_delays",
+    type=lambda t: [float(x) for x in t.split(",")],
+    default=None,
+    help="these delays instead of every scan_step (e.g. 0.1,1,3)",
+  )
   args = parser.parse_args(argv)
   rng = random.Random(args.seed)
   work = tempfile.mkdtemp(prefix="jaxtrain-soak-")
@@ -376,15 +514,29 @@ def main(argv=None) -> int:
   finally:
     stop_load(load)
   text = table(records, references, load_codes)
-  print(f"\n{args.jobs} jobs in {time.monotonic() - started:.0f} s beside {args.load} looping 8-device "
-        f"runs and {args.busy} busy loops on {os.cpu_count()} cores\n{text}")
+  print(
+    f"\n{args.jobs} jobs in {time.monotonic() - started:.0f} s beside {args.load} looping 8-device "
+    f"runs and {args.busy} busy loops on {os.cpu_count()} cores\n{text}"
+  )
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"args": vars(args), "references": references, "records": records, "table": text,
-                 "load_exit_codes": load_codes}, f, indent=1)
+      json.dump(
+        {
+          "args": vars(args),
+          "references": references,
+          "records": records,
+          "table": text,
+          "load_exit_codes": load_codes,
+        },
+        f,
+        indent=1,
+      )
   shutil.rmtree(work, ignore_errors=True)
-  bad = (sum(r["hangs"] for r in records) + sum(not r.get("digest_equal") for r in records)
-         + sum(n for codes in load_codes.values() for code, n in codes.items() if code != "0"))
+  bad = (
+    sum(r["hangs"] for r in records)
+    + sum(not r.get("digest_equal") for r in records)
+    + sum(n for codes in load_codes.values() for code, n in codes.items() if code != "0")
+  )
   return 1 if bad else 0
 
 
@@ -397,13 +549,18 @@ def run_scan(args, work: str) -> int:
   finally:
     stop_load(load)
   text = scan_table(tries)
-  print(f"\nSIGTERM scan: {len(tries)} tries in {time.monotonic() - started:.0f} s beside {args.load} "
-        f"looping 8-device runs and {args.busy} busy loops on {os.cpu_count()} cores; load runs' "
-        f"exits: {load_codes}\n{text}")
+  print(
+    f"\nSIGTERM scan: {len(tries)} tries in {time.monotonic() - started:.0f} s beside {args.load} "
+    f"looping 8-device runs and {args.busy} busy loops on {os.cpu_count()} cores; load runs' "
+    f"exits: {load_codes}\n{text}"
+  )
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"args": vars(args), "tries": tries, "table": text, "load_exit_codes": load_codes},
-                f, indent=1)
+      json.dump(
+        {"args": vars(args), "tries": tries, "table": text, "load_exit_codes": load_codes},
+        f,
+        indent=1,
+      )
   shutil.rmtree(work, ignore_errors=True)
   return 0 if all(t["ok"] for t in tries) else 1
 

@@ -68,27 +68,57 @@ def package_file(package: str, *parts: str) -> Path | None:
 
 
 JOBS = {
-    "sms_spam": dict(source=lambda tmp: SMS if SMS.exists() else None, kind="text",
-                     spec=dict(names="label,text", label="label"), config="spam"),
-    "wage": dict(source=lambda tmp: package_file("ISLP", "data", "Wage.csv"), kind="regression",
-                 spec=dict(label="wage", label_kind="value", ignore="logwage"), config="diabetes"),
-    "bike_table": dict(source=lambda tmp: package_file("ISLP", "data", "Bikeshare.csv"),
-                       kind="regression", spec=dict(label="bikers", label_kind="value",
-                                                    ignore="casual,registered"), config="diabetes"),
-    "default": dict(source=lambda tmp: package_file("ISLP", "data", "Default.csv"),
-                    kind="classification", spec=dict(label="default", label_kind="class"),
-                    config="diabetes"),
-    "bikeshare": dict(source=lambda tmp: bikeshare_csv(tmp), kind="forecast",
-                      spec=dict(label="bikers", label_kind="value", columns="time=time",
-                                ignore="casual,registered,day,mnth,season", lags="1,2,24",
-                                split="time:time", cutoffs="2011-10-01,2011-11-15",
-                                gaps="drop"),  # hours without a rental are missing rows
-                      config="demand"),
-    "movielens": dict(source=lambda tmp: package_file("recbole", "dataset_example", "ml-100k",
-                                                      "ml-100k.inter"), kind="ratings",
-                      spec=dict(label="rating:float", label_kind="value", ignore="timestamp:float",
-                                columns="user_id:token=category,item_id:token=category"),
-                      config="ratings", set=("preprocess.features=user_id:token,item_id:token",)),
+  "sms_spam": dict(
+    source=lambda tmp: SMS if SMS.exists() else None,
+    kind="text",
+    spec=dict(names="label,text", label="label"),
+    config="spam",
+  ),
+  "wage": dict(
+    source=lambda tmp: package_file("ISLP", "data", "Wage.csv"),
+    kind="regression",
+    spec=dict(label="wage", label_kind="value", ignore="logwage"),
+    config="diabetes",
+  ),
+  "bike_table": dict(
+    source=lambda tmp: package_file("ISLP", "data", "Bikeshare.csv"),
+    kind="regression",
+    spec=dict(label="bikers", label_kind="value", ignore="casual,registered"),
+    config="diabetes",
+  ),
+  "default": dict(
+    source=lambda tmp: package_file("ISLP", "data", "Default.csv"),
+    kind="classification",
+    spec=dict(label="default", label_kind="class"),
+    config="diabetes",
+  ),
+  "bikeshare": dict(
+    source=lambda tmp: bikeshare_csv(tmp),
+    kind="forecast",
+    spec=dict(
+      label="bikers",
+      label_kind="value",
+      columns="time=time",
+      ignore="casual,registered,day,mnth,season",
+      lags="1,2,24",
+      split="time:time",
+      cutoffs="2011-10-01,2011-11-15",
+      gaps="drop",
+    ),  # hours without a rental are missing rows
+    config="demand",
+  ),
+  "movielens": dict(
+    source=lambda tmp: package_file("recbole", "dataset_example", "ml-100k", "ml-100k.inter"),
+    kind="ratings",
+    spec=dict(
+      label="rating:float",
+      label_kind="value",
+      ignore="timestamp:float",
+      columns="user_id:token=category,item_id:token=category",
+    ),
+    config="ratings",
+    set=("preprocess.features=user_id:token,item_id:token",),
+  ),
 }
 
 
@@ -114,13 +144,19 @@ def job_config(job: dict, name: str, data_dir: str, quick: bool, seed: int, over
     c.preprocess.class_weights = "none"
     c.early_stopping.update(metric="loss", mode="min")
   if quick:
-    c.num_train_steps, c.eval_every_steps, c.log_every_steps, c.checkpoint_every_steps = 40, 20, 20, 20
+    c.num_train_steps, c.eval_every_steps, c.log_every_steps, c.checkpoint_every_steps = (
+      40,
+      20,
+      20,
+      20,
+    )
   return c
 
 
 def model_inputs(dataset_dir: str, workdir: str) -> dict:
   """Each split's model inputs as jaxtrain's fitted preprocessing makes them, and raw text."""
   import tensorflow_datasets as tfds
+
   builder = tfds.builder_from_directory(dataset_dir)
   prep, seen = preprocess.load(workdir)
   transform = preprocess.make_transform(prep, train=False)
@@ -132,15 +168,21 @@ def model_inputs(dataset_dir: str, workdir: str) -> dict:
 
 
 def baselines(kind: str, data: dict, seed: int) -> dict:
-  from sklearn.ensemble import (HistGradientBoostingClassifier, HistGradientBoostingRegressor,
-                                RandomForestRegressor)
+  from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestRegressor,
+  )
   from sklearn.feature_extraction.text import TfidfVectorizer
   from sklearn.svm import LinearSVC
 
   def table(split):
     inputs, _ = data[split]
-    parts = [inputs[k].reshape(len(inputs["label"]), -1).astype(np.float64)
-             for k in ("numeric", "categorical") if k in inputs]
+    parts = [
+      inputs[k].reshape(len(inputs["label"]), -1).astype(np.float64)
+      for k in ("numeric", "categorical")
+      if k in inputs
+    ]
     return np.concatenate(parts, 1), inputs["label"]
 
   def categorical_mask(split):
@@ -156,10 +198,13 @@ def baselines(kind: str, data: dict, seed: int) -> dict:
     texts = {s: [t.decode() for t in data[s][1]["text"]] for s in data}
     start = time.perf_counter()
     vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True)
-    model = LinearSVC(C=1.0).fit(vectorizer.fit_transform(texts["train"]), data["train"][0]["label"])
+    model = LinearSVC(C=1.0).fit(
+      vectorizer.fit_transform(texts["train"]), data["train"][0]["label"]
+    )
     predicted = model.predict(vectorizer.transform(texts["test"]))
-    results["tfidf_char_linear_svc"] = _classification(data["test"][0]["label"], predicted, None,
-                                                       time.perf_counter() - start)
+    results["tfidf_char_linear_svc"] = _classification(
+      data["test"][0]["label"], predicted, None, time.perf_counter() - start
+    )
     return results
   x, y = table("train")
   xt, yt = table("test")
@@ -169,25 +214,36 @@ def baselines(kind: str, data: dict, seed: int) -> dict:
     model = HistGradientBoostingClassifier(categorical_features=mask or None, random_state=seed)
     model.fit(x, y)
     scores = model.predict_proba(xt)[:, 1]
-    results["hist_gradient_boosting"] = _classification(yt, model.predict(xt), scores,
-                                                        time.perf_counter() - start)
+    results["hist_gradient_boosting"] = _classification(
+      yt, model.predict(xt), scores, time.perf_counter() - start
+    )
     xv, yv = table("validation")  # the threshold as jaxtrain picks it: F1-best on validation
     threshold = _best_f1_threshold(yv, model.predict_proba(xv)[:, 1])
     results["hist_gradient_boosting"].update(_at_threshold(yt, scores, threshold))
     return results
-  for name, make in (("hist_gradient_boosting",
-                      lambda: HistGradientBoostingRegressor(categorical_features=mask or None,
-                                                            random_state=seed)),
-                     ("random_forest", lambda: RandomForestRegressor(n_estimators=300, n_jobs=-1,
-                                                                     random_state=seed))):
+  for name, make in (
+    (
+      "hist_gradient_boosting",
+      lambda: HistGradientBoostingRegressor(categorical_features=mask or None, random_state=seed),
+    ),
+    (
+      "random_forest",
+      lambda: RandomForestRegressor(n_estimators=300, n_jobs=-1, random_state=seed),
+    ),
+  ):
     start = time.perf_counter()
     model = make().fit(x, y)
     predicted = model.predict(xt)
-    results[name] = {"rmse": float(np.sqrt(np.mean((predicted - yt) ** 2))),
-                     "seconds": time.perf_counter() - start}
+    results[name] = {
+      "rmse": float(np.sqrt(np.mean((predicted - yt) ** 2))),
+      "seconds": time.perf_counter() - start,
+    }
   if kind == "forecast":
     lag = data["test"][1]["bikers_lag_24"]
-    results["seasonal_naive_24h"] = {"rmse": float(np.sqrt(np.mean((lag - yt) ** 2))), "seconds": 0.0}
+    results["seasonal_naive_24h"] = {
+      "rmse": float(np.sqrt(np.mean((lag - yt) ** 2))),
+      "seconds": 0.0,
+    }
   return results
 
 
@@ -199,31 +255,41 @@ def _rating_baselines(data: dict, seed: int) -> dict:
     print("ratings: Surprise's baselines skipped (pip install scikit-surprise)")
     return {}
   user, item, label = "user_id_token", "item_id_token", "label"  # as the import names them
+
   def triples(split):
     raw = data[split][1]
     return list(zip(map(bytes.decode, raw[user]), map(bytes.decode, raw[item]), raw[label]))
+
   train = triples("train")
   with tempfile.NamedTemporaryFile("w", suffix=".tsv") as f:  # Surprise reads a file (or pandas)
     f.writelines(f"{u}\t{i}\t{r}\n" for u, i, r in train)
     f.flush()
-    reader = surprise.Reader(line_format="user item rating", sep="\t",
-                             rating_scale=(min(r for *_, r in train), max(r for *_, r in train)))
+    reader = surprise.Reader(
+      line_format="user item rating",
+      sep="\t",
+      rating_scale=(min(r for *_, r in train), max(r for *_, r in train)),
+    )
     trainset = surprise.Dataset.load_from_file(f.name, reader).build_full_trainset()
   test = triples("test")
   results = {}
-  for name, algo in (("surprise_svd", surprise.SVD(random_state=seed)),
-                     ("surprise_biases", surprise.BaselineOnly(verbose=False))):
+  for name, algo in (
+    ("surprise_svd", surprise.SVD(random_state=seed)),
+    ("surprise_biases", surprise.BaselineOnly(verbose=False)),
+  ):
     start = time.perf_counter()
     algo.fit(trainset)
     predicted = np.array([algo.predict(u, i).est for u, i, _ in test])
     truth = np.array([r for *_, r in test])
-    results[name] = {"rmse": float(np.sqrt(np.mean((predicted - truth) ** 2))),
-                     "seconds": time.perf_counter() - start}
+    results[name] = {
+      "rmse": float(np.sqrt(np.mean((predicted - truth) ** 2))),
+      "seconds": time.perf_counter() - start,
+    }
   return results
 
 
 def _best_f1_threshold(labels, scores) -> float:
   from sklearn.metrics import precision_recall_curve
+
   precision, recall, thresholds = precision_recall_curve(labels, scores)
   f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
   return float(thresholds[np.argmax(f1[:-1])])
@@ -231,15 +297,23 @@ def _best_f1_threshold(labels, scores) -> float:
 
 def _at_threshold(labels, scores, threshold) -> dict:
   from sklearn.metrics import f1_score, matthews_corrcoef
+
   predicted = scores >= threshold
-  return {"f1_at_validation_threshold": float(f1_score(labels, predicted)),
-          "mcc_at_validation_threshold": float(matthews_corrcoef(labels, predicted))}
+  return {
+    "f1_at_validation_threshold": float(f1_score(labels, predicted)),
+    "mcc_at_validation_threshold": float(matthews_corrcoef(labels, predicted)),
+  }
 
 
 def _classification(labels, predicted, scores, seconds) -> dict:
   from sklearn.metrics import f1_score, matthews_corrcoef, roc_auc_score
-  out = {"f1": float(f1_score(labels, predicted)), "mcc": float(matthews_corrcoef(labels, predicted)),
-         "accuracy": float(np.mean(labels == predicted)), "seconds": seconds}
+
+  out = {
+    "f1": float(f1_score(labels, predicted)),
+    "mcc": float(matthews_corrcoef(labels, predicted)),
+    "accuracy": float(np.mean(labels == predicted)),
+    "seconds": seconds,
+  }
   if scores is not None:
     out["roc_auc"] = float(roc_auc_score(labels, scores))
   return out
@@ -252,6 +326,7 @@ def bikeshare_csv(tmp: Path) -> Path | None:
     return None
   import csv
   import datetime as dt
+
   out = tmp / "bikeshare.csv"
   with open(source, newline="") as f, open(out, "w", newline="") as g:
     rows = csv.DictReader(f)
@@ -263,7 +338,9 @@ def bikeshare_csv(tmp: Path) -> Path | None:
   return out
 
 
-def run_job(name: str, job: dict, tmp: Path, *, quick: bool, seed: int, overrides=()) -> dict | None:
+def run_job(
+  name: str, job: dict, tmp: Path, *, quick: bool, seed: int, overrides=()
+) -> dict | None:
   source = job["source"](tmp)
   if source is None:
     print(f"{name}: skipped (its data is not installed; see this script's docstring)")
@@ -277,12 +354,28 @@ def run_job(name: str, job: dict, tmp: Path, *, quick: bool, seed: int, override
   train_and_evaluate(config, workdir)
   seconds = time.perf_counter() - start
   test = [e for e in read_metrics(workdir) if e["split"] == "test"][-1]
-  ours = {k: test[k] for k in ("rmse", "f1", "mcc", "roc_auc", "accuracy", "f1_at_validation_threshold",
-                               "mcc_at_validation_threshold") if k in test}
+  ours = {
+    k: test[k]
+    for k in (
+      "rmse",
+      "f1",
+      "mcc",
+      "roc_auc",
+      "accuracy",
+      "f1_at_validation_threshold",
+      "mcc_at_validation_threshold",
+    )
+    if k in test
+  }
   ours.update(seconds=seconds, tested_step=test["step"])
   theirs = baselines(job["kind"], model_inputs(dataset_dir, workdir), seed)
-  return {"job": name, "seed": seed, "rows": sum(importing.read_schema(dataset_dir)["num_examples"].values()),
-          "jaxtrain": ours, "baselines": theirs}
+  return {
+    "job": name,
+    "seed": seed,
+    "rows": sum(importing.read_schema(dataset_dir)["num_examples"].values()),
+    "jaxtrain": ours,
+    "baselines": theirs,
+  }
 
 
 def main(argv=None) -> list:
@@ -291,15 +384,21 @@ def main(argv=None) -> list:
   parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
   parser.add_argument("--quick", action="store_true", help="40 steps; no accuracy claims")
   parser.add_argument("--out", default="real_data.json")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="a config override for every job, e.g. model.ensemble_size=8")
+  parser.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="FIELD=VALUE",
+    help="a config override for every job, e.g. model.ensemble_size=8",
+  )
   args = parser.parse_args(argv)
   results = []
   with tempfile.TemporaryDirectory() as tmp:
     for name in args.jobs.split(","):
       for seed in [int(s) for s in args.seeds.split(",")]:
-        result = run_job(name, JOBS[name], Path(tmp), quick=args.quick, seed=seed,
-                         overrides=args.set)
+        result = run_job(
+          name, JOBS[name], Path(tmp), quick=args.quick, seed=seed, overrides=args.set
+        )
         if result is not None:
           results.append(result)
   print(f"\n{'job':<10} {'rows':>7}  {'model':<24} {'metric':>28}  {'seconds':>8}")
@@ -307,12 +406,22 @@ def main(argv=None) -> list:
     for model, m in [("jaxtrain (default config)", r["jaxtrain"])] + list(r["baselines"].items()):
       shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("rmse", "f1", "mcc", "roc_auc") if k in m)
       if "f1_at_validation_threshold" in m:
-        shown += (f"; at validation's threshold: f1 {m['f1_at_validation_threshold']:.4f}, "
-                  f"mcc {m['mcc_at_validation_threshold']:.4f}")
+        shown += (
+          f"; at validation's threshold: f1 {m['f1_at_validation_threshold']:.4f}, "
+          f"mcc {m['mcc_at_validation_threshold']:.4f}"
+        )
       print(f"{r['job']:<10} {r['rows']:>7}  {model:<24} {shown:>28}  {m['seconds']:>8.1f}")
   with open(args.out, "w") as f:
-    json.dump({"benchmark": "real_data", "date": time.strftime("%Y-%m-%d"), "quick": args.quick,
-               "results": results}, f, indent=2)
+    json.dump(
+      {
+        "benchmark": "real_data",
+        "date": time.strftime("%Y-%m-%d"),
+        "quick": args.quick,
+        "results": results,
+      },
+      f,
+      indent=2,
+    )
   return results
 
 

@@ -49,12 +49,17 @@ def production(home: str) -> str | None:
 
 
 def better(candidate: float, current: float, mode: str, min_improvement: float) -> bool:
-  return candidate < current - min_improvement if mode == "min" else candidate > current + min_improvement
+  return (
+    candidate < current - min_improvement
+    if mode == "min"
+    else candidate > current + min_improvement
+  )
 
 
 def decide(args, config) -> dict:
   from jaxtrain.tools.predict import evaluate_run
   from jaxtrain.run.loop import train_and_evaluate
+
   data_dir = args.data_dir or config.dataset.data_dir or datasets.default_data_dir()
   spec = data_import.ImportSpec.from_config(config.data_import)
   if args.source:
@@ -62,11 +67,18 @@ def decide(args, config) -> dict:
   version_dir, new = data_import.run_import(spec, data_dir)
   version = data_import.read_schema(version_dir)["version"]
   current = production(args.home)
-  record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "dataset": f"{spec.name}:{version}", "production": current, "metric": args.metric,
-            "mode": args.mode, "min_improvement": args.min_improvement}
+  record = {
+    "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    "dataset": f"{spec.name}:{version}",
+    "production": current,
+    "metric": args.metric,
+    "mode": args.mode,
+    "min_improvement": args.min_improvement,
+  }
   if not new and current is not None:
-    return dict(record, decision="no new data", reason=f"{spec.name}:{version} is already the newest import")
+    return dict(
+      record, decision="no new data", reason=f"{spec.name}:{version} is already the newest import"
+    )
 
   candidate = os.path.join(args.home, "runs", f"{spec.name}-{version}")
   n = 1
@@ -90,21 +102,29 @@ def decide(args, config) -> dict:
   record["production_metrics"] = old_metrics
   for name, metrics in (("candidate", new_metrics), ("production", old_metrics)):
     if args.metric not in metrics:
-      raise UserError(f"--metric={args.metric!r} is not a test metric of the {name} "
-                      f"(it has: {', '.join(sorted(metrics))})")
+      raise UserError(
+        f"--metric={args.metric!r} is not a test metric of the {name} "
+        f"(it has: {', '.join(sorted(metrics))})"
+      )
   new_value, old_value = new_metrics[args.metric], old_metrics[args.metric]
-  versus = f"{args.metric} {new_value:.6g} vs production's {old_value:.6g} on {record['dataset']} test"
+  versus = (
+    f"{args.metric} {new_value:.6g} vs production's {old_value:.6g} on {record['dataset']} test"
+  )
   if better(new_value, old_value, args.mode, args.min_improvement):
     promote(args.home, candidate)
     return dict(record, decision="promoted", reason=f"better: {versus}")
-  return dict(record, decision="refused", reason=f"not better by more than {args.min_improvement}: {versus}")
+  return dict(
+    record, decision="refused", reason=f"not better by more than {args.min_improvement}: {versus}"
+  )
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="retrain.py", description=__doc__.split("\n")[0])
   parser.add_argument("--config", required=True)
   parser.add_argument("--home", required=True, help="holds production, runs/ and decisions/")
-  parser.add_argument("--source", nargs="*", help="the data files (default: the config's data_import)")
+  parser.add_argument(
+    "--source", nargs="*", help="the data files (default: the config's data_import)"
+  )
   parser.add_argument("--data_dir")
   parser.add_argument("--metric", default="loss", help="a test metric (default loss)")
   parser.add_argument("--mode", default="min", choices=("min", "max"))
@@ -126,8 +146,11 @@ def main(argv=None) -> int:
   path = os.path.join(args.home, "decisions", record["time"].replace(":", "") + ".json")
   suffix = 1
   while os.path.exists(path):
-    path = path.replace(".json", f".{suffix}.json") if suffix == 1 else path.replace(
-        f".{suffix - 1}.json", f".{suffix}.json")
+    path = (
+      path.replace(".json", f".{suffix}.json")
+      if suffix == 1
+      else path.replace(f".{suffix - 1}.json", f".{suffix}.json")
+    )
     suffix += 1
   with open(path, "w") as f:
     json.dump(record, f, indent=2)

@@ -37,6 +37,7 @@ from flax import nnx  # noqa: E402
 
 from bench import MNIST, mnist_config, split_arrays, timed_run  # noqa: E402
 
+
 def jaxtrain_config(args, k: int):
   c = mnist_config(quick=args.quick, warmup=args.warmup, steps=args.steps, data_dir=args.data_dir)
   c.steps_per_dispatch = k
@@ -85,7 +86,7 @@ def nnx_example_steps_per_sec(images, labels, *, batch_size, warmup, steps, seed
       start = time.perf_counter()
     if i % per_epoch == 0:
       order = rng.permutation(len(images))
-    idx = order[(i % per_epoch) * batch_size:(i % per_epoch + 1) * batch_size]
+    idx = order[(i % per_epoch) * batch_size : (i % per_epoch + 1) * batch_size]
     train_step(model, optimizer, metrics, {"image": images[idx], "label": labels[idx]})
   jax.block_until_ready(nnx.state(model))
   return steps / (time.perf_counter() - start)
@@ -93,11 +94,15 @@ def nnx_example_steps_per_sec(images, labels, *, batch_size, warmup, steps, seed
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=2000, help="timed steps (a multiple of --dispatch)")
+  parser.add_argument(
+    "--steps", type=int, default=2000, help="timed steps (a multiple of --dispatch)"
+  )
   parser.add_argument("--warmup", type=int, default=96)
   parser.add_argument("--dispatch", type=int, default=16, help="jaxtrain's steps_per_dispatch k")
   parser.add_argument("--quick", action="store_true", help="digits, a few steps")
-  parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "jaxtrain-bench-tfds"))
+  parser.add_argument(
+    "--data_dir", default=os.path.join(tempfile.gettempdir(), "jaxtrain-bench-tfds")
+  )
   parser.add_argument("--out", default="small_model.json")
   args = parser.parse_args(argv)
   if args.quick:
@@ -105,28 +110,48 @@ def main(argv=None) -> dict:
   elif not MNIST.exists():
     parser.error(f"the MNIST files are not at {MNIST} (see shared/data/SOURCES.md); try --quick")
   if args.steps % args.dispatch or args.warmup % args.dispatch:
-    parser.error(f"--steps {args.steps} and --warmup {args.warmup} must be multiples of --dispatch {args.dispatch}")
-  configs = {"jaxtrain": jaxtrain_config(args, 1), f"jaxtrain k={args.dispatch}": jaxtrain_config(args, args.dispatch)}
+    parser.error(
+      f"--steps {args.steps} and --warmup {args.warmup} must be multiples of --dispatch {args.dispatch}"
+    )
+  configs = {
+    "jaxtrain": jaxtrain_config(args, 1),
+    f"jaxtrain k={args.dispatch}": jaxtrain_config(args, args.dispatch),
+  }
   arrays = split_arrays(configs["jaxtrain"].dataset, configs["jaxtrain"].dataset.train_split)
-  rates = {"flax nnx example": nnx_example_steps_per_sec(
-      arrays["image"], arrays["label"].astype(np.int32), batch_size=128, warmup=args.warmup, steps=args.steps)}
+  rates = {
+    "flax nnx example": nnx_example_steps_per_sec(
+      arrays["image"],
+      arrays["label"].astype(np.int32),
+      batch_size=128,
+      warmup=args.warmup,
+      steps=args.steps,
+    )
+  }
   accuracy = {}
   with tempfile.TemporaryDirectory() as tmp:
     for name, config in configs.items():
       run = timed_run(config, os.path.join(tmp, name.replace(" ", "_")), args.warmup)
       rates[name], accuracy[name] = run["steps_per_sec"], run["final"]["accuracy"]
   base = rates["flax nnx example"]
-  result = {"benchmark": "small_model", "device": str(jax.devices()[0].device_kind),
-            "data": "digits" if args.quick else "mnist_t10k[:8000]", "batch_size": 128,
-            "timed_steps": args.steps, "steps_per_sec": rates,
-            "ratio_to_flax_example": {k: v / base for k, v in rates.items()},
-            "final_train_accuracy": accuracy, "date": time.strftime("%Y-%m-%d")}
+  result = {
+    "benchmark": "small_model",
+    "device": str(jax.devices()[0].device_kind),
+    "data": "digits" if args.quick else "mnist_t10k[:8000]",
+    "batch_size": 128,
+    "timed_steps": args.steps,
+    "steps_per_sec": rates,
+    "ratio_to_flax_example": {k: v / base for k, v in rates.items()},
+    "final_train_accuracy": accuracy,
+    "date": time.strftime("%Y-%m-%d"),
+  }
   print(f"device {result['device']}, {result['data']}, batch 128, {args.steps} timed steps")
   print(f"{'loop':<20} {'steps/s':>9} {'vs flax':>8}")
   for name, v in rates.items():
     print(f"{name:<20} {v:>9.1f} {v / base:>7.2f}x")
-  print(f"ratio jaxtrain k={args.dispatch} / flax nnx example: {rates[f'jaxtrain k={args.dispatch}'] / base:.2f}"
-        "  (goal >= 3 on a GPU)")
+  print(
+    f"ratio jaxtrain k={args.dispatch} / flax nnx example: {rates[f'jaxtrain k={args.dispatch}'] / base:.2f}"
+    "  (goal >= 3 on a GPU)"
+  )
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
   return result

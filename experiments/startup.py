@@ -30,15 +30,33 @@ ROOT = Path(__file__).resolve().parent.parent
 FIRST_STEP = re.compile(r"first step done ([0-9.]+) s after the run started")
 
 
-def run_once(config: str, cache_dir: str, data_dir: str, workdir: str, overrides) -> tuple[float, float]:
+def run_once(
+  config: str, cache_dir: str, data_dir: str, workdir: str, overrides
+) -> tuple[float, float]:
   env = dict(os.environ, XDG_CACHE_HOME=cache_dir)  # jaxtrain's default cache lives under it
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   env.pop("JAXTRAIN_COMPILATION_CACHE", None)
   start = time.perf_counter()
   proc = subprocess.run(
-      [sys.executable, "-m", "jaxtrain.tools.cli", "train", "--config", config, "--workdir", workdir, "--quiet",
-       f"--config.dataset.data_dir={data_dir}", "--config.num_train_steps=1", *overrides],
-      capture_output=True, text=True, env=env, cwd=ROOT)
+    [
+      sys.executable,
+      "-m",
+      "jaxtrain.tools.cli",
+      "train",
+      "--config",
+      config,
+      "--workdir",
+      workdir,
+      "--quiet",
+      f"--config.dataset.data_dir={data_dir}",
+      "--config.num_train_steps=1",
+      *overrides,
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=ROOT,
+  )
   wall = time.perf_counter() - start
   if proc.returncode != 0:
     raise SystemExit(f"startup.py: the training process failed:\n{proc.stderr[-2000:]}")
@@ -60,25 +78,34 @@ def main(argv=None) -> int:
   scratch = tempfile.mkdtemp(prefix="jaxtrain-startup-")
   data_dir = args.data_dir or os.path.join(scratch, "data")
   # Not timed: prepare the dataset once, so both sides find it on disk.
-  run_once(args.config, os.path.join(scratch, "prep-cache"), data_dir, os.path.join(scratch, "prep"), [])
+  run_once(
+    args.config, os.path.join(scratch, "prep-cache"), data_dir, os.path.join(scratch, "prep"), []
+  )
   cold, warm = [], []
   for r in range(rounds):
     cache = os.path.join(scratch, f"cache{r}")
     for name, times in (("cold", cold), ("warm", warm)):
       times.append(run_once(args.config, cache, data_dir, os.path.join(scratch, f"{name}{r}"), []))
-  summary = {"config": args.config, "rounds": rounds,
-             "cold_first_step_s": statistics.median(t for t, _ in cold),
-             "warm_first_step_s": statistics.median(t for t, _ in warm),
-             "cold_process_s": statistics.median(w for _, w in cold),
-             "warm_process_s": statistics.median(w for _, w in warm)}
+  summary = {
+    "config": args.config,
+    "rounds": rounds,
+    "cold_first_step_s": statistics.median(t for t, _ in cold),
+    "warm_first_step_s": statistics.median(t for t, _ in warm),
+    "cold_process_s": statistics.median(w for _, w in cold),
+    "warm_process_s": statistics.median(w for _, w in warm),
+  }
   summary["cache_entries"] = len(os.listdir(os.path.join(scratch, "cache0", "jaxtrain", "xla")))
   summary["ratio_first_step"] = summary["warm_first_step_s"] / summary["cold_first_step_s"]
   summary["ratio_process"] = summary["warm_process_s"] / summary["cold_process_s"]
   print(f"{'':24s}{'cold':>10s}{'warm':>10s}{'warm/cold':>11s}")
-  print(f"{'time to first step (s)':24s}{summary['cold_first_step_s']:10.2f}{summary['warm_first_step_s']:10.2f}"
-        f"{summary['ratio_first_step']:11.2f}")
-  print(f"{'whole process (s)':24s}{summary['cold_process_s']:10.2f}{summary['warm_process_s']:10.2f}"
-        f"{summary['ratio_process']:11.2f}")
+  print(
+    f"{'time to first step (s)':24s}{summary['cold_first_step_s']:10.2f}{summary['warm_first_step_s']:10.2f}"
+    f"{summary['ratio_first_step']:11.2f}"
+  )
+  print(
+    f"{'whole process (s)':24s}{summary['cold_process_s']:10.2f}{summary['warm_process_s']:10.2f}"
+    f"{summary['ratio_process']:11.2f}"
+  )
   if args.out:
     with open(args.out, "w") as f:
       json.dump(summary, f, indent=2)

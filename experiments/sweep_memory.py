@@ -44,17 +44,33 @@ def main(argv=None) -> dict:
 
   with tempfile.TemporaryDirectory() as tmp:
     c = base_config()
-    c.update(num_train_steps=10 if args.quick else 40, log_every_steps=10, eval_every_steps=40,
-             checkpoint_every_steps=40, batch_size=32)
+    c.update(
+      num_train_steps=10 if args.quick else 40,
+      log_every_steps=10,
+      eval_every_steps=40,
+      checkpoint_every_steps=40,
+      batch_size=32,
+    )
     c.dataset.update(data_dir=str(Path(tmp) / "data"), train_split="train", eval_split="test")
     c.model = dict(name="mlp", num_classes=10, features=(64,))
     space = {"optimizer.learning_rate": sweep.loguniform(1e-3, 1e-1)}
-    sweep.run_sweep(c, space, str(Path(tmp) / "sweep"), trials=args.trials, sampler="random",
-                    pruner="none", train=train)
+    sweep.run_sweep(
+      c,
+      space,
+      str(Path(tmp) / "sweep"),
+      trials=args.trials,
+      sampler="random",
+      pruner="none",
+      train=train,
+    )
   early = sorted(rss[2:7] or rss)[len(rss[2:7] or rss) // 2]  # once the first compiles are done
   late = sorted(rss[-5:])[len(rss[-5:]) // 2]
-  result = {"rss_mb": rss, "median_trials_3_7_mb": early, "median_last_5_mb": late,
-            "ratio": round(late / early, 3)}
+  result = {
+    "rss_mb": rss,
+    "median_trials_3_7_mb": early,
+    "median_last_5_mb": late,
+    "ratio": round(late / early, 3),
+  }
   print(json.dumps({k: v for k, v in result.items() if k != "rss_mb"}))
   return result
 

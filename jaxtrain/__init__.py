@@ -47,13 +47,22 @@ import importlib
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "TrainState": "jaxtrain.state", "linen_apply_fn": "jaxtrain.state",
-    "nnx_apply_fn": "jaxtrain.state", "nnx_split": "jaxtrain.state",
-    "train_step": "jaxtrain.steps", "eval_step": "jaxtrain.steps", "predict_step": "jaxtrain.steps",
-    "classification_loss": "jaxtrain.steps", "accumulate": "jaxtrain.steps",
-    "summarize": "jaxtrain.steps", "make_optimizer": "jaxtrain.optim", "UserError": "jaxtrain.errors",
-    "train_and_evaluate": "jaxtrain.run.loop", "Hook": "jaxtrain.run.hooks",
-    "Loop": "jaxtrain.run.hooks", "tree_digest": "jaxtrain.run.checkpoint",
+  "TrainState": "jaxtrain.state",
+  "linen_apply_fn": "jaxtrain.state",
+  "nnx_apply_fn": "jaxtrain.state",
+  "nnx_split": "jaxtrain.state",
+  "train_step": "jaxtrain.steps",
+  "eval_step": "jaxtrain.steps",
+  "predict_step": "jaxtrain.steps",
+  "classification_loss": "jaxtrain.steps",
+  "accumulate": "jaxtrain.steps",
+  "summarize": "jaxtrain.steps",
+  "make_optimizer": "jaxtrain.optim",
+  "UserError": "jaxtrain.errors",
+  "train_and_evaluate": "jaxtrain.run.loop",
+  "Hook": "jaxtrain.run.hooks",
+  "Loop": "jaxtrain.run.hooks",
+  "tree_digest": "jaxtrain.run.checkpoint",
 }
 __all__ = sorted(_EXPORTS)
 

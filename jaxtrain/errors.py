@@ -3,9 +3,11 @@
 import importlib
 import signal
 
-USAGE_ERROR = 2   # a bad command line
-RUN_ERROR = 1     # a mistake found while running (config value, data, checkpoint, non-finite loss)
-PREEMPTED = 75    # EX_TEMPFAIL: stopped on a signal with a checkpoint saved; run the same command again
+USAGE_ERROR = 2  # a bad command line
+RUN_ERROR = 1  # a mistake found while running (config value, data, checkpoint, non-finite loss)
+PREEMPTED = (
+  75  # EX_TEMPFAIL: stopped on a signal with a checkpoint saved; run the same command again
+)
 
 
 class UserError(Exception):
@@ -17,8 +19,10 @@ def require(module: str, extra: str, what: str):
   try:
     return importlib.import_module(module)
   except ImportError:
-    raise UserError(f"{what} needs {module.split('.')[0]}, which is not installed: "
-                    f"pip install 'jaxtrain[{extra}]'") from None
+    raise UserError(
+      f"{what} needs {module.split('.')[0]}, which is not installed: "
+      f"pip install 'jaxtrain[{extra}]'"
+    ) from None
 
 
 # The signals that stop a command with a checkpoint and PREEMPTED: a spot machine's SIGTERM,
@@ -34,7 +38,10 @@ class Preempted(BaseException):
   """
 
   def __init__(self, step: int | None, signal_name: str, doing: str = ""):
-    done = (f"saved a checkpoint at step {step}" if step is not None
-            else f"stopped {doing or 'before anything new was trained'}; nothing saved was touched")
+    done = (
+      f"saved a checkpoint at step {step}"
+      if step is not None
+      else f"stopped {doing or 'before anything new was trained'}; nothing saved was touched"
+    )
     super().__init__(f"{signal_name} received: {done}; run the same command to resume")
     self.step, self.signal_name = step, signal_name

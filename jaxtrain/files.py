@@ -51,8 +51,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     f.write(text)
 
 
-def write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 2,
-               sort_keys: bool = False) -> None:
+def write_json(
+  path: str | os.PathLike, value: Any, *, indent: int | None = 2, sort_keys: bool = False
+) -> None:
   """`value` as JSON, ending with a newline."""
   write_text(path, json.dumps(value, indent=indent, sort_keys=sort_keys) + "\n")
 

@@ -36,13 +36,15 @@ def param_labels(params, freeze: str, multipliers) -> dict:
     if freeze and re.search(freeze, name):
       return "frozen"
     return next((g for p, g in patterns if p.search(name)), "default")
+
   return jax.tree_util.tree_map_with_path(label, params)
 
 
 def check_patterns(params, freeze: str, multipliers) -> None:
   names = list(flat(params))
   for field, regex in [("optimizer.freeze", freeze)] + [
-      ("optimizer.lr_multipliers", r) for r, _ in multipliers]:
+    ("optimizer.lr_multipliers", r) for r, _ in multipliers
+  ]:
     if not regex:
       continue
     try:
@@ -50,8 +52,10 @@ def check_patterns(params, freeze: str, multipliers) -> None:
     except re.error as e:
       raise UserError(f"config.{field}={regex!r} is not a regex: {e}") from None
     if not any(compiled.search(n) for n in names):
-      raise UserError(f"config.{field}={regex!r} matches no parameter (they are: "
-                      f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''})")
+      raise UserError(
+        f"config.{field}={regex!r} matches no parameter (they are: "
+        f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''})"
+      )
 
 
 def partitioned(make_tx, schedule, opt) -> optax.GradientTransformation:
@@ -64,26 +68,34 @@ def partitioned(make_tx, schedule, opt) -> optax.GradientTransformation:
   labels = lambda params: param_labels(params, freeze, multipliers)
   return optax.multi_transform(transforms, labels)
 
+
 def make_schedule(opt, num_train_steps: int) -> optax.Schedule:
   lr, warmup = opt.learning_rate, opt.warmup_steps
   if opt.schedule == "constant":
     if warmup == 0:
       return optax.constant_schedule(lr)
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup),
-                                 optax.constant_schedule(lr)], [warmup])
+    return optax.join_schedules(
+      [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+    )
   if opt.schedule == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(
-        0.0, lr, warmup, max(num_train_steps, warmup + 1), end_value=lr * opt.end_lr_factor)
+      0.0, lr, warmup, max(num_train_steps, warmup + 1), end_value=lr * opt.end_lr_factor
+    )
   if opt.schedule == "warmup_linear":
-    return optax.join_schedules([
+    return optax.join_schedules(
+      [
         optax.linear_schedule(0.0, lr, warmup),
-        optax.linear_schedule(lr, lr * opt.end_lr_factor, max(num_train_steps - warmup, 1))],
-        [warmup])
+        optax.linear_schedule(lr, lr * opt.end_lr_factor, max(num_train_steps - warmup, 1)),
+      ],
+      [warmup],
+    )
   if opt.schedule == "piecewise":
     boundaries, scales = tuple(opt.piecewise_boundaries), tuple(opt.piecewise_scales)
     if len(boundaries) != len(scales):
-      raise ValueError("config.optimizer.piecewise_boundaries and piecewise_scales "
-                       f"must have equal lengths, got {len(boundaries)} and {len(scales)}")
+      raise ValueError(
+        "config.optimizer.piecewise_boundaries and piecewise_scales "
+        f"must have equal lengths, got {len(boundaries)} and {len(scales)}"
+      )
     return optax.piecewise_constant_schedule(lr, dict(zip(boundaries, scales)))
   raise ValueError(f"config.optimizer.schedule={opt.schedule!r} is not one of {SCHEDULES}")
 
@@ -95,8 +107,11 @@ def decay_mask(params):
 
 def _base_optimizer(opt, schedule) -> list[optax.GradientTransformation]:
   if opt.name == "adamw":
-    return [optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                        weight_decay=opt.weight_decay, mask=decay_mask)]
+    return [
+      optax.adamw(
+        schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask
+      )
+    ]
   parts = []
   if opt.weight_decay > 0:  # coupled (L2) decay, as torch.optim.SGD/Adam do it
     parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
@@ -109,8 +124,9 @@ def _base_optimizer(opt, schedule) -> list[optax.GradientTransformation]:
   return parts
 
 
-def make_optimizer(opt, num_train_steps: int) -> tuple[optax.GradientTransformation,
-                                                        optax.Schedule]:
+def make_optimizer(
+  opt, num_train_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer `opt` (a `config.optimizer`) describes, and its schedule.
 
   With `opt.accumulate_steps=k` (gradient accumulation, `optax.MultiSteps`)
@@ -128,8 +144,9 @@ def make_optimizer(opt, num_train_steps: int) -> tuple[optax.GradientTransformat
     clip = optax.clip_by_global_norm(opt.grad_clip_norm)
     if opt.freeze:
       freeze = str(opt.freeze)
-      clip = optax.masked(clip, lambda p: jax.tree.map(
-          lambda label: label != "frozen", param_labels(p, freeze, ())))
+      clip = optax.masked(
+        clip, lambda p: jax.tree.map(lambda label: label != "frozen", param_labels(p, freeze, ()))
+      )
     parts.append(clip)
   if partition:
     parts.append(partitioned(lambda s: optax.chain(*_base_optimizer(opt, s)), schedule, opt))
@@ -137,5 +154,7 @@ def make_optimizer(opt, num_train_steps: int) -> tuple[optax.GradientTransformat
     parts += _base_optimizer(opt, schedule)
   tx = optax.chain(*parts)
   if k > 1:  # one update per k steps, from the mean of their gradients
-    return optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation(), lambda step: schedule(step // k)
+    return optax.MultiSteps(
+      tx, every_k_schedule=k
+    ).gradient_transformation(), lambda step: schedule(step // k)
   return tx, schedule

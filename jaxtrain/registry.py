@@ -27,25 +27,25 @@ from typing import Any
 from jaxtrain.errors import UserError
 
 MODELS = {
-    "mlp": "jaxtrain.models.image:MLP",
-    "cnn": "jaxtrain.models.image:CNN",
-    "resnet": "jaxtrain.models.image:ResNet",
-    "tabular_mlp": "jaxtrain.models.tables:TabularMLP",
-    "bag_of_embeddings": "jaxtrain.models.tables:BagOfEmbeddings",
-    "transformer_encoder": "jaxtrain.models.tables:TransformerEncoder",
-    "matrix_factorization": "jaxtrain.models.tables:MatrixFactorization",
-    "two_tower": "jaxtrain.models.tables:TwoTower",
-    "transformer_lm": "jaxtrain.models.lm:TransformerLM",
+  "mlp": "jaxtrain.models.image:MLP",
+  "cnn": "jaxtrain.models.image:CNN",
+  "resnet": "jaxtrain.models.image:ResNet",
+  "tabular_mlp": "jaxtrain.models.tables:TabularMLP",
+  "bag_of_embeddings": "jaxtrain.models.tables:BagOfEmbeddings",
+  "transformer_encoder": "jaxtrain.models.tables:TransformerEncoder",
+  "matrix_factorization": "jaxtrain.models.tables:MatrixFactorization",
+  "two_tower": "jaxtrain.models.tables:TwoTower",
+  "transformer_lm": "jaxtrain.models.lm:TransformerLM",
 }
 TASKS = {
-    "classification": "jaxtrain.tasks:Classification",
-    "regression": "jaxtrain.tasks:Regression",
-    "retrieval": "jaxtrain.tasks:Retrieval",
-    "language_modeling": "jaxtrain.tasks:LanguageModeling",
+  "classification": "jaxtrain.tasks:Classification",
+  "regression": "jaxtrain.tasks:Regression",
+  "retrieval": "jaxtrain.tasks:Retrieval",
+  "language_modeling": "jaxtrain.tasks:LanguageModeling",
 }
 DATASETS = {
-    "digits": "jaxtrain.data.datasets:Digits",
-    "synthetic_tokens": "jaxtrain.data.datasets:SyntheticTokens",
+  "digits": "jaxtrain.data.datasets:Digits",
+  "synthetic_tokens": "jaxtrain.data.datasets:SyntheticTokens",
 }
 
 # module.path:Name or some/file.py:Name (a Windows drive letter is not an attribute name).
@@ -56,10 +56,11 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 @dataclasses.dataclass(frozen=True)
 class Loaded:
   """What a config name resolved to, and the user file (if any) it was read from."""
-  name: str                 # as the config wrote it
-  target: str               # the import path it stands for
+
+  name: str  # as the config wrote it
+  target: str  # the import path it stands for
   obj: Any
-  file: str | None = None   # absolute path of a file from outside jaxtrain
+  file: str | None = None  # absolute path of a file from outside jaxtrain
   sha256: str | None = None
 
 
@@ -97,8 +98,10 @@ def _load_file(path: str, sha: str, field: str):
     spec.loader.exec_module(module)
   except Exception as e:  # the user's code: whatever it raises is theirs to fix
     del sys.modules[name]
-    raise UserError(f"{field}: {path} cannot be loaded: {type(e).__name__}: "
-                    f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    raise UserError(
+      f"{field}: {path} cannot be loaded: {type(e).__name__}: "
+      f"{str(e).splitlines()[0] if str(e) else ''}"
+    ) from None
   finally:
     sys.path.remove(directory)
   _file_modules[(path, sha)] = module
@@ -124,18 +127,26 @@ def resolve(name: str, table: dict[str, str], field: str, base_dir: str | None =
   target = table.get(name, name)
   m = _IMPORT_PATH.match(target)
   if m is None:
-    raise UserError(f"{field}={name!r} is not one of {', '.join(sorted(table))}, nor an import "
-                    "path ('package.module:Name' or 'file.py:Name')")
+    raise UserError(
+      f"{field}={name!r} is not one of {', '.join(sorted(table))}, nor an import "
+      "path ('package.module:Name' or 'file.py:Name')"
+    )
   where, attr = m["where"], m["attr"]
   if where.endswith(".py"):
     path = os.path.abspath(os.path.join(base_dir or os.getcwd(), os.path.expanduser(where)))
     if not os.path.isfile(path):
-      raise UserError(f"{field}={name!r}: {path} does not exist"
-                      + ("" if os.path.isabs(where) else " (a relative path is taken from the "
-                         "config file's directory)"))
+      raise UserError(
+        f"{field}={name!r}: {path} does not exist"
+        + (
+          ""
+          if os.path.isabs(where)
+          else " (a relative path is taken from the config file's directory)"
+        )
+      )
     sha = sha256_of(path)
-    return Loaded(name, target, _attribute(_load_file(path, sha, field), attr, field, path),
-                  path, sha)
+    return Loaded(
+      name, target, _attribute(_load_file(path, sha, field), attr, field, path), path, sha
+    )
   try:
     module = importlib.import_module(where)
   except ImportError as e:

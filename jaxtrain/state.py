@@ -58,13 +58,23 @@ def _value_key(x, path=()):
       except ValueError:  # a cell not yet filled
         cells.append(("empty",))
     # The globals' identity: the same code from a reloaded module may see other values.
-    return ("function", x.__code__, id(x.__globals__), _value_key(x.__defaults__, path),
-            _value_key(x.__kwdefaults__, path), tuple(cells))
+    return (
+      "function",
+      x.__code__,
+      id(x.__globals__),
+      _value_key(x.__defaults__, path),
+      _value_key(x.__kwdefaults__, path),
+      tuple(cells),
+    )
   if isinstance(x, types.MethodType):
     return ("method", _value_key(x.__func__, path), _value_key(x.__self__, path))
   if isinstance(x, functools.partial):
-    return ("partial", _value_key(x.func, path), _value_key(x.args, path),
-            _value_key(x.keywords, path))
+    return (
+      "partial",
+      _value_key(x.func, path),
+      _value_key(x.args, path),
+      _value_key(x.keywords, path),
+    )
   if isinstance(x, (tuple, list)):  # NamedTuples (optax's transformations) included
     return (type(x), tuple(_value_key(v, path) for v in x))
   if isinstance(x, dict):
@@ -105,9 +115,11 @@ class Functions:
     return f"Functions(apply_fn={self.apply_fn!r}, tx=..., loss_fn={self.loss_fn!r})"
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["step", "params", "opt_state", "model_state", "rng"],
-                   meta_fields=["functions"])
+@functools.partial(
+  jax.tree_util.register_dataclass,
+  data_fields=["step", "params", "opt_state", "model_state", "rng"],
+  meta_fields=["functions"],
+)
 @dataclasses.dataclass(frozen=True)
 class TrainState:
   """Step counter, parameters, optimizer state, mutable model state and PRNG key.
@@ -127,19 +139,37 @@ class TrainState:
   functions: Functions
 
   @classmethod
-  def create(cls, *, apply_fn: ApplyFn, variables: Mapping[str, Any],
-             tx: optax.GradientTransformation, loss_fn: LossFn,
-             rng: jax.Array) -> "TrainState":
+  def create(
+    cls,
+    *,
+    apply_fn: ApplyFn,
+    variables: Mapping[str, Any],
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    rng: jax.Array,
+  ) -> "TrainState":
     """A step-0 state from model variables (`{"params": ..., "batch_stats": ...}`)."""
     variables = dict(variables)
     params = variables.pop("params")
-    return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-               model_state=variables, rng=raw_key(rng),
-               functions=Functions(apply_fn, tx, loss_fn))
+    return cls(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      model_state=variables,
+      rng=raw_key(rng),
+      functions=Functions(apply_fn, tx, loss_fn),
+    )
 
   @classmethod
-  def from_nnx(cls, module: nnx.Module, *, tx: optax.GradientTransformation, loss_fn: LossFn,
-               rng: jax.Array, input_key: str | None = "image") -> "TrainState":
+  def from_nnx(
+    cls,
+    module: nnx.Module,
+    *,
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    rng: jax.Array,
+    input_key: str | None = "image",
+  ) -> "TrainState":
     """A step-0 state from an NNX module (its current values are the initial ones)."""
     variables, apply_fn = nnx_split(module, input_key)
     return cls.create(apply_fn=apply_fn, variables=variables, tx=tx, loss_fn=loss_fn, rng=rng)
@@ -165,8 +195,9 @@ class TrainState:
     named = {k: changes.pop(k) for k in ("apply_fn", "tx", "loss_fn") if k in changes}
     if named:
       f = self.functions
-      changes["functions"] = Functions(named.get("apply_fn", f.apply_fn), named.get("tx", f.tx),
-                                       named.get("loss_fn", f.loss_fn))
+      changes["functions"] = Functions(
+        named.get("apply_fn", f.apply_fn), named.get("tx", f.tx), named.get("loss_fn", f.loss_fn)
+      )
     return dataclasses.replace(self, **changes)
 
 
@@ -187,6 +218,7 @@ def _takes_train(fn) -> bool:
 @dataclasses.dataclass(frozen=True)
 class LinenApply:
   """A Flax Linen module under jaxtrain's `apply_fn` contract (see `linen_apply_fn`)."""
+
   module: nn.Module
   input_key: str | None = "image"
   rng_names: tuple[str, ...] = ("dropout",)
@@ -197,14 +229,17 @@ class LinenApply:
     rngs = {name: jax.random.fold_in(rng, i) for i, name in enumerate(self.rng_names)}
     mutable = [k for k in variables if k != "params"] if train else False
     if mutable:
-      outputs, new_state = self.module.apply(variables, inputs, rngs=rngs, mutable=mutable, **kwargs)
+      outputs, new_state = self.module.apply(
+        variables, inputs, rngs=rngs, mutable=mutable, **kwargs
+      )
       return outputs, dict(new_state)
     outputs = self.module.apply(variables, inputs, rngs=rngs, **kwargs)
     return outputs, {k: v for k, v in variables.items() if k != "params"}
 
 
-def linen_apply_fn(module: nn.Module, input_key: str | None = "image",
-                   rng_names: Sequence[str] = ("dropout",)) -> ApplyFn:
+def linen_apply_fn(
+  module: nn.Module, input_key: str | None = "image", rng_names: Sequence[str] = ("dropout",)
+) -> ApplyFn:
   """Adapts a Flax linen module to jaxtrain's `apply_fn` contract.
 
   The module is called on `batch[input_key]` (`input_key=None`: on the whole
@@ -253,12 +288,17 @@ class NNXApply:
   layouts compare equal, so rebuilding the same model does not retrace a step.
   """
 
-  def __init__(self, graphdef, template, input_key: str | None = "image",
-               axis_name: str | None = None):
+  def __init__(
+    self, graphdef, template, input_key: str | None = "image", axis_name: str | None = None
+  ):
     self.graphdef, self.template = graphdef, template  # template: [(path, Variable)]
     self.input_key, self.axis_name = input_key, axis_name
-    self._key = (graphdef, input_key, axis_name, tuple(
-        (path, type(v), v.get_value().shape, str(v.get_value().dtype)) for path, v in template))
+    self._key = (
+      graphdef,
+      input_key,
+      axis_name,
+      tuple((path, type(v), v.get_value().shape, str(v.get_value().dtype)) for path, v in template),
+    )
 
   def __eq__(self, other):
     return isinstance(other, NNXApply) and self._key == other._key
@@ -276,8 +316,11 @@ class NNXApply:
     for i, (path, template) in enumerate(self.template):
       if isinstance(template, nnx.RngKey):
         key = jax.random.fold_in(rng, i)
-        value = jax.random.wrap_key_data(key) if jnp.issubdtype(
-            template.get_value().dtype, jax.dtypes.prng_key) else key
+        value = (
+          jax.random.wrap_key_data(key)
+          if jnp.issubdtype(template.get_value().dtype, jax.dtypes.prng_key)
+          else key
+        )
       elif isinstance(template, nnx.RngCount):
         value = jnp.zeros(template.get_value().shape, template.get_value().dtype)
       else:
@@ -312,8 +355,9 @@ def _pure_variables(module) -> tuple[dict, dict]:
   return _nest(flat_params), {name: _nest(flat) for name, flat in collections.items()}
 
 
-def nnx_split(module: nnx.Module, input_key: str | None = "image",
-              axis_name: str | None = None) -> tuple[dict[str, Any], NNXApply]:
+def nnx_split(
+  module: nnx.Module, input_key: str | None = "image", axis_name: str | None = None
+) -> tuple[dict[str, Any], NNXApply]:
   """(variables, apply_fn) of an NNX module: `TrainState.create` takes both.
 
   `variables` is `{"params": ..., "batch_stats": ..., ...}` as nested dicts of
@@ -327,13 +371,16 @@ def nnx_split(module: nnx.Module, input_key: str | None = "image",
   """
   graphdef, state = nnx.split(module)
   # Shapes and types only: the template must not keep the initial arrays alive.
-  template = [(path, v.replace(jax.ShapeDtypeStruct(np.shape(v.get_value()), v.get_value().dtype)))
-              for path, v in nnx.to_flat_state(state)]
+  template = [
+    (path, v.replace(jax.ShapeDtypeStruct(np.shape(v.get_value()), v.get_value().dtype)))
+    for path, v in nnx.to_flat_state(state)
+  ]
   params, collections = _pure_variables(module)
   return {"params": params, **collections}, NNXApply(graphdef, template, input_key, axis_name)
 
 
-def nnx_apply_fn(module: nnx.Module, input_key: str | None = "image",
-                 axis_name: str | None = None) -> ApplyFn:
+def nnx_apply_fn(
+  module: nnx.Module, input_key: str | None = "image", axis_name: str | None = None
+) -> ApplyFn:
   """The apply function of `nnx_split`, beside `linen_apply_fn`."""
   return nnx_split(module, input_key, axis_name)[1]

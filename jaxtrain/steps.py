@@ -70,8 +70,9 @@ def per_example(loss_fn: Callable, outputs, batch, params) -> Metrics:
 
 def _pmean_floats(tree, axis_name):
   """Averages the floating-point leaves across devices; integer ones (counters) stay as they are."""
-  return jax.tree.map(lambda x: jax.lax.pmean(x, axis_name)
-                      if jnp.issubdtype(x.dtype, jnp.inexact) else x, tree)
+  return jax.tree.map(
+    lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.inexact) else x, tree
+  )
 
 
 def _weighted_sums(per_example: Metrics, batch, axis_name):
@@ -91,6 +92,7 @@ def _weighted_sums(per_example: Metrics, batch, axis_name):
       return v * jnp.sum(mask)
     # A metric may be a vector per example (per-class counts, score histograms).
     return jnp.sum(v * mask.reshape(mask.shape + (1,) * (v.ndim - 1)), axis=0)
+
   return {k: masked_sum(v) for k, v in per_example.items()}, count
 
 
@@ -101,8 +103,9 @@ def _means(sums, count, axis_name) -> Metrics:
   return metrics
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
-               axis_name: str | None = None) -> tuple[TrainState, Metrics]:
+def train_step(
+  state: TrainState, batch: Mapping[str, jax.Array], *, axis_name: str | None = None
+) -> tuple[TrainState, Metrics]:
   """One optimizer update. Returns the new state and this batch's mean metrics.
 
   Randomness (dropout) comes from `fold_in(state.rng, state.step)`. With
@@ -117,10 +120,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
   def loss_and_aux(params):
-    outputs, model_state = state.apply_fn({"params": params, **state.model_state},
-                                          batch, train=True, rng=rng)
-    sums, count = _weighted_sums(per_example(state.loss_fn, outputs, batch, params), batch,
-                                 axis_name)
+    outputs, model_state = state.apply_fn(
+      {"params": params, **state.model_state}, batch, train=True, rng=rng
+    )
+    sums, count = _weighted_sums(
+      per_example(state.loss_fn, outputs, batch, params), batch, axis_name
+    )
     # The local sum over the global count: summing gradients across devices
     # then gives the gradient of the global mean.
     return sums["loss"] / jnp.maximum(count, 1.0), (model_state, sums, count)
@@ -134,18 +139,21 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
   metrics = _means(sums, count, axis_name)
   metrics["grad_norm"] = optax.tree.norm(grads)
   metrics["param_norm"] = optax.tree.norm(params)  # non-finite if an update overflowed
-  new_state = state.replace(step=state.step + 1, params=params,
-                            opt_state=opt_state, model_state=model_state)
+  new_state = state.replace(
+    step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
+  )
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: Mapping[str, jax.Array], *,
-              axis_name: str | None = None) -> Metrics:
+def eval_step(
+  state: TrainState, batch: Mapping[str, jax.Array], *, axis_name: str | None = None
+) -> Metrics:
   """Mean metrics over the batch's real (unmasked) examples, plus their count."""
   rng = jax.random.fold_in(state.rng, state.step)
   outputs, _ = state.apply_fn(state.variables, batch, train=False, rng=rng)
-  sums, count = _weighted_sums(per_example(state.loss_fn, outputs, batch, state.params), batch,
-                               axis_name)
+  sums, count = _weighted_sums(
+    per_example(state.loss_fn, outputs, batch, state.params), batch, axis_name
+  )
   return _means(sums, count, axis_name)
 
 
@@ -177,7 +185,10 @@ def summarize(totals: Mapping[str, Any]) -> dict[str, float]:
   """
   totals = jax.device_get(totals)
   count = float(totals["count"])
-  means = {k: (float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64)) / max(count, 1.0)
-           for k, v in totals.items() if k != "count"}
+  means = {
+    k: (float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64)) / max(count, 1.0)
+    for k, v in totals.items()
+    if k != "count"
+  }
   means["count"] = count
   return means

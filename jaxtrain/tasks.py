@@ -78,10 +78,11 @@ def outputs_as_they_are(outputs, batch):
 @dataclasses.dataclass(frozen=True)
 class Task:
   """A task as the loop uses it: the loss the steps call, finalize and predict."""
+
   loss_fn: Callable
   finalize: Callable[[dict], dict] = report_means
   predict: Callable = outputs_as_they_are
-  needs_seen_items: bool = False   # the run fits each user's training items (retrieval)
+  needs_seen_items: bool = False  # the run fits each user's training items (retrieval)
 
   @classmethod
   def of(cls, task) -> "Task":
@@ -89,9 +90,12 @@ class Task:
     if isinstance(task, Task):
       return task
     if hasattr(task, "loss"):
-      return cls(task.loss, getattr(task, "finalize", report_means),
-                 getattr(task, "predict", outputs_as_they_are),
-                 bool(getattr(task, "needs_seen_items", False)))
+      return cls(
+        task.loss,
+        getattr(task, "finalize", report_means),
+        getattr(task, "predict", outputs_as_they_are),
+        bool(getattr(task, "needs_seen_items", False)),
+      )
     return cls(task)
 
 
@@ -106,6 +110,7 @@ def over_members(loss_fn: Callable) -> Callable:
       return call(outputs)
     per_member = jax.vmap(call, in_axes=1)(outputs["members"])
     return jax.tree.map(lambda m: m.mean(axis=0), per_member)
+
   return loss
 
 
@@ -117,12 +122,19 @@ def classification_loss_and_counts(logits, batch, *, class_weights=None, binary=
   if class_weights is not None:
     metrics["loss"] = metrics["loss"] * jnp.asarray(class_weights, jnp.float32)[labels]
   num_classes = logits.shape[-1]
-  truth, guess = jax.nn.one_hot(labels, num_classes), jax.nn.one_hot(jnp.argmax(logits, -1), num_classes)
-  metrics.update(true_pos=truth * guess, false_pos=(1 - truth) * guess, false_neg=truth * (1 - guess))
+  truth, guess = (
+    jax.nn.one_hot(labels, num_classes),
+    jax.nn.one_hot(jnp.argmax(logits, -1), num_classes),
+  )
+  metrics.update(
+    true_pos=truth * guess, false_pos=(1 - truth) * guess, false_neg=truth * (1 - guess)
+  )
   if binary:
     margin = (logits[:, 1] - logits[:, 0]).astype(jnp.float32)  # the log-odds of class 1
     position = (margin + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))
-    bins = jax.nn.one_hot(jnp.clip(jnp.floor(position).astype(jnp.int32), 0, AUC_BINS - 1), AUC_BINS)
+    bins = jax.nn.one_hot(
+      jnp.clip(jnp.floor(position).astype(jnp.int32), 0, AUC_BINS - 1), AUC_BINS
+    )
     positive = (labels == 1).astype(jnp.float32)[:, None]
     metrics.update(pos_scores=bins * positive, neg_scores=bins * (1 - positive))
   return metrics
@@ -130,9 +142,13 @@ def classification_loss_and_counts(logits, batch, *, class_weights=None, binary=
 
 def classification_loss(logits, batch, *, class_weights=None, binary=False):
   """Deprecated: `classification_loss_and_counts` (`steps.classification_loss` is the plain one)."""
-  warnings.warn("jaxtrain.tasks.classification_loss is deprecated: use "
-                "jaxtrain.tasks.classification_loss_and_counts (or jaxtrain.steps.classification_loss "
-                "for the loss and accuracy alone)", DeprecationWarning, stacklevel=2)
+  warnings.warn(
+    "jaxtrain.tasks.classification_loss is deprecated: use "
+    "jaxtrain.tasks.classification_loss_and_counts (or jaxtrain.steps.classification_loss "
+    "for the loss and accuracy alone)",
+    DeprecationWarning,
+    stacklevel=2,
+  )
   return classification_loss_and_counts(logits, batch, class_weights=class_weights, binary=binary)
 
 
@@ -160,9 +176,11 @@ def finalize_classification(means: dict, validation: dict | None = None) -> dict
     out["best_f1_threshold"] = best_f1_threshold(pos, neg)
     if validation is not None and "best_f1_threshold" in validation:
       threshold = validation["best_f1_threshold"]
-      out.update(validation_threshold=threshold,
-                 f1_at_validation_threshold=f1_at(pos, neg, threshold),
-                 mcc_at_validation_threshold=mcc_at(pos, neg, threshold))
+      out.update(
+        validation_threshold=threshold,
+        f1_at_validation_threshold=f1_at(pos, neg, threshold),
+        mcc_at_validation_threshold=mcc_at(pos, neg, threshold),
+      )
   return out
 
 
@@ -173,11 +191,13 @@ def finalize_classification(means: dict, validation: dict | None = None) -> dict
 # validation chose (picked on the test itself they would flatter the model), as
 # scikit-learn's TunedThresholdClassifierCV does.
 
+
 def _bin_of(threshold: float) -> int:
   """The first bin scored positive at probability `threshold` (thresholds are bin edges)."""
   t = min(max(float(threshold), 1e-12), 1 - 1e-12)
-  return int(np.clip(round((np.log(t / (1 - t)) + AUC_RANGE) * AUC_BINS / (2 * AUC_RANGE)),
-                     0, AUC_BINS))
+  return int(
+    np.clip(round((np.log(t / (1 - t)) + AUC_RANGE) * AUC_BINS / (2 * AUC_RANGE)), 0, AUC_BINS)
+  )
 
 
 def _edge(b: int) -> float:
@@ -217,7 +237,7 @@ def mcc(tp, fp, fn) -> float:
   tp, fp, fn = (np.asarray(x, np.float64) for x in (tp, fp, fn))
   t, p = tp + fn, tp + fp
   total = t.sum()
-  denominator = np.sqrt((total ** 2 - (p ** 2).sum()) * (total ** 2 - (t ** 2).sum()))
+  denominator = np.sqrt((total**2 - (p**2).sum()) * (total**2 - (t**2).sum()))
   return float((total * tp.sum() - (p * t).sum()) / denominator) if denominator > 0 else 0.0
 
 
@@ -251,8 +271,9 @@ def _to_label(z, transform: str):
   return jnp.expm1(z) if transform == "log1p" else z
 
 
-def regression_loss(outputs, batch, *, mean, std, loss="mse", huber_delta=1.0, quantile=0.5,
-                    transform="none"):
+def regression_loss(
+  outputs, batch, *, mean, std, loss="mse", huber_delta=1.0, quantile=0.5, transform="none"
+):
   """The loss on the standardised (and, with `transform="log1p"`, log) label; MAE, RMSE
   and MAPE in the label's own units. A model may return `{"prediction": [B],
   "penalty": [B]}`: a per-example regulariser added to the loss, not to the metrics."""
@@ -264,16 +285,20 @@ def regression_loss(outputs, batch, *, mean, std, loss="mse", huber_delta=1.0, q
   y_t = jnp.log1p(jnp.maximum(y, 0.0)) if transform == "log1p" else y
   err_n = pred_n - (y_t - mean) / std
   if loss == "mse":
-    per = err_n ** 2
+    per = err_n**2
   elif loss == "huber":
     per = optax.huber_loss(err_n, delta=huber_delta)
   else:  # pinball: under-prediction costs `quantile`, over-prediction 1 - quantile
     per = jnp.maximum(-quantile * err_n, (1 - quantile) * err_n)
   err = _to_label(pred_n * std + mean, transform) - y
   nonzero = y != 0  # a percentage of zero is undefined: MAPE skips those labels
-  return {"loss": per + penalty, "mae": jnp.abs(err), "squared_error": err ** 2,
-          "ape": jnp.where(nonzero, jnp.abs(err) / jnp.where(nonzero, jnp.abs(y), 1.0), 0.0),
-          "nonzero_label": nonzero.astype(jnp.float32)}
+  return {
+    "loss": per + penalty,
+    "mae": jnp.abs(err),
+    "squared_error": err**2,
+    "ape": jnp.where(nonzero, jnp.abs(err) / jnp.where(nonzero, jnp.abs(y), 1.0), 0.0),
+    "nonzero_label": nonzero.astype(jnp.float32),
+  }
 
 
 def finalize_regression(means: dict) -> dict:
@@ -295,8 +320,11 @@ def retrieval_loss(outputs, batch, *, temperature=0.1, top_k=10):
     scores = users @ all_items.T  # [B, num_items]; item 0 is "unknown", never recommended
     target = batch["categorical"][:, 1]
     target_score = jnp.take_along_axis(scores, target[:, None], 1)
-    excluded = jnp.zeros(scores.shape, bool).at[jnp.arange(scores.shape[0])[:, None],
-                                                jnp.maximum(batch["seen"], 0)].set(batch["seen"] >= 0)
+    excluded = (
+      jnp.zeros(scores.shape, bool)
+      .at[jnp.arange(scores.shape[0])[:, None], jnp.maximum(batch["seen"], 0)]
+      .set(batch["seen"] >= 0)
+    )
     excluded = excluded.at[:, 0].set(True)
     rank = jnp.sum((scores > target_score) & ~excluded, axis=1)
     hit = (rank < top_k).astype(jnp.float32)
@@ -334,8 +362,11 @@ def predict_classification(logits, batch):
 
 
 def predict_regression(outputs, batch, *, mean, std, transform="none"):
-  return {"prediction": _to_label(outputs.reshape(outputs.shape[0]).astype(jnp.float32) * std + mean,
-                                  transform)}
+  return {
+    "prediction": _to_label(
+      outputs.reshape(outputs.shape[0]).astype(jnp.float32) * std + mean, transform
+    )
+  }
 
 
 def predict_retrieval(outputs, batch, *, top_k=10):
@@ -345,7 +376,8 @@ def predict_retrieval(outputs, batch, *, top_k=10):
   if "seen" in batch:
     rows = jnp.arange(scores.shape[0])[:, None]
     scores = scores.at[rows, jnp.maximum(batch["seen"], 0)].min(
-        jnp.where(batch["seen"] >= 0, -jnp.inf, jnp.inf))
+      jnp.where(batch["seen"] >= 0, -jnp.inf, jnp.inf)
+    )
   top_scores, top_items = jax.lax.top_k(scores, top_k)
   return {"top_items": top_items, "top_scores": top_scores}
 
@@ -353,17 +385,21 @@ def predict_retrieval(outputs, batch, *, top_k=10):
 @dataclasses.dataclass(frozen=True)
 class Classification:
   """Softmax cross-entropy, weighted per class; accuracy, precision, recall, F1, ROC-AUC (binary)."""
-  class_weights: tuple[float, ...] | None = None   # from preprocess.class_weights
-  label_kind: str = "class"                         # from the data: class | value
+
+  class_weights: tuple[float, ...] | None = None  # from preprocess.class_weights
+  label_kind: str = "class"  # from the data: class | value
 
   def __post_init__(self):
     if self.label_kind != "class":
-      raise UserError("config.task='classification' but the dataset's label is a number; "
-                      "use task='regression' or import with --label_kind class")
+      raise UserError(
+        "config.task='classification' but the dataset's label is a number; "
+        "use task='regression' or import with --label_kind class"
+      )
 
   def loss(self, logits, batch):
-    return classification_loss_and_counts(logits, batch, class_weights=self.class_weights,
-                               binary=logits.shape[-1] == 2)
+    return classification_loss_and_counts(
+      logits, batch, class_weights=self.class_weights, binary=logits.shape[-1] == 2
+    )
 
   def finalize(self, means, validation=None):
     return finalize_classification(means, validation)
@@ -375,45 +411,59 @@ class Classification:
 @dataclasses.dataclass(frozen=True)
 class Regression:
   """mse | huber | quantile (`name`) on the standardised label; MAE, RMSE, MAPE in its units."""
+
   name: str = "mse"
   huber_delta: float = 1.0
   quantile: float = 0.5
-  label_mean: float | None = None                   # from the data: the train split's label
-  label_std: float | None = None                    # (of its log1p, with label_transform)
-  label_transform: str = "none"                     # from preprocess.label_transform
+  label_mean: float | None = None  # from the data: the train split's label
+  label_std: float | None = None  # (of its log1p, with label_transform)
+  label_transform: str = "none"  # from preprocess.label_transform
 
   def __post_init__(self):
     if self.label_mean is None or self.label_std is None:
-      raise UserError("config.task='regression' needs an imported dataset with a numeric label "
-                      "(import with --label_kind value)")
+      raise UserError(
+        "config.task='regression' needs an imported dataset with a numeric label "
+        "(import with --label_kind value)"
+      )
     if self.name not in ("mse", "huber", "quantile"):
       raise UserError(f"config.loss.name={self.name!r}: regression takes mse, huber or quantile")
 
   def loss(self, outputs, batch):
-    return regression_loss(outputs, batch, mean=self.label_mean, std=self.label_std, loss=self.name,
-                           huber_delta=self.huber_delta, quantile=self.quantile,
-                           transform=self.label_transform)
+    return regression_loss(
+      outputs,
+      batch,
+      mean=self.label_mean,
+      std=self.label_std,
+      loss=self.name,
+      huber_delta=self.huber_delta,
+      quantile=self.quantile,
+      transform=self.label_transform,
+    )
 
   def finalize(self, means):
     return finalize_regression(means)
 
   def predict(self, outputs, batch):
-    return predict_regression(outputs, batch, mean=self.label_mean, std=self.label_std,
-                              transform=self.label_transform)
+    return predict_regression(
+      outputs, batch, mean=self.label_mean, std=self.label_std, transform=self.label_transform
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Retrieval:
   """Two-tower in-batch softmax; recall@k and NDCG@k against all items, seen items excluded."""
+
   temperature: float = 0.1
-  top_k: int = 10                                    # from config.eval_top_k
-  num_categorical: int = 0                           # from the data: categorical features
+  top_k: int = 10  # from config.eval_top_k
+  num_categorical: int = 0  # from the data: categorical features
   needs_seen_items = True  # the run fits each user's training items (excluded when ranking)
 
   def __post_init__(self):
     if self.num_categorical < 2:
-      raise UserError("config.task='retrieval' needs a user and an item column: set "
-                      "preprocess.features='<user column>,<item column>'")
+      raise UserError(
+        "config.task='retrieval' needs a user and an item column: set "
+        "preprocess.features='<user column>,<item column>'"
+      )
 
   def loss(self, outputs, batch):
     return retrieval_loss(outputs, batch, temperature=self.temperature, top_k=self.top_k)

@@ -10,8 +10,12 @@ import pytest
 # JAX's persistent compilation cache serve them (children inherit the env), one
 # cache for all of a session's xdist workers.
 _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"jaxtrain-xla-cache-{_RUN}")
-                      if _RUN else tempfile.mkdtemp(prefix="jaxtrain-xla-cache-"))
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR",
+  os.path.join(tempfile.gettempdir(), f"jaxtrain-xla-cache-{_RUN}")
+  if _RUN
+  else tempfile.mkdtemp(prefix="jaxtrain-xla-cache-"),
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -28,6 +32,7 @@ def data_dir(tmp_path_factory):
 def load_config(name: str):
   """`configs/<name>.py`'s get_config(), as `jaxtrain train --config` would load it."""
   import importlib.util
+
   spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -38,7 +43,7 @@ def load_config(name: str):
 def small_config(data_dir):
   """configs/digits.py with a small MLP and short run: seconds, still real data and loop."""
   c = load_config("digits")
-  c.batch_size = 50          # 1,293 train examples: 25 steps an epoch, 43 left over
+  c.batch_size = 50  # 1,293 train examples: 25 steps an epoch, 43 left over
   c.num_train_steps = 60
   c.log_every_steps = 20
   c.eval_every_steps = 30

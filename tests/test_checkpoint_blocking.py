@@ -9,8 +9,21 @@ from conftest import ROOT
 
 def test_quick_run_measures_blocking_and_restores_the_checkpoint(tmp_path, data_dir):
   out = tmp_path / "ckpt.json"
-  proc = subprocess.run([sys.executable, "experiments/checkpoint_blocking.py", "--quick", "--data_dir", data_dir,
-                         "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "experiments/checkpoint_blocking.py",
+      "--quick",
+      "--data_dir",
+      data_dir,
+      "--out",
+      str(out),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(out.read_text())
   assert result["timed_saves"] == 2 and result["save_every_steps"] == 4

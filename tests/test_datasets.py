@@ -18,6 +18,7 @@ def _dataset(data_dir, **fields):
 
 def test_digits_are_the_real_sklearn_digits_in_a_fixed_split(data_dir):
   from sklearn.datasets import load_digits
+
   builder = datasets.get_builder(_dataset(data_dir))
   train = datasets.get_source(builder, "train")
   test = datasets.get_source(builder, "test")
@@ -76,12 +77,15 @@ def _write_idx(path, magic, dims, payload):
   path.write_bytes(bytes(magic) + b"".join(d.to_bytes(4, "big") for d in dims) + payload)
 
 
-@pytest.mark.parametrize("case, message", [
+@pytest.mark.parametrize(
+  "case, message",
+  [
     ("truncated", "is truncated or padded: header says shape (3, 2, 2)"),
     ("bad_magic", "is not an IDX file"),
     ("no_labels", "split 'test' has no labels file"),
     ("empty_dir", "holds no IDX files"),
-])
+  ],
+)
 def test_bad_idx_files_name_the_file(tmp_path, case, message):
   src = tmp_path / "src"
   src.mkdir()
@@ -115,7 +119,10 @@ def test_missing_path_and_unprepared_tfds_dataset(tmp_path):
 
 def test_unknown_split_lists_the_real_ones(data_dir):
   builder = datasets.get_builder(_dataset(data_dir))
-  with pytest.raises(UserError, match=r"dataset.eval_split='validation' cannot be read from digits \(its splits: test, train\)"):
+  with pytest.raises(
+    UserError,
+    match=r"dataset.eval_split='validation' cannot be read from digits \(its splits: test, train\)",
+  ):
     datasets.get_source(builder, "validation", "dataset.eval_split")
   with pytest.raises(UserError, match=r"dataset.train_split='train\[5:5\]' is empty"):
     datasets.get_source(builder, "train[5:5]")
@@ -126,12 +133,22 @@ def test_processes_preparing_one_data_dir_at_once_all_see_the_splits(tmp_path):
   import subprocess
   import sys
   from conftest import ROOT
-  code = ("import sys; from ml_collections import ConfigDict; from jaxtrain.data import datasets; "
-          "b = datasets.get_builder(ConfigDict(dict(name='digits', path='', data_dir=sys.argv[1]))); "
-          "print(len(datasets.get_source(b, 'train[:90%]')))")
-  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for _ in range(3)]
+
+  code = (
+    "import sys; from ml_collections import ConfigDict; from jaxtrain.data import datasets; "
+    "b = datasets.get_builder(ConfigDict(dict(name='digits', path='', data_dir=sys.argv[1]))); "
+    "print(len(datasets.get_source(b, 'train[:90%]')))"
+  )
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", code, str(tmp_path)],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for _ in range(3)
+  ]
   outputs = [p.communicate(timeout=300) for p in procs]
   assert [p.returncode for p in procs] == [0, 0, 0], outputs
   assert [out.strip().splitlines()[-1] for out, _ in outputs] == ["1293"] * 3

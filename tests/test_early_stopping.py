@@ -18,7 +18,11 @@ def test_tracker_counts_evaluations_without_a_real_improvement():
   up = early_stopping.Tracker("max", min_delta=0.0, patience=0)
   for step, value in [(1, 0.5), (2, 0.7), (3, 0.7)]:
     up.update(step, value)
-  assert (up.best, up.best_step, up.should_stop) == (0.7, 2, False)  # ties keep the first; patience 0 never stops
+  assert (up.best, up.best_step, up.should_stop) == (
+    0.7,
+    2,
+    False,
+  )  # ties keep the first; patience 0 never stops
 
 
 def _config(small_config):
@@ -46,7 +50,9 @@ def test_early_stop_is_the_same_after_an_interruption(tmp_path, small_config):
   train.train_and_evaluate(config, str(tmp_path / "straight"))
   stop, test, best, step, digest = _summary(tmp_path / "straight")
   assert len(stop) == 1 and stop[0]["step"] == step < config.num_train_steps  # it stopped early
-  evals = {e["step"]: e["loss"] for e in read_metrics(tmp_path / "straight") if e["split"] == "eval"}
+  evals = {
+    e["step"]: e["loss"] for e in read_metrics(tmp_path / "straight") if e["split"] == "eval"
+  }
   assert max(evals) == step
   # Patience ran from the last improvement by min_delta; the best checkpoint is the lowest loss.
   improved = stop[0]["last_improvement_step"]
@@ -54,10 +60,16 @@ def test_early_stop_is_the_same_after_an_interruption(tmp_path, small_config):
   assert step - improved == 2 * config.eval_every_steps
   assert best["best_value"] == min(evals.values()) == evals[best["best_step"]]
   assert len(best["kept_steps"]) == 2 and best["best_step"] in best["kept_steps"]
-  kept = sorted(int(p.name) for p in (tmp_path / "straight" / "best_checkpoints").iterdir() if p.name.isdigit())
+  kept = sorted(
+    int(p.name) for p in (tmp_path / "straight" / "best_checkpoints").iterdir() if p.name.isdigit()
+  )
   assert kept == sorted(best["kept_steps"])
-  assert kept == sorted(sorted(evals, key=lambda s: (evals[s], s))[:2])  # the two lowest eval losses
-  assert len(test) == 1 and test[0]["step"] == best["best_step"]  # logged under the step it measured
+  assert kept == sorted(
+    sorted(evals, key=lambda s: (evals[s], s))[:2]
+  )  # the two lowest eval losses
+  assert (
+    len(test) == 1 and test[0]["step"] == best["best_step"]
+  )  # logged under the step it measured
 
   # Interrupted before the stop, then resumed: the same stop, checkpoints, bits and test result.
   train.train_and_evaluate(config, str(tmp_path / "resumed"), stop_at_step=stop[0]["step"] - 10)
@@ -65,7 +77,9 @@ def test_early_stop_is_the_same_after_an_interruption(tmp_path, small_config):
   r_stop, r_test, r_best, r_step, r_digest = _summary(tmp_path / "resumed")
   assert (r_step, r_digest) == (step, digest)
   assert r_stop == [dict(stop[0], time=r_stop[0]["time"])] and r_best == best
-  assert {k: v for k, v in r_test[0].items() if k != "time"} == {k: v for k, v in test[0].items() if k != "time"}
+  assert {k: v for k, v in r_test[0].items() if k != "time"} == {
+    k: v for k, v in test[0].items() if k != "time"
+  }
 
   # Running a finished (early-stopped) run again trains nothing more.
   train.train_and_evaluate(config, str(tmp_path / "resumed"))

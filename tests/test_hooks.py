@@ -33,14 +33,27 @@ class Arrays:
 
 def _loop(step=10, previous=9, last=100, total=100, **fields) -> Loop:
   model = nn.Dense(3)
-  state = TrainState.create(apply_fn=linen_apply_fn(model, "x"),
-                            variables=model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2))),
-                            tx=optax.sgd(0.1), loss_fn=classification_loss, rng=jax.random.PRNGKey(1))
+  state = TrainState.create(
+    apply_fn=linen_apply_fn(model, "x"),
+    variables=model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2))),
+    tx=optax.sgd(0.1),
+    loss_fn=classification_loss,
+    rng=jax.random.PRNGKey(1),
+  )
   events = []
   inputs = types.SimpleNamespace(task=Task.of(Classification()), transform=lambda train: dict)
-  loop = Loop(config=None, workdir="unused", layout=parallel.Layout(parallel.make_mesh(jax.devices()[:1])),
-              inputs=inputs, state=state, step=step, previous_step=previous, last_step=last,
-              num_train_steps=total, **fields)
+  loop = Loop(
+    config=None,
+    workdir="unused",
+    layout=parallel.Layout(parallel.make_mesh(jax.devices()[:1])),
+    inputs=inputs,
+    state=state,
+    step=step,
+    previous_step=previous,
+    last_step=last,
+    num_train_steps=total,
+    **fields,
+  )
   loop.listeners.append(lambda step, split, metrics: events.append((step, split, metrics)))
   return loop, events
 
@@ -86,7 +99,9 @@ def test_train_metrics_are_logged_at_their_cadence_with_the_learning_rate():
 def test_a_non_finite_step_halts_at_the_log():
   loop, _ = _loop(step=20, previous=19, metric_names=("loss",))
   loop.totals = accumulate(None, {"loss": jnp.float32(1.0), "count": jnp.float32(1.0)})
-  loop.health = dict(nan_guard.new_health(), first_bad_step=jnp.int32(12), first_bad_metric=jnp.int32(0))
+  loop.health = dict(
+    nan_guard.new_health(), first_bad_step=jnp.int32(12), first_bad_metric=jnp.int32(0)
+  )
   with pytest.raises(nan_guard.NonFiniteError, match="non-finite loss at step 13"):
     LogTrainMetrics(20, optax.constant_schedule(0.1))(loop)
 
@@ -104,13 +119,18 @@ def test_evaluation_reports_every_example_and_stops_early_without_improvement():
   loop.step, loop.previous_step = 20, 19
   hook(loop)
   assert loop.stop == "early_stop"
-  assert events[-1][1:] == ("early_stop", {"last_improvement_step": 5, "last_improvement_loss": -1.0})
+  assert events[-1][1:] == (
+    "early_stop",
+    {"last_improvement_step": 5, "last_improvement_loss": -1.0},
+  )
   assert not hook.due(_loop(step=15, previous=14, last=15)[0])  # not at a process's last step
   assert hook.due(_loop(step=15, previous=14, last=15, total=15)[0])  # but at the run's
 
 
 def test_preemption_stops_the_loop_with_the_signal_it_got():
-  watcher = types.SimpleNamespace(signal_name=None, should_stop=lambda step: watcher.signal_name is not None)
+  watcher = types.SimpleNamespace(
+    signal_name=None, should_stop=lambda step: watcher.signal_name is not None
+  )
   loop, _ = _loop()
   hook = Preemption(watcher)
   hook(loop)

@@ -13,9 +13,21 @@ import sys
 from conftest import ROOT
 
 PACKAGE = ROOT / "jaxtrain"
-RANKS = {"jaxtrain": 0, "jaxtrain.errors": 0, "jaxtrain.files": 0, "jaxtrain.config": 1, "jaxtrain.registry": 1,
-         "jaxtrain.state": 2, "jaxtrain.steps": 2, "jaxtrain.tasks": 2, "jaxtrain.optim": 2,
-         "jaxtrain.models": 3, "jaxtrain.data": 3, "jaxtrain.run": 4, "jaxtrain.tools": 5}
+RANKS = {
+  "jaxtrain": 0,
+  "jaxtrain.errors": 0,
+  "jaxtrain.files": 0,
+  "jaxtrain.config": 1,
+  "jaxtrain.registry": 1,
+  "jaxtrain.state": 2,
+  "jaxtrain.steps": 2,
+  "jaxtrain.tasks": 2,
+  "jaxtrain.optim": 2,
+  "jaxtrain.models": 3,
+  "jaxtrain.data": 3,
+  "jaxtrain.run": 4,
+  "jaxtrain.tools": 5,
+}
 
 
 def _modules() -> dict[str, str]:
@@ -56,7 +68,10 @@ def test_every_import_points_down_and_models_and_data_stay_apart():
     for target in _imports(name, source, set(modules)):
       if _rank(target) > _rank(name):
         wrong.append(f"{name} -> {target}")
-      if {name.split(".")[1], target.split(".")[1:2][0] if "." in target else ""} == {"models", "data"}:
+      if {name.split(".")[1], target.split(".")[1:2][0] if "." in target else ""} == {
+        "models",
+        "data",
+      }:
         wrong.append(f"{name} -> {target}")
   assert not wrong, wrong
 
@@ -70,7 +85,7 @@ def test_no_import_cycles():
     state[node] = "open"
     for nxt in sorted(graph[node]):
       if state.get(nxt) == "open":
-        raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+        raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt) :] + [nxt]))
       if nxt not in state:
         visit(nxt, path + [nxt])
     state[node] = "done"
@@ -81,38 +96,56 @@ def test_no_import_cycles():
 
 
 def _fresh(code: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                        timeout=120)
+  return subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
 
 
 def test_the_core_loads_without_data_checkpoint_or_config_libraries():
-  out = _fresh("import sys, jaxtrain.steps\n"
-               "from jaxtrain import TrainState, train_step, eval_step, nnx_split\n"
-               "heavy = ('tensorflow_datasets', 'grain', 'orbax', 'ml_collections', 'optuna', "
-               "'jaxtrain.run', 'jaxtrain.data')\n"
-               "print(sorted({m.split('.')[0] if not m.startswith('jaxtrain') else m "
-               "for m in sys.modules if m.startswith(heavy)}))")
+  out = _fresh(
+    "import sys, jaxtrain.steps\n"
+    "from jaxtrain import TrainState, train_step, eval_step, nnx_split\n"
+    "heavy = ('tensorflow_datasets', 'grain', 'orbax', 'ml_collections', 'optuna', "
+    "'jaxtrain.run', 'jaxtrain.data')\n"
+    "print(sorted({m.split('.')[0] if not m.startswith('jaxtrain') else m "
+    "for m in sys.modules if m.startswith(heavy)}))"
+  )
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == "[]"
 
 
 def test_help_is_real_and_loads_no_jax():
-  code = ("import sys\nfrom jaxtrain.tools.cli import main\n"
-          "status = [main([c, '--help']) for c in ('train', 'sweep')] + [main(['--help'])]\n"
-          "print('STATUS', status, 'jax' in sys.modules)")
+  code = (
+    "import sys\nfrom jaxtrain.tools.cli import main\n"
+    "status = [main([c, '--help']) for c in ('train', 'sweep')] + [main(['--help'])]\n"
+    "print('STATUS', status, 'jax' in sys.modules)"
+  )
   out = _fresh(code)
   assert out.returncode == 0, out.stderr
   assert "STATUS [0, 0, 0] False" in out.stdout
-  for flag in ("--workdir", "--stop_at_step", "--allow_config_change", "--config.FIELD=VALUE",
-               "--coordinator", "--space", "--trials", "--metric"):
+  for flag in (
+    "--workdir",
+    "--stop_at_step",
+    "--allow_config_change",
+    "--config.FIELD=VALUE",
+    "--coordinator",
+    "--space",
+    "--trials",
+    "--metric",
+  ):
     assert flag in out.stdout, flag
   for command in ("train", "sweep", "report", "inspect", "rerun", "data", "predict", "export"):
     assert f"\n  {command} " in out.stdout, command
 
 
 def test_the_entry_point_prints_help_and_exits_0():
-  out = subprocess.run([sys.executable, "-m", "jaxtrain.tools.cli", "train", "-h"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+    [sys.executable, "-m", "jaxtrain.tools.cli", "train", "-h"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert out.returncode == 0 and "--workdir" in out.stdout, out.stderr
 
 
@@ -131,21 +164,36 @@ def _orbax_importers(name: str, source: str) -> set[str]:
 def test_only_checkpoint_py_reads_or_writes_orbax_checkpoints():
   """Every checkpoint read goes through the verifying reader: no second one can appear.
   distributed.py only routes Orbax's barriers through JAX's coordination service."""
-  users = {name: found for name, src in _modules().items() if (found := _orbax_importers(name, src))}
+  users = {
+    name: found for name, src in _modules().items() if (found := _orbax_importers(name, src))
+  }
   assert set(users) == {"jaxtrain.run.checkpoint", "jaxtrain.run.distributed"}, users
   assert users["jaxtrain.run.distributed"] == {"orbax.checkpoint._src.multihost"}
 
 
 # The names of a workdir's entries (run/workdir.py's docstring lists their owners).
-WORKDIR_NAMES = {"checkpoints", "best_checkpoints", "corrupt_checkpoints", "abandoned",
-                 "metrics.jsonl", "metrics.abandoned.jsonl", "tensorboard", "manifest.json",
-                 "config.json", "init_from.json", "best.json", ".lock", "export"}
+WORKDIR_NAMES = {
+  "checkpoints",
+  "best_checkpoints",
+  "corrupt_checkpoints",
+  "abandoned",
+  "metrics.jsonl",
+  "metrics.abandoned.jsonl",
+  "tensorboard",
+  "manifest.json",
+  "config.json",
+  "init_from.json",
+  "best.json",
+  ".lock",
+  "export",
+}
 
 
 def _names_a_workdir_file(text: str) -> bool:
   parts = [p for p in re.split(r"[/\\]", text) if p]
   return any(p in WORKDIR_NAMES or p.startswith(".lock.") for p in parts) and (
-      len(parts) > 1 or text in WORKDIR_NAMES)
+    len(parts) > 1 or text in WORKDIR_NAMES
+  )
 
 
 def test_only_workdir_py_spells_a_workdir_file_name():
@@ -157,13 +205,23 @@ def test_only_workdir_py_spells_a_workdir_file_name():
     if name == "jaxtrain.run.workdir":
       continue
     for node in ast.walk(ast.parse(source)):
-      if isinstance(node, ast.Constant) and isinstance(node.value, str) and (
-          node.value in WORKDIR_NAMES or (_names_a_workdir_file(node.value) and " " not in node.value)):
+      if (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and (
+          node.value in WORKDIR_NAMES
+          or (_names_a_workdir_file(node.value) and " " not in node.value)
+        )
+      ):
         wrong.append(f"{name}:{node.lineno}: {node.value!r}")
   # Not workdir entries: the CLI's command names, managed services' own folders, a data_dir's
   # lock, the tensorboard package.
-  allowed = {"jaxtrain.tools.cli": {"'export'"}, "jaxtrain.tools.managed": {"'checkpoints'", "'tensorboard'"},
-             "jaxtrain.data.store": {"'.lock'"}, "jaxtrain.run.loop": {"'tensorboard'"}}
+  allowed = {
+    "jaxtrain.tools.cli": {"'export'"},
+    "jaxtrain.tools.managed": {"'checkpoints'", "'tensorboard'"},
+    "jaxtrain.data.store": {"'.lock'"},
+    "jaxtrain.run.loop": {"'tensorboard'"},
+  }
   wrong = [w for w in wrong if w.split(": ", 1)[1] not in allowed.get(w.split(":")[0], set())]
   assert not wrong, wrong
 
@@ -173,18 +231,26 @@ def test_only_files_py_renames_over_a_file():
   calls = []
   for name, source in _modules().items():
     for node in ast.walk(ast.parse(source)):
-      if (isinstance(node, ast.Attribute) and node.attr in ("replace", "rename")
-          and isinstance(node.value, ast.Name) and node.value.id == "os"):
+      if (
+        isinstance(node, ast.Attribute)
+        and node.attr in ("replace", "rename")
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+      ):
         calls.append(f"{name}:{node.lineno}: os.{node.attr}")
   assert calls and all(c.startswith("jaxtrain.files:") for c in calls), calls
 
 
 def test_the_old_lock_module_still_works_and_names_its_replacement():
-  out = _fresh("import warnings\nwarnings.simplefilter('always')\n"
-               "with warnings.catch_warnings(record=True) as caught:\n"
-               "  from jaxtrain.run.workdir_lock import WorkdirLock\n"
-               "from jaxtrain.run import workdir\n"
-               "print(WorkdirLock is workdir.WorkdirLock, [str(w.message) for w in caught])")
+  out = _fresh(
+    "import warnings\nwarnings.simplefilter('always')\n"
+    "with warnings.catch_warnings(record=True) as caught:\n"
+    "  from jaxtrain.run.workdir_lock import WorkdirLock\n"
+    "from jaxtrain.run import workdir\n"
+    "print(WorkdirLock is workdir.WorkdirLock, [str(w.message) for w in caught])"
+  )
   assert out.returncode == 0, out.stderr
-  assert out.stdout.startswith("True [") and "import WorkdirLock, holder and lock_file from " \
-      "jaxtrain.run.workdir" in out.stdout
+  assert (
+    out.stdout.startswith("True [")
+    and "import WorkdirLock, holder and lock_file from jaxtrain.run.workdir" in out.stdout
+  )

@@ -14,13 +14,27 @@ from conftest import ROOT
 
 def test_quick_run_or_the_install_hint(tmp_path, data_dir):
   out = tmp_path / "lightning.json"
-  proc = subprocess.run([sys.executable, "experiments/lightning_compare.py", "--quick", "--data_dir", data_dir,
-                         "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "experiments/lightning_compare.py",
+      "--quick",
+      "--data_dir",
+      data_dir,
+      "--out",
+      str(out),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   if importlib.util.find_spec("lightning") is None:
     assert proc.returncode == 2 and not out.exists()
     assert proc.stderr.strip().splitlines() == [
-        "lightning_compare.py: PyTorch Lightning is not installed; install the optional extra: "
-        "pip install -e '.[bench]'"]
+      "lightning_compare.py: PyTorch Lightning is not installed; install the optional extra: "
+      "pip install -e '.[bench]'"
+    ]
     return
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(out.read_text())

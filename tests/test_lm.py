@@ -21,8 +21,13 @@ def tiny_lm_config(data_dir, vocab=128, length=32):
   c.model.update(num_layers=2, num_heads=4, embed_dim=64, vocab_size=vocab, max_length=length)
   c.dataset.builder_kwargs.update(vocab_size=vocab, seq_len=length, num_examples=512)
   c.dataset.data_dir = data_dir
-  c.update(batch_size=16, num_train_steps=120, log_every_steps=40, eval_every_steps=120,
-           checkpoint_every_steps=120)
+  c.update(
+    batch_size=16,
+    num_train_steps=120,
+    log_every_steps=40,
+    eval_every_steps=120,
+    checkpoint_every_steps=120,
+  )
   c.optimizer.update(learning_rate=3e-3, warmup_steps=10)
   return c
 
@@ -71,8 +76,15 @@ def _init(model, batch):
 
 
 def test_attention_is_causal_and_bfloat16_keeps_float32_params():
-  model = TransformerLM(vocab_size=50, max_length=16, num_layers=2, num_heads=2, embed_dim=32,
-                        dtype=jnp.bfloat16, attention="xla")
+  model = TransformerLM(
+    vocab_size=50,
+    max_length=16,
+    num_layers=2,
+    num_heads=2,
+    embed_dim=32,
+    dtype=jnp.bfloat16,
+    attention="xla",
+  )
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 17), 0, 50)
   params = _init(model, {"tokens": tokens})
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
@@ -87,12 +99,15 @@ def test_attention_is_causal_and_bfloat16_keeps_float32_params():
 def test_remat_gives_the_same_gradients_bit_for_bit():
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 0, 40)
   batch = {"tokens": tokens}
-  make = lambda remat: TransformerLM(vocab_size=40, max_length=8, num_layers=2, num_heads=2,
-                                     embed_dim=16, remat=remat)
+  make = lambda remat: TransformerLM(
+    vocab_size=40, max_length=8, num_layers=2, num_heads=2, embed_dim=16, remat=remat
+  )
   params = _init(make(""), batch)
   grads = {}
   for remat in ("", "dots_no_batch"):
-    loss = lambda p, m=make(remat): tasks.language_modeling_loss(m.apply({"params": p}, batch), batch)["loss"].mean()
+    loss = lambda p, m=make(remat): tasks.language_modeling_loss(
+      m.apply({"params": p}, batch), batch
+    )["loss"].mean()
     grads[remat] = jax.jit(jax.grad(loss))(params)
   jax.tree.map(np.testing.assert_array_equal, grads[""], grads["dots_no_batch"])
 
@@ -107,20 +122,33 @@ def test_configs_have_the_advertised_size(arg, low, high):
   assert low < n < high, n
   m = c.model
   # 6 x (every 2-D weight but the position table) + 12 x layers x T x width.
-  matmul = n - m.max_length * m.embed_dim - sum(
-      x.size for x in jax.tree.leaves(params) if x.ndim == 1)
-  assert train_flops_per_token(params, num_layers=m.num_layers, embed_dim=m.embed_dim,
-                               seq_len=m.max_length) == 6 * matmul + 12 * m.num_layers * 1024 * m.embed_dim
+  matmul = (
+    n - m.max_length * m.embed_dim - sum(x.size for x in jax.tree.leaves(params) if x.ndim == 1)
+  )
+  assert (
+    train_flops_per_token(
+      params, num_layers=m.num_layers, embed_dim=m.embed_dim, seq_len=m.max_length
+    )
+    == 6 * matmul + 12 * m.num_layers * 1024 * m.embed_dim
+  )
 
 
 def test_model_config_mistakes_are_one_line_errors():
   batch = {"tokens": jnp.zeros((1, 9), jnp.int32)}
   with pytest.raises(UserError, match="attention='flash' is not one of"):
-    _init(TransformerLM(vocab_size=10, max_length=8, num_layers=1, num_heads=2, embed_dim=8,
-                        attention="flash"), batch)
+    _init(
+      TransformerLM(
+        vocab_size=10, max_length=8, num_layers=1, num_heads=2, embed_dim=8, attention="flash"
+      ),
+      batch,
+    )
   with pytest.raises(UserError, match="embed_dim=10 is not divisible by num_heads=4"):
-    _init(TransformerLM(vocab_size=10, max_length=8, num_layers=1, num_heads=4, embed_dim=10), batch)
-  with pytest.raises(UserError, match="sequences of 8 tokens are longer than config.model.max_length=4"):
+    _init(
+      TransformerLM(vocab_size=10, max_length=8, num_layers=1, num_heads=4, embed_dim=10), batch
+    )
+  with pytest.raises(
+    UserError, match="sequences of 8 tokens are longer than config.model.max_length=4"
+  ):
     _init(TransformerLM(vocab_size=10, max_length=4, num_layers=1, num_heads=2, embed_dim=8), batch)
 
 

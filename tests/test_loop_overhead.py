@@ -9,9 +9,21 @@ from conftest import ROOT
 
 def test_quick_run_prints_the_table_and_writes_json(tmp_path, data_dir):
   out = tmp_path / "loop.json"
-  proc = subprocess.run([sys.executable, "experiments/loop_overhead.py", "--quick",
-                         "--data_dir", data_dir, "--out", str(out)],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "experiments/loop_overhead.py",
+      "--quick",
+      "--data_dir",
+      data_dir,
+      "--out",
+      str(out),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(out.read_text())
   assert result["benchmark"] == "loop_overhead" and result["timed_steps"] == 20

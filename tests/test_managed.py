@@ -20,15 +20,30 @@ from conftest import ROOT
 
 def test_sagemaker_job_writes_where_sagemaker_looks_and_resumes_after_sigterm(tmp_path, data_dir):
   ml = tmp_path / "opt" / "ml"
-  env = dict(os.environ, SM_MODEL_DIR=str(ml / "model"), SM_INPUT_DIR=str(ml / "input"),
-             SM_OUTPUT_DIR=str(ml / "output"), SM_CHANNEL_DATA=data_dir,
-             SM_HPS='{"num_train_steps": 60, "optimizer.learning_rate": 0.002}')
-  cmd = [sys.executable, "-m", "jaxtrain.tools.cli", "train", "--config", "digits", "--quiet",
-         "--config.checkpoint_every_steps=10", "--config.eval_every_steps=30",
-         "--config.log_every_steps=10"]
+  env = dict(
+    os.environ,
+    SM_MODEL_DIR=str(ml / "model"),
+    SM_INPUT_DIR=str(ml / "input"),
+    SM_OUTPUT_DIR=str(ml / "output"),
+    SM_CHANNEL_DATA=data_dir,
+    SM_HPS='{"num_train_steps": 60, "optimizer.learning_rate": 0.002}',
+  )
+  cmd = [
+    sys.executable,
+    "-m",
+    "jaxtrain.tools.cli",
+    "train",
+    "--config",
+    "digits",
+    "--quiet",
+    "--config.checkpoint_every_steps=10",
+    "--config.eval_every_steps=30",
+    "--config.log_every_steps=10",
+  ]
   workdir = ml / "checkpoints"  # SageMaker's checkpoint folder: synced to S3, restored on restart
-  proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
   deadline = time.monotonic() + 300
   while not checkpoint.saved_steps(str(workdir)) and proc.poll() is None:
     assert time.monotonic() < deadline
@@ -43,20 +58,30 @@ def test_sagemaker_job_writes_where_sagemaker_looks_and_resumes_after_sigterm(tm
   config = (workdir / "config.json").read_text()
   assert '"learning_rate": 0.002' in config and '"num_train_steps": 60' in config
   assert f'"data_dir": "{data_dir}"' in config
-  assert list((ml / "output" / "tensorboard").glob("events*")) and not (workdir / "tensorboard").exists()
+  assert (
+    list((ml / "output" / "tensorboard").glob("events*")) and not (workdir / "tensorboard").exists()
+  )
   assert (ml / "model" / "model.jaxexport").exists() and (ml / "model" / "signature.json").exists()
   assert [e["step"] for e in read_metrics(str(workdir)) if e["split"] == "test"] == [60]
 
 
 def test_vertex_ai_gs_paths_go_through_the_fuse_mount(tmp_path):
-  env = {"AIP_CHECKPOINT_DIR": "gs://bucket/job/checkpoints", "AIP_MODEL_DIR": "gs://bucket/job/model",
-         "AIP_TENSORBOARD_LOG_DIR": "gs://bucket/job/logs", "JAXTRAIN_GCS_MOUNT": str(tmp_path)}
+  env = {
+    "AIP_CHECKPOINT_DIR": "gs://bucket/job/checkpoints",
+    "AIP_MODEL_DIR": "gs://bucket/job/model",
+    "AIP_TENSORBOARD_LOG_DIR": "gs://bucket/job/logs",
+    "JAXTRAIN_GCS_MOUNT": str(tmp_path),
+  }
   m = managed.from_environment(env)
   assert (m.service, m.workdir, m.model_dir, m.tensorboard_dir) == (
-      "Vertex AI", f"{tmp_path}/bucket/job/checkpoints", f"{tmp_path}/bucket/job/model",
-      f"{tmp_path}/bucket/job/logs")
-  with pytest.raises(UserError, match="AIP_CHECKPOINT_DIR gs://bucket/job/checkpoints is a URL: .*mount the "
-                                      "bucket"):
+    "Vertex AI",
+    f"{tmp_path}/bucket/job/checkpoints",
+    f"{tmp_path}/bucket/job/model",
+    f"{tmp_path}/bucket/job/logs",
+  )
+  with pytest.raises(
+    UserError, match="AIP_CHECKPOINT_DIR gs://bucket/job/checkpoints is a URL: .*mount the bucket"
+  ):
     managed.from_environment(dict(env, JAXTRAIN_GCS_MOUNT=str(tmp_path / "no_such_mount")))
   assert managed.from_environment({}) == managed.Managed()
 
@@ -64,7 +89,9 @@ def test_vertex_ai_gs_paths_go_through_the_fuse_mount(tmp_path):
 def test_a_remote_workdir_is_refused_in_one_line(capsys):
   assert main(["train", "--config", "digits", "--workdir", "s3://bucket/runs/x"]) == 1
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith("jaxtrain: error: --workdir s3://bucket/runs/x is a URL")
+  assert len(err) == 1 and err[0].startswith(
+    "jaxtrain: error: --workdir s3://bucket/runs/x is a URL"
+  )
   assert not os.path.exists("s3:")
 
 

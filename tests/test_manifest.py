@@ -50,30 +50,48 @@ def test_resume_under_a_changed_config_is_refused_with_the_fields(small_config, 
   state = train_and_evaluate(small_config, workdir, allow_config_change=True)
   assert int(state.step) == 60
   assert manifest.read(workdir)["resumes"][0]["config_changes"] == {
-      "optimizer.learning_rate": [0.003, 0.1]}
+    "optimizer.learning_rate": [0.003, 0.1]
+  }
 
 
 def test_intervals_and_horizon_free_extensions_resume_without_complaint(small_config, tmp_path):
   small_config.optimizer.update(schedule="constant", warmup_steps=0)
   workdir = str(tmp_path / "run")
   train_and_evaluate(small_config, workdir)  # 60 steps
-  small_config.update(num_train_steps=80, log_every_steps=40, eval_every_steps=40,
-                      checkpoint_every_steps=40, keep_checkpoints=4)
+  small_config.update(
+    num_train_steps=80,
+    log_every_steps=40,
+    eval_every_steps=40,
+    checkpoint_every_steps=40,
+    keep_checkpoints=4,
+  )
   assert int(train_and_evaluate(small_config, workdir).step) == 80
   # A cosine schedule's horizon is the run length: extending it changes past steps.
   small_config.optimizer.update(schedule="warmup_cosine")
   assert manifest.blocking_config_changes(
-      {"num_train_steps": 60, "optimizer": {"schedule": "warmup_cosine"}},
-      {"num_train_steps": 80, "optimizer": {"schedule": "warmup_cosine"}}) == {
-          "num_train_steps": [60, 80]}
+    {"num_train_steps": 60, "optimizer": {"schedule": "warmup_cosine"}},
+    {"num_train_steps": 80, "optimizer": {"schedule": "warmup_cosine"}},
+  ) == {"num_train_steps": [60, 80]}
 
 
 def test_rerun_matches_and_names_what_differs(tmp_path, data_dir):
-  common = ["--config", "configs/digits.py", f"--config.dataset.data_dir={data_dir}",
-            "--config.num_train_steps=40", "--config.model.name=mlp"]
-  assert jaxtrain("train", *common, "--workdir", str(tmp_path / "a"),
-                  "--config.deterministic_gpu_ops=true").returncode == 0
-  assert "--xla_gpu_deterministic_ops=true" in manifest.read(str(tmp_path / "a"))["environment"]["xla_flags"]
+  common = [
+    "--config",
+    "configs/digits.py",
+    f"--config.dataset.data_dir={data_dir}",
+    "--config.num_train_steps=40",
+    "--config.model.name=mlp",
+  ]
+  assert (
+    jaxtrain(
+      "train", *common, "--workdir", str(tmp_path / "a"), "--config.deterministic_gpu_ops=true"
+    ).returncode
+    == 0
+  )
+  assert (
+    "--xla_gpu_deterministic_ops=true"
+    in manifest.read(str(tmp_path / "a"))["environment"]["xla_flags"]
+  )
   # An altered version string in the manifest is named as the one difference
   # (the rerun set the deterministic-ops flag too, so xla_flags agree).
   path = tmp_path / "a" / "manifest.json"
@@ -81,8 +99,9 @@ def test_rerun_matches_and_names_what_differs(tmp_path, data_dir):
   real_jax = record["environment"]["versions"]["jax"]
   record["environment"]["versions"]["jax"] = "0.4.1"
   path.write_text(json.dumps(record))
-  same = jaxtrain("rerun", str(tmp_path / "a"), "--into", str(tmp_path / "b"), "--json",
-                  "--data_dir", data_dir)
+  same = jaxtrain(
+    "rerun", str(tmp_path / "a"), "--into", str(tmp_path / "b"), "--json", "--data_dir", data_dir
+  )
   assert same.returncode == 0, same.stderr[-1500:]
   report = json.loads(same.stdout)
   assert report["match"]
@@ -91,10 +110,14 @@ def test_rerun_matches_and_names_what_differs(tmp_path, data_dir):
   # A run made under other XLA flags really differs, and the report says which flag.
   env = dict(os.environ, XLA_FLAGS="--xla_cpu_enable_fast_math=true")
   assert jaxtrain("train", *common, "--workdir", str(tmp_path / "fast"), env=env).returncode == 0
-  differs = jaxtrain("rerun", str(tmp_path / "fast"), "--into", str(tmp_path / "d"), "--data_dir", data_dir)
+  differs = jaxtrain(
+    "rerun", str(tmp_path / "fast"), "--into", str(tmp_path / "d"), "--data_dir", data_dir
+  )
   assert differs.returncode == 1
   assert "params digest DIFFERS" in differs.stdout
-  assert "environment.xla_flags: '--xla_cpu_enable_fast_math=true' (original) vs ''" in differs.stdout
+  assert (
+    "environment.xla_flags: '--xla_cpu_enable_fast_math=true' (original) vs ''" in differs.stdout
+  )
 
 
 def test_rerun_refuses_a_non_empty_target(tmp_path):
@@ -102,17 +125,24 @@ def test_rerun_refuses_a_non_empty_target(tmp_path):
   (tmp_path / "b" / "keep.txt").write_text("mine")
   result = jaxtrain("rerun", str(tmp_path / "a"), "--into", str(tmp_path / "b"))
   assert result.returncode == 2
-  assert result.stderr.strip() == f"jaxtrain: error: --into {tmp_path / 'b'} is not empty: rerun into a new directory"
+  assert (
+    result.stderr.strip()
+    == f"jaxtrain: error: --into {tmp_path / 'b'} is not empty: rerun into a new directory"
+  )
   assert (tmp_path / "b" / "keep.txt").read_text() == "mine"
 
 
 def test_user_code_changes_are_content_not_paths():
-  record = {"config.model.name": {"name": "model.py:Net", "file": "/a/model.py", "sha256": "1" * 64}}
+  record = {
+    "config.model.name": {"name": "model.py:Net", "file": "/a/model.py", "sha256": "1" * 64}
+  }
   moved = {"config.model.name": dict(record["config.model.name"], file="/b/model.py")}
   assert manifest.code_changes(record, moved) == []  # the same file on another machine
   edited = {"config.model.name": dict(moved["config.model.name"], sha256="2" * 64)}
   assert manifest.code_changes(record, edited) == [
-      "/b/model.py (config.model.name='model.py:Net') changed (read from /a/model.py before): "
-      "sha256 111111111111... -> 222222222222..."]
+    "/b/model.py (config.model.name='model.py:Net') changed (read from /a/model.py before): "
+    "sha256 111111111111... -> 222222222222..."
+  ]
   assert manifest.code_changes(record, {}) == [
-      "/a/model.py (config.model.name='model.py:Net') was used before and is not used now"]
+    "/a/model.py (config.model.name='model.py:Net') was used before and is not used now"
+  ]

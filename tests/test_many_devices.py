@@ -32,31 +32,62 @@ from jaxtrain.run.metric_writers import read_metrics
 from conftest import ROOT, require_mnist
 
 STEPS = 60
-DIGITS = ["--config", "configs/digits.py", f"--config.num_train_steps={STEPS}",
-          "--config.eval_every_steps=30", "--config.checkpoint_every_steps=20",
-          "--config.keep_checkpoints=3",
-          "--config.log_every_steps=20", "--config.model.dropout_rate=0.0",  # pmap's masks differ
-          "--config.parallel.stall_timeout_s=60", "--config.parallel.startup_timeout_s=300"]
+DIGITS = [
+  "--config",
+  "configs/digits.py",
+  f"--config.num_train_steps={STEPS}",
+  "--config.eval_every_steps=30",
+  "--config.checkpoint_every_steps=20",
+  "--config.keep_checkpoints=3",
+  "--config.log_every_steps=20",
+  "--config.model.dropout_rate=0.0",  # pmap's masks differ
+  "--config.parallel.stall_timeout_s=60",
+  "--config.parallel.startup_timeout_s=300",
+]
 TOLERANCE = 1e-5  # params at step 20
 
 
 def _train(workdir, devices: int, data_dir, *extra, config=DIGITS, early=20, timeout=300) -> dict:
   """{"early": params at step `early`, "final": final params, "loss": the last train loss}."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", TFDS_DATA_DIR=data_dir)
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    TFDS_DATA_DIR=data_dir,
+  )
   try:
-    proc = subprocess.run([sys.executable, "-m", "jaxtrain.tools.cli", "train", *config,
-                           "--workdir", str(workdir), "--quiet", *extra],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "jaxtrain.tools.cli",
+        "train",
+        *config,
+        "--workdir",
+        str(workdir),
+        "--quiet",
+        *extra,
+      ],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+    )
   except subprocess.TimeoutExpired as e:
-    pytest.fail(f"{devices} devices {' '.join(extra)}: hung (no end in {timeout} s); "
-                f"{(e.stderr or b'')[-2000:]!r}")
+    pytest.fail(
+      f"{devices} devices {' '.join(extra)}: hung (no end in {timeout} s); "
+      f"{(e.stderr or b'')[-2000:]!r}"
+    )
   assert proc.returncode == 0, f"{devices} devices {' '.join(extra)}: {proc.stderr[-3000:]}"
   step, final = checkpoint.load_arrays(str(workdir))
   assert step == int(config[2].split("=")[1])
   losses = [e["loss"] for e in read_metrics(str(workdir)) if e["split"] == "train"]
-  return {"early": checkpoint.load_arrays(str(workdir), early)[1]["params"],
-          "final": final["params"], "loss": losses[-1]}
+  return {
+    "early": checkpoint.load_arrays(str(workdir), early)[1]["params"],
+    "final": final["params"],
+    "loss": losses[-1],
+  }
 
 
 def _distance(a, b) -> float:
@@ -73,13 +104,13 @@ def runs(data_dir, tmp_path_factory):
 
 
 CASES = {  # name: (devices, extra flags, a run whose final params it equals bit for bit)
-    "jit-device-feed-2": (2, [], None),
-    "jit-device-feed-4": (4, [], None),
-    "jit-device-feed-8": (8, [], None),
-    "jit-device-feed-8-again": (8, [], "jit-device-feed-8"),  # a race shows on some tries only
-    "jit-host-feed-8": (8, ["--config.dataset.device_cache_max_mb=0"], "jit-device-feed-8"),
-    "pmap-8": (8, ["--config.parallel.mode=pmap"], None),
-    "coordinator-4": (4, ["--num_processes", "1"], None),
+  "jit-device-feed-2": (2, [], None),
+  "jit-device-feed-4": (4, [], None),
+  "jit-device-feed-8": (8, [], None),
+  "jit-device-feed-8-again": (8, [], "jit-device-feed-8"),  # a race shows on some tries only
+  "jit-host-feed-8": (8, ["--config.dataset.device_cache_max_mb=0"], "jit-device-feed-8"),
+  "pmap-8": (8, ["--config.parallel.mode=pmap"], None),
+  "coordinator-4": (4, ["--num_processes", "1"], None),
 }
 
 
@@ -95,12 +126,20 @@ def test_the_default_path_ends_and_agrees_with_one_device(case, runs, data_dir, 
 
 
 def test_mnist_on_8_devices_ends_and_agrees_with_one_device(data_dir, tmp_path):
-  mnist = ["--config", "configs/mnist.py", "--config.num_train_steps=100",
-           f"--config.dataset.path={require_mnist()}", "--config.dataset.train_split=test[:8000]",
-           "--config.dataset.eval_split=test[8000:]", "--config.eval_every_steps=50",
-           "--config.checkpoint_every_steps=10", "--config.keep_checkpoints=10",
-           "--config.model.dropout_rate=0.0", "--config.parallel.stall_timeout_s=60",
-           "--config.parallel.startup_timeout_s=300"]
+  mnist = [
+    "--config",
+    "configs/mnist.py",
+    "--config.num_train_steps=100",
+    f"--config.dataset.path={require_mnist()}",
+    "--config.dataset.train_split=test[:8000]",
+    "--config.dataset.eval_split=test[8000:]",
+    "--config.eval_every_steps=50",
+    "--config.checkpoint_every_steps=10",
+    "--config.keep_checkpoints=10",
+    "--config.model.dropout_rate=0.0",
+    "--config.parallel.stall_timeout_s=60",
+    "--config.parallel.startup_timeout_s=300",
+  ]
   # SGD at 0.1 with momentum grows the layouts' difference faster: compared at step 10.
   one = _train(tmp_path / "one", 1, data_dir, config=mnist, early=10)
   eight = _train(tmp_path / "eight", 8, data_dir, config=mnist, early=10)

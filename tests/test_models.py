@@ -32,10 +32,13 @@ def test_cnn_is_flax_mnist_layout():
   assert set(variables["batch_stats"]) == {"BatchNorm_0", "BatchNorm_1"}
 
 
-@pytest.mark.parametrize("fields, shape", [
+@pytest.mark.parametrize(
+  "fields, shape",
+  [
     (dict(name="mlp", num_classes=3, features=[16, 8]), (5, 8, 8, 1)),
     (dict(name="resnet", num_classes=7, stage_sizes=[1, 1], width=4), (5, 8, 8, 3)),
-])
+  ],
+)
 def test_models_map_images_to_logits(fields, shape):
   model = create_model(ml_collections.ConfigDict(fields))
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros(shape))
@@ -44,10 +47,15 @@ def test_models_map_images_to_logits(fields, shape):
 
 
 def test_unknown_model_name():
-  with pytest.raises(UserError, match=r"config.model.name='vit' is not one of .*nor an import path"):
+  with pytest.raises(
+    UserError, match=r"config.model.name='vit' is not one of .*nor an import path"
+  ):
     create_model(ml_collections.ConfigDict(dict(name="vit", num_classes=2)))
-  with pytest.raises(UserError, match=r"config.model: jaxtrain.models.image:CNN has no argument\(s\) "
-                                      r"widht \(it takes: num_classes, dropout_rate, dtype, axis_name\)"):
+  with pytest.raises(
+    UserError,
+    match=r"config.model: jaxtrain.models.image:CNN has no argument\(s\) "
+    r"widht \(it takes: num_classes, dropout_rate, dtype, axis_name\)",
+  ):
     create_model(ml_collections.ConfigDict(dict(name="cnn", num_classes=2, widht=3)))
 
 
@@ -59,6 +67,7 @@ def test_bfloat16_compute_keeps_float32_params_and_loss(small_config, tmp_path):
   from jaxtrain.run import inputs as run_inputs
   from jaxtrain.run import loop as train
   from jaxtrain.run.metric_writers import read_metrics
+
   c = small_config
   c.compute_dtype = "bfloat16"
   c.model = dict(name="cnn", num_classes=10)
@@ -82,19 +91,34 @@ def _remat_digests(kind: str, policy: str):
   from jaxtrain.run.checkpoint import tree_digest
   from jaxtrain.models.image import ResNet
   from jaxtrain.models.tables import TransformerEncoder
+
   if kind == "resnet":
     model = ResNet(num_classes=3, stage_sizes=(1, 1), width=8, remat=policy)
     inputs = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 16, 1)), jnp.float32)
   else:
-    model = TransformerEncoder(num_outputs=2, vocab_size=50, max_length=12, width=16, depth=2,
-                               num_heads=2, mlp_dim=32, remat=policy)
+    model = TransformerEncoder(
+      num_outputs=2,
+      vocab_size=50,
+      max_length=12,
+      width=16,
+      depth=2,
+      num_heads=2,
+      mlp_dim=32,
+      remat=policy,
+    )
     inputs = {"tokens": jnp.asarray(np.random.default_rng(1).integers(0, 50, (4, 12)), jnp.int32)}
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), inputs)
 
   def loss(params):
-    out, _ = model.apply({**variables, "params": params}, inputs, train=True, mutable=["batch_stats"],
-                         rngs={"dropout": jax.random.PRNGKey(2)})
+    out, _ = model.apply(
+      {**variables, "params": params},
+      inputs,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": jax.random.PRNGKey(2)},
+    )
     return (out.astype(jnp.float32) ** 2).sum()
+
   return tree_digest(variables["params"]), tree_digest(jax.jit(jax.grad(loss))(variables["params"]))
 
 
@@ -109,6 +133,7 @@ def test_unknown_remat_policy_is_a_user_error():
   import jax
   import jax.numpy as jnp
   from jaxtrain.models.image import ResNet
+
   with pytest.raises(UserError, match="config.model.remat='some' is not one of"):
     ResNet(num_classes=2, remat="some").init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
 
@@ -119,6 +144,7 @@ def test_matrix_factorization_regularises_each_rating_by_the_rows_it_uses():
   import numpy as np
   from jaxtrain import tasks
   from jaxtrain.models.tables import MatrixFactorization
+
   model = MatrixFactorization(categorical_sizes=(5, 4), dim=3, l2=0.25)
   batch = {"categorical": jnp.array([[1, 2], [4, 2], [1, 3]]), "label": jnp.array([0.5, -1.0, 2.0])}
   variables = model.init(jax.random.key(0), batch)
@@ -128,8 +154,12 @@ def test_matrix_factorization_regularises_each_rating_by_the_rows_it_uses():
   np.testing.assert_array_equal(out["prediction"], plain)
   rows = lambda name, ids: np.asarray(p[name]["embedding"])[np.asarray(ids)]
   users, items = batch["categorical"][:, 0], batch["categorical"][:, 1]
-  norms = ((rows("user", users) ** 2).sum(1) + (rows("item", items) ** 2).sum(1)
-           + rows("user_bias", users)[:, 0] ** 2 + rows("item_bias", items)[:, 0] ** 2)
+  norms = (
+    (rows("user", users) ** 2).sum(1)
+    + (rows("item", items) ** 2).sum(1)
+    + rows("user_bias", users)[:, 0] ** 2
+    + rows("item_bias", items)[:, 0] ** 2
+  )
   np.testing.assert_allclose(out["penalty"], 0.25 * norms, rtol=1e-6)
   trained = tasks.regression_loss(out, batch, mean=0.0, std=1.0)
   evaluated = tasks.regression_loss(plain, batch, mean=0.0, std=1.0)

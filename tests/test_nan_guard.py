@@ -14,8 +14,15 @@ from jaxtrain.run.nan_guard import NonFiniteError, all_finite, check, guard, new
 
 def _blow_up_at(config, step, scale):
   """A piecewise schedule that multiplies the learning rate by `scale` from `step` on."""
-  config.optimizer.update(name="sgd", learning_rate=0.05, momentum=0.9, schedule="piecewise",
-                          warmup_steps=0, piecewise_boundaries=(step,), piecewise_scales=(scale,))
+  config.optimizer.update(
+    name="sgd",
+    learning_rate=0.05,
+    momentum=0.9,
+    schedule="piecewise",
+    warmup_steps=0,
+    piecewise_boundaries=(step,),
+    piecewise_scales=(scale,),
+  )
 
 
 def test_halt_names_the_step_and_keeps_the_last_finite_checkpoint(small_config, tmp_path):
@@ -33,6 +40,7 @@ def test_halt_names_the_step_and_keeps_the_last_finite_checkpoint(small_config, 
 
 def test_skip_carries_on_past_one_bad_batch_and_counts_it(small_config, tmp_path, monkeypatch):
   from jaxtrain.data import input_pipeline
+
   real = input_pipeline.train_dataset
 
   def with_a_corrupt_record(*args, **kwargs):  # batch 30 holds a NaN pixel
@@ -41,6 +49,7 @@ def test_skip_carries_on_past_one_bad_batch_and_counts_it(small_config, tmp_path
         batch = dict(batch, image=batch["image"].copy())
         batch["image"][0, 0, 0, 0] = np.nan
       return batch
+
     return real(*args, **kwargs).map_with_index(poison)
 
   monkeypatch.setattr(input_pipeline, "train_dataset", with_a_corrupt_record)
@@ -56,8 +65,13 @@ def test_skip_carries_on_past_one_bad_batch_and_counts_it(small_config, tmp_path
 
 
 def test_skip_halts_after_k_bad_steps_in_a_row(small_config, tmp_path):
-  small_config.update(num_train_steps=60, nan_policy="skip", nan_max_consecutive_skips=3,
-                      log_every_steps=10, checkpoint_every_steps=10)
+  small_config.update(
+    num_train_steps=60,
+    nan_policy="skip",
+    nan_max_consecutive_skips=3,
+    log_every_steps=10,
+    checkpoint_every_steps=10,
+  )
   _blow_up_at(small_config, 25, 1e35)
   with pytest.raises(NonFiniteError, match=r"steps in a row had a non-finite loss or gradient"):
     train_and_evaluate(small_config, str(tmp_path / "run"))

@@ -27,15 +27,32 @@ from conftest import ROOT
 
 
 def _args(workdir, data_dir, steps=60, every=10, *extra):
-  return ["train", "--config", "digits", "--workdir", str(workdir), "--quiet",
-          f"--config.dataset.data_dir={data_dir}", f"--config.num_train_steps={steps}",
-          f"--config.checkpoint_every_steps={every}", "--config.eval_every_steps=30",
-          "--config.log_every_steps=10", "--config.model.name=mlp", *extra]
+  return [
+    "train",
+    "--config",
+    "digits",
+    "--workdir",
+    str(workdir),
+    "--quiet",
+    f"--config.dataset.data_dir={data_dir}",
+    f"--config.num_train_steps={steps}",
+    f"--config.checkpoint_every_steps={every}",
+    "--config.eval_every_steps=30",
+    "--config.log_every_steps=10",
+    "--config.model.name=mlp",
+    *extra,
+  ]
 
 
 def _spawn(argv, **kw):
-  return subprocess.Popen([sys.executable, "-m", "jaxtrain.tools.cli", *argv], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+  return subprocess.Popen(
+    [sys.executable, "-m", "jaxtrain.tools.cli", *argv],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    **kw,
+  )
 
 
 def _wait_for(condition, proc=None, seconds=300):
@@ -63,15 +80,27 @@ def test_1_a_second_writer_is_refused_naming_the_first(data_dir, tmp_path):
   workdir = tmp_path / "w"
   first = _spawn(_args(workdir, data_dir, 300_000, 100))  # long enough to be met (it is stopped)
   _wait_for(lambda: checkpoint.saved_steps(str(workdir)), first)
-  second = subprocess.run([sys.executable, "-m", "jaxtrain.tools.cli",
-                           *_args(workdir, data_dir, 300_000, 100, "--config.optimizer.learning_rate=0.1")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  second = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "jaxtrain.tools.cli",
+      *_args(workdir, data_dir, 300_000, 100, "--config.optimizer.learning_rate=0.1"),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert first.poll() is None, "the first run ended before the second started"
   assert second.returncode == 1
   [line] = second.stderr.strip().splitlines()
-  assert line.startswith(f"jaxtrain: error: {workdir} is in use by process {first.pid} on "
-                         f"{os.uname().nodename} (")
-  assert line.endswith("one run writes a workdir at a time; wait for it, stop it, or use another workdir")
+  assert line.startswith(
+    f"jaxtrain: error: {workdir} is in use by process {first.pid} on {os.uname().nodename} ("
+  )
+  assert line.endswith(
+    "one run writes a workdir at a time; wait for it, stop it, or use another workdir"
+  )
   first.send_signal(signal.SIGTERM)
   assert first.wait(timeout=300) == 75
   events = [(e["step"], e["split"]) for e in read_metrics(str(workdir))]
@@ -91,13 +120,17 @@ def test_1_a_killed_writers_lock_is_free(data_dir, tmp_path, straight):
 
 # 2 and 3 ---------------------------------------------------------------------------------
 def _flip_a_byte(step_dir: Path):
-  data = max((step_dir / "state" / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size)
+  data = max(
+    (step_dir / "state" / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size
+  )
   raw = bytearray(data.read_bytes())
   raw[len(raw) // 2] ^= 0x01
   data.write_bytes(bytes(raw))
 
 
-def test_2_no_usable_checkpoint_is_refused_and_start_over_is_clean(data_dir, tmp_path, capsys, straight):
+def test_2_no_usable_checkpoint_is_refused_and_start_over_is_clean(
+  data_dir, tmp_path, capsys, straight
+):
   workdir = tmp_path / "w"
   assert main(_args(workdir, data_dir, 60, 10, "--stop_at_step=30")) == 0
   for step in checkpoint.saved_steps(str(workdir)):  # every state damaged, the data positions fine
@@ -110,10 +143,18 @@ def test_2_no_usable_checkpoint_is_refused_and_start_over_is_clean(data_dir, tmp
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before  # nothing moved
   assert main(_args(workdir, data_dir, 60, 10, "--start_over")) == 0
   [abandoned] = (workdir / "abandoned").iterdir()
-  assert sorted(p.name for p in (abandoned / "checkpoints").iterdir() if p.name.isdigit()) == \
-      sorted(b for b in before if b.isdigit())
+  assert sorted(
+    p.name for p in (abandoned / "checkpoints").iterdir() if p.name.isdigit()
+  ) == sorted(b for b in before if b.isdigit())
   assert _digest(workdir) == straight  # step 0, a fresh data position: the uninterrupted bits
-  assert [e["step"] for e in read_metrics(str(workdir)) if e["split"] == "train"] == [10, 20, 30, 40, 50, 60]
+  assert [e["step"] for e in read_metrics(str(workdir)) if e["split"] == "train"] == [
+    10,
+    20,
+    30,
+    40,
+    50,
+    60,
+  ]
   assert main(_args(workdir, data_dir, 60, 10, "--start_over")) == 1  # its checkpoints are usable
 
 
@@ -138,8 +179,10 @@ def test_4_a_change_of_shape_is_refused_even_when_changes_are_allowed(data_dir, 
   assert main(_args(workdir, data_dir, 60, 10, "--stop_at_step=20")) == 0
   before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
   capsys.readouterr()
-  assert main(_args(workdir, data_dir, 60, 10, "--config.model.num_classes=12",
-                    "--allow_config_change")) == 1
+  assert (
+    main(_args(workdir, data_dir, 60, 10, "--config.model.num_classes=12", "--allow_config_change"))
+    == 1
+  )
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "holds checkpoints of other shapes" in err[0]
   assert "params/Dense_2/bias: ((10,), 'float32') -> ((12,), 'float32')" in err[0]
@@ -154,8 +197,13 @@ def test_5_a_signal_at_start_up_gives_75_and_nothing_lost(data_dir, tmp_path, si
   workdir = tmp_path / "w"
   assert main(_args(workdir, data_dir, 60, 10, "--stop_at_step=20")) == 0
   proc = _spawn(_args(workdir, data_dir))
-  _wait_for(lambda: (workdir / ".lock").exists() and json.loads(
-      (workdir / ".lock").read_text() or "{}").get("pid") == proc.pid, proc)  # setting up
+  _wait_for(
+    lambda: (
+      (workdir / ".lock").exists()
+      and json.loads((workdir / ".lock").read_text() or "{}").get("pid") == proc.pid
+    ),
+    proc,
+  )  # setting up
   proc.send_signal(sig)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 75, err[-2000:]
@@ -171,12 +219,15 @@ def _signal_self_during(monkeypatch, module, name):
   def wrapped(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGTERM)
     return real(*args, **kwargs)
+
   monkeypatch.setattr(module, name, wrapped)
 
 
-def test_5_a_signal_in_the_final_test_gives_75_and_the_test_runs_on_resume(data_dir, tmp_path,
-                                                                          monkeypatch, straight):
+def test_5_a_signal_in_the_final_test_gives_75_and_the_test_runs_on_resume(
+  data_dir, tmp_path, monkeypatch, straight
+):
   from jaxtrain.run import loop
+
   workdir = tmp_path / "w"
   argv = _args(workdir, data_dir, 60, 10, "--config.dataset.test_split=test")
   with monkeypatch.context() as m:
@@ -189,9 +240,11 @@ def test_5_a_signal_in_the_final_test_gives_75_and_the_test_runs_on_resume(data_
   assert _digest(workdir) == straight
 
 
-def test_5_a_signal_in_the_final_save_lets_it_finish_then_gives_75(data_dir, tmp_path, monkeypatch,
-                                                                   straight):
+def test_5_a_signal_in_the_final_save_lets_it_finish_then_gives_75(
+  data_dir, tmp_path, monkeypatch, straight
+):
   from jaxtrain.run import loop
+
   workdir = tmp_path / "w"
   with monkeypatch.context() as m:
     _signal_self_during(m, loop, "_finish_saves")
@@ -203,11 +256,26 @@ def test_5_a_signal_in_the_final_save_lets_it_finish_then_gives_75(data_dir, tmp
 
 def test_5_a_preempted_sweep_trial_is_retried_and_resumes(data_dir, tmp_path):
   from jaxtrain.tools import sweep
+
   sweep_dir = tmp_path / "sweep"
-  argv = ["sweep", "--config", "digits", "--space", "digits_lr_wd", "--trials", "2", "--workdir",
-          str(sweep_dir), "--quiet", f"--config.dataset.data_dir={data_dir}", "--config.num_train_steps=40",
-          "--config.checkpoint_every_steps=10", "--config.eval_every_steps=20",
-          "--config.model.name=mlp", "--config.dataset.test_split="]
+  argv = [
+    "sweep",
+    "--config",
+    "digits",
+    "--space",
+    "digits_lr_wd",
+    "--trials",
+    "2",
+    "--workdir",
+    str(sweep_dir),
+    "--quiet",
+    f"--config.dataset.data_dir={data_dir}",
+    "--config.num_train_steps=40",
+    "--config.checkpoint_every_steps=10",
+    "--config.eval_every_steps=20",
+    "--config.model.name=mlp",
+    "--config.dataset.test_split=",
+  ]
   proc = _spawn(argv)
   first = sweep_dir / "trials" / "0"
   _wait_for(lambda: first.is_dir() and checkpoint.saved_steps(str(first)), proc)
@@ -228,17 +296,22 @@ def test_5_a_preempted_sweep_trial_is_retried_and_resumes(data_dir, tmp_path):
 # 6 ---------------------------------------------------------------------------------------
 def test_6_no_value_escapes_best_config_py(tmp_path):
   from jaxtrain.tools import sweep
+
   marker = tmp_path / "pwned"
   evil = f"x''')\nopen({str(marker)!r}, 'w').write('1')\n('''"
   (tmp_path / "sweep.json").write_text(json.dumps({"config_dir": None}))
   (tmp_path / "trials" / "0").mkdir(parents=True)
   from conftest import load_config
+
   config = load_config("digits")
   config.dataset.train_split = evil
   (tmp_path / "trials" / "0" / "config.json").write_text(config.to_json_best_effort())
-  path = sweep.write_best_config(str(tmp_path), {"number": 0, "value": 1.0, "workdir": "trials/0",
-                                                 "params": {"optimizer.name": evil}})
+  path = sweep.write_best_config(
+    str(tmp_path),
+    {"number": 0, "value": 1.0, "workdir": "trials/0", "params": {"optimizer.name": evil}},
+  )
   import importlib.util
+
   spec = importlib.util.spec_from_file_location("best", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -255,10 +328,24 @@ def test_7_a_crafted_manifest_writes_nowhere_it_names(data_dir, tmp_path, capsys
   config = json.loads((workdir / "config.json").read_text())
   config["dataset"]["data_dir"] = str(tmp_path / "elsewhere2")
   (workdir / "config.json").write_text(json.dumps(config))
-  assert main(["rerun", str(workdir), "--into", str(tmp_path / "again"), "--data_dir", data_dir]) == 0
+  assert (
+    main(["rerun", str(workdir), "--into", str(tmp_path / "again"), "--data_dir", data_dir]) == 0
+  )
   np.savez(tmp_path / "rows.npz", image=np.zeros((2, 8, 8, 1), np.uint8))
-  assert main(["predict", "--workdir", str(workdir), "--input", str(tmp_path / "rows.npz"),
-               "--output", str(tmp_path / "p.csv")]) == 1  # its data_dir holds nothing: refused
+  assert (
+    main(
+      [
+        "predict",
+        "--workdir",
+        str(workdir),
+        "--input",
+        str(tmp_path / "rows.npz"),
+        "--output",
+        str(tmp_path / "p.csv"),
+      ]
+    )
+    == 1
+  )  # its data_dir holds nothing: refused
   assert "not prepared" in capsys.readouterr().err
   assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "elsewhere2").exists()
 
@@ -273,7 +360,9 @@ def test_7_an_import_refuses_links_out_of_its_folder(tmp_path, capsys):
   (pets / "dog").mkdir()
   (pets / "dog" / "b.txt").symlink_to(outside / "secret.txt")
   (pets / "etc").symlink_to(outside)
-  assert main(["data", "import", str(pets), "--name", "pets", "--data_dir", str(tmp_path / "dd")]) == 1
+  assert (
+    main(["data", "import", str(pets), "--name", "pets", "--data_dir", str(tmp_path / "dd")]) == 1
+  )
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "links to" in err[0] and f"outside {pets}" in err[0]
   assert not (tmp_path / "dd" / "pets").exists()
@@ -282,11 +371,27 @@ def test_7_an_import_refuses_links_out_of_its_folder(tmp_path, capsys):
 # 8 ---------------------------------------------------------------------------------------
 def test_8_two_sqlite_workers_share_a_study_exactly(data_dir, tmp_path):
   from jaxtrain.tools import sweep
+
   sweep_dir = tmp_path / "sweep"
-  argv = ["sweep", "--config", "digits", "--space", "digits_lr_wd", "--trials", "4", "--workdir",
-          str(sweep_dir), "--quiet", f"--config.dataset.data_dir={data_dir}",
-          "--config.num_train_steps=20", "--config.eval_every_steps=20", "--config.model.name=mlp",
-          "--config.dataset.test_split=", "--pruner", "none"]
+  argv = [
+    "sweep",
+    "--config",
+    "digits",
+    "--space",
+    "digits_lr_wd",
+    "--trials",
+    "4",
+    "--workdir",
+    str(sweep_dir),
+    "--quiet",
+    f"--config.dataset.data_dir={data_dir}",
+    "--config.num_train_steps=20",
+    "--config.eval_every_steps=20",
+    "--config.model.name=mlp",
+    "--config.dataset.test_split=",
+    "--pruner",
+    "none",
+  ]
   workers = [_spawn(argv) for _ in range(2)]  # started together: the race over table creation
   for w in workers:
     _, err = w.communicate(timeout=600)
@@ -323,7 +428,9 @@ def test_9_bad_lines_and_damaged_records_are_one_line_or_passed_over(data_dir, t
 
 
 # 10 --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, content, text", [
+@pytest.mark.parametrize(
+  "name, content, text",
+  [
     # 'nan' is a missing number now (imputed); a missing label is still refused
     ("nan.csv", b"x,label\n1.5,a\nnan,b\n2.0,\n", "nan.csv line 4, column 'label': missing value"),
     ("dup.csv", b"x,x,label\n1,2,a\n", "the header names 'x' more than once"),
@@ -331,62 +438,137 @@ def test_9_bad_lines_and_damaged_records_are_one_line_or_passed_over(data_dir, t
     ("latin.csv", "x,label\n1,caf\u00e9\n".encode("latin-1"), "latin.csv is not UTF-8 text"),
     # (a 200 KB field is a long text now, read whole: Python's csv module refused it)
     ("header.csv", b"x,label\n", "header.csv: no rows"),
-])
+  ],
+)
 def test_10_bad_import_files_are_one_line(tmp_path, capsys, name, content, text):
   (tmp_path / name).write_bytes(content)
   capsys.readouterr()
-  assert main(["data", "import", str(tmp_path / name), "--name", "t", "--data_dir", str(tmp_path / "dd")]) == 1
+  assert (
+    main(
+      ["data", "import", str(tmp_path / name), "--name", "t", "--data_dir", str(tmp_path / "dd")]
+    )
+    == 1
+  )
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and text in err[0], err
   assert not (tmp_path / "dd" / "t").exists()
 
 
 def test_10_a_bom_and_stray_files_are_handled(tmp_path, capsys):
-  (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfx,label\n" + b"".join(
-      f"{i},{'ab'[i % 2]}\n".encode() for i in range(40)))
-  assert main(["data", "import", str(tmp_path / "bom.csv"), "--name", "bom", "--data_dir",
-               str(tmp_path / "dd")]) == 0
+  (tmp_path / "bom.csv").write_bytes(
+    b"\xef\xbb\xbfx,label\n" + b"".join(f"{i},{'ab'[i % 2]}\n".encode() for i in range(40))
+  )
+  assert (
+    main(
+      [
+        "data",
+        "import",
+        str(tmp_path / "bom.csv"),
+        "--name",
+        "bom",
+        "--data_dir",
+        str(tmp_path / "dd"),
+      ]
+    )
+    == 0
+  )
   assert json.loads(next((tmp_path / "dd" / "bom").glob("1.0.*/schema.json")).read_text())[
-      "columns"] == {"x": "int"}  # the column is "x", not "\ufeffx"
+    "columns"
+  ] == {"x": "int"}  # the column is "x", not "\ufeffx"
   from PIL import Image
+
   for cls in ("a", "b"):
     (tmp_path / "imgs" / cls).mkdir(parents=True)
     for i in range(3):
       Image.fromarray(np.full((4, 4), i * 40 + (cls == "b") * 100, np.uint8)).save(
-          tmp_path / "imgs" / cls / f"{i}.png")
+        tmp_path / "imgs" / cls / f"{i}.png"
+      )
   (tmp_path / "imgs" / "a" / ".DS_Store").write_bytes(b"\x00\x01")
   (tmp_path / "imgs" / "README.txt").write_text("photos of a and b")
-  assert main(["data", "import", str(tmp_path / "imgs"), "--name", "imgs", "--data_dir",
-               str(tmp_path / "dd")]) == 0  # hidden files and files beside the classes skipped
+  assert (
+    main(
+      [
+        "data",
+        "import",
+        str(tmp_path / "imgs"),
+        "--name",
+        "imgs",
+        "--data_dir",
+        str(tmp_path / "dd"),
+      ]
+    )
+    == 0
+  )  # hidden files and files beside the classes skipped
   (tmp_path / "imgs" / "b" / "notes.txt").write_text("taken in 2025")
   capsys.readouterr()
-  assert main(["data", "import", str(tmp_path / "imgs"), "--name", "imgs2", "--data_dir",
-               str(tmp_path / "dd")]) == 1
+  assert (
+    main(
+      [
+        "data",
+        "import",
+        str(tmp_path / "imgs"),
+        "--name",
+        "imgs2",
+        "--data_dir",
+        str(tmp_path / "dd"),
+      ]
+    )
+    == 1
+  )
   assert "notes.txt is not an image (.txt), but" in capsys.readouterr().err
   np.savez(tmp_path / "scalar.npz", image=np.zeros((3, 2)), label=np.int64(1))
-  assert main(["data", "import", str(tmp_path / "scalar.npz"), "--name", "s", "--data_dir",
-               str(tmp_path / "dd")]) == 1
+  assert (
+    main(
+      [
+        "data",
+        "import",
+        str(tmp_path / "scalar.npz"),
+        "--name",
+        "s",
+        "--data_dir",
+        str(tmp_path / "dd"),
+      ]
+    )
+    == 1
+  )
   assert "arrays label hold one value" in capsys.readouterr().err
   (tmp_path / "idx").mkdir()
   (tmp_path / "idx" / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
   (tmp_path / "idx" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
   with pytest.raises(UserError, match="cannot read IDX file .*t10k-"):
     from jaxtrain.config import base_config
+
     c = base_config().dataset
     c.update(path=str(tmp_path / "idx"), data_dir=str(tmp_path / "dd"))
     from jaxtrain.data import datasets
+
     datasets.get_builder(c)
 
 
 # 11 --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("body, text", [
-    ("def get_config():\n  raise RuntimeError('boom')\n", "its get_config() raised RuntimeError: boom"),
-    ("def get_config():\n  return {'seed': 1}\n", "get_config() returned dict, not the ml_collections"),
+@pytest.mark.parametrize(
+  "body, text",
+  [
+    (
+      "def get_config():\n  raise RuntimeError('boom')\n",
+      "its get_config() raised RuntimeError: boom",
+    ),
+    (
+      "def get_config():\n  return {'seed': 1}\n",
+      "get_config() returned dict, not the ml_collections",
+    ),
     ("def get_config():\n  return None\n", "get_config() returned NoneType"),
-    ("def get_config(x):\n  return None\n", "its get_config() failed: TypeError: get_config() missing"),
-    ("import ml_collections\ndef get_config():\n  c = ml_collections.ConfigDict()\n  c.seed = 1\n"
-     "  return c\n", "must start from jaxtrain.config.base_config(); its config lacks"),
-])
+    (
+      "def get_config(x):\n  return None\n",
+      "its get_config() failed: TypeError: get_config() missing",
+    ),
+    (
+      "import ml_collections\ndef get_config():\n  c = ml_collections.ConfigDict()\n  c.seed = 1\n"
+      "  return c\n",
+      "must start from jaxtrain.config.base_config(); its config lacks",
+    ),
+  ],
+)
 def test_11_config_files_that_are_not_configs_are_one_line(tmp_path, capsys, body, text):
   (tmp_path / "c.py").write_text(body)
   capsys.readouterr()
@@ -396,7 +578,9 @@ def test_11_config_files_that_are_not_configs_are_one_line(tmp_path, capsys, bod
   assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("override, text", [
+@pytest.mark.parametrize(
+  "override, text",
+  [
     ("--config.optimizer.eps=inf", "config.optimizer.eps=inf must be finite and > 0"),
     ("--config.optimizer.end_lr_factor=nan", "config.optimizer.end_lr_factor=nan must be finite"),
     ("--config.seed=18446744073709551616", "must be in [0, 2**32)"),
@@ -405,11 +589,26 @@ def test_11_config_files_that_are_not_configs_are_one_line(tmp_path, capsys, bod
     ("--config.model.num_classes=200000000", "parameters ("),
     ("--config.optimizer.accumulate_steps=5000", "accumulate_steps=5000 is more than the run's"),
     ("--config.optimizer.piecewise_boundaries=(10,5)", "must be steps >= 0 in increasing order"),
-])
-def test_11_config_values_are_checked_before_anything_runs(tmp_path, data_dir, capsys, override, text):
+  ],
+)
+def test_11_config_values_are_checked_before_anything_runs(
+  tmp_path, data_dir, capsys, override, text
+):
   capsys.readouterr()
-  assert main(["train", "--config", "digits", "--workdir", str(tmp_path / "w"),
-               f"--config.dataset.data_dir={data_dir}", override]) == 1
+  assert (
+    main(
+      [
+        "train",
+        "--config",
+        "digits",
+        "--workdir",
+        str(tmp_path / "w"),
+        f"--config.dataset.data_dir={data_dir}",
+        override,
+      ]
+    )
+    == 1
+  )
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and text in err[0], err
   assert not (tmp_path / "w").exists()
@@ -420,10 +619,24 @@ def test_11_predict_output_must_be_a_new_file_in_an_existing_folder(data_dir, tm
   assert main(_args(workdir, data_dir, 10)) == 0
   np.savez(tmp_path / "rows.npz", image=np.zeros((2, 8, 8, 1), np.uint8))
   capsys.readouterr()
-  for output, text in ((tmp_path / "missing" / "p.csv", "does not exist"),
-                       (tmp_path / "rows.npz", "is the input file")):
-    assert main(["predict", "--workdir", str(workdir), "--input", str(tmp_path / "rows.npz"),
-                 "--output", str(output)]) == 1
+  for output, text in (
+    (tmp_path / "missing" / "p.csv", "does not exist"),
+    (tmp_path / "rows.npz", "is the input file"),
+  ):
+    assert (
+      main(
+        [
+          "predict",
+          "--workdir",
+          str(workdir),
+          "--input",
+          str(tmp_path / "rows.npz"),
+          "--output",
+          str(output),
+        ]
+      )
+      == 1
+    )
     assert text in capsys.readouterr().err
   assert np.load(tmp_path / "rows.npz")["image"].shape == (2, 8, 8, 1)
 
@@ -440,36 +653,81 @@ def _one_line(capsys, *argv):
 def kept_best(data_dir, tmp_path_factory):
   """A finished 60-step run that keeps its 2 best checkpoints (evaluated at 20, 40, 60)."""
   workdir = tmp_path_factory.mktemp("best") / "w"
-  assert main(_args(workdir, data_dir, 60, 20, "--config.eval_every_steps=20",
-                    "--config.early_stopping.metric=loss", "--config.keep_best_checkpoints=2")) == 0
+  assert (
+    main(
+      _args(
+        workdir,
+        data_dir,
+        60,
+        20,
+        "--config.eval_every_steps=20",
+        "--config.early_stopping.metric=loss",
+        "--config.keep_best_checkpoints=2",
+      )
+    )
+    == 0
+  )
   return workdir
 
 
 @pytest.mark.parametrize("retention", ["best_checkpoints", "checkpoints"])
 def test_12_a_flipped_byte_is_refused_by_every_reader_naming_step_and_array(
-    kept_best, data_dir, tmp_path, capsys, retention):
+  kept_best, data_dir, tmp_path, capsys, retention
+):
   """export, export --best/--newest, predict, init_from and inspect read both retention sets
   verified: a rotten checkpoint is never used silently, and nothing on disk is touched."""
   workdir = tmp_path / "w"
   import shutil
+
   shutil.copytree(kept_best, workdir)
   best = retention == "best_checkpoints"
-  step = (json.loads((workdir / "best_checkpoints" / "best.json").read_text())["best_step"] if best
-          else checkpoint.saved_steps(str(workdir))[-1])
+  step = (
+    json.loads((workdir / "best_checkpoints" / "best.json").read_text())["best_step"]
+    if best
+    else checkpoint.saved_steps(str(workdir))[-1]
+  )
   _flip_a_byte(workdir / retention / str(step))
   before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
   np.savez(tmp_path / "rows.npz", image=np.zeros((2, 8, 8, 1), np.uint8))
   which = "--best" if best else "--newest"
-  refused = [("export", "--workdir", str(workdir), "--output", str(tmp_path / "e1"), which),
-             ("predict", "--workdir", str(workdir), "--input", str(tmp_path / "rows.npz"),
-              "--output", str(tmp_path / "p1.csv"), which)]
+  refused = [
+    ("export", "--workdir", str(workdir), "--output", str(tmp_path / "e1"), which),
+    (
+      "predict",
+      "--workdir",
+      str(workdir),
+      "--input",
+      str(tmp_path / "rows.npz"),
+      "--output",
+      str(tmp_path / "p1.csv"),
+      which,
+    ),
+  ]
   if best:  # by default both read the best: the checkpoint the test measured
-    refused += [("export", "--workdir", str(workdir), "--output", str(tmp_path / "e2")),
-                ("predict", "--workdir", str(workdir), "--input", str(tmp_path / "rows.npz"),
-                 "--output", str(tmp_path / "p2.csv"))]
-  refused.append(tuple(_args(tmp_path / "tuned", data_dir, 20, 10,
-                             f"--config.init_from.workdir={workdir}",
-                             f"--config.init_from.best={best}")))
+    refused += [
+      ("export", "--workdir", str(workdir), "--output", str(tmp_path / "e2")),
+      (
+        "predict",
+        "--workdir",
+        str(workdir),
+        "--input",
+        str(tmp_path / "rows.npz"),
+        "--output",
+        str(tmp_path / "p2.csv"),
+      ),
+    ]
+  refused.append(
+    tuple(
+      _args(
+        tmp_path / "tuned",
+        data_dir,
+        20,
+        10,
+        f"--config.init_from.workdir={workdir}",
+        f"--config.init_from.best={best}",
+      )
+    )
+  )
   for argv in refused:
     code, err = _one_line(capsys, *argv)
     assert code == 1 and len(err) == 1, (argv, err)
@@ -479,8 +737,9 @@ def test_12_a_flipped_byte_is_refused_by_every_reader_naming_step_and_array(
   assert not (tmp_path / "tuned").exists()
   # The other set is intact and still serves.
   other = "--newest" if best else "--best"
-  code, err = _one_line(capsys, "export", "--workdir", str(workdir), "--output",
-                        str(tmp_path / "e3"), other)
+  code, err = _one_line(
+    capsys, "export", "--workdir", str(workdir), "--output", str(tmp_path / "e3"), other
+  )
   assert code == 0 and (tmp_path / "e3" / "model.jaxexport").is_file(), err
   # inspect names it in one line and reads the newest checkpoint that verifies.
   capsys.readouterr()
@@ -492,8 +751,10 @@ def test_12_a_flipped_byte_is_refused_by_every_reader_naming_step_and_array(
   assert report["latest_step"] == (60 if best else checkpoint.saved_steps(str(workdir))[-2])
   assert main(["inspect", str(workdir)]) == 0
   lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("bad ")]
-  assert lines == [f"bad {'best ' if best else ''}checkpoint {step}"
-                   f"{f' ({workdir / retention})' if best else ''}: {bad[str(step)]}"]
+  assert lines == [
+    f"bad {'best ' if best else ''}checkpoint {step}"
+    f"{f' ({workdir / retention})' if best else ''}: {bad[str(step)]}"
+  ]
   assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file()) == before
 
 
@@ -502,6 +763,7 @@ def _scalars(logdir) -> dict[str, list[int]]:
   """{tag: steps} of the event files in `logdir`, read by TensorBoard's own reader with its
   purging off, so that a second history of the same steps would show."""
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
   events = EventAccumulator(str(logdir), purge_orphaned_data=False)
   events.Reload()
   return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
@@ -515,6 +777,7 @@ def test_13_tensorboard_shows_one_history_after_kill_9_and_resume(data_dir, tmp_
     steps = checkpoint.saved_steps(str(workdir))
     events = [e["step"] for e in read_metrics(str(workdir)) if e["split"] == "train"]
     return bool(steps) and bool(events) and events[-1] >= steps[-1] + 40
+
   _wait_for(trained_past_a_checkpoint, proc)
   proc.kill()
   proc.wait()
@@ -532,19 +795,31 @@ def test_13_tensorboard_shows_one_history_after_kill_9_and_resume(data_dir, tmp_
   assert after == logged  # exactly one value per step, the same steps as metrics.jsonl
   assert after["train/loss"] == list(range(10, resumed_at + 101, 10))
   assert all(steps == sorted(set(steps)) for steps in after.values())
-  abandoned = [json.loads(line) for line in (workdir / "metrics.abandoned.jsonl").read_text().splitlines()]
-  assert [(e["step"], e["split"]) for e in abandoned] == [(e["step"], e["split"]) for e in retrained]
+  abandoned = [
+    json.loads(line) for line in (workdir / "metrics.abandoned.jsonl").read_text().splitlines()
+  ]
+  assert [(e["step"], e["split"]) for e in abandoned] == [
+    (e["step"], e["split"]) for e in retrained
+  ]
 
 
-def test_12_a_rotten_best_checkpoint_is_passed_over_by_the_test_in_one_warning(data_dir, tmp_path,
-                                                                              capsys):
+def test_12_a_rotten_best_checkpoint_is_passed_over_by_the_test_in_one_warning(
+  data_dir, tmp_path, capsys
+):
   """The test measures the best intact checkpoint: mode=max on the loss makes the earliest
   evaluation the best, so the run's own later checkpoints cannot hide the rotten one."""
   workdir = tmp_path / "w"
-  best = ("--config.eval_every_steps=20", "--config.early_stopping.metric=loss",
-          "--config.early_stopping.mode=max", "--config.keep_best_checkpoints=2")
+  best = (
+    "--config.eval_every_steps=20",
+    "--config.early_stopping.metric=loss",
+    "--config.early_stopping.mode=max",
+    "--config.keep_best_checkpoints=2",
+  )
   assert main(_args(workdir, data_dir, 60, 20, "--stop_at_step=40", *best)) == 0
-  assert json.loads((workdir / "best_checkpoints" / "best.json").read_text())["kept_steps"] == [20, 40]
+  assert json.loads((workdir / "best_checkpoints" / "best.json").read_text())["kept_steps"] == [
+    20,
+    40,
+  ]
   _flip_a_byte(workdir / "best_checkpoints" / "20")
   capsys.readouterr()
   assert main(_args(workdir, data_dir, 60, 20, *best)) == 0
@@ -554,4 +829,7 @@ def test_12_a_rotten_best_checkpoint_is_passed_over_by_the_test_in_one_warning(d
   assert warning.endswith("passing over it")
   assert "testing the best checkpoint (step 40)" in out
   assert [e["step"] for e in read_metrics(str(workdir)) if e["split"] == "test"] == [40]
-  assert sorted(p.name for p in (workdir / "best_checkpoints").iterdir() if p.name.isdigit()) == ["20", "40"]
+  assert sorted(p.name for p in (workdir / "best_checkpoints").iterdir() if p.name.isdigit()) == [
+    "20",
+    "40",
+  ]

@@ -16,8 +16,10 @@ def _opt(**fields):
 
 
 def test_warmup_cosine_reaches_peak_then_end_value():
-  s = make_schedule(_opt(learning_rate=1.0, schedule="warmup_cosine", warmup_steps=10,
-                         end_lr_factor=0.1), num_train_steps=110)
+  s = make_schedule(
+    _opt(learning_rate=1.0, schedule="warmup_cosine", warmup_steps=10, end_lr_factor=0.1),
+    num_train_steps=110,
+  )
   assert float(s(0)) == 0.0
   assert float(s(5)) == pytest.approx(0.5)
   assert float(s(10)) == pytest.approx(1.0)
@@ -26,11 +28,19 @@ def test_warmup_cosine_reaches_peak_then_end_value():
 
 
 def test_warmup_linear_and_piecewise_and_constant():
-  lin = make_schedule(_opt(learning_rate=2.0, schedule="warmup_linear", warmup_steps=4),
-                      num_train_steps=14)
+  lin = make_schedule(
+    _opt(learning_rate=2.0, schedule="warmup_linear", warmup_steps=4), num_train_steps=14
+  )
   assert [round(float(lin(i)), 6) for i in (0, 2, 4, 9, 14)] == [0.0, 1.0, 2.0, 1.0, 0.0]
-  pw = make_schedule(_opt(learning_rate=1.0, schedule="piecewise",
-                          piecewise_boundaries=(10, 20), piecewise_scales=(0.1, 0.5)), 30)
+  pw = make_schedule(
+    _opt(
+      learning_rate=1.0,
+      schedule="piecewise",
+      piecewise_boundaries=(10, 20),
+      piecewise_scales=(0.1, 0.5),
+    ),
+    30,
+  )
   assert [float(pw(i)) for i in (9, 10, 19, 20)] == pytest.approx([1.0, 0.1, 0.1, 0.05])
   const = make_schedule(_opt(learning_rate=0.3, warmup_steps=3), 100)
   assert [float(const(i)) for i in (0, 3, 99)] == pytest.approx([0.0, 0.3, 0.3])
@@ -42,13 +52,17 @@ def test_schedule_horizon_is_the_configured_run_length():
 
 
 def _params():
-  return {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)},
-          "norm": {"scale": jnp.ones(2)}}
+  return {
+    "dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)},
+    "norm": {"scale": jnp.ones(2)},
+  }
 
 
 def test_weight_decay_skips_biases_and_norm_scales():
-  assert decay_mask(_params()) == {"dense": {"kernel": True, "bias": False},
-                                   "norm": {"scale": False}}
+  assert decay_mask(_params()) == {
+    "dense": {"kernel": True, "bias": False},
+    "norm": {"scale": False},
+  }
   for name in ("sgd", "adam", "adamw"):
     tx, _ = make_optimizer(_opt(name=name, learning_rate=0.1, weight_decay=0.5), 10)
     params = _params()
@@ -97,15 +111,26 @@ def test_accumulating_two_half_batches_is_one_full_batch():
     opt = base_config().optimizer
     opt.update(name="adam", learning_rate=0.01, accumulate_steps=k)
     tx, schedule = make_optimizer(opt, 10)
-    return TrainState.create(apply_fn=linen_apply_fn(model), variables=variables, tx=tx,
-                             loss_fn=classification_loss, rng=jax.random.PRNGKey(1)), schedule
+    return TrainState.create(
+      apply_fn=linen_apply_fn(model),
+      variables=variables,
+      tx=tx,
+      loss_fn=classification_loss,
+      rng=jax.random.PRNGKey(1),
+    ), schedule
 
   full, _ = state_for(1)
   full, _ = train_step(full, batch)
   acc, schedule = state_for(2)
-  half = lambda lo: {k: v[lo:lo + 32] for k, v in batch.items()}
+  half = lambda lo: {k: v[lo : lo + 32] for k, v in batch.items()}
   after_one, _ = train_step(acc, half(0))
-  np.testing.assert_array_equal(after_one.params["Dense_0"]["kernel"], variables["params"]["Dense_0"]["kernel"])
+  np.testing.assert_array_equal(
+    after_one.params["Dense_0"]["kernel"], variables["params"]["Dense_0"]["kernel"]
+  )
   after_two, _ = train_step(after_one, half(32))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), after_two.params, full.params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+    after_two.params,
+    full.params,
+  )
   assert float(schedule(3)) == float(schedule(2))  # the schedule counts updates, not micro-steps

@@ -61,13 +61,20 @@ print("RESULT " + json.dumps(out))
 
 
 def _train_variants(variants: dict, devices: int, data_dir: str, workdir) -> dict:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", RUNS, json.dumps(variants), data_dir, str(workdir)],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", RUNS, json.dumps(variants), data_dir, str(workdir)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  return json.loads(line[len("RESULT "):])
+  return json.loads(line[len("RESULT ") :])
 
 
 def _relative_distance(a, b) -> float:
@@ -80,12 +87,24 @@ def runs(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("parallel")
   no_dropout = {"model.dropout_rate": 0.0}
   results = _train_variants({"jit": {}, "jit_no_dropout": no_dropout}, 1, data_dir, workdir / "one")
-  results8 = _train_variants({
-      "jit": {}, "fsdp": {"parallel.fsdp": True},
-      "jit_no_dropout": no_dropout, "pmap_no_dropout": {"parallel.mode": "pmap", **no_dropout},
+  results8 = _train_variants(
+    {
+      "jit": {},
+      "fsdp": {"parallel.fsdp": True},
+      "jit_no_dropout": no_dropout,
+      "pmap_no_dropout": {"parallel.mode": "pmap", **no_dropout},
       "jit_scan": {"steps_per_dispatch": 5, "log_every_steps": 5},
-      "pmap_scan": {"parallel.mode": "pmap", "steps_per_dispatch": 5, "log_every_steps": 5, **no_dropout},
-  }, 8, data_dir, workdir / "eight")
+      "pmap_scan": {
+        "parallel.mode": "pmap",
+        "steps_per_dispatch": 5,
+        "log_every_steps": 5,
+        **no_dropout,
+      },
+    },
+    8,
+    data_dir,
+    workdir / "eight",
+  )
   return {"1": results, "8": results8}
 
 
@@ -144,28 +163,50 @@ def test_fsdp_spec_shards_the_largest_divisible_dimension():
   assert parallel.fsdp_spec((3, 3, 64, 128), 8, 1 << 14) == P(None, None, None, "data")
   assert parallel.fsdp_spec((1000, 30), 8, 1 << 14) == P("data")
   assert parallel.fsdp_spec((999, 33), 8, 1 << 14) == P()  # nothing divisible: whole
-  assert parallel.fsdp_spec((64,), 8, 1 << 14) == P()      # small: whole
+  assert parallel.fsdp_spec((64,), 8, 1 << 14) == P()  # small: whole
 
 
 def test_batch_size_not_divisible_by_devices_names_both_numbers():
   eight = types.SimpleNamespace(devices=np.empty(8))
-  with pytest.raises(UserError, match=r"^batch_size=60 must be divisible by the device count "
-                                      r"\(8\) and the process count \(1\)$"):
+  with pytest.raises(
+    UserError,
+    match=r"^batch_size=60 must be divisible by the device count "
+    r"\(8\) and the process count \(1\)$",
+  ):
     parallel.check_batch_size(60, eight)
   parallel.check_batch_size(64, eight)
 
 
 def test_batch_size_error_through_the_cli_on_8_devices(tmp_path, data_dir):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             TFDS_DATA_DIR=data_dir)
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    JAX_PLATFORMS="cpu",
+    TFDS_DATA_DIR=data_dir,
+  )
   proc = subprocess.run(
-      [sys.executable, "-m", "jaxtrain.tools.cli", "train", "--config", "configs/digits.py",
-       "--workdir", str(tmp_path / "w"), "--config.batch_size=60"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "jaxtrain.tools.cli",
+      "train",
+      "--config",
+      "configs/digits.py",
+      "--workdir",
+      str(tmp_path / "w"),
+      "--config.batch_size=60",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1] == (
-      "jaxtrain: error: batch_size=60 must be divisible by the device count (8) "
-      "and the process count (1)")
+    "jaxtrain: error: batch_size=60 must be divisible by the device count (8) "
+    "and the process count (1)"
+  )
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
@@ -182,8 +223,10 @@ def test_pmap_on_one_device_resumes_a_jit_checkpoint(small_config, tmp_path):
   train_and_evaluate(small_config, str(tmp_path / "mixed"), stop_at_step=30)
   small_config.parallel.mode = "pmap"
   mixed = train_and_evaluate(small_config, str(tmp_path / "mixed"), allow_config_change=True)
-  assert int(mixed.step) == 60 and mixed.params["Dense_0"]["kernel"].shape == \
-      straight.params["Dense_0"]["kernel"].shape
+  assert (
+    int(mixed.step) == 60
+    and mixed.params["Dense_0"]["kernel"].shape == straight.params["Dense_0"]["kernel"].shape
+  )
   assert _relative_distance(jax.tree.leaves(straight.params), jax.tree.leaves(mixed.params)) < 1e-5
 
 

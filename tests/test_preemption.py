@@ -17,13 +17,23 @@ from test_cli import jaxtrain
 
 
 def _args(workdir, data_dir):
-  return ["--config", "configs/digits.py", "--workdir", str(workdir),
-          f"--config.dataset.data_dir={data_dir}", "--config.model.name=mlp",
-          "--config.num_train_steps=5000", "--config.checkpoint_every_steps=10000",
-          "--config.log_every_steps=10", "--config.dataset.test_split="]
+  return [
+    "--config",
+    "configs/digits.py",
+    "--workdir",
+    str(workdir),
+    f"--config.dataset.data_dir={data_dir}",
+    "--config.model.name=mlp",
+    "--config.num_train_steps=5000",
+    "--config.checkpoint_every_steps=10000",
+    "--config.log_every_steps=10",
+    "--config.dataset.test_split=",
+  ]
 
 
-def test_a_stop_that_the_interrupted_code_wraps_in_its_own_error_still_exits_75(monkeypatch, capsys):
+def test_a_stop_that_the_interrupted_code_wraps_in_its_own_error_still_exits_75(
+  monkeypatch, capsys
+):
   """Seen in CI: SIGTERM during start-up's TFDS import became "RuntimeError: Error calling
   __set_name__" (Python 3.11 wraps what a class body's set-up raises), then a data error."""
   from jaxtrain.tools import cli
@@ -34,21 +44,29 @@ def test_a_stop_that_the_interrupted_code_wraps_in_its_own_error_still_exits_75(
       raise AssertionError("the handler did not stop the command")
     except BaseException as e:
       raise RuntimeError("Error calling __set_name__ on 'Field' instance 'data_source'") from e
+
   monkeypatch.setitem(cli.COMMANDS, "inspect", interrupted)
   assert cli.main(["inspect", "somewhere"]) == 75
   assert capsys.readouterr().err.strip() == (
-      "jaxtrain: preempted: SIGTERM received: stopped before anything new was trained; nothing "
-      "saved was touched; run the same command to resume")
-  monkeypatch.setitem(cli.COMMANDS, "inspect", lambda argv: 1 / 0)  # no signal: the error is the error
+    "jaxtrain: preempted: SIGTERM received: stopped before anything new was trained; nothing "
+    "saved was touched; run the same command to resume"
+  )
+  monkeypatch.setitem(
+    cli.COMMANDS, "inspect", lambda argv: 1 / 0
+  )  # no signal: the error is the error
   with pytest.raises(ZeroDivisionError):
     cli.main(["inspect", "somewhere"])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_stop_signal_saves_the_step_reached_and_resumes_exactly(tmp_path, data_dir, sig):
-  proc = subprocess.Popen([sys.executable, "-u", "-m", "jaxtrain.tools.cli", "train",
-                           *_args(tmp_path / "run", data_dir)], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, "-u", "-m", "jaxtrain.tools.cli", "train", *_args(tmp_path / "run", data_dir)],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   for line in proc.stdout:  # wait until training is under way
     if " step 100 " in line:
       break
@@ -58,7 +76,9 @@ def test_a_stop_signal_saves_the_step_reached_and_resumes_exactly(tmp_path, data
   assert time.monotonic() - sent < 30  # fits a 30-second grace period
   assert proc.returncode == 75, stderr
   message = stderr.strip().splitlines()[-1]
-  assert message.startswith(f"jaxtrain: preempted: {sig.name} received: saved a checkpoint at step ")
+  assert message.startswith(
+    f"jaxtrain: preempted: {sig.name} received: saved a checkpoint at step "
+  )
   step = int(message.split("at step ")[1].split(";")[0])
   assert 100 <= step < 5000
   info = json.loads(jaxtrain("inspect", str(tmp_path / "run"), "--json").stdout)
@@ -68,8 +88,9 @@ def test_a_stop_signal_saves_the_step_reached_and_resumes_exactly(tmp_path, data
 
   assert jaxtrain("train", *_args(tmp_path / "run", data_dir)).returncode == 0
   assert jaxtrain("train", *_args(tmp_path / "straight", data_dir)).returncode == 0
-  resumed, straight = (json.loads(jaxtrain("inspect", str(tmp_path / w), "--json").stdout)
-                       for w in ("run", "straight"))
+  resumed, straight = (
+    json.loads(jaxtrain("inspect", str(tmp_path / w), "--json").stdout) for w in ("run", "straight")
+  )
   assert resumed["latest_step"] == straight["latest_step"] == 5000
   assert resumed["state_digest"] == straight["state_digest"]
 
@@ -114,10 +135,24 @@ def get_config():
 
 def _stuck_run(folder, workdir, data_dir, flag):
   env = dict(os.environ, STUCK_FLAG=str(flag), TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
-  return subprocess.Popen([sys.executable, "-m", "jaxtrain.tools.cli", "train", "--quiet",
-                           "--config", str(folder / "config.py"), "--workdir", str(workdir)],
-                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
+  return subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "jaxtrain.tools.cli",
+      "train",
+      "--quiet",
+      "--config",
+      str(folder / "config.py"),
+      "--workdir",
+      str(workdir),
+    ],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _stuck_setup(tmp_path):
@@ -149,9 +184,12 @@ def test_a_signal_while_a_step_is_stuck_in_xla_ends_the_process_after_the_grace(
   took = time.monotonic() - sent
   assert proc.returncode in (75, 76) and took < 3 + 10, (proc.returncode, took, stderr[-2000:])
   [line] = [l for l in stderr.splitlines() if l.startswith("jaxtrain:")]
-  assert re.fullmatch(r"jaxtrain: preempted: SIGTERM received: stopped while stuck in the (step|save) at "
-                      r"step \d+ \(not done within parallel.stop_grace_s=3\); the last checkpoint is "
-                      r"step \d+( \(a save in flight is lost\))?; run the same command to resume", line), line
+  assert re.fullmatch(
+    r"jaxtrain: preempted: SIGTERM received: stopped while stuck in the (step|save) at "
+    r"step \d+ \(not done within parallel.stop_grace_s=3\); the last checkpoint is "
+    r"step \d+( \(a save in flight is lost\))?; run the same command to resume",
+    line,
+  ), line
   assert "Traceback" not in stderr
   last = checkpoint.saved_steps(str(tmp_path / "w"))[-1]
   assert f"the last checkpoint is step {last}" in line
@@ -160,8 +198,9 @@ def test_a_signal_while_a_step_is_stuck_in_xla_ends_the_process_after_the_grace(
   for workdir in ("w", "straight"):
     resumed = _stuck_run(folder, tmp_path / workdir, data_dir, flag)
     assert resumed.wait(timeout=600) == 0, resumed.communicate()[1][-2000:]
-  digests = [checkpoint.tree_digest(checkpoint.load_arrays(str(tmp_path / w))[1])
-             for w in ("w", "straight")]
+  digests = [
+    checkpoint.tree_digest(checkpoint.load_arrays(str(tmp_path / w))[1]) for w in ("w", "straight")
+  ]
   assert digests[0] == digests[1]
 
 
@@ -188,9 +227,27 @@ def test_sigterm_in_start_up_of_a_fresh_and_a_resumed_run_exits_75_and_resumes_e
   """The soak's scan at one point, in start-up (experiments/multiprocess_soak.py --scan does every
   0.1 s; the tests above stop training runs)."""
   out = tmp_path / "scan.json"
-  proc = subprocess.run([sys.executable, "experiments/multiprocess_soak.py", "--scan", "--load", "0",
-                         "--busy", "0", "--scan_delays", "0.5", "--hang_s", "120",
-                         "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "experiments/multiprocess_soak.py",
+      "--scan",
+      "--load",
+      "0",
+      "--busy",
+      "0",
+      "--scan_delays",
+      "0.5",
+      "--hang_s",
+      "120",
+      "--json",
+      str(out),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=1200,
+  )
   tries = json.loads(out.read_text())["tries"]
   assert [t["resumed"] for t in tries] == [False, True]
   for t in tries:
@@ -201,6 +258,7 @@ def test_sigterm_in_start_up_of_a_fresh_and_a_resumed_run_exits_75_and_resumes_e
 
 def test_a_handler_only_records_and_scopes_nest_on_one_record():
   from jaxtrain.run import preemption
+
   with preemption.watching():
     os.kill(os.getpid(), signal.SIGHUP)
     time.sleep(0)  # the handler runs between two bytecodes of this thread, and returns
@@ -217,22 +275,32 @@ def test_a_handler_only_records_and_scopes_nest_on_one_record():
 
 def test_the_grace_thread_ends_the_process_only_if_no_boundary_comes(capsys):
   from jaxtrain.run import preemption
+
   ended = []
-  with preemption.watching(), preemption.running(
-      where=lambda: "the step at step 12", checkpoints=lambda: (10, False), grace_s=0.2), \
-      preemption.GraceThread(exit=ended.append) as grace:
+  with (
+    preemption.watching(),
+    preemption.running(
+      where=lambda: "the step at step 12", checkpoints=lambda: (10, False), grace_s=0.2
+    ),
+    preemption.GraceThread(exit=ended.append) as grace,
+  ):
     os.kill(os.getpid(), signal.SIGTERM)
     grace._thread.join(timeout=30)  # it returns once it has ended the process
   assert ended == [75]
   assert capsys.readouterr().err.strip() == (
-      "jaxtrain: preempted: SIGTERM received: stopped while stuck in the step at step 12 (not "
-      "done within parallel.stop_grace_s=0.2); the last checkpoint is step 10; run the same "
-      "command to resume")
+    "jaxtrain: preempted: SIGTERM received: stopped while stuck in the step at step 12 (not "
+    "done within parallel.stop_grace_s=0.2); the last checkpoint is step 10; run the same "
+    "command to resume"
+  )
 
   ended.clear()
-  with preemption.watching(), preemption.running(
-      where=lambda: "the step at step 12", checkpoints=lambda: (10, False), grace_s=0.2), \
-      preemption.GraceThread(exit=ended.append):
+  with (
+    preemption.watching(),
+    preemption.running(
+      where=lambda: "the step at step 12", checkpoints=lambda: (10, False), grace_s=0.2
+    ),
+    preemption.GraceThread(exit=ended.append),
+  ):
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(0)
     assert preemption.observe() == "SIGTERM"  # a boundary: the main thread acts on it
@@ -242,9 +310,11 @@ def test_the_grace_thread_ends_the_process_only_if_no_boundary_comes(capsys):
 
 def test_a_stop_with_a_save_in_flight_is_76():
   from jaxtrain.run import preemption
+
   with preemption.running(where=lambda: "the save at step 40", checkpoints=lambda: (20, True)):
     line, status = preemption.stuck_line("SIGINT", "a second Ctrl-C")
   assert status == 76 and line == (
-      "jaxtrain: preempted: SIGINT received: stopped while stuck in the save at step 40 (a second "
-      "Ctrl-C); the last checkpoint is step 20 (a save in flight is lost); run the same command "
-      "to resume")
+    "jaxtrain: preempted: SIGINT received: stopped while stuck in the save at step 40 (a second "
+    "Ctrl-C); the last checkpoint is step 20 (a save in flight is lost); run the same command "
+    "to resume"
+  )

@@ -23,7 +23,8 @@ def test_readme_python_examples_run_and_fit():
   nnx_namespace = {}
   exec(compile(blocks[1], "README.md", "exec"), nnx_namespace)
   evaluation = __import__("jax").jit(nnx_namespace["eval_step"])(
-      nnx_namespace["state"], {"image": nnx_namespace["images"], "label": nnx_namespace["labels"]})
+    nnx_namespace["state"], {"image": nnx_namespace["images"], "label": nnx_namespace["labels"]}
+  )
   assert float(evaluation["accuracy"]) > 0.9
   assert nnx_namespace["metrics"]["loss"].shape == (4,)
   assert set(nnx_namespace["state"].model_state) == {"batch_stats"}
@@ -31,5 +32,8 @@ def test_readme_python_examples_run_and_fit():
   # The Layout example continues from the first one, under pmap.
   exec(compile(blocks[2], "README.md", "exec"), namespace)
   state = namespace["state"]
-  assert int(state.step) == 600 and state.params["Dense_1"]["kernel"].shape == (4, 64)  # no device axis
+  assert int(state.step) == 600 and state.params["Dense_1"]["kernel"].shape == (
+    4,
+    64,
+  )  # no device axis
   assert float(namespace["layout"].fetch(namespace["metrics"])["loss"]) < 0.05

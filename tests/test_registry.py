@@ -20,17 +20,28 @@ from conftest import ROOT, load_config
 
 # Each built-in model with a config of its kind: (model, config, model fields for a tiny run).
 MODELS = {
-    "mlp": ("digits", dict(num_classes=10, features=(16,))),
-    "cnn": ("digits", dict(num_classes=10)),
-    "resnet": ("digits", dict(num_classes=10, stage_sizes=(1, 1), width=4)),
-    "tabular_mlp": ("breast_cancer", dict(features=(8,))),
-    "bag_of_embeddings": ("spam", dict(embed_dim=8, hidden=8)),
-    "transformer_encoder": ("spam", dict(width=8, depth=1, num_heads=2, mlp_dim=16)),
-    "matrix_factorization": ("ratings", dict(dim=4)),
-    "two_tower": ("recommend", dict(dim=4, hidden=8)),
-    "transformer_lm": ("lm_124m", dict(vocab_size=64, max_length=16, num_layers=1, num_heads=2,
-                                        embed_dim=16, mlp_ratio=2, dropout_rate=0.0, attention="",
-                                        remat="")),
+  "mlp": ("digits", dict(num_classes=10, features=(16,))),
+  "cnn": ("digits", dict(num_classes=10)),
+  "resnet": ("digits", dict(num_classes=10, stage_sizes=(1, 1), width=4)),
+  "tabular_mlp": ("breast_cancer", dict(features=(8,))),
+  "bag_of_embeddings": ("spam", dict(embed_dim=8, hidden=8)),
+  "transformer_encoder": ("spam", dict(width=8, depth=1, num_heads=2, mlp_dim=16)),
+  "matrix_factorization": ("ratings", dict(dim=4)),
+  "two_tower": ("recommend", dict(dim=4, hidden=8)),
+  "transformer_lm": (
+    "lm_124m",
+    dict(
+      vocab_size=64,
+      max_length=16,
+      num_layers=1,
+      num_heads=2,
+      embed_dim=16,
+      mlp_ratio=2,
+      dropout_rate=0.0,
+      attention="",
+      remat="",
+    ),
+  ),
 }
 
 
@@ -41,7 +52,9 @@ def imported(tmp_path_factory, data_dir):
   os.chdir(ROOT)  # the configs name their sample files relative to the checkout
   try:
     for name in ("breast_cancer", "spam", "ratings", "recommend"):
-      importing.run_import(importing.ImportSpec.from_config(load_config(name).data_import), data_dir)
+      importing.run_import(
+        importing.ImportSpec.from_config(load_config(name).data_import), data_dir
+      )
   finally:
     os.chdir(cwd)
   return data_dir
@@ -59,7 +72,7 @@ def test_every_built_in_model_trains_from_its_import_path(name, imported, tmp_pa
   config_name, fields = MODELS[name]
   c = load_config(config_name)
   c.model = dict(fields, name=registry.MODELS[name])  # e.g. "jaxtrain.models.image:CNN"
-  c.task = registry.TASKS[c.task]                      # e.g. "jaxtrain.tasks:Classification"
+  c.task = registry.TASKS[c.task]  # e.g. "jaxtrain.tasks:Classification"
   if c.dataset.name in registry.DATASETS:
     c.dataset.name = registry.DATASETS[c.dataset.name]
   if name == "transformer_lm":
@@ -110,8 +123,14 @@ def test_a_users_builder_in_a_file_is_the_data(tmp_path, data_dir):
   folder.mkdir()
   (folder / "parity.py").write_text(BUILDER)
   c = load_config("digits")
-  c.dataset.update(name="parity.py:Parity", builder_kwargs={"size": 256}, data_dir=data_dir,
-                   train_split="train", eval_split="test", test_split="")
+  c.dataset.update(
+    name="parity.py:Parity",
+    builder_kwargs={"size": 256},
+    data_dir=data_dir,
+    train_split="train",
+    eval_split="test",
+    test_split="",
+  )
   c.model = dict(name="mlp", num_classes=2, features=(32,))
   c.model_input = "bits"
   c.batch_size, c.num_train_steps, c.eval_every_steps = 32, 40, 40
@@ -122,21 +141,33 @@ def test_a_users_builder_in_a_file_is_the_data(tmp_path, data_dir):
   assert [e for e in read_metrics(workdir) if e["split"] == "eval"][-1]["num_examples"] == 64
 
 
-@pytest.mark.parametrize("name, text", [
+@pytest.mark.parametrize(
+  "name, text",
+  [
     ("missing.py:Net", "config.model.name='missing.py:Net': {d}/missing.py does not exist"),
-    ("nets.py:Nope", "config.model.name: {d}/nets.py has no 'Nope' (it defines: Broken, NUMBER, NoRngs, nnx)"),
+    (
+      "nets.py:Nope",
+      "config.model.name: {d}/nets.py has no 'Nope' (it defines: Broken, NUMBER, NoRngs, nnx)",
+    ),
     ("nets.py:NoRngs", "an NNX module's constructor must take `rngs`"),
-    ("nets.py:NUMBER", "config.model.name='nets.py:NUMBER' is not a Flax Linen or NNX module class"),
-    ("broken.py:Net", "config.model.name: {d}/broken.py cannot be loaded: ZeroDivisionError: "
-                      "division by zero"),
+    (
+      "nets.py:NUMBER",
+      "config.model.name='nets.py:NUMBER' is not a Flax Linen or NNX module class",
+    ),
+    (
+      "broken.py:Net",
+      "config.model.name: {d}/broken.py cannot be loaded: ZeroDivisionError: division by zero",
+    ),
     ("flax.linen:Nope", "config.model.name: flax.linen has no 'Nope'"),
     ("no_such_package.models:Net", "cannot import no_such_package.models"),
-])
+  ],
+)
 def test_names_that_cannot_be_used_are_one_line(name, text, tmp_path, small_config):
   (tmp_path / "nets.py").write_text(
-      "from flax import nnx\nNUMBER = 3\n"
-      "class NoRngs(nnx.Module):\n  def __init__(self, num_classes):\n    pass\n"
-      "class Broken(nnx.Module):\n  def __init__(self, *, rngs):\n    pass\n")
+    "from flax import nnx\nNUMBER = 3\n"
+    "class NoRngs(nnx.Module):\n  def __init__(self, num_classes):\n    pass\n"
+    "class Broken(nnx.Module):\n  def __init__(self, *, rngs):\n    pass\n"
+  )
   (tmp_path / "broken.py").write_text("x = 1 / 0\n")
   small_config.model = dict(name=name, num_classes=10)
   with pytest.raises(UserError) as info:
@@ -147,7 +178,10 @@ def test_names_that_cannot_be_used_are_one_line(name, text, tmp_path, small_conf
 
 def test_a_task_option_the_task_does_not_take_is_refused(small_config, tmp_path):
   small_config.loss.label_smoothing = 0.1  # classification has no such option
-  with pytest.raises(UserError, match=r"config.loss: jaxtrain.tasks:Classification takes no "
-                                      r"option\(s\) label_smoothing \(it takes: class_weights, "
-                                      r"label_kind\)"):
+  with pytest.raises(
+    UserError,
+    match=r"config.loss: jaxtrain.tasks:Classification takes no "
+    r"option\(s\) label_smoothing \(it takes: class_weights, "
+    r"label_kind\)",
+  ):
     train_and_evaluate(small_config, str(tmp_path / "w"))

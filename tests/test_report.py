@@ -21,6 +21,7 @@ def runs(tmp_path_factory, data_dir):
   """Two plain runs and a 4-trial sweep, trained in this process."""
   from conftest import load_config
   from jaxtrain.tools import sweep
+
   root = tmp_path_factory.mktemp("report")
   base = load_config("digits")
   base.num_train_steps, base.log_every_steps, base.eval_every_steps = 40, 10, 20
@@ -33,8 +34,10 @@ def runs(tmp_path_factory, data_dir):
     c.optimizer.learning_rate = lr
     workdirs.append(str(root / f"lr{lr}"))
     train_and_evaluate(c, workdirs[-1])
-  space = {"optimizer.learning_rate": sweep.loguniform(1e-4, 1e-1),
-           "optimizer.weight_decay": sweep.choice([0.0, 1e-3])}
+  space = {
+    "optimizer.learning_rate": sweep.loguniform(1e-4, 1e-1),
+    "optimizer.weight_decay": sweep.choice([0.0, 1e-3]),
+  }
   sweep.run_sweep(base, space, str(root / "sw"), trials=4, pruner="none")
   return workdirs, str(root / "sw")
 
@@ -42,8 +45,13 @@ def runs(tmp_path_factory, data_dir):
 def test_report_has_every_run_in_the_plot_data_and_writes_pngs(runs, tmp_path):
   workdirs, sweep_dir = runs
   out = tmp_path / "report"
-  proc = subprocess.run([sys.executable, "-m", "jaxtrain.tools.cli", "report", *workdirs, sweep_dir,
-                         "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-m", "jaxtrain.tools.cli", "report", *workdirs, sweep_dir, "--out", str(out)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   data = json.load(open(out / "plot_data.json"))
   names = ["lr0.001", "lr0.01"] + [f"sw/trial {n}" for n in range(4)]

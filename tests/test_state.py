@@ -39,13 +39,19 @@ class Net(nnx.Module):
 
 def _batch(n=16, seed=0):
   rng = np.random.default_rng(seed)
-  return {"image": rng.normal(size=(n, 8, 8, 1)).astype(np.float32),
-          "label": rng.integers(0, 10, n).astype(np.int32)}
+  return {
+    "image": rng.normal(size=(n, 8, 8, 1)).astype(np.float32),
+    "label": rng.integers(0, 10, n).astype(np.int32),
+  }
 
 
 def _nnx_state(seed=0, dropout_rate=0.5):
-  return TrainState.from_nnx(Net(dropout_rate, rngs=nnx.Rngs(seed)), tx=optax.adam(1e-2),
-                             loss_fn=classification_loss, rng=jax.random.PRNGKey(seed + 100))
+  return TrainState.from_nnx(
+    Net(dropout_rate, rngs=nnx.Rngs(seed)),
+    tx=optax.adam(1e-2),
+    loss_fn=classification_loss,
+    rng=jax.random.PRNGKey(seed + 100),
+  )
 
 
 def test_nnx_module_trains_under_jit_with_batch_norm_and_dropout():
@@ -88,16 +94,21 @@ def test_an_nnx_step_equals_the_same_step_written_in_nnx_by_hand():
     def loss(model):
       logits = model(batch["image"])
       return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
     grads = nnx.grad(loss)(model)
     optimizer.update(model, grads)
 
   model.train()
   hand_step(model, optimizer, batch)
   hand_params, _ = nnx_split(model)
-  np.testing.assert_allclose(new.params["layers"]["1"]["kernel"],
-                             hand_params["params"]["layers"]["1"]["kernel"], atol=1e-6)
-  np.testing.assert_allclose(new.model_state["batch_stats"]["norm"]["var"],
-                             hand_params["batch_stats"]["norm"]["var"], atol=1e-6)
+  np.testing.assert_allclose(
+    new.params["layers"]["1"]["kernel"], hand_params["params"]["layers"]["1"]["kernel"], atol=1e-6
+  )
+  np.testing.assert_allclose(
+    new.model_state["batch_stats"]["norm"]["var"],
+    hand_params["batch_stats"]["norm"]["var"],
+    atol=1e-6,
+  )
 
 
 PMAP = r"""
@@ -136,8 +147,9 @@ print("RESULT", json.dumps({"params": gap(one.params, first.params),
 def test_nnx_batch_norm_under_pmap_uses_the_global_batch():
   """8 devices x 4 examples under pmap = one device x 32 under jit (per-device stats would not)."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", PMAP], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
+  out = subprocess.run(
+    [sys.executable, "-c", PMAP], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   gaps = __import__("json").loads(out.stdout.split("RESULT ", 1)[1])
   assert gaps["stats"] < 1e-6 and gaps["params"] < 1e-5, gaps
@@ -156,9 +168,13 @@ class Counted(nn.Module):
 
 def test_integer_model_state_stays_integer_under_pmap():
   model = Counted()
-  state = TrainState.create(apply_fn=linen_apply_fn(model),
-                            variables=model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1))),
-                            tx=optax.sgd(0.1), loss_fn=classification_loss, rng=jax.random.PRNGKey(1))
+  state = TrainState.create(
+    apply_fn=linen_apply_fn(model),
+    variables=model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1))),
+    tx=optax.sgd(0.1),
+    loss_fn=classification_loss,
+    rng=jax.random.PRNGKey(1),
+  )
   layout = parallel.Layout(parallel.make_mesh(), mode="pmap")
   stacked = layout.to_step(layout.place_state(state))
   step = layout.compile(train_step)
@@ -174,15 +190,22 @@ def test_a_loss_may_read_the_params():
   l2 = 0.1
 
   def loss(outputs, batch, params):
-    penalty = l2 * sum(jnp.sum(w ** 2) for w in jax.tree.leaves(params))
+    penalty = l2 * sum(jnp.sum(w**2) for w in jax.tree.leaves(params))
     return {"loss": (outputs[:, 0] - batch["y"]) ** 2 + penalty, "penalty": penalty}
 
-  state = TrainState.create(apply_fn=linen_apply_fn(model, "x"), variables=variables,
-                            tx=optax.sgd(0.5), loss_fn=loss, rng=jax.random.PRNGKey(1))
+  state = TrainState.create(
+    apply_fn=linen_apply_fn(model, "x"),
+    variables=variables,
+    tx=optax.sgd(0.5),
+    loss_fn=loss,
+    rng=jax.random.PRNGKey(1),
+  )
   batch = {"x": np.ones((4, 3), np.float32), "y": np.zeros(4, np.float32)}
   new, metrics = jax.jit(train_step)(state, batch)
   p = variables["params"]
-  expected_penalty = l2 * (np.sum(np.asarray(p["kernel"]) ** 2) + np.sum(np.asarray(p["bias"]) ** 2))
+  expected_penalty = l2 * (
+    np.sum(np.asarray(p["kernel"]) ** 2) + np.sum(np.asarray(p["bias"]) ** 2)
+  )
   assert float(metrics["penalty"]) == np.float32(expected_penalty)  # a scalar's mean is itself
   # The penalty's gradient is in the update: with l2 = 0 the step lands elsewhere.
   plain = state.replace(loss_fn=lambda o, b: {"loss": (o[:, 0] - b["y"]) ** 2})
@@ -199,8 +222,9 @@ def test_states_built_apart_stack_vmap_over_seeds_and_share_one_compile():
     return classification_loss(logits, batch)
 
   def make(seed):  # built from scratch each time: a fresh module and optimizer
-    return TrainState.from_nnx(Net(0.5, rngs=nnx.Rngs(seed)), tx=optax.adam(1e-2),
-                               loss_fn=loss, rng=jax.random.PRNGKey(seed))
+    return TrainState.from_nnx(
+      Net(0.5, rngs=nnx.Rngs(seed)), tx=optax.adam(1e-2), loss_fn=loss, rng=jax.random.PRNGKey(seed)
+    )
 
   states = [make(seed) for seed in range(3)]
   step = jax.jit(train_step)
@@ -212,8 +236,9 @@ def test_states_built_apart_stack_vmap_over_seeds_and_share_one_compile():
   vmapped, metrics = jax.jit(jax.vmap(train_step, in_axes=(0, None)))(stacked, batch)
   assert metrics["loss"].shape == (3,)
   for i, single in enumerate(singles):
-    np.testing.assert_allclose(vmapped.params["layers"]["1"]["kernel"][i],
-                               single.params["layers"]["1"]["kernel"], atol=1e-6)
+    np.testing.assert_allclose(
+      vmapped.params["layers"]["1"]["kernel"][i], single.params["layers"]["1"]["kernel"], atol=1e-6
+    )
 
 
 def test_states_with_other_functions_do_not_share_a_compile():
@@ -232,7 +257,8 @@ def test_checkpoint_of_a_state_without_a_data_iterator(tmp_path):
   manager.wait_until_finished()
   fresh = _nnx_state(seed=5)
   restored = checkpoint.restore(manager, 1, fresh)
-  assert checkpoint.tree_digest(checkpoint.state_arrays(restored)) == \
-      checkpoint.tree_digest(checkpoint.state_arrays(state))
+  assert checkpoint.tree_digest(checkpoint.state_arrays(restored)) == checkpoint.tree_digest(
+    checkpoint.state_arrays(state)
+  )
   assert checkpoint.verify(str(tmp_path)) == {}
   manager.close()

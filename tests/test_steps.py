@@ -24,9 +24,13 @@ def squared_error(prediction, batch):
 def _regression_state(seed=0):
   model = Linear()
   variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 3)))
-  return TrainState.create(apply_fn=linen_apply_fn(model, input_key="x"), variables=variables,
-                           tx=optax.sgd(0.1), loss_fn=squared_error,
-                           rng=jax.random.PRNGKey(seed))
+  return TrainState.create(
+    apply_fn=linen_apply_fn(model, input_key="x"),
+    variables=variables,
+    tx=optax.sgd(0.1),
+    loss_fn=squared_error,
+    rng=jax.random.PRNGKey(seed),
+  )
 
 
 def test_custom_loop_with_custom_loss_fits_a_linear_function():
@@ -62,9 +66,11 @@ def test_masked_rows_do_not_count():
   state = _regression_state()
   x = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
   y = np.arange(6, dtype=np.float32)
-  padded = {"x": np.concatenate([x, 100 * np.ones((2, 3), np.float32)]),
-            "y": np.concatenate([y, [1e6, 1e6]]).astype(np.float32),
-            "mask": np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)}
+  padded = {
+    "x": np.concatenate([x, 100 * np.ones((2, 3), np.float32)]),
+    "y": np.concatenate([y, [1e6, 1e6]]).astype(np.float32),
+    "mask": np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32),
+  }
   plain = eval_step(state, {"x": x, "y": y})
   masked = eval_step(state, padded)
   np.testing.assert_allclose(masked["loss"], plain["loss"], rtol=1e-6)
@@ -86,19 +92,27 @@ class Dropper(nn.Module):
 def test_randomness_is_fold_in_of_step_and_batch_stats_update():
   model = Dropper()
   variables = model.init({"params": jax.random.PRNGKey(0)}, jnp.zeros((1, 4)))
-  state = TrainState.create(apply_fn=linen_apply_fn(model, input_key="x"), variables=variables,
-                            tx=optax.sgd(0.0), loss_fn=classification_loss,
-                            rng=jax.random.PRNGKey(3))
-  batch = {"x": np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32),
-           "label": np.arange(16) % 2}
+  state = TrainState.create(
+    apply_fn=linen_apply_fn(model, input_key="x"),
+    variables=variables,
+    tx=optax.sgd(0.0),
+    loss_fn=classification_loss,
+    rng=jax.random.PRNGKey(3),
+  )
+  batch = {
+    "x": np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32),
+    "label": np.arange(16) % 2,
+  }
   step = jax.jit(train_step)
   s1, m1 = step(state, batch)
   s1_again, m1_again = step(state, batch)
   s2, m2 = step(s1, batch)  # lr 0: only the dropout mask (step) differs
   assert float(m1["loss"]) == float(m1_again["loss"])
   assert float(m1["loss"]) != float(m2["loss"])
-  assert not np.allclose(s1.model_state["batch_stats"]["BatchNorm_0"]["mean"],
-                         state.model_state["batch_stats"]["BatchNorm_0"]["mean"])
+  assert not np.allclose(
+    s1.model_state["batch_stats"]["BatchNorm_0"]["mean"],
+    state.model_state["batch_stats"]["BatchNorm_0"]["mean"],
+  )
   # Evaluation is deterministic and leaves the state alone.
   e1, e2 = jax.jit(eval_step)(s1, batch), jax.jit(eval_step)(s1, batch)
   assert float(e1["loss"]) == float(e2["loss"])
@@ -119,7 +133,9 @@ def test_pmap_with_axis_name_matches_single_device_step():
   stacked = jax.tree.map(lambda a: a.reshape((len(devices), -1) + a.shape[1:]), batch)
   replicated = jax.tree.map(lambda a: np.stack([a] * len(devices)), state)
   got, metrics = jax.pmap(lambda s, b: train_step(s, b, axis_name="d"), axis_name="d")(
-      replicated, stacked)
-  jax.tree.map(lambda p, q: np.testing.assert_allclose(p[0], q, rtol=1e-6),
-               got.params, expected.params)
+    replicated, stacked
+  )
+  jax.tree.map(
+    lambda p, q: np.testing.assert_allclose(p[0], q, rtol=1e-6), got.params, expected.params
+  )
   np.testing.assert_allclose(metrics["loss"][0], expected_metrics["loss"], rtol=1e-6)

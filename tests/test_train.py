@@ -24,10 +24,13 @@ def test_same_seed_same_bits_other_seed_different(small_config, tmp_path):
   assert checkpoint.tree_digest(a.params) != checkpoint.tree_digest(c.params)
 
 
-@pytest.mark.parametrize("batch_size, model", [
-    (50, "mlp"),   # 25 steps an epoch: the stop at step 100 falls on an epoch boundary
-    (48, "cnn"),   # 26 steps an epoch: the stop falls mid-epoch (batch norm state too)
-])
+@pytest.mark.parametrize(
+  "batch_size, model",
+  [
+    (50, "mlp"),  # 25 steps an epoch: the stop at step 100 falls on an epoch boundary
+    (48, "cnn"),  # 26 steps an epoch: the stop falls mid-epoch (batch norm state too)
+  ],
+)
 def test_stop_after_checkpoint_then_resume_is_bit_exact(small_config, tmp_path, batch_size, model):
   small_config.update(batch_size=batch_size, num_train_steps=200, checkpoint_every_steps=50)
   if model == "cnn":
@@ -39,7 +42,9 @@ def test_stop_after_checkpoint_then_resume_is_bit_exact(small_config, tmp_path, 
   resumed = train_and_evaluate(small_config, str(tmp_path / "resumed"))
   assert int(resumed.step) == 200
   assert _digest(resumed) == _digest(straight)
-  final = lambda w: [e for e in read_metrics(str(tmp_path / w)) if e["split"] in ("eval", "test")][-2:]
+  final = lambda w: [e for e in read_metrics(str(tmp_path / w)) if e["split"] in ("eval", "test")][
+    -2:
+  ]
   strip = lambda events: [{k: v for k, v in e.items() if k != "time"} for e in events]
   assert strip(final("resumed")) == strip(final("straight"))
 
@@ -68,8 +73,13 @@ def test_workdir_holds_config_metrics_events_and_checkpoints(small_config, tmp_p
 
 def test_once_per_epoch_evaluates_and_saves_at_each_epochs_end(small_config, tmp_path):
   """-1: the cadence is the train split's steps per epoch (1,293 examples of 50: 25)."""
-  small_config.update(num_train_steps=-1, num_epochs=3, eval_every_steps=-1, checkpoint_every_steps=-1,
-                      keep_checkpoints=5)
+  small_config.update(
+    num_train_steps=-1,
+    num_epochs=3,
+    eval_every_steps=-1,
+    checkpoint_every_steps=-1,
+    keep_checkpoints=5,
+  )
   workdir = str(tmp_path / "run")
   train_and_evaluate(small_config, workdir)
   assert [e["step"] for e in read_metrics(workdir) if e["split"] == "eval"] == [25, 50, 75]
@@ -89,6 +99,7 @@ def _events(path):
   """The Event protos of a TensorBoard event file (TFRecord framing)."""
   import struct
   from tensorboardX.proto import event_pb2
+
   with open(path, "rb") as f:
     while header := f.read(12):
       (length,) = struct.unpack("<Q", header[:8])
@@ -109,10 +120,17 @@ def _read_scalars(path):
 def _read_hparams(path):
   """The hparams of the HParams plugin's session-start summary in an event file."""
   from tensorboardX.proto import plugin_hparams_pb2
+
   for event in _events(path):
     for value in event.summary.value:
       if value.tag == "_hparams_/session_start_info":
         data = plugin_hparams_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-        return {k: (v.string_value or v.number_value if v.WhichOneof("kind") != "bool_value"
-                    else v.bool_value) for k, v in data.session_start_info.hparams.items()}
+        return {
+          k: (
+            v.string_value or v.number_value
+            if v.WhichOneof("kind") != "bool_value"
+            else v.bool_value
+          )
+          for k, v in data.session_start_info.hparams.items()
+        }
   return {}

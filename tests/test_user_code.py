@@ -40,10 +40,20 @@ def _folder(tmp_path, kind):
 
 def _digits_flags(data_dir, kind, steps=40, **extra):
   """Overrides that train the MNIST experiment briefly on the embedded 8x8 digits."""
-  flags = {"dataset.name": "digits", "dataset.train_split": "train[:90%]",
-           "dataset.eval_split": "train[90%:]", "dataset.data_dir": data_dir, "batch_size": 32,
-           "num_train_steps": steps, "log_every_steps": 10, "eval_every_steps": 20,
-           "checkpoint_every_steps": 10, "model.width": 8, "model.hidden": 32, **extra}
+  flags = {
+    "dataset.name": "digits",
+    "dataset.train_split": "train[:90%]",
+    "dataset.eval_split": "train[90%:]",
+    "dataset.data_dir": data_dir,
+    "batch_size": 32,
+    "num_train_steps": steps,
+    "log_every_steps": 10,
+    "eval_every_steps": 20,
+    "checkpoint_every_steps": 10,
+    "model.width": 8,
+    "model.hidden": 32,
+    **extra,
+  }
   if kind == "nnx":
     flags["model.image_size"] = 8
   return [f"--config.{k}={v}" for k, v in flags.items()]
@@ -52,14 +62,30 @@ def _digits_flags(data_dir, kind, steps=40, **extra):
 def _config(folder, flags):
   """The config as `jaxtrain train --config folder/config.py <flags>` resolves it."""
   from jaxtrain.tools.cli import _parse_flags
+
   return _parse_flags(["--config", str(folder / "config.py"), "--workdir", "unused", *flags]).config
 
 
 def _cli(folder, workdir, flags, env=None):
-  return subprocess.Popen([sys.executable, "-m", "jaxtrain.tools.cli", "train", "--quiet",
-                           "--config", str(folder / "config.py"), "--workdir", str(workdir), *flags],
-                          cwd=folder.parent, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "jaxtrain.tools.cli",
+      "train",
+      "--quiet",
+      "--config",
+      str(folder / "config.py"),
+      "--workdir",
+      str(workdir),
+      *flags,
+    ],
+    cwd=folder.parent,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _digest(workdir):
@@ -117,18 +143,35 @@ def test_eight_devices_jit_matches_one_device_and_pmap_batch_norm_is_global(tmp_
   folders = tmp_path / "folders"
   for kind, name in EXPERIMENTS.items():
     shutil.copytree(ROOT / "experiments" / name, folders / kind)
-  runs = [["linen_jit", "linen", {}], ["nnx_jit", "nnx", {}],
-          # Dropout off: under pmap each device draws its own masks (by design).
-          ["nnx_pmap", "nnx", {"model.dropout_rate": 0.0, "parallel.mode": "pmap"}],
-          ["nnx_nodrop", "nnx", {"model.dropout_rate": 0.0}]]
+  runs = [
+    ["linen_jit", "linen", {}],
+    ["nnx_jit", "nnx", {}],
+    # Dropout off: under pmap each device draws its own masks (by design).
+    ["nnx_pmap", "nnx", {"model.dropout_rate": 0.0, "parallel.mode": "pmap"}],
+    ["nnx_nodrop", "nnx", {"model.dropout_rate": 0.0}],
+  ]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", DEVICES, str(folders), data_dir, str(tmp_path / "d8"),
-                         json.dumps(runs[:3])], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      DEVICES,
+      str(folders),
+      data_dir,
+      str(tmp_path / "d8"),
+      json.dumps(runs[:3]),
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.split("RESULT ", 1)[1])
   assert result["devices"] == 8
   import jax
+
   assert jax.device_count() == 1  # the one-device runs: here, in the test's own process
   results = {8: result["params"], 1: {}}
   for name, kind, extra in (runs[0], runs[1], runs[3]):
@@ -145,7 +188,15 @@ def test_an_edited_model_file_is_named_by_rerun_and_refused_by_a_resume(tmp_path
   folder = _folder(tmp_path, "nnx")
   flags = _digits_flags(data_dir, "nnx", steps=20)
   workdir = tmp_path / "run"
-  argv = ["train", "--quiet", "--config", str(folder / "config.py"), "--workdir", str(workdir), *flags]
+  argv = [
+    "train",
+    "--quiet",
+    "--config",
+    str(folder / "config.py"),
+    "--workdir",
+    str(workdir),
+    *flags,
+  ]
   assert main(argv + ["--stop_at_step=10"]) == 0
   record = manifest.read(str(workdir))["code"]["config.model.name"]
   assert record["file"] == str(folder / "model.py") and record["name"] == "model.py:ConvNet"
@@ -178,7 +229,13 @@ def test_a_model_file_relative_to_the_working_directory_is_not_the_configs(tmp_p
   proc = _cli(folder, tmp_path / "w", _digits_flags(data_dir, "linen", steps=10))
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out[-2000:]  # run from folder's parent: model.py is not in cwd
-  with pytest.raises(UserError, match=r"config.task='loss.py:smoothed_cross_entropy': .*/loss.py does "
-                                      r"not exist \(a relative path is taken from the config file's"):
-    train_and_evaluate(_config(folder, _digits_flags(data_dir, "linen")), str(tmp_path / "x"),
-                       config_dir=str(tmp_path))
+  with pytest.raises(
+    UserError,
+    match=r"config.task='loss.py:smoothed_cross_entropy': .*/loss.py does "
+    r"not exist \(a relative path is taken from the config file's",
+  ):
+    train_and_evaluate(
+      _config(folder, _digits_flags(data_dir, "linen")),
+      str(tmp_path / "x"),
+      config_dir=str(tmp_path),
+    )

@@ -19,9 +19,11 @@ def test_the_watchdog_names_the_phase_step_and_process_once_the_limit_passes():
   now[0] += 30
   assert dog.check() is None  # at the limit, not past it
   now[0] += 1
-  assert dog.check() == ("jaxtrain: stalled: the evaluation at step 250 of process 1 of 2 has not "
-                         "finished in 31 s (parallel.stall_timeout_s=30); exiting with status 76: "
-                         "the newest checkpoint is intact, run the same command to resume from it")
+  assert dog.check() == (
+    "jaxtrain: stalled: the evaluation at step 250 of process 1 of 2 has not "
+    "finished in 31 s (parallel.stall_timeout_s=30); exiting with status 76: "
+    "the newest checkpoint is intact, run the same command to resume from it"
+  )
   dog.mark("step", 251)  # progress: the clock starts again
   assert dog.check() is None
   assert Watchdog(0, clock=lambda: 1e9).check() is None  # 0: never
@@ -32,8 +34,10 @@ def test_the_limit_is_start_ups_for_a_first_phase_then_a_multiple_of_the_slowest
   dog = Watchdog(1800, startup_timeout_s=600, clock=lambda: now[0])
   assert dog.limit() == (600, "parallel.startup_timeout_s=600")
   now[0] += 601
-  assert dog.check().startswith("jaxtrain: stalled: the start-up at step 0 of process 0 of 1 has "
-                                "not finished in 601 s (parallel.startup_timeout_s=600)")
+  assert dog.check().startswith(
+    "jaxtrain: stalled: the start-up at step 0 of process 0 of 1 has "
+    "not finished in 601 s (parallel.startup_timeout_s=600)"
+  )
   dog.mark("step", 1)
   assert dog.limit() == (600, "parallel.startup_timeout_s=600")  # the first step compiles
   now[0] += 5
@@ -46,8 +50,10 @@ def test_the_limit_is_start_ups_for_a_first_phase_then_a_multiple_of_the_slowest
   dog.mark("step", 4)
   assert dog.limit() == (300, "10 x the slowest step so far, 30 s, at least 120 s")
   now[0] += 301
-  assert dog.stalled() == ("the step at step 4 of process 0 of 1 has not finished in 301 s "
-                           "(10 x the slowest step so far, 30 s, at least 120 s)")
+  assert dog.stalled() == (
+    "the step at step 4 of process 0 of 1 has not finished in 301 s "
+    "(10 x the slowest step so far, 30 s, at least 120 s)"
+  )
   dog.mark("step", 5)  # 10 x 301 s is past the ceiling
   assert dog.limit() == (1800, "parallel.stall_timeout_s=1800")
   dog.mark("evaluation", 5)
@@ -95,24 +101,31 @@ class _Peers:
 
 def test_a_stall_is_told_to_the_other_processes_which_stop_with_it(capsys):
   peers, exited = _Peers(), {}
-  stalled = Watchdog(0.2, process="process 1 of 2", peers=peers,
-                     exit=lambda status: exited.setdefault("1", status))
-  waiting = Watchdog(3600, process="process 0 of 2", peers=peers,
-                     exit=lambda status: exited.setdefault("0", status))
+  stalled = Watchdog(
+    0.2, process="process 1 of 2", peers=peers, exit=lambda status: exited.setdefault("1", status)
+  )
+  waiting = Watchdog(
+    3600, process="process 0 of 2", peers=peers, exit=lambda status: exited.setdefault("0", status)
+  )
   waiting.mark("step", 40)
   with stalled, waiting:
     stalled._thread.join(timeout=60)
     waiting._thread.join(timeout=60)  # its own timeout is an hour away: it stops on the report
   assert exited == {"1": STALLED, "0": STALLED}
   [report] = peers.reports  # the seconds waited depend on how late the thread woke up
-  assert re.fullmatch(r"the start-up at step 0 of process 1 of 2 has not finished in \d+ s "
-                      r"\(parallel.stall_timeout_s=0.2\)", report)
+  assert re.fullmatch(
+    r"the start-up at step 0 of process 1 of 2 has not finished in \d+ s "
+    r"\(parallel.stall_timeout_s=0.2\)",
+    report,
+  )
   lines = capsys.readouterr().err.splitlines()
-  assert lines == [f"jaxtrain: stalled: {report}; exiting with status 76: the newest checkpoint is "
-                   "intact, run the same command to resume from it",
-                   f"jaxtrain: stalled: {report}; process 0 of 2 stops with it (here: step, step 40); "
-                   "exiting with status 76: the newest checkpoint is intact, run the same command "
-                   "to resume from it"]
+  assert lines == [
+    f"jaxtrain: stalled: {report}; exiting with status 76: the newest checkpoint is "
+    "intact, run the same command to resume from it",
+    f"jaxtrain: stalled: {report}; process 0 of 2 stops with it (here: step, step 40); "
+    "exiting with status 76: the newest checkpoint is intact, run the same command "
+    "to resume from it",
+  ]
 
 
 _STALLING_RUN = textwrap.dedent("""
@@ -135,15 +148,24 @@ _STALLING_RUN = textwrap.dedent("""
 """)
 
 
-def test_a_stalled_run_exits_76_in_one_line_and_the_same_command_resumes_exactly(tmp_path, data_dir):
+def test_a_stalled_run_exits_76_in_one_line_and_the_same_command_resumes_exactly(
+  tmp_path, data_dir
+):
   script = tmp_path / "run.py"
   script.write_text(_STALLING_RUN.format(tests=str(ROOT / "tests"), data_dir=data_dir))
-  run = lambda workdir, mode: subprocess.run([sys.executable, str(script), str(workdir), mode],
-                                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+  run = lambda workdir, mode: subprocess.run(
+    [sys.executable, str(script), str(workdir), mode],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   stalled = run(tmp_path / "w", "stall")
   assert stalled.returncode == STALLED, stalled.stderr[-2000:]
   [line] = [l for l in stalled.stderr.splitlines() if "stalled" in l]
-  assert line.startswith("jaxtrain: stalled: the step at step 30 of process 0 of 1 has not finished in ")
+  assert line.startswith(
+    "jaxtrain: stalled: the step at step 30 of process 0 of 1 has not finished in "
+  )
   assert checkpoint.saved_steps(str(tmp_path / "w"))[-1] == 20  # written whole before the stall
   assert run(tmp_path / "w", "go").returncode == 0
   assert run(tmp_path / "straight", "go").returncode == 0

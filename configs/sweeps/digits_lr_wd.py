@@ -8,5 +8,7 @@ from jaxtrain.tools.sweep import loguniform
 
 
 def get_space():
-  return {"optimizer.learning_rate": loguniform(3e-4, 3e-1),
-          "optimizer.weight_decay": loguniform(1e-6, 1e-1)}
+  return {
+    "optimizer.learning_rate": loguniform(3e-4, 3e-1),
+    "optimizer.weight_decay": loguniform(1e-6, 1e-1),
+  }

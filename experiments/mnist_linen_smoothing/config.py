@@ -12,10 +12,9 @@ from jaxtrain.config import base_config
 
 def get_config():
   config = base_config()
-  config.model = dict(name="model.py:LeNet", num_classes=10, width=32, hidden=256,
-                      dropout_rate=0.3)
+  config.model = dict(name="model.py:LeNet", num_classes=10, width=32, hidden=256, dropout_rate=0.3)
   config.task = "loss.py:smoothed_cross_entropy"
-  config.loss.label_smoothing = 0.1   # options of the task: keyword arguments of the loss
+  config.loss.label_smoothing = 0.1  # options of the task: keyword arguments of the loss
   config.loss.l2 = 5e-4
   config.dataset.update(name="mnist", train_split="train", eval_split="test")
   config.batch_size = 128
@@ -23,6 +22,7 @@ def get_config():
   config.log_every_steps = 100
   config.eval_every_steps = 468
   config.checkpoint_every_steps = 468
-  config.optimizer.update(name="adam", learning_rate=1e-3, schedule="warmup_cosine",
-                          warmup_steps=100)
+  config.optimizer.update(
+    name="adam", learning_rate=1e-3, schedule="warmup_cosine", warmup_steps=100
+  )
   return config

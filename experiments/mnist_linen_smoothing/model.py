@@ -5,6 +5,7 @@ import flax.linen as nn
 
 class LeNet(nn.Module):
   """LeNet-like: conv 5x5 (relu, max pool) twice, then dense + dropout and the classifier."""
+
   num_classes: int = 10
   width: int = 32
   hidden: int = 256

@@ -13,8 +13,17 @@ from flax import nnx
 class ConvNet(nnx.Module):
   """conv-BN-relu-pool twice, then a dropout-regularised dense layer and the classifier."""
 
-  def __init__(self, num_classes: int = 10, image_size: int = 28, channels: int = 1,
-               width: int = 32, hidden: int = 256, dropout_rate: float = 0.3, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_classes: int = 10,
+    image_size: int = 28,
+    channels: int = 1,
+    width: int = 32,
+    hidden: int = 256,
+    dropout_rate: float = 0.3,
+    *,
+    rngs: nnx.Rngs,
+  ):
     self.conv1 = nnx.Conv(channels, width, (3, 3), use_bias=False, rngs=rngs)
     self.norm1 = nnx.BatchNorm(width, momentum=0.9, rngs=rngs)
     self.conv2 = nnx.Conv(width, 2 * width, (3, 3), use_bias=False, rngs=rngs)

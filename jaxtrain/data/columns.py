@@ -36,22 +36,23 @@ _INT = r"^[+-]?\d+(\.0*)?$"
 _FLOAT = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _DATE = r"^\d{4}[-/]\d{2}[-/]\d{2}"
 _CODE_WORD = re.compile(r"(^|[_\W])(id|code|zip|zipcode|postcode|key)$", re.I)  # user_id, zip
-_CODE_CAMEL = re.compile(r"[a-z0-9](Id|ID|Code|Key)$")                            # userId, itemID
+_CODE_CAMEL = re.compile(r"[a-z0-9](Id|ID|Code|Key)$")  # userId, itemID
 DISTINCT_CAP = 10_000  # distinct values counted per feature column (a label's are all kept)
 _TABLE_SUFFIXES = (".csv", ".tsv", ".tab", "")  # "": a text table without a suffix
 
 
 @dataclasses.dataclass
 class Chunk:
-  path: str                   # the file (a zip's member as archive.zip:member.csv)
+  path: str  # the file (a zip's member as archive.zip:member.csv)
   columns: dict[str, pa.Array]
-  first_row: int              # the file's data row of the chunk's first row (0-based)
+  first_row: int  # the file's data row of the chunk's first row (0-based)
 
   def __len__(self) -> int:
     return len(next(iter(self.columns.values()))) if self.columns else 0
 
 
 # --- reading ------------------------------------------------------------------------------
+
 
 def is_table(path: Path) -> bool:
   """A file `chunks` reads: .jsonl/.json, .parquet, .zip, or delimited text.
@@ -70,8 +71,9 @@ def is_table(path: Path) -> bool:
   return bool(head) and b"\0" not in head  # images, archives and arrays all hold NULs early
 
 
-def chunks(path: Path, *, delimiter: str = "", names: str = "",
-           block_bytes: int = 32 << 20) -> Iterator[Chunk]:
+def chunks(
+  path: Path, *, delimiter: str = "", names: str = "", block_bytes: int = 32 << 20
+) -> Iterator[Chunk]:
   suffix = path.suffix.lower()
   if suffix == ".parquet":
     yield from _parquet_chunks(path, block_bytes)
@@ -80,7 +82,9 @@ def chunks(path: Path, *, delimiter: str = "", names: str = "",
   elif suffix == ".zip":
     yield from _zip_chunks(path, delimiter, names, block_bytes)
   else:
-    yield from _csv_chunks(str(path), lambda: open(path, "rb"), suffix, delimiter, names, block_bytes)
+    yield from _csv_chunks(
+      str(path), lambda: open(path, "rb"), suffix, delimiter, names, block_bytes
+    )
 
 
 def _zip_chunks(path: Path, delimiter, names, block_bytes):
@@ -89,14 +93,23 @@ def _zip_chunks(path: Path, delimiter, names, block_bytes):
   except zipfile.BadZipFile as e:
     raise UserError(f"{path} is not a readable zip archive ({e})") from None
   with archive:
-    members = sorted(m for m in archive.namelist() if not m.endswith("/")
-                     and not any(p.startswith((".", "__MACOSX")) for p in m.split("/")))
+    members = sorted(
+      m
+      for m in archive.namelist()
+      if not m.endswith("/") and not any(p.startswith((".", "__MACOSX")) for p in m.split("/"))
+    )
     tables = [m for m in members if Path(m).suffix.lower() in _TABLE_SUFFIXES]
     if not tables:
       raise UserError(f"{path} holds no CSV or text table (members: {', '.join(members[:5])})")
     for member in tables:
-      yield from _csv_chunks(f"{path}:{member}", lambda m=member: archive.open(m), Path(member).suffix.lower(),
-                             delimiter, names, block_bytes)
+      yield from _csv_chunks(
+        f"{path}:{member}",
+        lambda m=member: archive.open(m),
+        Path(member).suffix.lower(),
+        delimiter,
+        names,
+        block_bytes,
+      )
 
 
 def sniff_delimiter(sample: str, suffix: str) -> str:
@@ -115,8 +128,10 @@ def sniff_delimiter(sample: str, suffix: str) -> str:
 
 
 def not_utf8(name: str, e: UnicodeDecodeError) -> UserError:
-  return UserError(f"{name} is not UTF-8 text ({e.reason}: byte {e.object[e.start:e.start + 1]!r} "
-                   f"at offset {e.start}); convert it, e.g. iconv -f latin1 -t utf-8")
+  return UserError(
+    f"{name} is not UTF-8 text ({e.reason}: byte {e.object[e.start : e.start + 1]!r} "
+    f"at offset {e.start}); convert it, e.g. iconv -f latin1 -t utf-8"
+  )
 
 
 def _decode(raw: bytes, name: str) -> str:
@@ -132,7 +147,7 @@ def _decode_start(raw: bytes, name: str) -> str:
     return raw.decode("utf-8-sig")
   except UnicodeDecodeError as e:
     if e.start >= len(raw) - 3:
-      return raw[:e.start].decode("utf-8-sig")
+      return raw[: e.start].decode("utf-8-sig")
     return _decode(raw, name)
 
 
@@ -187,6 +202,7 @@ def _one_character(opener, delimiter: str):
 
 def _csv_chunks(name: str, opener, suffix: str, delimiter: str, names: str, block_bytes: int):
   import pyarrow.csv as pacsv
+
   opener, delimiter = _one_character(opener, delimiter)
   with opener() as f:
     sample = _decode_start(f.read(1 << 16), name)
@@ -199,12 +215,19 @@ def _csv_chunks(name: str, opener, suffix: str, delimiter: str, names: str, bloc
     if header is None:
       raise UserError(f"{name} is empty (expected a header row)")
   check_header(name, header)
-  read = pacsv.ReadOptions(column_names=header, skip_rows=0 if names else 1, block_size=block_bytes,
-                           encoding="utf8")
-  parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=delimiter != "\t",
-                             quote_char=False if delimiter == "\t" else '"')
-  convert = pacsv.ConvertOptions(column_types={h: pa.string() for h in header},
-                                 strings_can_be_null=False, quoted_strings_can_be_null=False)
+  read = pacsv.ReadOptions(
+    column_names=header, skip_rows=0 if names else 1, block_size=block_bytes, encoding="utf8"
+  )
+  parse = pacsv.ParseOptions(
+    delimiter=delimiter,
+    newlines_in_values=delimiter != "\t",
+    quote_char=False if delimiter == "\t" else '"',
+  )
+  convert = pacsv.ConvertOptions(
+    column_types={h: pa.string() for h in header},
+    strings_can_be_null=False,
+    quoted_strings_can_be_null=False,
+  )
   row = 0
   with opener() as f:
     try:
@@ -224,13 +247,17 @@ def _csv_error(name, opener, header, delimiter, error) -> UserError:
     try:
       for values in reader:
         if values and len(values) != len(header) and reader.line_num > 1:
-          return UserError(f"{name} line {reader.line_num}: {len(values)} fields, but the header "
-                           f"has {len(header)} ({', '.join(header)})")
+          return UserError(
+            f"{name} line {reader.line_num}: {len(values)} fields, but the header "
+            f"has {len(header)} ({', '.join(header)})"
+          )
     except csv.Error as e:
       return UserError(f"{name} line {reader.line_num}: {e}")
     except UnicodeDecodeError as e:
-      return UserError(f"{name} is not UTF-8 text ({e.reason}) after line {reader.line_num}; "
-                       "convert it, e.g. iconv -f latin1 -t utf-8")
+      return UserError(
+        f"{name} is not UTF-8 text ({e.reason}) after line {reader.line_num}; "
+        "convert it, e.g. iconv -f latin1 -t utf-8"
+      )
   return UserError(f"cannot read {name}: {str(error).splitlines()[0]}")
 
 
@@ -240,8 +267,10 @@ def check_header(name: str, header: list[str]) -> None:
     raise UserError(f"{name}: column {names.index('') + 1} of the header has no name")
   repeated = sorted({n for n in names if names.count(n) > 1})
   if repeated:
-    raise UserError(f"{name}: the header names {', '.join(map(repr, repeated))} more than once; "
-                    "rename the columns so each is one")
+    raise UserError(
+      f"{name}: the header names {', '.join(map(repr, repeated))} more than once; "
+      "rename the columns so each is one"
+    )
 
 
 def _jsonl_chunks(path: Path, block_bytes: int):
@@ -284,22 +313,30 @@ def json_text(v) -> str:
 
 def _json_chunk(name, rows, first) -> Chunk:
   names = list(dict.fromkeys(c for r in rows for c in r))
-  return Chunk(name, {c: pa.array([json_text(r.get(c)) for r in rows], pa.string())
-                      for c in names}, first)
+  return Chunk(
+    name, {c: pa.array([json_text(r.get(c)) for r in rows], pa.string()) for c in names}, first
+  )
 
 
 def _parquet_chunks(path: Path, block_bytes: int):
   import pyarrow.parquet as pq
+
   try:
     table = pq.ParquetFile(path)
-    width = max(1, sum(c.total_uncompressed_size for g in range(table.num_row_groups)
-                       for c in [table.metadata.row_group(g).column(i)
-                                 for i in range(table.metadata.num_columns)])
-                // max(table.metadata.num_rows, 1))
+    width = max(
+      1,
+      sum(
+        c.total_uncompressed_size
+        for g in range(table.num_row_groups)
+        for c in [table.metadata.row_group(g).column(i) for i in range(table.metadata.num_columns)]
+      )
+      // max(table.metadata.num_rows, 1),
+    )
     row = 0
     for batch in table.iter_batches(batch_size=max(1024, block_bytes // width)):
-      yield Chunk(str(path), {n: _plain(batch.column(i)) for i, n in enumerate(batch.schema.names)},
-                  row)
+      yield Chunk(
+        str(path), {n: _plain(batch.column(i)) for i, n in enumerate(batch.schema.names)}, row
+      )
       row += batch.num_rows
   except (pa.ArrowException, OSError) as e:
     raise UserError(f"cannot read Parquet file {path}: {str(e).splitlines()[0]}") from None
@@ -354,6 +391,7 @@ def line_of(path: str, row: int, *, delimiter: str = "", names: str = "") -> int
 
 # --- kinds -------------------------------------------------------------------------------
 
+
 class RowError(Exception):
   """A value that is not of its column's kind (the message says why)."""
 
@@ -371,7 +409,9 @@ def parse_time(value) -> int:
     try:
       when = dt.datetime.fromisoformat(text)
     except ValueError:
-      raise RowError(f"{value!r} is not a date or time (expected ISO 8601, e.g. 2024-05-31)") from None
+      raise RowError(
+        f"{value!r} is not a date or time (expected ISO 8601, e.g. 2024-05-31)"
+      ) from None
   if when.tzinfo is None:
     when = when.replace(tzinfo=dt.timezone.utc)
   return int(when.timestamp())
@@ -381,8 +421,11 @@ def class_strings(array: pa.Array) -> pa.Array:
   """A label column as class names: 1.0 is the class "1" (as a CSV's 1 is), text as it is."""
   if pa.types.is_floating(array.type):
     whole = pc.equal(pc.floor(array), array)
-    return pc.if_else(whole, pc.cast(pc.cast(array, pa.int64(), safe=False), pa.string()),
-                      pc.cast(array, pa.string()))
+    return pc.if_else(
+      whole,
+      pc.cast(pc.cast(array, pa.int64(), safe=False), pa.string()),
+      pc.cast(array, pa.string()),
+    )
   return array if pa.types.is_string(array.type) else pc.cast(array, pa.string())
 
 
@@ -409,6 +452,7 @@ def _first_false(mask: pa.Array) -> int | None:
 @dataclasses.dataclass
 class Stats:
   """What one column's kind is inferred from, over every chunk."""
+
   rows: int = 0
   missing: int = 0
   not_int: int = 0
@@ -416,7 +460,7 @@ class Stats:
   not_time: int = 0
   words: int = 0
   leading_zero: bool = False
-  typed: str = ""                  # "int" / "float" / "time" for typed (Parquet) columns
+  typed: str = ""  # "int" / "float" / "time" for typed (Parquet) columns
   first_not_float: tuple | None = None  # (path, row, value) of the first non-number
   distinct: set = dataclasses.field(default_factory=set)
   examples: list = dataclasses.field(default_factory=list)
@@ -437,15 +481,21 @@ class Stats:
     if not len(present):
       return
     if len(self.distinct) <= self.cap:
-      self.distinct.update(pc.unique(present).to_pylist()[:self.cap + 1 - len(self.distinct)])
+      self.distinct.update(pc.unique(present).to_pylist()[: self.cap + 1 - len(self.distinct)])
     if len(self.examples) < 3:
-      self.examples += [v for v in pc.unique(present.slice(0, 50)).to_pylist()
-                        if v not in self.examples][:3 - len(self.examples)]
+      self.examples += [
+        v for v in pc.unique(present.slice(0, 50)).to_pylist() if v not in self.examples
+      ][: 3 - len(self.examples)]
     if not infer:
       return
     if not pa.types.is_string(array.type):
-      kind = ("time" if pa.types.is_timestamp(array.type) else
-              "float" if pa.types.is_floating(array.type) else "int")
+      kind = (
+        "time"
+        if pa.types.is_timestamp(array.type)
+        else "float"
+        if pa.types.is_floating(array.type)
+        else "int"
+      )
       if kind == "float" and pc.all(pc.equal(pc.floor(present), present)).as_py():
         kind = "int"
       self.typed = kind if self.typed in ("", kind) else "float"
@@ -478,7 +528,7 @@ class Stats:
       return "category"
     if self.not_int == 0:
       if is_code_name(column) or self.leading_zero:
-        return "category"   # identifiers and codes are names, not quantities
+        return "category"  # identifiers and codes are names, not quantities
       return "float" if self.missing else "int"
     if self.not_float == 0:
       return "float"
@@ -486,9 +536,14 @@ class Stats:
       return "time"
     if self.not_float <= self.present // 100 and self.present >= 100:
       path, row, value = self.first_not_float
-      raise _LocatedError(path, row, column, f"{value!r} is not a number, in a column of "
-                          f"{self.present - self.not_float:,} numbers ({self.not_float} are not); "
-                          f"fix it, or declare the column's kind: --columns '{column}=category'")
+      raise _LocatedError(
+        path,
+        row,
+        column,
+        f"{value!r} is not a number, in a column of "
+        f"{self.present - self.not_float:,} numbers ({self.not_float} are not); "
+        f"fix it, or declare the column's kind: --columns '{column}=category'",
+      )
     return "text" if self.words / self.present > 3 else "category"
 
 
@@ -500,7 +555,9 @@ class _LocatedError(Exception):
     self.path, self.row, self.column, self.message = path, row, column, message
 
 
-def located(error: _LocatedError, *, delimiter: str = "", names: str = "", more: int = 0) -> UserError:
+def located(
+  error: _LocatedError, *, delimiter: str = "", names: str = "", more: int = 0
+) -> UserError:
   line = line_of(error.path, error.row, delimiter=delimiter, names=names)
   suffix = f" (and {more} more bad values)" if more else ""
   return UserError(f"{error.path} line {line}, column {error.column!r}: {error.message}{suffix}")
@@ -511,6 +568,7 @@ LocatedError = _LocatedError
 
 # --- checking and converting a chunk's column ----------------------------------------------
 
+
 def check(chunk: Chunk, column: str, kind: str, *, required: bool = False):
   """(count, first LocatedError) of the values of `column` that are not `kind`."""
   array = chunk.columns.get(column)
@@ -520,10 +578,14 @@ def check(chunk: Chunk, column: str, kind: str, *, required: bool = False):
   if required or kind in ("time", "int"):
     if pc.any(missing).as_py():
       at = pc.index(missing, True).as_py()
-      why = ("missing value (an int column holds no gaps: declare it float to have them "
-             "imputed)" if kind == "int" and not required else "missing value")
-      return int(pc.sum(missing).as_py()), _LocatedError(chunk.path, chunk.first_row + at, column,
-                                                         why)
+      why = (
+        "missing value (an int column holds no gaps: declare it float to have them imputed)"
+        if kind == "int" and not required
+        else "missing value"
+      )
+      return int(pc.sum(missing).as_py()), _LocatedError(
+        chunk.path, chunk.first_row + at, column, why
+      )
   if kind not in ("int", "float", "value", "time") or not pa.types.is_string(array.type):
     return 0, None
   text = pc.utf8_trim_whitespace(array)
@@ -539,9 +601,11 @@ def check(chunk: Chunk, column: str, kind: str, *, required: bool = False):
     return 0, None
   at = _first_false(ok)
   what = {"int": "an integer", "time": "a date or time (expected ISO 8601, e.g. 2024-05-31)"}.get(
-      kind, "a number")
-  return bad, _LocatedError(chunk.path, chunk.first_row + at, column,
-                            f"{array[at].as_py()!r} is not {what}")
+    kind, "a number"
+  )
+  return bad, _LocatedError(
+    chunk.path, chunk.first_row + at, column, f"{array[at].as_py()!r} is not {what}"
+  )
 
 
 class _BadTime(ValueError):

@@ -38,7 +38,9 @@ from jaxtrain.errors import UserError
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 # MNIST's file names: train-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz), ...
-_IDX_FILE = re.compile(r"^(?P<prefix>[a-z0-9]+)-(?P<kind>images|labels)-idx(?P<ndim>\d)-ubyte(\.gz)?$")
+_IDX_FILE = re.compile(
+  r"^(?P<prefix>[a-z0-9]+)-(?P<kind>images|labels)-idx(?P<ndim>\d)-ubyte(\.gz)?$"
+)
 _IDX_SPLITS = {"train": "train", "t10k": "test", "test": "test"}
 
 
@@ -54,12 +56,14 @@ def read_idx(path: Path) -> np.ndarray:
     raise UserError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
   ndim = data[3]
   header = 4 + 4 * ndim
-  shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+  shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
   dtype = np.dtype(_IDX_DTYPES[data[2]])
   expected = header + int(np.prod(shape)) * dtype.itemsize
   if len(data) != expected:
-    raise UserError(f"{path} is truncated or padded: header says shape {shape} "
-                    f"({expected} bytes) but the file has {len(data)} bytes")
+    raise UserError(
+      f"{path} is truncated or padded: header says shape {shape} "
+      f"({expected} bytes) but the file has {len(data)} bytes"
+    )
   return np.frombuffer(data, dtype, offset=header).reshape(shape)
 
 
@@ -84,15 +88,20 @@ def idx_split_files(source_dir: Path) -> dict[str, dict[str, Path]]:
   for split, files in splits.items():
     if set(files) != {"images", "labels"}:
       missing = ({"images", "labels"} - set(files)).pop()
-      raise UserError(f"{source_dir}: split {split!r} has no {missing} file "
-                      f"(expected e.g. t10k-{missing}-idx{3 if missing == 'images' else 1}-ubyte.gz)")
+      raise UserError(
+        f"{source_dir}: split {split!r} has no {missing} file "
+        f"(expected e.g. t10k-{missing}-idx{3 if missing == 'images' else 1}-ubyte.gz)"
+      )
   return splits
 
 
 def _image_features(shape, num_classes):
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       "image": tfds.features.Tensor(shape=shape, dtype=np.uint8),
-      "label": tfds.features.ClassLabel(num_classes=num_classes)})
+      "label": tfds.features.ClassLabel(num_classes=num_classes),
+    }
+  )
 
 
 class Digits(tfds.core.GeneratorBasedBuilder):
@@ -102,11 +111,16 @@ class Digits(tfds.core.GeneratorBasedBuilder):
   one-to-one map). Splits: "train" (1,437) and "test" (360), from a fixed
   permutation with seed 0, so every user gets the same split.
   """
+
   VERSION = tfds.core.Version("1.1.0")  # 1.1: source order kept
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=_image_features((8, 8, 1), 10),
-                                 supervised_keys=("image", "label"), disable_shuffling=True)
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=_image_features((8, 8, 1), 10),
+      supervised_keys=("image", "label"),
+      disable_shuffling=True,
+    )
 
   def _split_generators(self, dl_manager):
     # scikit-learn's load_digits() arrays (pixel values 0..16), shipped in the package.
@@ -115,8 +129,10 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     images = np.round(raw * (255 / 16)).astype(np.uint8)[..., None]
     order = np.random.default_rng(0).permutation(len(images))
     n_test = 360
-    return {"train": self._generate_examples(images, target, order[n_test:]),
-            "test": self._generate_examples(images, target, order[:n_test])}
+    return {
+      "train": self._generate_examples(images, target, order[n_test:]),
+      "test": self._generate_examples(images, target, order[:n_test]),
+    }
 
   def _generate_examples(self, images, labels, indices):
     for i in indices:
@@ -131,21 +147,26 @@ class SyntheticTokens(tfds.core.GeneratorBasedBuilder):
   0.25 * ln(vocab_size) + 0.56 nats), so benchmarks train on something real
   and tests can see the loss fall. Splits "train" and "test" (an eighth as many).
   """
+
   VERSION = tfds.core.Version("1.0.0")
   FOLLOW = 0.75
 
-  def __init__(self, *, vocab_size: int = 50304, seq_len: int = 1024, num_examples: int = 4096,
-               **kwargs):
+  def __init__(
+    self, *, vocab_size: int = 50304, seq_len: int = 1024, num_examples: int = 4096, **kwargs
+  ):
     if min(vocab_size, seq_len, num_examples) < 2 or vocab_size > 2**31 - 1:
-      raise UserError(f"dataset.builder_kwargs: vocab_size={vocab_size}, seq_len={seq_len} and "
-                      f"num_examples={num_examples} must each be >= 2 (vocab_size < 2**31: int32 tokens)")
+      raise UserError(
+        f"dataset.builder_kwargs: vocab_size={vocab_size}, seq_len={seq_len} and "
+        f"num_examples={num_examples} must each be >= 2 (vocab_size < 2**31: int32 tokens)"
+      )
     self._shape = (vocab_size, seq_len, num_examples)
     config = tfds.core.BuilderConfig(name=f"v{vocab_size}_l{seq_len}_n{num_examples}")
     super().__init__(config=config, **kwargs)
 
   def _info(self):
     features = tfds.features.FeaturesDict(
-        {"tokens": tfds.features.Tensor(shape=(self._shape[1] + 1,), dtype=np.int32)})
+      {"tokens": tfds.features.Tensor(shape=(self._shape[1] + 1,), dtype=np.int32)}
+    )
     return tfds.core.DatasetInfo(builder=self, features=features, disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
@@ -156,8 +177,13 @@ class SyntheticTokens(tfds.core.GeneratorBasedBuilder):
     tokens[:, 0] = rng.integers(vocab_size, size=len(tokens))
     for t in range(1, seq_len + 1):  # vectorised over sequences
       noise = rng.integers(vocab_size, size=len(tokens), dtype=np.int32)
-      tokens[:, t] = np.where(rng.random(len(tokens)) < self.FOLLOW, follow[tokens[:, t - 1]], noise)
-    return {"train": self._generate_examples(tokens[:n]), "test": self._generate_examples(tokens[n:])}
+      tokens[:, t] = np.where(
+        rng.random(len(tokens)) < self.FOLLOW, follow[tokens[:, t - 1]], noise
+      )
+    return {
+      "train": self._generate_examples(tokens[:n]),
+      "test": self._generate_examples(tokens[n:]),
+    }
 
   def _generate_examples(self, tokens):
     for i, row in enumerate(tokens):
@@ -166,14 +192,17 @@ class SyntheticTokens(tfds.core.GeneratorBasedBuilder):
 
 class IdxImages(tfds.core.GeneratorBasedBuilder):
   """MNIST-style IDX image/label file pairs from a directory (`train-*`, `t10k-*`)."""
+
   VERSION = tfds.core.Version("1.1.0")  # 1.1: source order kept
 
   def __init__(self, *, source_dir: str, **kwargs):
     self._source_dir = Path(source_dir)
     self._splits = idx_split_files(self._source_dir)
     if not self._splits:
-      raise UserError(f"dataset.path={source_dir} holds no IDX files "
-                      "(expected e.g. t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz)")
+      raise UserError(
+        f"dataset.path={source_dir} holds no IDX files "
+        "(expected e.g. t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz)"
+      )
     files = [f for s in self._splits.values() for f in s.values()]
     labels = [read_idx(s["labels"]) for s in self._splits.values()]
     self._num_classes = int(max(l.max() for l in labels)) + 1
@@ -195,9 +224,12 @@ class IdxImages(tfds.core.GeneratorBasedBuilder):
     return (rows, cols, 1)
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, supervised_keys=("image", "label"),
-                                 features=_image_features(self._shape, self._num_classes),
-                                 disable_shuffling=True)
+    return tfds.core.DatasetInfo(
+      builder=self,
+      supervised_keys=("image", "label"),
+      features=_image_features(self._shape, self._num_classes),
+      disable_shuffling=True,
+    )
 
   def _split_generators(self, dl_manager):
     return {split: self._generate_examples(files) for split, files in self._splits.items()}
@@ -205,8 +237,10 @@ class IdxImages(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, files):
     images, labels = read_idx(files["images"]), read_idx(files["labels"])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-      raise UserError(f"{files['images']} holds {images.shape} images but "
-                      f"{files['labels']} holds {labels.shape} labels")
+      raise UserError(
+        f"{files['images']} holds {images.shape} images but "
+        f"{files['labels']} holds {labels.shape} labels"
+      )
     for i in range(len(images)):
       yield i, {"image": images[i][..., None], "label": int(labels[i])}
 
@@ -221,13 +255,14 @@ def _prepared(make_builder, prepare: bool = True):
   builder = make_builder()
   if not prepare:
     if not builder.is_prepared():
-      raise UserError(f"dataset {builder.name} is not prepared in {builder._data_dir_root}; this "
-                      "command only reads datasets (train prepares them)")
+      raise UserError(
+        f"dataset {builder.name} is not prepared in {builder._data_dir_root}; this "
+        "command only reads datasets (train prepares them)"
+      )
     return builder
   with store.lock(builder._data_dir_root, builder.name):
     builder = make_builder()
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(verify_ssl=False))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
   return builder
 
 
@@ -246,27 +281,38 @@ def builder_class(dataset_config, base_dir: str | None = None) -> registry.Loade
     return None
   loaded = registry.resolve(name, registry.DATASETS, "config.dataset.name", base_dir)
   if not (isinstance(loaded.obj, type) and issubclass(loaded.obj, tfds.core.DatasetBuilder)):
-    raise UserError(f"config.dataset.name={name!r} is not a TFDS dataset builder class "
-                    "(a tfds.core.GeneratorBasedBuilder subclass)")
+    raise UserError(
+      f"config.dataset.name={name!r} is not a TFDS dataset builder class "
+      "(a tfds.core.GeneratorBasedBuilder subclass)"
+    )
   return loaded
 
 
 def _check_builder_kwargs(loaded: registry.Loaded, kwargs: dict) -> None:
   """`dataset.builder_kwargs` against the arguments the builder's own `__init__` names."""
   own = loaded.obj.__dict__.get("__init__")
-  params = {} if own is None else {
-      n: p for n, p in inspect.signature(own).parameters.items()
-      if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+  params = (
+    {}
+    if own is None
+    else {
+      n: p
+      for n, p in inspect.signature(own).parameters.items()
+      if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+  )
   unknown = sorted(set(kwargs) - set(params))
   missing = sorted(n for n, p in params.items() if p.default is p.empty and n not in kwargs)
   if unknown or missing:
     takes = ", ".join(params) or "no arguments"
-    problem = f"has no argument(s) {', '.join(unknown)}" if unknown else f"needs {', '.join(missing)}"
+    problem = (
+      f"has no argument(s) {', '.join(unknown)}" if unknown else f"needs {', '.join(missing)}"
+    )
     raise UserError(f"config.dataset.builder_kwargs: {loaded.target} {problem} (it takes: {takes})")
 
 
-def get_builder(dataset_config, base_dir: str | None = None, *,
-                prepare: bool = True) -> tfds.core.DatasetBuilder:
+def get_builder(
+  dataset_config, base_dir: str | None = None, *, prepare: bool = True
+) -> tfds.core.DatasetBuilder:
   """The prepared TFDS builder `config.dataset` names (preparing builders' data once).
 
   `base_dir` anchors a builder's relative file path (the config file's
@@ -278,14 +324,17 @@ def get_builder(dataset_config, base_dir: str | None = None, *,
     path = Path(dataset_config.path).expanduser()
     if not path.is_dir():
       raise UserError(f"dataset.path={dataset_config.path} is not a directory")
-    return _prepared(lambda: IdxImages(source_dir=str(path), data_dir=data_dir,
-                                       file_format="array_record"), prepare)
+    return _prepared(
+      lambda: IdxImages(source_dir=str(path), data_dir=data_dir, file_format="array_record"),
+      prepare,
+    )
   loaded = builder_class(dataset_config, base_dir)
   if loaded is not None:
     kwargs = dict(dataset_config.get("builder_kwargs") or {})
     _check_builder_kwargs(loaded, kwargs)
-    return _prepared(lambda: loaded.obj(**kwargs, data_dir=data_dir, file_format="array_record"),
-                     prepare)
+    return _prepared(
+      lambda: loaded.obj(**kwargs, data_dir=data_dir, file_format="array_record"), prepare
+    )
   imported = store.imported_dir(data_dir, dataset_config.name)
   if imported is not None:
     return tfds.builder_from_directory(imported)
@@ -293,15 +342,21 @@ def get_builder(dataset_config, base_dir: str | None = None, *,
     builder = tfds.builder(dataset_config.name, data_dir=data_dir)
   except Exception as e:  # unknown name, or a builder whose code needs TensorFlow
     if type(e).__name__ == "DatasetNotFoundError":
-      raise DatasetNotFound(f"dataset.name={dataset_config.name!r} is not in {data_dir}: neither a "
-                            "`jaxtrain data import` there nor a TFDS dataset", dataset_config.name,
-                            data_dir) from None
-    raise UserError(f"dataset.name={dataset_config.name!r} cannot be loaded: {e}".split("\n")[0]) from None
+      raise DatasetNotFound(
+        f"dataset.name={dataset_config.name!r} is not in {data_dir}: neither a "
+        "`jaxtrain data import` there nor a TFDS dataset",
+        dataset_config.name,
+        data_dir,
+      ) from None
+    raise UserError(
+      f"dataset.name={dataset_config.name!r} cannot be loaded: {e}".split("\n")[0]
+    ) from None
   if not builder.is_prepared():
     raise UserError(
-        f"dataset {dataset_config.name!r} is not prepared in {data_dir}: prepare it there with "
-        f"`tfds build {dataset_config.name} --data_dir {data_dir} --file_format array_record`, "
-        "or set dataset.path to a directory of its source files")
+      f"dataset {dataset_config.name!r} is not prepared in {data_dir}: prepare it there with "
+      f"`tfds build {dataset_config.name} --data_dir {data_dir} --file_format array_record`, "
+      "or set dataset.path to a directory of its source files"
+    )
   return builder
 
 
@@ -320,8 +375,10 @@ def get_source(builder, split: str, field: str = "dataset.train_split"):
     source = builder.as_data_source(split=split)
   except Exception as e:  # TFDS raises several types for a split it cannot read
     splits = ", ".join(sorted(builder.info.splits.keys()))
-    raise UserError(f"{field}={split!r} cannot be read from {builder.name} "
-                    f"(its splits: {splits}): {str(e).splitlines()[0]}") from None
+    raise UserError(
+      f"{field}={split!r} cannot be read from {builder.name} "
+      f"(its splits: {splits}): {str(e).splitlines()[0]}"
+    ) from None
   if len(source) == 0:
     raise UserError(f"{field}={split!r} is empty")
   return source

@@ -86,16 +86,18 @@ def _read(source, indices) -> Batch:
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size % process_count:
-    raise UserError(f"batch_size={global_batch_size} is not divisible by the "
-                    f"process count {process_count}")
+    raise UserError(
+      f"batch_size={global_batch_size} is not divisible by the process count {process_count}"
+    )
   return global_batch_size // process_count
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   steps = num_examples // global_batch_size
   if steps == 0:
-    raise UserError(f"batch_size={global_batch_size} is larger than the training "
-                    f"split ({num_examples} examples)")
+    raise UserError(
+      f"batch_size={global_batch_size} is larger than the training split ({num_examples} examples)"
+    )
   return steps
 
 
@@ -104,9 +106,15 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def train_dataset(source, *, global_batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1,
-                  transform: Callable[[Batch], Batch] = to_model_inputs) -> grain.MapDataset:
+def train_dataset(
+  source,
+  *,
+  global_batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  transform: Callable[[Batch], Batch] = to_model_inputs,
+) -> grain.MapDataset:
   """An endless MapDataset whose element g is this process's share of global batch g."""
   n = len(source)
   local = local_batch_size(global_batch_size, process_count)
@@ -115,7 +123,7 @@ def train_dataset(source, *, global_batch_size: int, seed: int, process_index: i
   def batch_at(step: int) -> Batch:
     epoch, b = divmod(step, per_epoch)
     start = b * global_batch_size + process_index * local
-    return transform(_read(source, order(epoch)[start:start + local]))
+    return transform(_read(source, order(epoch)[start : start + local]))
 
   @functools.lru_cache(maxsize=2)
   def order(epoch: int) -> np.ndarray:
@@ -127,15 +135,22 @@ def train_dataset(source, *, global_batch_size: int, seed: int, process_index: i
 
 def grouped(dataset: grain.MapDataset, k: int) -> grain.MapDataset:
   """Element g holds elements g*k .. g*k+k-1 stacked on a new leading axis (steps per dispatch)."""
+
   def group(g: int) -> Batch:
     batches = [dataset[g * k + i] for i in range(k)]
     return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+
   return grain.MapDataset.range(sys.maxsize // k).map(group)
 
 
-def eval_dataset(source, *, global_batch_size: int, process_index: int = 0,
-                 process_count: int = 1,
-                 transform: Callable[[Batch], Batch] = to_model_inputs) -> grain.MapDataset:
+def eval_dataset(
+  source,
+  *,
+  global_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  transform: Callable[[Batch], Batch] = to_model_inputs,
+) -> grain.MapDataset:
   """Finite batches covering each example once; padding rows have mask 0."""
   n = len(source)
   if n == 0:

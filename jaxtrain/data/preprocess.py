@@ -35,8 +35,15 @@ from jaxtrain import files
 from jaxtrain.errors import UserError
 from jaxtrain.data.input_pipeline import Batch, to_model_inputs
 
-CALENDAR = {"dayofweek": 7, "month": 12, "hour": 24, "dayofmonth": 31, "dayofyear": 366,
-            "halfhour": 48, "minuteofday": 1440}  # halfhour: the slot of the day
+CALENDAR = {
+  "dayofweek": 7,
+  "month": 12,
+  "hour": 24,
+  "dayofmonth": 31,
+  "dayofyear": 366,
+  "halfhour": 48,
+  "minuteofday": 1440,
+}  # halfhour: the slot of the day
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
@@ -56,8 +63,10 @@ def _columns(schema, selected: str) -> dict[str, str]:
   names = [c.strip() for c in selected.split(",") if c.strip()]
   unknown = [c for c in names if c not in columns]
   if unknown:
-    raise UserError(f"preprocess.features names {', '.join(unknown)}, not columns of the "
-                    f"dataset ({', '.join(columns)})")
+    raise UserError(
+      f"preprocess.features names {', '.join(unknown)}, not columns of the "
+      f"dataset ({', '.join(columns)})"
+    )
   return {c: columns[c] for c in names}
 
 
@@ -71,8 +80,14 @@ def fit(schema: dict | None, train: dict[str, np.ndarray], config) -> dict:
   if schema is None:
     return {"kind": "image"}
   p = config.preprocess
-  prep = {"kind": "table", "numeric": [], "categorical": [], "text": None, "image": None,
-          "task": config.task}
+  prep = {
+    "kind": "table",
+    "numeric": [],
+    "categorical": [],
+    "text": None,
+    "image": None,
+    "task": config.task,
+  }
   for col, kind in _columns(schema, p.features).items():
     name = schema["features"][col]
     values = train[name]
@@ -93,8 +108,10 @@ def fit(schema: dict | None, train: dict[str, np.ndarray], config) -> dict:
       prep["categorical"].append({"feature": name, "vocab": vocab, "size": len(vocab) + 1})
     elif kind == "text":
       if prep["text"] is not None:
-        raise UserError(f"two text columns ({prep['text']['feature']}, {name}); choose one with "
-                        "preprocess.features")
+        raise UserError(
+          f"two text columns ({prep['text']['feature']}, {name}); choose one with "
+          "preprocess.features"
+        )
       prep["text"] = _fit_tokenizer(name, _strings(values), p)
     elif kind == "tensor":
       prep["image"] = {"feature": name}
@@ -102,15 +119,23 @@ def fit(schema: dict | None, train: dict[str, np.ndarray], config) -> dict:
   if schema["label_kind"] == "class":
     num_classes = len(schema["class_names"])
     counts = np.bincount(label.astype(np.int64), minlength=num_classes).astype(np.float64)
-    prep["label"] = {"kind": "class", "class_names": schema["class_names"],
-                     "num_classes": num_classes, "class_weights": _class_weights(counts, p.class_weights)}
+    prep["label"] = {
+      "kind": "class",
+      "class_names": schema["class_names"],
+      "num_classes": num_classes,
+      "class_weights": _class_weights(counts, p.class_weights),
+    }
   else:
     y = label.astype(np.float64)
     transform = _label_transform(p.label_transform, y)
     if transform == "log1p":
       y = np.log1p(y)
-    prep["label"] = {"kind": "value", "mean": float(y.mean()), "std": float(y.std()) or 1.0,
-                     "transform": transform}
+    prep["label"] = {
+      "kind": "value",
+      "mean": float(y.mean()),
+      "std": float(y.std()) or 1.0,
+      "transform": transform,
+    }
   return prep
 
 
@@ -149,15 +174,30 @@ def _fit_tokenizer(name, texts, p) -> dict:
   if p.tokenizer == "vocab":
     counts = collections.Counter(t for text in texts for t in tokenize(text))
     vocab = _vocabulary(counts, p.vocab_size - 2, p.min_count)
-    return {"feature": name, "tokenizer": "vocab", "vocab": vocab, "size": len(vocab) + 2,
-            "max_length": p.max_length}
+    return {
+      "feature": name,
+      "tokenizer": "vocab",
+      "vocab": vocab,
+      "size": len(vocab) + 2,
+      "max_length": p.max_length,
+    }
   if p.tokenizer == "hashing":
-    return {"feature": name, "tokenizer": "hashing", "size": p.num_buckets, "max_length": p.max_length}
+    return {
+      "feature": name,
+      "tokenizer": "hashing",
+      "size": p.num_buckets,
+      "max_length": p.max_length,
+    }
   if p.tokenizer == "ngrams":
     low, _, high = p.char_ngrams.partition(",")
-    return {"feature": name, "tokenizer": "ngrams", "size": p.num_buckets,
-            "max_length": p.max_length, "word_ngrams": int(p.word_ngrams),
-            "char_ngrams": [int(low), int(high or low)] if low else []}
+    return {
+      "feature": name,
+      "tokenizer": "ngrams",
+      "size": p.num_buckets,
+      "max_length": p.max_length,
+      "word_ngrams": int(p.word_ngrams),
+      "char_ngrams": [int(low), int(high or low)] if low else [],
+    }
   raise UserError(f"preprocess.tokenizer={p.tokenizer!r} must be vocab, hashing or ngrams")
 
 
@@ -172,11 +212,11 @@ def ngrams(text: str, word_ngrams: int, char_ngrams) -> list[str]:
   words = _WORDS_AND_SYMBOLS.findall(text)
   out = ["w " + w for w in words]
   for n in range(2, word_ngrams + 1):
-    out += ["w " + " ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+    out += ["w " + " ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
   if char_ngrams:
     padded = " " + " ".join(text.split()) + " "
     for n in range(char_ngrams[0], char_ngrams[1] + 1):
-      out += ["c" + padded[i:i + n] for i in range(len(padded) - n + 1)]
+      out += ["c" + padded[i : i + n] for i in range(len(padded) - n + 1)]
   return out
 
 
@@ -190,8 +230,10 @@ def _class_weights(counts: np.ndarray, how: str) -> list[float]:
   except ValueError:
     weights = []
   if len(weights) != len(counts):
-    raise UserError(f"preprocess.class_weights={how!r} must be none, balanced, or "
-                    f"{len(counts)} numbers (one per class)")
+    raise UserError(
+      f"preprocess.class_weights={how!r} must be none, balanced, or "
+      f"{len(counts)} numbers (one per class)"
+    )
   return weights
 
 
@@ -223,8 +265,11 @@ def fit_seen(train: dict[str, np.ndarray], prep: dict) -> dict[str, np.ndarray]:
   offsets = np.zeros(num_users + 1, np.int64)
   for u, _ in pairs:
     offsets[u + 1] += 1
-  return {"offsets": np.cumsum(offsets), "items": np.asarray([i for _, i in pairs], np.int32),
-          "popularity": np.bincount(items, minlength=prep["categorical"][1]["size"])}
+  return {
+    "offsets": np.cumsum(offsets),
+    "items": np.asarray([i for _, i in pairs], np.int32),
+    "popularity": np.bincount(items, minlength=prep["categorical"][1]["size"]),
+  }
 
 
 def _index(vocab, first: int) -> dict[str, int]:
@@ -262,16 +307,16 @@ def _tokens(spec: dict, texts, index: dict | None = None) -> np.ndarray:
   index = _index(spec.get("vocab", ()), 2) if index is None else index
   for row, text in enumerate(_strings(texts)):
     if spec["tokenizer"] == "ngrams":
-      grams = ngrams(text, spec["word_ngrams"], spec["char_ngrams"])[:spec["max_length"]]
+      grams = ngrams(text, spec["word_ngrams"], spec["char_ngrams"])[: spec["max_length"]]
       ids = [zlib.crc32(g.encode()) % (spec["size"] - 2) + 2 for g in grams]
-      out[row, :len(ids)] = ids
+      out[row, : len(ids)] = ids
       continue
-    words = tokenize(text)[:spec["max_length"]]
+    words = tokenize(text)[: spec["max_length"]]
     if spec["tokenizer"] == "vocab":
       ids = [index.get(w, 1) for w in words]
     else:
       ids = [zlib.crc32(w.encode()) % (spec["size"] - 2) + 2 for w in words]
-    out[row, :len(ids)] = ids
+    out[row, : len(ids)] = ids
   return out
 
 
@@ -310,7 +355,9 @@ def _numeric_inputs(raw: Batch, specs: list[dict]) -> list[np.ndarray]:
   return inputs
 
 
-def make_transform(prep: dict, *, train: bool, seen: dict | None = None) -> Callable[[Batch], Batch]:
+def make_transform(
+  prep: dict, *, train: bool, seen: dict | None = None
+) -> Callable[[Batch], Batch]:
   """Raw examples to model inputs; evaluation batches of a retrieval run also get `seen`."""
   if prep["kind"] == "image":
     return to_model_inputs
@@ -325,22 +372,33 @@ def make_transform(prep: dict, *, train: bool, seen: dict | None = None) -> Call
       batch["numeric"] = np.stack(_numeric_inputs(raw, prep["numeric"]), axis=1).astype(np.float32)
     if prep["categorical"]:
       n = len(next(iter(raw.values())))
-      batch["categorical"] = np.stack(  # a feature not given (a retrieval query's item) is unknown: 0
-          [np.zeros(n, np.int32) if s["feature"] not in raw else
-           _calendar(raw[s["feature"]], s["calendar"]) if "calendar" in s else _lookup(s, raw[s["feature"]], i)
-           for s, i in zip(prep["categorical"], indices)], axis=1)
+      batch["categorical"] = (
+        np.stack(  # a feature not given (a retrieval query's item) is unknown: 0
+          [
+            np.zeros(n, np.int32)
+            if s["feature"] not in raw
+            else _calendar(raw[s["feature"]], s["calendar"])
+            if "calendar" in s
+            else _lookup(s, raw[s["feature"]], i)
+            for s, i in zip(prep["categorical"], indices)
+          ],
+          axis=1,
+        )
+      )
     if prep["text"]:
       batch["tokens"] = _tokens(prep["text"], raw[prep["text"]["feature"]], token_index)
     if prep["image"]:
       batch["image"] = raw[prep["image"]["feature"]].astype(np.float32) * np.float32(1 / 255)
     if "label" in raw:
-      batch["label"] = raw["label"].astype(np.int32 if prep["label"]["kind"] == "class" else np.float32)
+      batch["label"] = raw["label"].astype(
+        np.int32 if prep["label"]["kind"] == "class" else np.float32
+      )
     if seen is not None and not train:
       users = batch["categorical"][:, 0]
       batch["seen"] = np.full((len(users), max(max_seen, 1)), -1, np.int32)
       for row, u in enumerate(users):
-        items = seen["items"][seen["offsets"][u]:seen["offsets"][u + 1]]
-        batch["seen"][row, :len(items)] = items
+        items = seen["items"][seen["offsets"][u] : seen["offsets"][u + 1]]
+        batch["seen"][row, : len(items)] = items
     return batch
 
   return transform
@@ -401,15 +459,20 @@ def load(folder: str) -> tuple[dict, dict | None]:
   """(prep, seen) saved in `folder` (a workdir's: `jaxtrain.run.workdir.preprocess(workdir)`)."""
   old_style = os.path.join(folder, "preprocess")  # a workdir, as this took before 0.x
   if not saved(folder) and saved(old_style):
-    warnings.warn("preprocess.load(workdir) is deprecated: pass the folder, "
-                  "jaxtrain.run.workdir.preprocess(workdir)", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+      "preprocess.load(workdir) is deprecated: pass the folder, "
+      "jaxtrain.run.workdir.preprocess(workdir)",
+      DeprecationWarning,
+      stacklevel=2,
+    )
     folder = old_style
   try:
     with open(os.path.join(folder, PREP_FILE)) as f:
       prep = json.load(f)
   except FileNotFoundError:
-    raise UserError(f"{folder} has no {PREP_FILE} (not a jaxtrain run's, or one that never "
-                    "started)") from None
+    raise UserError(
+      f"{folder} has no {PREP_FILE} (not a jaxtrain run's, or one that never started)"
+    ) from None
   seen = None
   if os.path.exists(os.path.join(folder, SEEN_FILE)):
     with np.load(os.path.join(folder, SEEN_FILE), allow_pickle=False) as f:

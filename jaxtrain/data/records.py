@@ -31,6 +31,7 @@ _TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 # bytes, a varint, a fixed-width array, or variable bytes. Each part is one Arrow
 # binary array (or scalar) and one C++ call joins them row by row.
 
+
 def _varint_lengths(v: np.ndarray) -> np.ndarray:
   lengths = np.ones(len(v), np.int64)
   for i in range(1, 10):
@@ -41,8 +42,9 @@ def _varint_lengths(v: np.ndarray) -> np.ndarray:
 def _binary(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
   offsets = np.zeros(len(lengths) + 1, np.int32)
   np.cumsum(lengths, out=offsets[1:])
-  return pa.BinaryArray.from_buffers(pa.binary(), len(lengths),
-                                     [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+  return pa.BinaryArray.from_buffers(
+    pa.binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+  )
 
 
 class _Varint:
@@ -128,21 +130,27 @@ def encode_examples(columns: dict[str, tuple[str, object]]) -> tuple[np.ndarray,
   parts = _message(0x0A, entries)  # Example.features
   joined = pc.binary_join_element_wise(*[p.arrow() for p in parts], b"")
   _, offsets, data = joined.buffers()
-  offsets = np.frombuffer(offsets, np.int32)[joined.offset:joined.offset + len(joined) + 1]
-  return np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]], np.diff(offsets).astype(np.int64)
+  offsets = np.frombuffer(offsets, np.int32)[joined.offset : joined.offset + len(joined) + 1]
+  return np.frombuffer(data, np.uint8)[offsets[0] : offsets[-1]], np.diff(offsets).astype(np.int64)
 
 
 # --- shards ----------------------------------------------------------------------------
+
 
 class SplitWriter:
   """One split's array_record shards, `ROWS_PER_SHARD` rows each, written as rows arrive."""
 
   def __init__(self, directory: str, dataset: str, split: str, num_rows: int):
     from array_record.python.array_record_module import ArrayRecordWriter
+
     self._writer_class = ArrayRecordWriter
     self.template = tfds.core.naming.ShardedFileTemplate(
-        data_dir=directory, template=_TEMPLATE, dataset_name=dataset, split=split,
-        filetype_suffix="array_record")
+      data_dir=directory,
+      template=_TEMPLATE,
+      dataset_name=dataset,
+      split=split,
+      filetype_suffix="array_record",
+    )
     self.split, self.num_rows = split, num_rows
     self.num_shards = max(1, -(-num_rows // ROWS_PER_SHARD))
     self.shard_lengths = [0] * self.num_shards
@@ -172,14 +180,26 @@ class SplitWriter:
       self._open(0)
     self._writer.close()
     assert self.written == self.num_rows, (self.split, self.written, self.num_rows)
-    return tfds.core.SplitInfo(name=self.split, shard_lengths=self.shard_lengths,
-                               num_bytes=self.num_bytes, filename_template=self.template)
+    return tfds.core.SplitInfo(
+      name=self.split,
+      shard_lengths=self.shard_lengths,
+      num_bytes=self.num_bytes,
+      filename_template=self.template,
+    )
 
 
-def write_metadata(directory: str, dataset: str, version: str, features,
-                   split_infos: list[tfds.core.SplitInfo]) -> None:
+def write_metadata(
+  directory: str, dataset: str, version: str, features, split_infos: list[tfds.core.SplitInfo]
+) -> None:
   template = tfds.core.naming.ShardedFileTemplate(
-      data_dir=directory, template=_TEMPLATE, dataset_name=dataset, filetype_suffix="array_record")
+    data_dir=directory, template=_TEMPLATE, dataset_name=dataset, filetype_suffix="array_record"
+  )
   tfds.folder_dataset.write_metadata(
-      data_dir=directory, features=features, split_infos=split_infos, version=version,
-      filename_template=template, check_data=False, disable_shuffling=True)
+    data_dir=directory,
+    features=features,
+    split_infos=split_infos,
+    version=version,
+    filename_template=template,
+    check_data=False,
+    disable_shuffling=True,
+  )

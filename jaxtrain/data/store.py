@@ -49,8 +49,11 @@ def read_history(data_dir: str, name: str) -> list[dict]:
 
 
 def latest_version(data_dir: str, name: str) -> str | None:
-  versions = [e["version"] for e in read_history(data_dir, name)
-              if (Path(data_dir) / name / e["version"]).is_dir()]
+  versions = [
+    e["version"]
+    for e in read_history(data_dir, name)
+    if (Path(data_dir) / name / e["version"]).is_dir()
+  ]
   return max(versions, key=lambda v: tuple(int(x) for x in v.split("."))) if versions else None
 
 
@@ -63,6 +66,8 @@ def imported_dir(data_dir: str, name: str) -> str | None:
   path = Path(data_dir) / base / (version or "")
   if not version or not (path / "dataset_info.json").exists():
     known = [e["version"] for e in read_history(data_dir, base)]
-    raise UserError(f"dataset.name={name!r}: no such version in {data_dir}/{base} "
-                    f"(imported: {', '.join(known) or 'none'})")
+    raise UserError(
+      f"dataset.name={name!r}: no such version in {data_dir}/{base} "
+      f"(imported: {', '.join(known) or 'none'})"
+    )
   return str(path)

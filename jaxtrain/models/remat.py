@@ -8,9 +8,9 @@ import jax
 from jaxtrain.errors import UserError
 
 REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,            # recompute everything
-    "dots": jax.checkpoint_policies.dots_saveable,                # keep matmul outputs
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "full": jax.checkpoint_policies.nothing_saveable,  # recompute everything
+  "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs
+  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 

@@ -24,7 +24,7 @@ def _masked_mean(x, valid):
 
 
 def _embedding_width(size: int, cap: int) -> int:
-  return int(min(cap, max(2, round(1.6 * size ** 0.56))))  # fast.ai's rule of thumb
+  return int(min(cap, max(2, round(1.6 * size**0.56))))  # fast.ai's rule of thumb
 
 
 class PeriodicEmbedding(nn.Module):
@@ -36,17 +36,23 @@ class PeriodicEmbedding(nn.Module):
   and thresholds (an hour of the day, a price band), which is much of what
   separated it from gradient-boosted trees on their benchmarks.
   """
+
   frequencies: int = 16
   width: int = 16
   sigma: float = 0.5  # the frequencies' initial scale, on standardised inputs
 
   @nn.compact
   def __call__(self, x):  # [B, n] -> [B, n * width]
-    c = self.param("frequencies", nn.initializers.normal(self.sigma), (x.shape[-1], self.frequencies))
+    c = self.param(
+      "frequencies", nn.initializers.normal(self.sigma), (x.shape[-1], self.frequencies)
+    )
     v = 2 * jnp.pi * c[None] * x[..., None]
-    features = jnp.concatenate([jnp.cos(v), jnp.sin(v)], axis=-1)        # [B, n, 2k]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(batch_axis=(0,)),
-                        (x.shape[-1], 2 * self.frequencies, self.width))  # one linear map per feature
+    features = jnp.concatenate([jnp.cos(v), jnp.sin(v)], axis=-1)  # [B, n, 2k]
+    kernel = self.param(
+      "kernel",
+      nn.initializers.lecun_normal(batch_axis=(0,)),
+      (x.shape[-1], 2 * self.frequencies, self.width),
+    )  # one linear map per feature
     y = nn.relu(jnp.einsum("bnk,nkw->bnw", features, kernel))
     return y.reshape(x.shape[0], -1)
 
@@ -61,7 +67,8 @@ class TabularMLP(nn.Module):
   the model returns `{"members": [B, k, outputs]}`, and each member learns from
   its own loss (tasks.over_members); otherwise it returns the members' mean.
   """
-  input_key = None                # the whole preprocessed batch
+
+  input_key = None  # the whole preprocessed batch
   num_outputs: int
   categorical_sizes: Sequence[int] = ()
   features: Sequence[int] = (128, 64)
@@ -78,8 +85,11 @@ class TabularMLP(nn.Module):
     elif self.numeric_embedding not in ("periodic", "none"):
       raise ValueError(f"numeric_embedding={self.numeric_embedding!r}: periodic or none")
     for i, size in enumerate(self.categorical_sizes):
-      parts.append(nn.Embed(size, _embedding_width(size, self.max_embedding),
-                            name=f"embed_{i}")(batch["categorical"][:, i]))
+      parts.append(
+        nn.Embed(size, _embedding_width(size, self.max_embedding), name=f"embed_{i}")(
+          batch["categorical"][:, i]
+        )
+      )
     x = jnp.concatenate(parts, axis=-1)
     k = self.ensemble_size
     if k > 1:
@@ -89,8 +99,11 @@ class TabularMLP(nn.Module):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(nn.Dense(width)(x)))
     if k <= 1:
       return nn.Dense(self.num_outputs, name="head")(x)
-    kernel = self.param("head_kernel", nn.initializers.lecun_normal(batch_axis=(0,)),
-                        (k, x.shape[-1], self.num_outputs))
+    kernel = self.param(
+      "head_kernel",
+      nn.initializers.lecun_normal(batch_axis=(0,)),
+      (k, x.shape[-1], self.num_outputs),
+    )
     bias = self.param("head_bias", nn.initializers.zeros, (k, self.num_outputs))
     members = jnp.einsum("bkw,kwo->bko", x, kernel) + bias
     return {"members": members} if train else members.mean(axis=1)
@@ -102,7 +115,8 @@ def _random_signs(key, shape, dtype=jnp.float32):
 
 class BagOfEmbeddings(nn.Module):
   """Mean of the text's token embeddings (padding excluded), then a hidden layer."""
-  input_key = None                # the whole preprocessed batch
+
+  input_key = None  # the whole preprocessed batch
   num_outputs: int
   vocab_size: int
   embed_dim: int = 64
@@ -134,7 +148,8 @@ class EncoderBlock(nn.Module):
 
 class TransformerEncoder(nn.Module):
   """A small pre-norm Transformer encoder over tokens; masked mean pooling; a linear head."""
-  input_key = None                # the whole preprocessed batch
+
+  input_key = None  # the whole preprocessed batch
   num_outputs: int
   vocab_size: int
   max_length: int = 128
@@ -144,19 +159,25 @@ class TransformerEncoder(nn.Module):
   mlp_dim: int = 128
   dropout_rate: float = 0.1
   categorical_sizes: Sequence[int] = ()
-  remat: str = ""                 # rematerialise each block: "", full, dots, dots_no_batch
+  remat: str = ""  # rematerialise each block: "", full, dots, dots_no_batch
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
     tokens = batch["tokens"]
     valid = tokens > 0
     x = nn.Embed(self.vocab_size, self.width)(tokens)
-    x = x + self.param("positions", nn.initializers.normal(0.02),
-                       (self.max_length, self.width))[:tokens.shape[1]]
+    x = (
+      x
+      + self.param("positions", nn.initializers.normal(0.02), (self.max_length, self.width))[
+        : tokens.shape[1]
+      ]
+    )
     mask = nn.make_attention_mask(valid, valid)
     block = rematted(EncoderBlock, self.remat, train_argnum=3)
     for i in range(self.depth):  # named as without remat: the same params either way
-      x = block(self.num_heads, self.mlp_dim, self.dropout_rate, name=f"EncoderBlock_{i}")(x, mask, train)
+      x = block(self.num_heads, self.mlp_dim, self.dropout_rate, name=f"EncoderBlock_{i}")(
+        x, mask, train
+      )
     x = _masked_mean(nn.LayerNorm()(x), valid)
     return nn.Dense(self.num_outputs, name="head")(x)
 
@@ -171,7 +192,8 @@ class MatrixFactorization(nn.Module):
   the regularisation of Funk's SVD (Surprise's SVD), which weight decay on
   the whole table is not: that shrinks every row at every step.
   """
-  input_key = None                # the whole preprocessed batch
+
+  input_key = None  # the whole preprocessed batch
   categorical_sizes: Sequence[int]
   num_outputs: int = 1
   dim: int = 32
@@ -183,12 +205,16 @@ class MatrixFactorization(nn.Module):
     init = nn.initializers.normal(0.05)
     u = nn.Embed(self.categorical_sizes[0], self.dim, embedding_init=init, name="user")(user)
     v = nn.Embed(self.categorical_sizes[1], self.dim, embedding_init=init, name="item")(item)
-    ub = nn.Embed(self.categorical_sizes[0], 1, embedding_init=nn.initializers.zeros, name="user_bias")(user)
-    ib = nn.Embed(self.categorical_sizes[1], 1, embedding_init=nn.initializers.zeros, name="item_bias")(item)
+    ub = nn.Embed(
+      self.categorical_sizes[0], 1, embedding_init=nn.initializers.zeros, name="user_bias"
+    )(user)
+    ib = nn.Embed(
+      self.categorical_sizes[1], 1, embedding_init=nn.initializers.zeros, name="item_bias"
+    )(item)
     prediction = (u * v).sum(-1) + ub[:, 0] + ib[:, 0]
     if not train or not self.l2:
       return prediction
-    norms = (u ** 2).sum(-1) + (v ** 2).sum(-1) + ub[:, 0] ** 2 + ib[:, 0] ** 2
+    norms = (u**2).sum(-1) + (v**2).sum(-1) + ub[:, 0] ** 2 + ib[:, 0] ** 2
     return {"prediction": prediction, "penalty": self.l2 * norms}
 
 
@@ -198,7 +224,8 @@ class TwoTower(nn.Module):
   Returns (user vectors, the batch's item vectors, every item's vector): the
   loss scores users against the batch's items; evaluation against all items.
   """
-  input_key = None                # the whole preprocessed batch
+
+  input_key = None  # the whole preprocessed batch
   categorical_sizes: Sequence[int]
   num_outputs: int = 1
   dim: int = 32
@@ -217,4 +244,8 @@ class TwoTower(nn.Module):
   def __call__(self, batch, train: bool = False):
     u = self.user_tower(nn.relu(self.user_embed(batch["categorical"][:, 0])))
     u = u / jnp.linalg.norm(u, axis=-1, keepdims=True).clip(1e-6)
-    return u, self._item(batch["categorical"][:, 1]), self._item(jnp.arange(self.categorical_sizes[1]))
+    return (
+      u,
+      self._item(batch["categorical"][:, 1]),
+      self._item(jnp.arange(self.categorical_sizes[1])),
+    )

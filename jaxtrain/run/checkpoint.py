@@ -52,22 +52,29 @@ def checkpoint_dir(workdir: str, best: bool = False) -> str:
   return os.path.abspath(wd.best_checkpoints(workdir) if best else wd.checkpoints(workdir))
 
 
-def make_manager(workdir: str, *, max_to_keep: int = 3,
-                 async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
+def make_manager(
+  workdir: str, *, max_to_keep: int = 3, async_save: bool = True, read_only: bool = False
+) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=("state", "data"))
+    max_to_keep=max_to_keep,
+    create=not read_only,
+    read_only=read_only,
+    enable_async_checkpointing=async_save,
+  )
+  return ocp.CheckpointManager(
+    checkpoint_dir(workdir), options=options, item_names=("state", "data")
+  )
 
 
 def make_best_manager(workdir: str, read_only: bool = False) -> ocp.CheckpointManager:
   """The best checkpoints' manager: states alone, saved synchronously, none deleted by Orbax
   (early_stopping.py decides which are kept)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=None, create=not read_only, read_only=read_only,
-                                         enable_async_checkpointing=False)
-  return ocp.CheckpointManager(checkpoint_dir(workdir, best=True), options=options,
-                               item_names=("state",))
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=None, create=not read_only, read_only=read_only, enable_async_checkpointing=False
+  )
+  return ocp.CheckpointManager(
+    checkpoint_dir(workdir, best=True), options=options, item_names=("state",)
+  )
 
 
 class Unusable(Exception):
@@ -114,7 +121,9 @@ def _next_index(data_iterator) -> int | None:
   """The data position (Grain's next_index) of an iterator, if it reports one."""
   try:
     state = data_iterator.get_state()
-    return json.loads(state if isinstance(state, (str, bytes)) else json.dumps(state)).get("next_index")
+    return json.loads(state if isinstance(state, (str, bytes)) else json.dumps(state)).get(
+      "next_index"
+    )
   except (AttributeError, TypeError, ValueError):
     return None
 
@@ -142,18 +151,23 @@ def _verify(manager, step: int, arrays, data_iterator=None) -> None:
   if data_iterator is not None and recorded.get("next_index") is not None:
     position = _next_index(data_iterator)
     if position != recorded["next_index"]:
-      raise Unusable(f"the data position reads {position}, the save recorded "
-                     f"{recorded['next_index']}")
+      raise Unusable(
+        f"the data position reads {position}, the save recorded {recorded['next_index']}"
+      )
 
 
 def _verify_checksums(expected: dict | None, arrays) -> None:
   if expected is not None:  # checkpoints from before checksums existed are taken as they read
     got = checksums(arrays)
-    changed = sorted((k for k in set(expected) | set(got) if expected.get(k) != got.get(k)),
-                     key=lambda k: (not k.startswith("params/"), k))  # the weights first
+    changed = sorted(
+      (k for k in set(expected) | set(got) if expected.get(k) != got.get(k)),
+      key=lambda k: (not k.startswith("params/"), k),
+    )  # the weights first
     if changed:
-      raise Unusable(f"checksum of {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} "
-                     "differs from the one saved: the files changed since")
+      raise Unusable(
+        f"checksum of {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} "
+        "differs from the one saved: the files changed since"
+      )
 
 
 def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator=None):
@@ -170,8 +184,9 @@ def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator=None
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   if other_count:  # what Grain's handler would pass: a dict to its own iterators, else bytes
     position = _shared_data_position(manager, step)
-    data_iterator.set_state(json.loads(position) if isinstance(data_iterator, grain.DatasetIterator)
-                            else position)
+    data_iterator.set_state(
+      json.loads(position) if isinstance(data_iterator, grain.DatasetIterator) else position
+    )
   _verify(manager, step, restored.state, data_iterator)
   return state.replace(**restored.state)
 
@@ -179,7 +194,9 @@ def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator=None
 def _data_files(manager, step: int) -> list[str]:
   """The paths of `step`'s data position files, one per process of the job that saved it."""
   folder = os.path.join(str(manager.directory), str(step), "data")
-  names = sorted(n for n in os.listdir(folder) if n.endswith(".json")) if os.path.isdir(folder) else []
+  names = (
+    sorted(n for n in os.listdir(folder) if n.endswith(".json")) if os.path.isdir(folder) else []
+  )
   return [os.path.join(folder, n) for n in names]
 
 
@@ -196,17 +213,23 @@ def _shared_data_position(manager, step: int) -> bytes:
     with open(path, "rb") as f:
       positions[path] = json.dumps(json.loads(f.read()), sort_keys=True)
   if len(set(positions.values())) != 1:
-    raise Unusable(f"its {len(positions)} processes saved different data positions "
-                   f"({', '.join(sorted(set(positions.values())))}): it resumes only on as many "
-                   "processes as wrote it")
+    raise Unusable(
+      f"its {len(positions)} processes saved different data positions "
+      f"({', '.join(sorted(set(positions.values())))}): it resumes only on as many "
+      "processes as wrote it"
+    )
   return next(iter(positions.values())).encode()
 
 
 def save_state(manager: ocp.CheckpointManager, step: int, state) -> None:
   """Saves `state` alone (a best checkpoint), with its checksums, and waits for it."""
   arrays = state_arrays(state)
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays)), force=True,
-               custom_metadata={"checksums": checksums(arrays)})
+  manager.save(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardSave(arrays)),
+    force=True,
+    custom_metadata={"checksums": checksums(arrays)},
+  )
   manager.wait_until_finished()
 
 
@@ -262,12 +285,16 @@ def _shape_changes(workdir: str, steps: list[int], state) -> list[str]:
   newest = None
   for step in steps:
     try:
-      saved = {k: (tuple(v.shape), str(v.dtype)) for k, v in _flat(_local_target(workdir, step)).items()}
+      saved = {
+        k: (tuple(v.shape), str(v.dtype)) for k, v in _flat(_local_target(workdir, step)).items()
+      }
     except Exception:  # unreadable metadata: that checkpoint is for the restore to judge
       continue
-    changes = [f"{k}: {saved.get(k, 'absent')} -> {want.get(k, 'absent')}"
-               for k in sorted(set(want) | set(saved), key=lambda k: (not k.startswith("params/"), k))
-               if want.get(k) != saved.get(k)]
+    changes = [
+      f"{k}: {saved.get(k, 'absent')} -> {want.get(k, 'absent')}"
+      for k in sorted(set(want) | set(saved), key=lambda k: (not k.startswith("params/"), k))
+      if want.get(k) != saved.get(k)
+    ]
     if not changes:
       return []
     newest = newest or changes
@@ -275,8 +302,10 @@ def _shape_changes(workdir: str, steps: list[int], state) -> list[str]:
 
 
 def _flat(tree) -> dict:
-  return {"/".join(_key_name(k) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    "/".join(_key_name(k) for k in path): leaf
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def restore_latest_valid(workdir: str, state, data_iterator, **manager_options):
@@ -297,9 +326,11 @@ def restore_latest_valid(workdir: str, state, data_iterator, **manager_options):
   changes = _shape_changes(workdir, steps, state)
   if changes:
     manager.close()
-    raise UserError(f"{workdir} holds checkpoints of other shapes than this config's model "
-                    f"({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}): a change of "
-                    "shape cannot resume; use a new workdir (init_from.workdir fine-tunes from this one)")
+    raise UserError(
+      f"{workdir} holds checkpoints of other shapes than this config's model "
+      f"({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}): a change of "
+      "shape cannot resume; use a new workdir (init_from.workdir fine-tunes from this one)"
+    )
   failures = {}
   for step in steps:
     try:
@@ -310,15 +341,21 @@ def restore_latest_valid(workdir: str, state, data_iterator, **manager_options):
     if failures:
       manager.close()
       for bad, reason in failures.items():
-        log.warning("checkpoint at step %d is unusable (%s); moved it to %s", bad, reason,
-                    _quarantine(workdir, bad))
+        log.warning(
+          "checkpoint at step %d is unusable (%s); moved it to %s",
+          bad,
+          reason,
+          _quarantine(workdir, bad),
+        )
       manager = make_manager(workdir, **manager_options)
     return manager, restored
   manager.close()
   listed = "; ".join(f"step {s}: {r}" for s, r in list(failures.items())[:3])
-  raise UserError(f"no checkpoint in {checkpoint_dir(workdir)} is usable ({listed}); nothing was "
-                  "moved or trained: restore them from a backup, or pass --start_over to set them "
-                  "aside and train from step 0")
+  raise UserError(
+    f"no checkpoint in {checkpoint_dir(workdir)} is usable ({listed}); nothing was "
+    "moved or trained: restore them from a backup, or pass --start_over to set them "
+    "aside and train from step 0"
+  )
 
 
 set_aside = wd.set_aside  # where code written against this module finds it
@@ -340,12 +377,16 @@ def local_target(path: str):
 
 
 def _restore_local(manager, workdir: str, step: int, best: bool = False):
-  return manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_local_target(workdir, step, best)))).state
+  return manager.restore(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardRestore(_local_target(workdir, step, best))),
+  ).state
 
 
 def _read_only(workdir: str, best: bool) -> ocp.CheckpointManager:
-  return make_best_manager(workdir, read_only=True) if best else make_manager(workdir, read_only=True)
+  return (
+    make_best_manager(workdir, read_only=True) if best else make_manager(workdir, read_only=True)
+  )
 
 
 def verify(workdir: str, best: bool = False) -> dict[int, str]:
@@ -375,12 +416,18 @@ def verify(workdir: str, best: bool = False) -> dict[int, str]:
 
 def state_arrays(state) -> dict[str, Any]:
   """The TrainState's array fields as a plain dict (what a checkpoint holds)."""
-  return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-          "model_state": state.model_state, "rng": state.rng}
+  return {
+    "step": state.step,
+    "params": state.params,
+    "opt_state": state.opt_state,
+    "model_state": state.model_state,
+    "rng": state.rng,
+  }
 
 
-def load_arrays(workdir: str, step: int | None = None, best: bool = False
-                ) -> tuple[int, dict[str, Any]]:
+def load_arrays(
+  workdir: str, step: int | None = None, best: bool = False
+) -> tuple[int, dict[str, Any]]:
   """(step, arrays) of a checkpoint, read without the model's code (for `inspect`).
 
   With no `step`, the newest checkpoint that reads back whole and verifies
@@ -398,8 +445,10 @@ def load_arrays(workdir: str, step: int | None = None, best: bool = False
       return candidate, jax.tree.map(np.asarray, arrays)
     except Exception as e:  # Orbax and TensorStore raise many types here
       error = e
-  raise UserError(f"no checkpoint in {checkpoint_dir(workdir, best)} reads back whole "
-                  f"(step {steps[-1]}: {_reason(error)})")
+  raise UserError(
+    f"no checkpoint in {checkpoint_dir(workdir, best)} reads back whole "
+    f"(step {steps[-1]}: {_reason(error)})"
+  )
 
 
 def source_step(workdir: str, step: int = -1, best: bool = False) -> int:
@@ -439,8 +488,10 @@ def read_arrays(workdir: str, step: int = -1, best: bool = False) -> tuple[dict[
     arrays = _restore_local(manager, workdir, step, best)
     _verify(manager, step, arrays)
   except Exception as e:  # Orbax and TensorStore raise many types here
-    raise UserError(f"the checkpoint of step {step} in {checkpoint_dir(workdir, best)} is unusable "
-                    f"({_reason(e)}): restore it from a backup, or remove it to read another") from None
+    raise UserError(
+      f"the checkpoint of step {step} in {checkpoint_dir(workdir, best)} is unusable "
+      f"({_reason(e)}): restore it from a backup, or remove it to read another"
+    ) from None
   finally:
     manager.close()
   return jax.tree.map(np.asarray, arrays), step
@@ -502,8 +553,13 @@ def tree_digest(tree) -> str:
 # Orbax reports an asynchronous write's failure at the next save or wait, often as a
 # ValueError from TensorStore: its text is all that identifies it, so it is read here, once,
 # and becomes a WriteFailed for everything above.
-_WRITE_FAILURES = ("No space left on device", "RESOURCE_EXHAUSTED", "Disk quota exceeded",
-                   "Read-only file system", "Failed writing")
+_WRITE_FAILURES = (
+  "No space left on device",
+  "RESOURCE_EXHAUSTED",
+  "Disk quota exceeded",
+  "Read-only file system",
+  "Failed writing",
+)
 
 
 def write_failure(error: Exception, manager, workdir: str, step: int) -> WriteFailed | None:
@@ -517,10 +573,15 @@ def write_failure(error: Exception, manager, workdir: str, step: int) -> WriteFa
   with contextlib.suppress(Exception):
     manager.reload()  # a failed asynchronous save must not count as a step
   intact = [s for s in manager.all_steps() if s < failed or (s == failed and not in_checkpoint)]
-  kept = f"the checkpoint of step {max(intact)} is intact" if intact else "no earlier checkpoint exists"
+  kept = (
+    f"the checkpoint of step {max(intact)} is intact" if intact else "no earlier checkpoint exists"
+  )
   why = getattr(error, "strerror", None) or reason or text.splitlines()[0]
-  target = (f"the checkpoint of step {failed} to {checkpoint_dir(workdir)}"
-            if in_checkpoint or not getattr(error, "filename", None) else error.filename)
+  target = (
+    f"the checkpoint of step {failed} to {checkpoint_dir(workdir)}"
+    if in_checkpoint or not getattr(error, "filename", None)
+    else error.filename
+  )
   return WriteFailed(f"could not write {target}: {why}; {kept}")
 
 

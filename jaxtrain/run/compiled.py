@@ -56,11 +56,13 @@ class InFlight:
       jax.block_until_ready(self._outputs.popleft())
 
 
-def _train_and_accumulate(state, totals, health, batch, *, keep_finite: bool = True,
-                          axis_name=None):
+def _train_and_accumulate(
+  state, totals, health, batch, *, keep_finite: bool = True, axis_name=None
+):
   new_state, metrics = train_step(state, batch, axis_name=axis_name)
-  state, metrics, record = nan_guard.guard(state, new_state, metrics, nan_guard.as_dict(health),
-                                           keep_finite=keep_finite)
+  state, metrics, record = nan_guard.guard(
+    state, new_state, metrics, nan_guard.as_dict(health), keep_finite=keep_finite
+  )
   health = record if isinstance(health, dict) else nan_guard.as_vector(record)
   if totals is not None and not isinstance(totals, dict):  # packed (see pack_totals)
     return state, totals + _flat(accumulate(None, metrics)), health
@@ -71,6 +73,7 @@ def _train_and_accumulate(state, totals, health, batch, *, keep_finite: bool = T
 # float32 (the usual case): a step's dispatch costs per argument and result
 # buffer, and for a small model a dozen scalars cost as much as its compute.
 # The sums are the same additions, so the same bits.
+
 
 def _flat(metrics):
   return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(metrics)])
@@ -89,19 +92,21 @@ def unpack_totals(totals, total_shapes) -> dict:
   out, at = [], 0
   for leaf in leaves:
     size = int(np.prod(leaf.shape, dtype=np.int64))
-    out.append(values[at:at + size].reshape(leaf.shape))
+    out.append(values[at : at + size].reshape(leaf.shape))
     at += size
   return jax.tree.unflatten(treedef, out)
 
 
 def _train_many(state, totals, health, batches, *, keep_finite: bool = True, axis_name=None):
   """`_train_and_accumulate` over k stacked batches in one program (`lax.scan`): one dispatch."""
+
   def body(carry, batch):
-    return _train_and_accumulate(*carry, batch, keep_finite=keep_finite,
-                                 axis_name=axis_name), None
+    return _train_and_accumulate(*carry, batch, keep_finite=keep_finite, axis_name=axis_name), None
+
   carry = (state, totals, health)
   (state, totals, health), _ = jax.lax.scan(
-      body, carry, batches, unroll=_unroll(body, carry, jax.tree.map(lambda x: x[0], batches)))
+    body, carry, batches, unroll=_unroll(body, carry, jax.tree.map(lambda x: x[0], batches))
+  )
   return state, totals, health
 
 
@@ -141,20 +146,35 @@ def _gather(arrays, window, step, batch_size: int):
   return jax.tree.map(lambda a: a[rows], arrays)
 
 
-def _gather_and_train(state, totals, health, cursor, arrays, window, *, k: int, batch_size: int,
-                      keep_finite: bool = True, sharding=None, axis_name=None):
+def _gather_and_train(
+  state,
+  totals,
+  health,
+  cursor,
+  arrays,
+  window,
+  *,
+  k: int,
+  batch_size: int,
+  keep_finite: bool = True,
+  sharding=None,
+  axis_name=None,
+):
   """k steps from global step `cursor`, each gathering its own batch: no input from the host."""
+
   def one(carry, i):
     batch = _gather(arrays, window, cursor + i, batch_size)
     if sharding is not None:  # the batch is split over the devices like a fed one
       batch = jax.lax.with_sharding_constraint(batch, sharding)
     return _train_and_accumulate(*carry, batch, keep_finite=keep_finite, axis_name=axis_name), None
+
   if k == 1:
     (state, totals, health), _ = one((state, totals, health), 0)
   else:
     carry = (state, totals, health)
-    (state, totals, health), _ = jax.lax.scan(one, carry, np.arange(k),
-                                              unroll=_unroll(one, carry, 0))
+    (state, totals, health), _ = jax.lax.scan(
+      one, carry, np.arange(k), unroll=_unroll(one, carry, 0)
+    )
   return state, totals, health, cursor + k
 
 
@@ -168,8 +188,9 @@ def eval_fn(layout: parallel.Layout):
   return layout.compile(_eval_and_accumulate, out_shardings=parallel.replicated(layout.mesh))
 
 
-def train_fn(layout: parallel.Layout, state, steps_per_dispatch: int = 1, *,
-             keep_finite: bool = True):
+def train_fn(
+  layout: parallel.Layout, state, steps_per_dispatch: int = 1, *, keep_finite: bool = True
+):
   """The loop's step (or k steps) for `layout` and `state` (whose fsdp shardings it keeps).
 
   The state and totals are donated; the NaN guard's `health` is not, so the
@@ -183,37 +204,57 @@ def train_fn(layout: parallel.Layout, state, steps_per_dispatch: int = 1, *,
   if not layout.fsdp:
     return _replicated_train_fn(layout, steps_per_dispatch, keep_finite)
   every = parallel.replicated(layout.mesh)
-  return layout.compile(_train_fn(steps_per_dispatch, keep_finite), donate_argnums=(0, 1),
-                        out_shardings=(layout.state_shardings(state), every, every))
+  return layout.compile(
+    _train_fn(steps_per_dispatch, keep_finite),
+    donate_argnums=(0, 1),
+    out_shardings=(layout.state_shardings(state), every, every),
+  )
 
 
 def _train_fn(steps_per_dispatch: int, keep_finite: bool):
-  return functools.partial(_train_and_accumulate if steps_per_dispatch == 1 else _train_many,
-                           keep_finite=keep_finite)
+  return functools.partial(
+    _train_and_accumulate if steps_per_dispatch == 1 else _train_many, keep_finite=keep_finite
+  )
 
 
 @functools.cache
 def _replicated_train_fn(layout: parallel.Layout, steps_per_dispatch: int, keep_finite: bool):
   every = parallel.replicated(layout.mesh)
-  return layout.compile(_train_fn(steps_per_dispatch, keep_finite), donate_argnums=(0, 1),
-                        out_shardings=(every, every, every))
+  return layout.compile(
+    _train_fn(steps_per_dispatch, keep_finite),
+    donate_argnums=(0, 1),
+    out_shardings=(every, every, every),
+  )
 
 
 @functools.cache
-def gathering_train_fn(layout: parallel.Layout, steps_per_dispatch: int, batch_size: int,
-                       keep_finite: bool = True):
+def gathering_train_fn(
+  layout: parallel.Layout, steps_per_dispatch: int, batch_size: int, keep_finite: bool = True
+):
   """`(state, totals, health, cursor, arrays, window) -> (..., cursor + k)` for `DeviceFeed`."""
   assert layout.mode == "jit" and not layout.fsdp, layout
   every = parallel.replicated(layout.mesh)
   sharding = parallel.data_sharded(layout.mesh) if layout.num_devices > 1 else None
-  fn = functools.partial(_gather_and_train, k=steps_per_dispatch, batch_size=batch_size,
-                         keep_finite=keep_finite, sharding=sharding)
+  fn = functools.partial(
+    _gather_and_train,
+    k=steps_per_dispatch,
+    batch_size=batch_size,
+    keep_finite=keep_finite,
+    sharding=sharding,
+  )
   return layout.compile(fn, donate_argnums=(0, 1, 3), out_shardings=(every,) * 4)
 
 
-def evaluate(state, source, *, batch_size: int, layout: parallel.Layout,
-             transform=input_pipeline.to_model_inputs, finalize=None,
-             between_batches=None) -> dict[str, float]:
+def evaluate(
+  state,
+  source,
+  *,
+  batch_size: int,
+  layout: parallel.Layout,
+  transform=input_pipeline.to_model_inputs,
+  finalize=None,
+  between_batches=None,
+) -> dict[str, float]:
   """Mean metrics over every example of `source` (padded last batch masked out).
 
   `state` is in the layout's step form (under pmap: a copy per device);
@@ -221,8 +262,12 @@ def evaluate(state, source, *, batch_size: int, layout: parallel.Layout,
   `between_batches()` is called after each batch (the final test: a stop signal).
   """
   dataset = input_pipeline.eval_dataset(
-      source, global_batch_size=batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count(), transform=transform)
+    source,
+    global_batch_size=batch_size,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    transform=transform,
+  )
   step_fn, totals, in_flight = eval_fn(layout), None, InFlight()
   for local_batch in input_pipeline.iterate(dataset):
     batch = layout.put_batch(local_batch)

@@ -48,12 +48,19 @@ def detected_launcher(environ=os.environ) -> str | None:
   return None
 
 
-ENVIRONMENT = {"coordinator": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
-               "process_id": "JAX_PROCESS_ID"}
+ENVIRONMENT = {
+  "coordinator": "JAX_COORDINATOR_ADDRESS",
+  "num_processes": "JAX_NUM_PROCESSES",
+  "process_id": "JAX_PROCESS_ID",
+}
 
 
-def launch_settings(coordinator: str | None = None, num_processes: int | None = None,
-                    process_id: int | None = None, environ=os.environ):
+def launch_settings(
+  coordinator: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  environ=os.environ,
+):
   """(coordinator, num_processes, process_id): the flags, else JAX's own variables
   (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), which a launcher or a
   Kubernetes manifest may set instead. `--num_processes 1` alone is a one-process job with
@@ -74,43 +81,55 @@ def launch_settings(coordinator: str | None = None, num_processes: int | None = 
 
 def _free_port() -> int:
   import socket
+
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+def initialize(
+  coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
   """Joins the job's processes; returns False (and does nothing) for a single process."""
   coordinator, num_processes, process_id = launch_settings(coordinator, num_processes, process_id)
   explicit = (coordinator, num_processes, process_id)
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
-      missing = [f"--{k} (or {v})" for (k, v), value in zip(ENVIRONMENT.items(), explicit)
-                 if value is None]
-      raise UserError(f"a multi-process run needs {', '.join(missing)} as well (it has "
-                      "--coordinator, --num_processes and --process_id, or JAX's variables)")
+      missing = [
+        f"--{k} (or {v})" for (k, v), value in zip(ENVIRONMENT.items(), explicit) if value is None
+      ]
+      raise UserError(
+        f"a multi-process run needs {', '.join(missing)} as well (it has "
+        "--coordinator, --num_processes and --process_id, or JAX's variables)"
+      )
     if num_processes < 1 or not 0 <= process_id < num_processes:
-      raise UserError(f"--process_id={process_id} must be in [0, --num_processes="
-                      f"{num_processes})")
+      raise UserError(f"--process_id={process_id} must be in [0, --num_processes={num_processes})")
   launcher = None if coordinator else detected_launcher()
   if coordinator is None and launcher is None:
     return False
 
   import jax
+
   if os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION") is None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.config.update("jax_enable_preemption_service", False)  # jaxtrain agrees on stops itself
   orbax_barriers_through_coordination_service()
   if coordinator is not None:
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+      coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
   else:
     jax.distributed.initialize()
-  log.info("process %d of %d joined (%s); %d devices in all",
-           jax.process_index(), jax.process_count(), launcher or coordinator, jax.device_count())
+  log.info(
+    "process %d of %d joined (%s); %d devices in all",
+    jax.process_index(),
+    jax.process_count(),
+    launcher or coordinator,
+    jax.device_count(),
+  )
   if jax.process_count() > 1:  # from here on they stop together (preemption.py)
     from jaxtrain.run import preemption
+
     preemption.acting_jointly()
   return True
 
@@ -120,6 +139,7 @@ def orbax_barriers_through_coordination_service() -> None:
   coordination service's barrier touches no device (and has a timeout)."""
   from absl import flags
   from orbax.checkpoint._src.multihost import multihost
+
   flag = flags.FLAGS[multihost.EXPERIMENTAL_ORBAX_USE_DISTRIBUTED_BARRIER.name]
   flag.value, flag.present = True, 1  # readable before absl parses a command line
 
@@ -134,6 +154,7 @@ def past_stall_timeout(stall_timeout_s: float) -> int:
 
 def _client():
   from jax._src import distributed as jax_distributed
+
   return jax_distributed.global_state.client
 
 
@@ -146,6 +167,7 @@ def agree_on_stop(name: str, signal_name: str | None, timeout_s: float = 0) -> s
   timeout `timeout_s` for a process that does not come: the watchdog ends the job first.
   """
   import jax
+
   client, prefix = _client(), f"jaxtrain/stop/{name}/"
   if signal_name:
     client.key_value_set(prefix + str(jax.process_index()), signal_name)
@@ -163,6 +185,7 @@ def everyones(name: str, value: str, timeout_s: float = 0) -> list[str]:
   service: no device is involved. Waits past `timeout_s` (the stall timeout) at most.
   """
   import jax
+
   client, prefix = _client(), f"jaxtrain/{name}/"
   client.key_value_set(prefix + str(jax.process_index()), value)
   timeout_ms = min(past_stall_timeout(timeout_s), 2**31 // 1000 - 1) * 1000
@@ -180,12 +203,14 @@ class JobStalls:
 
   def __init__(self, clock=None):
     import time
+
     self.clock = clock or time.monotonic
     self._heard: dict[int, tuple[int, float]] = {}  # process -> (its beat count, when it changed)
     self._started = self.clock()
 
   def publish(self, what: str) -> None:
     import jax
+
     _client().key_value_set(self.PREFIX + str(jax.process_index()), what)
 
   def poll(self) -> str | None:
@@ -194,12 +219,15 @@ class JobStalls:
 
   def beat(self) -> None:
     import jax
+
     _client().key_value_increment(self.ALIVE + str(jax.process_index()), 1)
 
   def counts(self) -> dict[int, int]:
     """Each process's beats so far."""
-    return {int(key.rsplit("/", 1)[-1]): int(count)
-            for key, count in _client().key_value_dir_get(self.ALIVE)}
+    return {
+      int(key.rsplit("/", 1)[-1]): int(count)
+      for key, count in _client().key_value_dir_get(self.ALIVE)
+    }
 
   def _listen(self) -> None:
     now = self.clock()
@@ -208,8 +236,9 @@ class JobStalls:
         self._heard[process] = (count, now)
 
   def gone(self, silence_s: float) -> str | None:
-    """"process 1 of 2 is gone: ...", for the first process not heard from in `silence_s`."""
+    """ "process 1 of 2 is gone: ...", for the first process not heard from in `silence_s`."""
     import jax
+
     self._listen()
     now = self.clock()
     for process in range(jax.process_count()):
@@ -217,12 +246,15 @@ class JobStalls:
         continue
       last = self._heard.get(process, (None, self._started))[1]
       if now - last > silence_s:
-        return (f"process {process} of {jax.process_count()} is gone: not heard from in "
-                f"{now - last:.0f} s")
+        return (
+          f"process {process} of {jax.process_count()} is gone: not heard from in "
+          f"{now - last:.0f} s"
+        )
     return None
 
   def leave(self) -> None:
     import jax
+
     _client().key_value_set(self.LEFT + str(jax.process_index()), "1")
 
   def wait_for_the_others(self, seconds: float, silence_s: float = 30.0) -> None:
@@ -230,11 +262,14 @@ class JobStalls:
     said it leaves, or after `seconds`."""
     import time
     import jax
+
     deadline = time.monotonic() + seconds
     while jax.process_index() == 0 and time.monotonic() < deadline:
       self._listen()
-      alive = sum(self.clock() - self._heard.get(p, (None, self._started))[1] <= silence_s
-                  for p in range(jax.process_count()))
+      alive = sum(
+        self.clock() - self._heard.get(p, (None, self._started))[1] <= silence_s
+        for p in range(jax.process_count())
+      )
       if len(_client().key_value_dir_get(self.LEFT)) >= max(alive, 1):
         time.sleep(0.5)  # their exits, after their last word
         return

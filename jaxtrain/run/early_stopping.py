@@ -40,7 +40,11 @@ class Tracker:
   def improves(self, value: float) -> bool:
     if self.best is None:
       return True
-    return value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+    return (
+      value < self.best - self.min_delta
+      if self.mode == "min"
+      else value > self.best + self.min_delta
+    )
 
   def update(self, step: int, value: float) -> bool:
     self.history[step] = value
@@ -67,8 +71,10 @@ class Tracker:
 
 def metric_value(metrics: dict, name: str) -> float:
   if name not in metrics:
-    raise UserError(f"config.early_stopping.metric={name!r} is not an eval metric (they are: "
-                    f"{', '.join(sorted(metrics))})")
+    raise UserError(
+      f"config.early_stopping.metric={name!r} is not an eval metric (they are: "
+      f"{', '.join(sorted(metrics))})"
+    )
   return float(metrics[name])
 
 
@@ -88,8 +94,9 @@ def read_best(workdir: str) -> dict:
     return {}
 
 
-def save_best(manager, workdir: str, step: int, state, keep: int, metric: str,
-              tracker: Tracker) -> None:
+def save_best(
+  manager, workdir: str, step: int, state, keep: int, metric: str, tracker: Tracker
+) -> None:
   """Keeps this evaluation's state if it is among the k best so far; drops the one it displaces.
 
   Best is by value; among equal values the earlier step wins (a later copy
@@ -104,10 +111,17 @@ def save_best(manager, workdir: str, step: int, state, keep: int, metric: str,
   for old in sorted(on_disk - set(ranked)):
     manager.delete(old)
   if jax.process_index() == 0:
-    files.write_json(wd.best_record(workdir), {
-        "metric": metric, "mode": tracker.mode, "best_step": ranked[0],
+    files.write_json(
+      wd.best_record(workdir),
+      {
+        "metric": metric,
+        "mode": tracker.mode,
+        "best_step": ranked[0],
         "best_value": tracker.history[ranked[0]],
-        "kept": {str(s): tracker.history[s] for s in ranked}, "kept_steps": sorted(ranked)})
+        "kept": {str(s): tracker.history[s] for s in ranked},
+        "kept_steps": sorted(ranked),
+      },
+    )
 
 
 def restore_best(manager, state, tracker: Tracker):
@@ -122,6 +136,10 @@ def restore_best(manager, state, tracker: Tracker):
     try:
       return checkpoint.restore(manager, step, state), step
     except Exception as e:  # Orbax, TensorStore and the checksums raise many types here
-      log.warning("best checkpoint at step %d is unusable (%s: %s); passing over it", step,
-                  type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
+      log.warning(
+        "best checkpoint at step %d is unusable (%s: %s); passing over it",
+        step,
+        type(e).__name__,
+        str(e).strip().splitlines()[0] if str(e).strip() else "",
+      )
   return None, None

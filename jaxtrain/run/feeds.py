@@ -46,8 +46,9 @@ _WINDOW_BYTES = 16 << 20  # ... in at most this much memory (more only where k n
 class HostFeed:
   """Batches from the host pipeline (`DevicePrefetch` over Grain), k fixed per run."""
 
-  def __init__(self, iterator, layout: parallel.Layout, steps_per_dispatch: int, *,
-               keep_finite: bool = True):
+  def __init__(
+    self, iterator, layout: parallel.Layout, steps_per_dispatch: int, *, keep_finite: bool = True
+  ):
     self.iterator, self.layout, self.k = iterator, layout, steps_per_dispatch
     self.keep_finite = keep_finite
     self.in_flight = compiled.InFlight()
@@ -80,16 +81,24 @@ class DeviceFeed:
   the other's checkpoints.
   """
 
-  def __init__(self, arrays: dict[str, np.ndarray], layout: parallel.Layout, *, batch_size: int,
-               seed: int, position_unit: int = 1, keep_finite: bool = True):
+  def __init__(
+    self,
+    arrays: dict[str, np.ndarray],
+    layout: parallel.Layout,
+    *,
+    batch_size: int,
+    seed: int,
+    position_unit: int = 1,
+    keep_finite: bool = True,
+  ):
     self.layout, self.batch_size, self.seed, self.unit = layout, batch_size, seed, position_unit
     self.keep_finite = keep_finite
     self.num_examples = len(next(iter(arrays.values())))
     self.steps_per_epoch = input_pipeline.steps_per_epoch(self.num_examples, batch_size)
     self.arrays = layout.put_replicated(arrays)
-    self.step = 0            # the next step's global index, on the host
-    self._cursor = None      # the same, on the device (the step carries it)
-    self._window = None      # (first epoch, number of epochs, their orders on the device)
+    self.step = 0  # the next step's global index, on the host
+    self._cursor = None  # the same, on the device (the step carries it)
+    self._window = None  # (first epoch, number of epochs, their orders on the device)
     self._guarded: set[int] = set()  # the k whose program ran under the transfer guard
     self.in_flight = compiled.InFlight()
 
@@ -108,10 +117,17 @@ class DeviceFeed:
     first, last = self.step // self.steps_per_epoch, (self.step + k - 1) // self.steps_per_epoch
     held = self._window
     if held is None or held[1] != count or not held[0] <= first <= last < held[0] + count:
-      orders = np.concatenate([input_pipeline.epoch_order(self.seed, e, self.num_examples)
-                               for e in range(first, first + count)]).astype(np.int32)
-      self._window = (first, count, self.layout.put_replicated(
-          {"first_epoch": np.int32(first), "orders": orders}))
+      orders = np.concatenate(
+        [
+          input_pipeline.epoch_order(self.seed, e, self.num_examples)
+          for e in range(first, first + count)
+        ]
+      ).astype(np.int32)
+      self._window = (
+        first,
+        count,
+        self.layout.put_replicated({"first_epoch": np.int32(first), "orders": orders}),
+      )
     return self._window[2]
 
   def dispatch(self, loop, k: int) -> None:
@@ -131,7 +147,7 @@ class DeviceFeed:
 
   def groups_bit_exactly(self, loop) -> bool:
     """Whether k steps per dispatch keep one-step dispatches' bits (compiled.groups_bit_exactly)."""
-    batch = jax.tree.map(lambda a: a[:self.batch_size], self.arrays)
+    batch = jax.tree.map(lambda a: a[: self.batch_size], self.arrays)
     return compiled.groups_bit_exactly(loop.state, loop.totals, loop.health, batch)
 
   # Grain's checkpoint handler saves and restores the position through these.
@@ -168,11 +184,10 @@ class AutoPace:
   since k comes from a clock and the bits must not.
   """
 
-  def __init__(self, cadence: int, *, target_s: float = 0.004, max_k: int = 128,
-               measure: int = 20):
+  def __init__(self, cadence: int, *, target_s: float = 0.004, max_k: int = 128, measure: int = 20):
     self.cadence, self.target_s, self.max_k, self.measure = cadence, target_s, max_k, measure
-    self.k = None               # decided
-    self.step_seconds = None    # the measured time of one step, one per dispatch
+    self.k = None  # decided
+    self.step_seconds = None  # the measured time of one step, one per dispatch
     self._calls, self._t0, self._compile_s = 0, None, 0.0
 
   def __call__(self, loop) -> int:
@@ -189,8 +204,11 @@ class AutoPace:
         check = getattr(getattr(loop, "train_iter", None), "groups_bit_exactly", None)
         exact = check is None or check(loop)
         self.k = self.choose(self.step_seconds, loop.last_step - loop.step) if exact else 1
-        log.info("steps_per_dispatch=auto: a step takes %.3g ms; %d per dispatch",
-                 1e3 * self.step_seconds, self.k)
+        log.info(
+          "steps_per_dispatch=auto: a step takes %.3g ms; %d per dispatch",
+          1e3 * self.step_seconds,
+          self.k,
+        )
       if self.k is None:
         return 1
     return self.k if loop.step % self.k == 0 else 1
@@ -218,8 +236,13 @@ def fits_on_device(source, transform, max_bytes: int, layout: parallel.Layout) -
   The transform is applied to the whole split at once: it works example by
   example (preprocess.py), so the rows are those a batch would get.
   """
-  if (max_bytes <= 0 or layout.mode != "jit" or layout.fsdp or jax.process_count() > 1
-      or not isinstance(source, input_pipeline.InMemorySource)):
+  if (
+    max_bytes <= 0
+    or layout.mode != "jit"
+    or layout.fsdp
+    or jax.process_count() > 1
+    or not isinstance(source, input_pipeline.InMemorySource)
+  ):
     return None
   raw = sum(v.nbytes for v in source.arrays.values())
   if raw > max_bytes:  # before transforming: floats take at most 4x a uint8 image

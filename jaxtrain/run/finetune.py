@@ -57,6 +57,7 @@ def merge(target, source) -> tuple[object, dict]:
     why = "new" if old is None else f"was {tuple(old.shape)} {old.dtype}"
     report["initialised"].append(f"{name} {tuple(leaf.shape)} ({why})")
     return leaf
+
   merged = jax.tree_util.tree_map_with_path(take, target)
   used = set(report["restored"])
   report["unused"] = sorted(n for n in src if n not in used)
@@ -73,17 +74,27 @@ def init_from(state, config, workdir: str):
   else:
     source, step = read_source(c.workdir, c.step, c.best)
   params, report = merge(jax.device_get(state.params), source.get("params", {}))
-  model_state, state_report = merge(jax.device_get(state.model_state), source.get("model_state", {}))
+  model_state, state_report = merge(
+    jax.device_get(state.model_state), source.get("model_state", {})
+  )
   if not report["restored"]:
-    raise UserError(f"init_from {c.checkpoint or c.workdir}: no parameter matches this model's by path "
-                    f"and shape (the source has {', '.join(list(flat(source['params']))[:6])}, ...)")
-  report.update(source=os.path.abspath(c.checkpoint or c.workdir), step=step,
-                model_state_restored=state_report["restored"])
-  log.info("init_from %s (step %s): %d of %d param arrays restored; initialised afresh: %s",
-           c.checkpoint or c.workdir, step, len(report["restored"]), len(report["restored"]) + len(report["initialised"]),
-           "; ".join(report["initialised"]) or "none")
+    raise UserError(
+      f"init_from {c.checkpoint or c.workdir}: no parameter matches this model's by path "
+      f"and shape (the source has {', '.join(list(flat(source['params']))[:6])}, ...)"
+    )
+  report.update(
+    source=os.path.abspath(c.checkpoint or c.workdir),
+    step=step,
+    model_state_restored=state_report["restored"],
+  )
+  log.info(
+    "init_from %s (step %s): %d of %d param arrays restored; initialised afresh: %s",
+    c.checkpoint or c.workdir,
+    step,
+    len(report["restored"]),
+    len(report["restored"]) + len(report["initialised"]),
+    "; ".join(report["initialised"]) or "none",
+  )
   if jax.process_index() == 0:
     files.write_json(wd.init_from_record(workdir), report)
   return state.replace(params=params, model_state=model_state, opt_state=state.tx.init(params))
-
-

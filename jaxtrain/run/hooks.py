@@ -41,33 +41,34 @@ log = logging.getLogger("jaxtrain")
 @dataclasses.dataclass(eq=False)
 class Loop:
   """The run as hooks see it between steps."""
+
   config: Any
   workdir: str
   layout: parallel.Layout
-  inputs: Any                   # run/inputs.py's RunInputs: splits, preprocessing, task
-  state: Any                    # in the step's layout (under pmap: a copy per device)
-  step: int                     # global steps done
-  num_train_steps: int          # the run's length
-  last_step: int                # where this process stops (`stop_at_step`), <= num_train_steps
-  first_step: int = 0           # where this process started (a resumed run: its checkpoint)
-  previous_step: int = 0        # `step` before the last dispatch
+  inputs: Any  # run/inputs.py's RunInputs: splits, preprocessing, task
+  state: Any  # in the step's layout (under pmap: a copy per device)
+  step: int  # global steps done
+  num_train_steps: int  # the run's length
+  last_step: int  # where this process stops (`stop_at_step`), <= num_train_steps
+  first_step: int = 0  # where this process started (a resumed run: its checkpoint)
+  previous_step: int = 0  # `step` before the last dispatch
   steps_per_epoch: int = 0
-  schedule: Callable = None     # the learning rate at each step
-  train_iter: Any = None        # the data iterator whose position checkpoints hold
-  manager: Any = None           # the Orbax CheckpointManager of <workdir>/checkpoints
-  writer: Any = None            # metric_writers.MetricWriter (console, metrics.jsonl, TensorBoard)
-  lock: Any = None              # workdir_lock.WorkdirLock this process holds
-  totals: Any = None            # train metrics summed on device since the last log
-  total_shapes: Any = None      # their shapes and dtypes
-  health: Any = None            # nan_guard's record, on device
+  schedule: Callable = None  # the learning rate at each step
+  train_iter: Any = None  # the data iterator whose position checkpoints hold
+  manager: Any = None  # the Orbax CheckpointManager of <workdir>/checkpoints
+  writer: Any = None  # metric_writers.MetricWriter (console, metrics.jsonl, TensorBoard)
+  lock: Any = None  # workdir_lock.WorkdirLock this process holds
+  totals: Any = None  # train metrics summed on device since the last log
+  total_shapes: Any = None  # their shapes and dtypes
+  health: Any = None  # nan_guard's record, on device
   metric_names: tuple = ()
-  data_wait: float = 0.0        # seconds spent waiting for batches since the last log
-  stop: str | None = None       # set by a hook ("early_stop", "preempted"): the loop ends
+  data_wait: float = 0.0  # seconds spent waiting for batches since the last log
+  stop: str | None = None  # set by a hook ("early_stop", "preempted"): the loop ends
   stop_signal: str | None = None  # the signal behind a "preempted" stop
   config_dict: dict = dataclasses.field(default_factory=dict)
   events: dict = dataclasses.field(default_factory=dict)  # split -> metrics emitted this step
   listeners: list = dataclasses.field(default_factory=list)  # (step, split, metrics) -> None
-  watchdog: Any = None          # watchdog.Watchdog: marks each phase as it starts
+  watchdog: Any = None  # watchdog.Watchdog: marks each phase as it starts
 
   def mark(self, phase: str, step: int | None = None) -> None:
     """Tells the stall watchdog a step (`step`: the one being taken), evaluation, save or
@@ -159,8 +160,14 @@ class LogTrainMetrics(Hook):
   non-finite step halts (or, with "skip", is counted) here.
   """
 
-  def __init__(self, every_steps: int, schedule: Callable, *, nan_policy: str = "halt",
-               nan_max_consecutive_skips: int = 10):
+  def __init__(
+    self,
+    every_steps: int,
+    schedule: Callable,
+    *,
+    nan_policy: str = "halt",
+    nan_max_consecutive_skips: int = 10,
+  ):
     super().__init__(every_steps)
     self.schedule, self.nan_policy, self.max_skips = schedule, nan_policy, nan_max_consecutive_skips
     self.t_log, self.logged_step = time.perf_counter(), None
@@ -172,15 +179,18 @@ class LogTrainMetrics(Hook):
     if self.logged_step is None:
       self.logged_step = loop.first_step
     metrics = loop.inputs.task.finalize(summarize(loop.fetch_totals()))
-    skipped = nan_guard.check(loop.fetch_health(), loop.metric_names,
-                              policy=self.nan_policy, max_consecutive=self.max_skips)
+    skipped = nan_guard.check(
+      loop.fetch_health(), loop.metric_names, policy=self.nan_policy, max_consecutive=self.max_skips
+    )
     elapsed = time.perf_counter() - self.t_log
     # data_wait: the share of the interval the loop waited for input (the device
     # idles only if that exceeds what it had queued: an upper bound).
-    metrics.update(learning_rate=float(self.schedule(loop.step - 1)),
-                   steps_per_sec=(loop.step - self.logged_step) / elapsed,
-                   examples_per_sec=metrics.pop("count") / elapsed,
-                   data_wait=loop.data_wait / elapsed)
+    metrics.update(
+      learning_rate=float(self.schedule(loop.step - 1)),
+      steps_per_sec=(loop.step - self.logged_step) / elapsed,
+      examples_per_sec=metrics.pop("count") / elapsed,
+      data_wait=loop.data_wait / elapsed,
+    )
     if skipped:
       metrics["skipped_steps"] = skipped
     loop.emit("train", metrics)
@@ -197,13 +207,25 @@ class Evaluate(Hook):
   without improvement.
   """
 
-  def __init__(self, every_steps: int, source, *, batch_size: int, early_stop_config=None,
-               tracker: early_stopping.Tracker | None = None, best_manager=None,
-               keep_best: int = 0):
+  def __init__(
+    self,
+    every_steps: int,
+    source,
+    *,
+    batch_size: int,
+    early_stop_config=None,
+    tracker: early_stopping.Tracker | None = None,
+    best_manager=None,
+    keep_best: int = 0,
+  ):
     super().__init__(every_steps)
     self.source, self.batch_size = source, batch_size
-    self.es, self.tracker, self.best_manager, self.keep_best = (early_stop_config, tracker,
-                                                                best_manager, keep_best)
+    self.es, self.tracker, self.best_manager, self.keep_best = (
+      early_stop_config,
+      tracker,
+      best_manager,
+      keep_best,
+    )
 
   def due(self, loop: Loop) -> bool:
     return loop.reached(self.every_steps) or loop.final
@@ -211,27 +233,56 @@ class Evaluate(Hook):
   def run(self, loop: Loop) -> None:
     loop.mark("evaluation")
     if loop.health is not None:  # a non-finite step halts the run before its state is measured
-      nan_guard.check(loop.fetch_health(), loop.metric_names,
-                      policy=loop.config.nan_policy,
-                      max_consecutive=loop.config.nan_max_consecutive_skips)
+      nan_guard.check(
+        loop.fetch_health(),
+        loop.metric_names,
+        policy=loop.config.nan_policy,
+        max_consecutive=loop.config.nan_max_consecutive_skips,
+      )
     task = loop.inputs.task
-    metrics = without_count(evaluate(loop.state, self.source, batch_size=self.batch_size,
-                                     layout=loop.layout, transform=loop.inputs.transform(train=False),
-                                     finalize=task.finalize))
+    metrics = without_count(
+      evaluate(
+        loop.state,
+        self.source,
+        batch_size=self.batch_size,
+        layout=loop.layout,
+        transform=loop.inputs.transform(train=False),
+        finalize=task.finalize,
+      )
+    )
     loop.emit("eval", metrics)
     if self.tracker is None:
       return
     self.tracker.update(loop.step, early_stopping.metric_value(metrics, self.es.metric))
     if self.best_manager is not None:
-      early_stopping.save_best(self.best_manager, loop.workdir, loop.step, loop.host_state(),
-                               self.keep_best, self.es.metric, self.tracker)
+      early_stopping.save_best(
+        self.best_manager,
+        loop.workdir,
+        loop.step,
+        loop.host_state(),
+        self.keep_best,
+        self.es.metric,
+        self.tracker,
+      )
     if self.tracker.should_stop and not loop.final:
       loop.stop = "early_stop"
-      log.info("early stopping at step %d: eval %s has not improved by %g for %d evaluations "
-               "(last improvement: %.6g at step %d)", loop.step, self.es.metric, self.es.min_delta,
-               self.es.patience, self.tracker.best, self.tracker.best_step)
-      loop.emit("early_stop", {"last_improvement_step": self.tracker.best_step,
-                               f"last_improvement_{self.es.metric}": self.tracker.best})
+      log.info(
+        "early stopping at step %d: eval %s has not improved by %g for %d evaluations "
+        "(last improvement: %.6g at step %d)",
+        loop.step,
+        self.es.metric,
+        self.es.min_delta,
+        self.es.patience,
+        self.tracker.best,
+        self.tracker.best_step,
+      )
+      loop.emit(
+        "early_stop",
+        {
+          "last_improvement_step": self.tracker.best_step,
+          f"last_improvement_{self.es.metric}": self.tracker.best,
+        },
+      )
 
   def best_state(self, loop: Loop):
     """The best checkpoint's state in the step's layout, and its step (None, None if none)."""
@@ -267,8 +318,10 @@ class Preemption(Hook):
 
   def run(self, loop: Loop) -> None:
     if self.watcher.should_stop(loop.step):
-      loop.stop, loop.stop_signal = "preempted", getattr(self.watcher, "stop_signal",
-                                                         self.watcher.signal_name)
+      loop.stop, loop.stop_signal = (
+        "preempted",
+        getattr(self.watcher, "stop_signal", self.watcher.signal_name),
+      )
 
 
 class Checkpoint(Hook):

@@ -52,8 +52,11 @@ def _arguments(obj) -> tuple[dict[str, inspect.Parameter], bool]:
     params = _signature(obj).parameters
   except (TypeError, ValueError):
     return {}, True
-  named = {n: p for n, p in params.items()
-           if n not in _NOT_ARGUMENTS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+  named = {
+    n: p
+    for n, p in params.items()
+    if n not in _NOT_ARGUMENTS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+  }
   return named, any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
@@ -72,6 +75,7 @@ class Model:
   `init(rng, batch)` its variables, `apply_fn(axis_name)` jaxtrain's apply
   function (under pmap, batch norms reduce over `axis_name`).
   """
+
   loaded: registry.Loaded
   kwargs: dict
   input_key: str | None
@@ -92,8 +96,10 @@ class Model:
       kwargs["axis_name"] = axis_name
     module = self.loaded.obj(**kwargs)
     if not isinstance(module, nn.Module):
-      raise UserError(f"config.model.name={self.loaded.name!r} made a {type(module).__name__}, "
-                      "not a Flax Linen or NNX module")
+      raise UserError(
+        f"config.model.name={self.loaded.name!r} made a {type(module).__name__}, "
+        "not a Flax Linen or NNX module"
+      )
     return module
 
   def init(self, rng, batch) -> dict[str, Any]:
@@ -103,7 +109,8 @@ class Model:
     module = self.make()
     kwargs = {"train": False} if "train" in inspect.signature(module.__call__).parameters else {}
     return jax.jit(functools.partial(module.init, **kwargs))(
-        {"params": rng, "dropout": rng}, self.inputs(batch))
+      {"params": rng, "dropout": rng}, self.inputs(batch)
+    )
 
   def apply_fn(self, axis_name: str | None = None) -> ApplyFn:
     if self.is_nnx:
@@ -121,24 +128,31 @@ def _model_arguments(model_config, derived: dict, base_dir: str | None):
   is_class = isinstance(obj, type)
   is_nnx = is_class and issubclass(obj, nnx.Module)
   if not callable(obj) or (is_class and not (is_nnx or issubclass(obj, nn.Module))):
-    raise UserError(f"config.model.name={name!r} is not a Flax Linen or NNX module class, "
-                    "nor a function returning a Linen module")
+    raise UserError(
+      f"config.model.name={name!r} is not a Flax Linen or NNX module class, "
+      "nor a function returning a Linen module"
+    )
   if is_nnx and not _takes_rngs(obj):
-    raise UserError(f"config.model.name={name!r}: an NNX module's constructor must take `rngs` "
-                    "(its parameters are initialised from them)")
+    raise UserError(
+      f"config.model.name={name!r}: an NNX module's constructor must take `rngs` "
+      "(its parameters are initialised from them)"
+    )
   arguments, open_ended = _arguments(obj)
   unknown = sorted(set(fields) - set(arguments))
   if unknown and not open_ended:
-    raise UserError(f"config.model: {loaded.target} has no argument(s) {', '.join(unknown)} "
-                    f"(it takes: {', '.join(arguments) or 'none'})")
+    raise UserError(
+      f"config.model: {loaded.target} has no argument(s) {', '.join(unknown)} "
+      f"(it takes: {', '.join(arguments) or 'none'})"
+    )
   for k, v in derived.items():
     if k in arguments:
       fields.setdefault(k, v)
   return loaded, fields, is_nnx
 
 
-def create_model(model_config, *, derived: dict | None = None, base_dir: str | None = None,
-                 rngs=None):
+def create_model(
+  model_config, *, derived: dict | None = None, base_dir: str | None = None, rngs=None
+):
   """The module a config's `model` section names, for code that builds its own state.
 
   A Linen module; an NNX module is made from `rngs` (default `nnx.Rngs(0)`).
@@ -156,13 +170,17 @@ def build_model(config, prep: dict, example_batch, base_dir: str | None = None) 
   input_key = config.get("model_input") or getattr(loaded.obj, "input_key", "image")
   if input_key is not None and input_key not in example_batch:
     if config.get("model_input"):
-      raise UserError(f"config.model_input={input_key!r} is not a feature of the data "
-                      f"(it has: {', '.join(sorted(example_batch))})")
+      raise UserError(
+        f"config.model_input={input_key!r} is not a feature of the data "
+        f"(it has: {', '.join(sorted(example_batch))})"
+      )
     input_key = None  # no image: the model takes the whole batch
   return Model(loaded, fields, input_key, is_nnx)
 
 
-def build_task(config, prep: dict, base_dir: str | None = None) -> tuple[tasks.Task, registry.Loaded]:
+def build_task(
+  config, prep: dict, base_dir: str | None = None
+) -> tuple[tasks.Task, registry.Loaded]:
   """The task `config.task` names, its options from `config.loss` and the data (tasks.py)."""
   loaded = registry.resolve(config.task, registry.TASKS, "config.task", base_dir)
   obj = loaded.obj
@@ -174,15 +192,20 @@ def build_task(config, prep: dict, base_dir: str | None = None) -> tuple[tasks.T
   elif isinstance(obj, type):
     arguments = _arguments(obj)[0]
   elif callable(obj):  # a loss function: its keyword-only arguments are its options
-    arguments = {n: p for n, p in inspect.signature(obj).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    arguments = {
+      n: p for n, p in inspect.signature(obj).parameters.items() if p.kind == p.KEYWORD_ONLY
+    }
   else:
     raise UserError(f"config.task={config.task!r} is not a loss function or a task class")
   unknown = sorted(extra - set(arguments))
   if unknown:
-    raise UserError(f"config.loss: {loaded.target} takes no option(s) {', '.join(unknown)} "
-                    f"(it takes: {', '.join(arguments) or 'none'})")
-  kwargs = {k: options[k] if k in options else derived[k] for k in arguments
-            if k in options or k in derived}
+    raise UserError(
+      f"config.loss: {loaded.target} takes no option(s) {', '.join(unknown)} "
+      f"(it takes: {', '.join(arguments) or 'none'})"
+    )
+  kwargs = {
+    k: options[k] if k in options else derived[k] for k in arguments if k in options or k in derived
+  }
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   if isinstance(obj, type):
     task = obj(**kwargs)
@@ -197,11 +220,11 @@ def build_task(config, prep: dict, base_dir: str | None = None) -> tuple[tasks.T
 class RunInputs:
   builder: object
   schema: dict | None
-  sources: dict            # config field ("train_split", ...) -> random-access source or None
-  prep: dict               # the fitted preprocessing (preprocess.py)
-  seen: dict | None        # retrieval: each user's training items
+  sources: dict  # config field ("train_split", ...) -> random-access source or None
+  prep: dict  # the fitted preprocessing (preprocess.py)
+  seen: dict | None  # retrieval: each user's training items
   task: tasks.Task
-  code: dict               # config field -> {"name", "file", "sha256"} of user files loaded
+  code: dict  # config field -> {"name", "file", "sha256"} of user files loaded
   base_dir: str | None = None
 
   def transform(self, train: bool) -> Callable:
@@ -218,11 +241,16 @@ class RunInputs:
 
 def _code_record(config, task_code: registry.Loaded, dataset, base_dir: str | None) -> dict:
   """{config field: {name, file, sha256}} of the user files the model, task and dataset came from."""
-  loaded = (registry.resolve(config.model.name, registry.MODELS, "config.model.name", base_dir),
-            task_code, datasets.builder_class(dataset, base_dir))
-  return {field: {"name": l.name, "file": l.file, "sha256": l.sha256}
-          for field, l in zip(("config.model.name", "config.task", "config.dataset.name"), loaded)
-          if l is not None and l.file is not None}
+  loaded = (
+    registry.resolve(config.model.name, registry.MODELS, "config.model.name", base_dir),
+    task_code,
+    datasets.builder_class(dataset, base_dir),
+  )
+  return {
+    field: {"name": l.name, "file": l.file, "sha256": l.sha256}
+    for field, l in zip(("config.model.name", "config.task", "config.dataset.name"), loaded)
+    if l is not None and l.file is not None
+  }
 
 
 def pinned_dataset(config, workdir: str | None):
@@ -247,8 +275,9 @@ def source_arrays(source) -> dict[str, np.ndarray]:
   return input_pipeline.InMemorySource(source).arrays
 
 
-def load(config, workdir: str | None = None, *, fit: bool, dataset=None,
-         base_dir: str | None = None) -> RunInputs:
+def load(
+  config, workdir: str | None = None, *, fit: bool, dataset=None, base_dir: str | None = None
+) -> RunInputs:
   """The run's inputs: the preprocessing fitted afresh (and saved in `workdir`), or read from it.
 
   A run fits when it starts and reads what it fitted when it resumes, so
@@ -257,9 +286,14 @@ def load(config, workdir: str | None = None, *, fit: bool, dataset=None,
   dataset = dataset or pinned_dataset(config, workdir)
   builder = datasets.get_builder(dataset, base_dir)
   schema = importing.read_schema(builder.data_dir)
-  sources = {k: input_pipeline.cached(datasets.get_source(builder, dataset[k], f"dataset.{k}"),
-                                      dataset.cache_max_mb << 20) if dataset[k] else None
-             for k in SPLIT_FIELDS}
+  sources = {
+    k: input_pipeline.cached(
+      datasets.get_source(builder, dataset[k], f"dataset.{k}"), dataset.cache_max_mb << 20
+    )
+    if dataset[k]
+    else None
+    for k in SPLIT_FIELDS
+  }
   if not fit and (schema is not None or preprocess.saved(wd.preprocess(workdir))):
     prep, seen = preprocess.load(wd.preprocess(workdir))
     task, task_code = build_task(config, prep, base_dir)
@@ -268,7 +302,9 @@ def load(config, workdir: str | None = None, *, fit: bool, dataset=None,
     prep = preprocess.fit(schema, train, config)
     if config.init_from.workdir:
       prep = preprocess.inherit(prep, wd.preprocess(config.init_from.workdir))
-    task, task_code = build_task(config, prep, base_dir)  # a task that cannot use this data says so first
+    task, task_code = build_task(
+      config, prep, base_dir
+    )  # a task that cannot use this data says so first
     seen = preprocess.fit_seen(train, prep) if task.needs_seen_items else None
   code = _code_record(config, task_code, dataset, base_dir)
   return RunInputs(builder, schema, sources, prep, seen, task, code, base_dir)

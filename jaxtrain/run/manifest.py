@@ -26,22 +26,46 @@ from jaxtrain.config import base_config
 from jaxtrain.errors import UserError
 from jaxtrain.run import workdir as wd
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
-            "grain", "ml-collections", "numpy")
+PACKAGES = (
+  "jax",
+  "jaxlib",
+  "flax",
+  "optax",
+  "orbax-checkpoint",
+  "tensorflow-datasets",
+  "grain",
+  "ml-collections",
+  "numpy",
+)
 
 # Fields that cannot change the steps already taken: a resumed run may differ here.
-RESUMABLE_FIELDS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-                    "keep_checkpoints", "async_checkpointing", "dataset.prefetch",
-                    "dataset.eval_split", "dataset.test_split", "nan_policy",
-                    "nan_max_consecutive_skips", "parallel.fsdp", "parallel.fsdp_min_size",
-                    "parallel.prefetch_to_device", "parallel.stall_timeout_s",
-                    "parallel.startup_timeout_s", "parallel.stop_grace_s",
-                    "parallel.stop_check_every_steps",
-                    "dataset.cache_max_mb",
-                    "dataset.device_cache_max_mb",
-                    "eval_top_k",
-                    "early_stopping.metric", "early_stopping.mode", "early_stopping.patience",
-                    "early_stopping.min_delta", "keep_best_checkpoints")
+RESUMABLE_FIELDS = (
+  "log_every_steps",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "async_checkpointing",
+  "dataset.prefetch",
+  "dataset.eval_split",
+  "dataset.test_split",
+  "nan_policy",
+  "nan_max_consecutive_skips",
+  "parallel.fsdp",
+  "parallel.fsdp_min_size",
+  "parallel.prefetch_to_device",
+  "parallel.stall_timeout_s",
+  "parallel.startup_timeout_s",
+  "parallel.stop_grace_s",
+  "parallel.stop_check_every_steps",
+  "dataset.cache_max_mb",
+  "dataset.device_cache_max_mb",
+  "eval_top_k",
+  "early_stopping.metric",
+  "early_stopping.mode",
+  "early_stopping.patience",
+  "early_stopping.min_delta",
+  "keep_best_checkpoints",
+)
 # Sections that only matter when a run starts (importing data, fitting preprocessing
 # and the init_from source are read then, and saved in the workdir).
 START_ONLY_SECTIONS = ("data_import", "init_from", "preprocess")
@@ -54,10 +78,15 @@ FULL_HASH_LIMIT = 1 << 30
 def _git_commit() -> str | None:
   here = Path(__file__).resolve().parent
   try:
-    out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                         text=True, timeout=5)
-    dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
-                           capture_output=True, text=True, timeout=5).stdout.strip()
+    out = subprocess.run(
+      ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+    )
+    dirty = subprocess.run(
+      ["git", "-C", str(here), "status", "--porcelain", "--", "."],
+      capture_output=True,
+      text=True,
+      timeout=5,
+    ).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return None
   if out.returncode != 0:
@@ -75,10 +104,16 @@ def environment() -> dict:
   kinds: dict[str, int] = {}
   for d in jax.devices():
     kinds[d.device_kind] = kinds.get(d.device_kind, 0) + 1
-  return {"python": platform.python_version(), "platform": platform.platform(),
-          "versions": versions, "backend": jax.default_backend(), "devices": kinds,
-          "process_count": jax.process_count(),
-          "xla_flags": os.environ.get("XLA_FLAGS", ""), "git_commit": _git_commit()}
+  return {
+    "python": platform.python_version(),
+    "platform": platform.platform(),
+    "versions": versions,
+    "backend": jax.default_backend(),
+    "devices": kinds,
+    "process_count": jax.process_count(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "git_commit": _git_commit(),
+  }
 
 
 def dataset_fingerprint(directory: str) -> str:
@@ -96,11 +131,15 @@ def dataset_fingerprint(directory: str) -> str:
 
 
 def dataset_record(builder, dataset_config) -> dict:
-  return {"name": builder.name, "config": builder.builder_config.name if builder.builder_config else None,
-          "version": str(builder.version), "source_path": dataset_config.path or None,
-          "splits": {k: dataset_config[k] for k in ("train_split", "eval_split", "test_split")},
-          "num_examples": {k: v.num_examples for k, v in builder.info.splits.items()},
-          "fingerprint": dataset_fingerprint(builder.data_dir)}
+  return {
+    "name": builder.name,
+    "config": builder.builder_config.name if builder.builder_config else None,
+    "version": str(builder.version),
+    "source_path": dataset_config.path or None,
+    "splits": {k: dataset_config[k] for k in ("train_split", "eval_split", "test_split")},
+    "num_examples": {k: v.num_examples for k, v in builder.info.splits.items()},
+    "fingerprint": dataset_fingerprint(builder.data_dir),
+  }
 
 
 def path(workdir: str) -> str:
@@ -118,13 +157,20 @@ def read(workdir: str) -> dict:
   except FileNotFoundError:
     raise UserError(f"{workdir} has no manifest.json (not a jaxtrain workdir?)") from None
   except (UnicodeDecodeError, ValueError) as e:
-    raise UserError(f"{path(workdir)} is not valid JSON ({e}): it is damaged; move it aside to "
-                    "resume without its record") from None
-  wrong = [k for k, kind in REQUIRED.items() if not isinstance(record, dict)
-           or not isinstance(record.get(k), kind)]
+    raise UserError(
+      f"{path(workdir)} is not valid JSON ({e}): it is damaged; move it aside to "
+      "resume without its record"
+    ) from None
+  wrong = [
+    k
+    for k, kind in REQUIRED.items()
+    if not isinstance(record, dict) or not isinstance(record.get(k), kind)
+  ]
   if wrong:
-    raise UserError(f"{path(workdir)} is not a jaxtrain manifest (no valid {', '.join(wrong)}): it "
-                    "is damaged; move it aside to resume without its record")
+    raise UserError(
+      f"{path(workdir)} is not a jaxtrain manifest (no valid {', '.join(wrong)}): it "
+      "is damaged; move it aside to resume without its record"
+    )
   return record
 
 
@@ -132,8 +178,15 @@ def _write(workdir: str, record: dict) -> None:
   files.write_json(path(workdir), record, sort_keys=True)
 
 
-def record_start(workdir: str, config_dict: dict, dataset: dict, step: int, *,
-                 code: dict | None = None, config_dir: str | None = None) -> None:
+def record_start(
+  workdir: str,
+  config_dict: dict,
+  dataset: dict,
+  step: int,
+  *,
+  code: dict | None = None,
+  config_dir: str | None = None,
+) -> None:
   """Writes the manifest of a new run, or appends this start's changes to an existing one.
 
   `code`: the user files the run loaded, with their SHA-256 (run/inputs.py);
@@ -141,15 +194,30 @@ def record_start(workdir: str, config_dict: dict, dataset: dict, step: int, *,
   """
   env = environment()
   if step == 0 or not os.path.exists(path(workdir)):
-    _write(workdir, {"config": config_dict, "seed": config_dict["seed"], "environment": env,
-                     "dataset": dataset, "code": code or {}, "config_dir": config_dir,
-                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumes": []})
+    _write(
+      workdir,
+      {
+        "config": config_dict,
+        "seed": config_dict["seed"],
+        "environment": env,
+        "dataset": dataset,
+        "code": code or {},
+        "config_dir": config_dir,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resumes": [],
+      },
+    )
     return
   record = read(workdir)
-  record["resumes"].append({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                            "environment_changes": differences(record["environment"], env),
-                            "config_changes": differences(record["config"], config_dict),
-                            "code_changes": differences(record.get("code", {}), code or {})})
+  record["resumes"].append(
+    {
+      "step": step,
+      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+      "environment_changes": differences(record["environment"], env),
+      "config_changes": differences(record["config"], config_dict),
+      "code_changes": differences(record.get("code", {}), code or {}),
+    }
+  )
   record.update(config=config_dict, code=code or {}, config_dir=config_dir)
   _write(workdir, record)
 
@@ -166,13 +234,17 @@ def code_changes(old: dict, new: dict) -> list[str]:
       continue
     if before is None or after is None:
       which = after or before
-      lines.append(f"{which['file']} ({field}={which['name']!r}) was "
-                   f"{'not used' if before is None else 'used'} before and is "
-                   f"{'used' if before is None else 'not used'} now")
+      lines.append(
+        f"{which['file']} ({field}={which['name']!r}) was "
+        f"{'not used' if before is None else 'used'} before and is "
+        f"{'used' if before is None else 'not used'} now"
+      )
     else:
       moved = "" if before["file"] == after["file"] else f" (read from {before['file']} before)"
-      lines.append(f"{after['file']} ({field}={after['name']!r}) changed{moved}: sha256 "
-                   f"{before['sha256'][:12]}... -> {after['sha256'][:12]}...")
+      lines.append(
+        f"{after['file']} ({field}={after['name']!r}) changed{moved}: sha256 "
+        f"{before['sha256'][:12]}... -> {after['sha256'][:12]}..."
+      )
   return lines
 
 

@@ -50,24 +50,29 @@ class _EventFile:
 
   def __init__(self, logdir: str):
     from tensorboardX.event_file_writer import EventsWriter
+
     os.makedirs(logdir, exist_ok=True)
     self._events = EventsWriter(os.path.join(logdir, "events"))
 
   def _add(self, summary, step: int) -> None:
     from tensorboardX.proto import event_pb2
+
     self._events.write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
   def add_scalar(self, tag: str, value: float, step: int) -> None:
     from tensorboardX.summary import scalar
+
     self._add(scalar(tag, value), step)
 
   def add_text(self, tag: str, text: str, step: int) -> None:
     from tensorboardX.summary import text as text_summary
+
     self._add(text_summary(tag, text), step)
 
   def add_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
     """TensorBoard's HParams view: this run's settings beside its final metrics."""
     from tensorboardX.summary import hparams as hparams_summaries
+
     for summary in hparams_summaries(hparams, metrics):
       self._add(summary, 0)
 
@@ -133,11 +138,11 @@ def _records(data: bytes):
   (a process killed mid-write) ends the list."""
   at = 0
   while at + 12 <= len(data):
-    length = struct.unpack("<Q", data[at:at + 8])[0]
+    length = struct.unpack("<Q", data[at : at + 8])[0]
     end = at + 12 + length + 4
     if end > len(data):
       return
-    yield at, end, data[at + 12:at + 12 + length]
+    yield at, end, data[at + 12 : at + 12 + length]
     at = end
 
 
@@ -149,6 +154,7 @@ def keep_tensorboard_up_to(logdir: str, step: int) -> int:
   trains again twice. Each file is rewritten whole or not at all.
   """
   from tensorboardX.proto import event_pb2
+
   dropped = 0
   for name in sorted(os.listdir(logdir)) if os.path.isdir(logdir) else ():
     path = os.path.join(logdir, name)
@@ -195,10 +201,18 @@ class ProgressBar:
     if enabled and sys.stdout.isatty():
       from tqdm import tqdm
       from tqdm.contrib.logging import logging_redirect_tqdm
+
       sized = shutil.get_terminal_size((0, 0)).columns > 0  # a terminal of 0 columns: 100
-      self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=sized,
-                       ncols=None if sized else 100, file=sys.stdout, leave=False, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
-                       "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+      self._bar = tqdm(
+        total=total,
+        initial=start,
+        unit="step",
+        dynamic_ncols=sized,
+        ncols=None if sized else 100,
+        file=sys.stdout,
+        leave=False,
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+      )
       # Log lines print above the bar instead of through it.
       self._redirect = logging_redirect_tqdm([log])
       self._redirect.__enter__()
@@ -217,8 +231,9 @@ class ProgressBar:
       self._shown["ex/s"] = metrics.get("examples_per_sec")
     elif "loss" in metrics:
       self._shown[f"{split}_loss"] = metrics["loss"]
-    self._bar.set_postfix({k: f"{v:.4g}" for k, v in self._shown.items() if v is not None},
-                          refresh=False)
+    self._bar.set_postfix(
+      {k: f"{v:.4g}" for k, v in self._shown.items() if v is not None}, refresh=False
+    )
 
   def close(self) -> None:
     if self._bar is not None:

@@ -30,8 +30,12 @@ HEALTH_FIELDS = ("skipped", "consecutive", "first_bad_step", "first_bad_metric")
 
 
 def new_health() -> dict[str, jax.Array]:
-  return {"skipped": jnp.int32(0), "consecutive": jnp.int32(0),
-          "first_bad_step": jnp.int32(-1), "first_bad_metric": jnp.int32(-1)}
+  return {
+    "skipped": jnp.int32(0),
+    "consecutive": jnp.int32(0),
+    "first_bad_step": jnp.int32(-1),
+    "first_bad_metric": jnp.int32(-1),
+  }
 
 
 def as_vector(health) -> jax.Array:
@@ -62,15 +66,18 @@ def guard(state, new_state, new_metrics, health, *, keep_finite: bool = True):
   kept, reported = new_state, new_metrics
   if keep_finite:  # one branch taken, not an elementwise select over every array
     kept, reported = jax.lax.cond(
-        ok, lambda: (new_state, new_metrics),
-        lambda: (state.replace(step=new_state.step), jax.tree.map(jnp.zeros_like, new_metrics)))
+      ok,
+      lambda: (new_state, new_metrics),
+      lambda: (state.replace(step=new_state.step), jax.tree.map(jnp.zeros_like, new_metrics)),
+    )
   first = health["first_bad_step"] < 0
   health = {
-      "skipped": health["skipped"] + (~ok).astype(jnp.int32),
-      "consecutive": jnp.where(ok, 0, health["consecutive"] + 1),
-      "first_bad_step": jnp.where(~ok & first, state.step, health["first_bad_step"]),
-      "first_bad_metric": jnp.where(~ok & first, jnp.argmax(bad).astype(jnp.int32),
-                                    health["first_bad_metric"]),
+    "skipped": health["skipped"] + (~ok).astype(jnp.int32),
+    "consecutive": jnp.where(ok, 0, health["consecutive"] + 1),
+    "first_bad_step": jnp.where(~ok & first, state.step, health["first_bad_step"]),
+    "first_bad_metric": jnp.where(
+      ~ok & first, jnp.argmax(bad).astype(jnp.int32), health["first_bad_metric"]
+    ),
   }
   return kept, reported, health
 
@@ -82,19 +89,24 @@ def check(health, metric_names, *, policy: str, max_consecutive: int) -> int:
     return 0
   metric = sorted(metric_names)[h["first_bad_metric"]]
   if policy == "halt":
-    raise NonFiniteError(f"non-finite {metric} at step {h['first_bad_step'] + 1} "
-                         "(nan_policy=halt): stopped without saving it; the latest "
-                         "checkpoint holds the last finite state")
+    raise NonFiniteError(
+      f"non-finite {metric} at step {h['first_bad_step'] + 1} "
+      "(nan_policy=halt): stopped without saving it; the latest "
+      "checkpoint holds the last finite state"
+    )
   if h["consecutive"] >= max_consecutive:
-    raise NonFiniteError(f"{h['consecutive']} steps in a row had a non-finite loss or "
-                         f"gradient (first: {metric} at step {h['first_bad_step'] + 1}; "
-                         f"nan_max_consecutive_skips={max_consecutive}): stopped")
+    raise NonFiniteError(
+      f"{h['consecutive']} steps in a row had a non-finite loss or "
+      f"gradient (first: {metric} at step {h['first_bad_step'] + 1}; "
+      f"nan_max_consecutive_skips={max_consecutive}): stopped"
+    )
   return h["skipped"]
 
 
 @jax.jit  # one program for the whole state, not an op per leaf at every save
 def all_finite(tree) -> jax.Array:
   """True if every floating-point leaf of `tree` is finite (checked before a save)."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [
+    jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)

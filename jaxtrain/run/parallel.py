@@ -48,8 +48,10 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   devices, processes = mesh.devices.size, jax.process_count()
   if batch_size % devices or batch_size % processes:
-    raise UserError(f"batch_size={batch_size} must be divisible by the device count "
-                    f"({devices}) and the process count ({processes})")
+    raise UserError(
+      f"batch_size={batch_size} must be divisible by the device count "
+      f"({devices}) and the process count ({processes})"
+    )
 
 
 def replicate(tree, mesh: Mesh):
@@ -62,8 +64,7 @@ def put_batch(local_batch, mesh: Mesh, batch_axis: int = 0):
   sharding = NamedSharding(mesh, P(*([None] * batch_axis), DATA_AXIS))
   if jax.process_count() == 1:  # the local rows are the global batch: a plain (cheaper) put
     return jax.device_put(local_batch, sharding)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
-                      local_batch)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 
 def fsdp_spec(shape: tuple[int, ...], num_shards: int, min_size: int) -> P:
@@ -82,6 +83,7 @@ def host_value(x) -> np.ndarray:
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     if not x.is_fully_replicated:
       from jax.experimental import multihost_utils
+
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x.addressable_data(0))
   return np.asarray(jax.device_get(x))
@@ -90,6 +92,7 @@ def host_value(x) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """Where a run's state, batches and running totals live, and how its steps compile."""
+
   mesh: Mesh
   mode: str = "jit"
   fsdp: bool = False
@@ -100,10 +103,16 @@ class Layout:
     if parallel_config.mode not in MODES:
       raise UserError(f"config.parallel.mode={parallel_config.mode!r} must be one of {MODES}")
     if parallel_config.fsdp and parallel_config.mode != "jit":
-      raise UserError("config.parallel.fsdp=True needs config.parallel.mode='jit' "
-                      "(pmap keeps a whole copy of the state on every device)")
-    return cls(make_mesh(devices), parallel_config.mode, bool(parallel_config.fsdp),
-               int(parallel_config.fsdp_min_size))
+      raise UserError(
+        "config.parallel.fsdp=True needs config.parallel.mode='jit' "
+        "(pmap keeps a whole copy of the state on every device)"
+      )
+    return cls(
+      make_mesh(devices),
+      parallel_config.mode,
+      bool(parallel_config.fsdp),
+      int(parallel_config.fsdp_min_size),
+    )
 
   @property
   def num_devices(self) -> int:
@@ -121,8 +130,12 @@ class Layout:
     """Per-leaf shardings of the state as checkpoints hold it (no device axis)."""
     if not self.fsdp:
       return jax.tree.map(lambda _: replicated(self.mesh), state)
-    return jax.tree.map(lambda x: NamedSharding(
-        self.mesh, fsdp_spec(np.shape(x), self.num_devices, self.fsdp_min_size)), state)
+    return jax.tree.map(
+      lambda x: NamedSharding(
+        self.mesh, fsdp_spec(np.shape(x), self.num_devices, self.fsdp_min_size)
+      ),
+      state,
+    )
 
   def place_state(self, state):
     """The state placed as checkpoints hold it: replicated, or fsdp-sharded."""
@@ -148,16 +161,19 @@ class Layout:
   @functools.cached_property
   def _stack(self):
     n = self.num_devices
-    return jax.jit(lambda t: jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), t),
-                   out_shardings=data_sharded(self.mesh))
+    return jax.jit(
+      lambda t: jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), t),
+      out_shardings=data_sharded(self.mesh),
+    )
 
   # -- batches and small per-run values ----------------------------------------
   def put_batch(self, local_batch):
     """This process's rows of a global batch, as the step takes them."""
     if self.mode == "pmap":
       n = self.num_local_devices
-      local_batch = jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]),
-                                 local_batch)
+      local_batch = jax.tree.map(
+        lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), local_batch
+      )
     return put_batch(local_batch, self.mesh)
 
   def put_batches(self, local_batches):
@@ -168,8 +184,9 @@ class Layout:
     if self.mode == "pmap":
       n = self.num_local_devices
       local_batches = jax.tree.map(
-          lambda x: x.reshape((x.shape[0], n, x.shape[1] // n) + x.shape[2:]).swapaxes(0, 1),
-          local_batches)
+        lambda x: x.reshape((x.shape[0], n, x.shape[1] // n) + x.shape[2:]).swapaxes(0, 1),
+        local_batches,
+      )
       return put_batch(local_batches, self.mesh)
     return put_batch(local_batches, self.mesh, batch_axis=1)
 
@@ -197,6 +214,9 @@ class Layout:
     mapped over the devices, where `train_step` and `eval_step` reduce across them.
     """
     if self.mode == "pmap":
-      return jax.pmap(functools.partial(fn, axis_name=DATA_AXIS), axis_name=DATA_AXIS,
-                      donate_argnums=donate_argnums)
+      return jax.pmap(
+        functools.partial(fn, axis_name=DATA_AXIS),
+        axis_name=DATA_AXIS,
+        donate_argnums=donate_argnums,
+      )
     return jax.jit(fn, donate_argnums=donate_argnums, out_shardings=out_shardings)

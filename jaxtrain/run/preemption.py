@@ -60,11 +60,11 @@ class _Record:
   """The stop signals this process received, and who reads them."""
 
   def __init__(self):
-    self.names: list[str] = []          # in the order they came; appended by the handler only
-    self.depth = 0                      # open `watching()` scopes
-    self.previous: dict = {}            # the handlers the outermost scope replaced
-    self.observed = threading.Event()   # the main thread saw the signal at a boundary
-    self.jointly = False                # several processes: start-up does not stop alone
+    self.names: list[str] = []  # in the order they came; appended by the handler only
+    self.depth = 0  # open `watching()` scopes
+    self.previous: dict = {}  # the handlers the outermost scope replaced
+    self.observed = threading.Event()  # the main thread saw the signal at a boundary
+    self.jointly = False  # several processes: start-up does not stop alone
     self.grace_s = DEFAULT_GRACE_S
     # What the grace thread reports if it has to end the process: () -> where the main thread
     # is ("start-up", "the step at step 120"), and () -> (the newest complete checkpoint's
@@ -113,8 +113,13 @@ def acting_jointly(jointly: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def running(*, where: Callable[[], str], checkpoints: Callable[[], tuple[int | None, bool]],
-            grace_s: float = DEFAULT_GRACE_S, jointly: bool = False):
+def running(
+  *,
+  where: Callable[[], str],
+  checkpoints: Callable[[], tuple[int | None, bool]],
+  grace_s: float = DEFAULT_GRACE_S,
+  jointly: bool = False,
+):
   """A run's part of the record while it trains: what the grace thread names if it ends the
   process (`where`: "the step at step 120"; `checkpoints`: the newest complete checkpoint's
   step, and whether a save is being written), `parallel.stop_grace_s`, and whether several
@@ -163,7 +168,7 @@ class PreemptionWatcher:
   SIGNALS = SIGNALS
 
   def __init__(self, agree: Callable[[str, str | None], str | None] | None = None):
-    self.agreed: str | None = None        # received by one of the job's processes (with `agree`)
+    self.agreed: str | None = None  # received by one of the job's processes (with `agree`)
     self.agree = agree
     self._scope = None
 
@@ -209,8 +214,9 @@ class GraceThread:
   main thread, from a `watching()` scope.
   """
 
-  def __init__(self, exit: Callable[[int], None] = os._exit,
-               clock: Callable[[], float] = time.monotonic):
+  def __init__(
+    self, exit: Callable[[int], None] = os._exit, clock: Callable[[], float] = time.monotonic
+  ):
     self._exit, self.clock = exit, clock
     self._pipe: tuple[int, int] | None = None
     self._previous_fd = -1
@@ -221,8 +227,9 @@ class GraceThread:
     os.set_blocking(write, False)  # the C handler must never block on a full pipe
     self._previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     self._pipe = (read, write)
-    self._thread = threading.Thread(target=self._watch, args=(read,), name="jaxtrain-stop",
-                                    daemon=True)
+    self._thread = threading.Thread(
+      target=self._watch, args=(read,), name="jaxtrain-stop", daemon=True
+    )
     self._thread.start()
     return self
 
@@ -272,5 +279,7 @@ def stuck_line(signal_name: str, why: str) -> tuple[str, int]:
   kept = f"the last checkpoint is step {last}" if last is not None else "there is no checkpoint"
   if saving:
     kept += " (a save in flight is lost)"
-  return (f"jaxtrain: preempted: {signal_name} received: stopped while stuck in {where} "
-          f"({why}); {kept}; run the same command to resume"), (STALLED if saving else PREEMPTED)
+  return (
+    f"jaxtrain: preempted: {signal_name} received: stopped while stuck in {where} "
+    f"({why}); {kept}; run the same command to resume"
+  ), (STALLED if saving else PREEMPTED)

@@ -40,10 +40,10 @@ import time
 from typing import Callable
 
 STALLED = 76
-BEAT_S = 2.0          # how often each process tells the job it is alive
+BEAT_S = 2.0  # how often each process tells the job it is alive
 PEER_SILENCE_S = 30.0  # ... and how long one may be silent before it is gone
 FLOOR_S = 120.0  # no phase is called stalled sooner (a slow save, a loaded machine)
-MULTIPLE = 10    # ... or before it took this many times the slowest of its kind
+MULTIPLE = 10  # ... or before it took this many times the slowest of its kind
 
 
 class Watchdog:
@@ -53,21 +53,33 @@ class Watchdog:
   `startup_timeout_s` (default: `timeout_s`) is start-up's and each phase's first.
   """
 
-  def __init__(self, timeout_s: float, *, startup_timeout_s: float | None = None,
-               floor_s: float = FLOOR_S, multiple: float = MULTIPLE,
-               process: str = "process 0 of 1", clock: Callable[[], float] = time.monotonic,
-               exit: Callable[[int], None] = os._exit, peers=None):
+  def __init__(
+    self,
+    timeout_s: float,
+    *,
+    startup_timeout_s: float | None = None,
+    floor_s: float = FLOOR_S,
+    multiple: float = MULTIPLE,
+    process: str = "process 0 of 1",
+    clock: Callable[[], float] = time.monotonic,
+    exit: Callable[[int], None] = os._exit,
+    peers=None,
+  ):
     self.timeout_s, self.process, self.clock, self._exit = float(timeout_s), process, clock, exit
-    self.startup_timeout_s = self.timeout_s if startup_timeout_s is None else float(startup_timeout_s)
-    self._startup_field = ("parallel.stall_timeout_s" if startup_timeout_s is None
-                           else "parallel.startup_timeout_s")
+    self.startup_timeout_s = (
+      self.timeout_s if startup_timeout_s is None else float(startup_timeout_s)
+    )
+    self._startup_field = (
+      "parallel.stall_timeout_s" if startup_timeout_s is None else "parallel.startup_timeout_s"
+    )
     self.floor_s, self.multiple = float(floor_s), multiple
     self.phase, self.step, self.since = "start-up", 0, clock()
-    self._first: dict[str, float] = {}    # phase -> how long its first occurrence took
+    self._first: dict[str, float] = {}  # phase -> how long its first occurrence took
     self._slowest: dict[str, float] = {}  # phase -> the slowest of the later ones
     self.peers, self.peer_report, self.peer_gone = peers, None, None
-    self.interval = min(5.0, max(min(self.timeout_s, self.startup_timeout_s or self.timeout_s) / 10,
-                                 0.05))
+    self.interval = min(
+      5.0, max(min(self.timeout_s, self.startup_timeout_s or self.timeout_s) / 10, 0.05)
+    )
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
 
@@ -96,8 +108,10 @@ class Watchdog:
     adaptive = max(self.floor_s, self.multiple * slowest)
     if adaptive >= self.timeout_s:
       return self.timeout_s, f"parallel.stall_timeout_s={self.timeout_s:g}"
-    return adaptive, (f"{self.multiple:g} x the slowest {self.phase} so far, {slowest:.3g} s, "
-                      f"at least {self.floor_s:g} s")
+    return adaptive, (
+      f"{self.multiple:g} x the slowest {self.phase} so far, {slowest:.3g} s, "
+      f"at least {self.floor_s:g} s"
+    )
 
   def stalled(self) -> str | None:
     """What stalls here ("the evaluation at step 250 of process 1 of 2"), if the current phase
@@ -107,8 +121,10 @@ class Watchdog:
     waited, limit = self.clock() - self.since, self.limit()
     if limit is None or waited <= limit[0]:
       return None
-    return (f"the {self.phase} at step {self.step} of {self.process} has not finished in "
-            f"{waited:.0f} s ({limit[1]})")
+    return (
+      f"the {self.phase} at step {self.step} of {self.process} has not finished in "
+      f"{waited:.0f} s ({limit[1]})"
+    )
 
   def check(self) -> str | None:
     """The line to print if this process, or another of the job, has stalled; else None."""
@@ -117,11 +133,15 @@ class Watchdog:
   def _line(self, own: str | None) -> str | None:
     what = own
     if what is None and self.peer_report is not None:
-      what = f"{self.peer_report}; {self.process} stops with it (here: {self.phase}, step {self.step})"
+      what = (
+        f"{self.peer_report}; {self.process} stops with it (here: {self.phase}, step {self.step})"
+      )
     if what is None:
       return None
-    return (f"jaxtrain: stalled: {what}; exiting with status {STALLED}: the newest checkpoint is "
-            "intact, run the same command to resume from it")
+    return (
+      f"jaxtrain: stalled: {what}; exiting with status {STALLED}: the newest checkpoint is "
+      "intact, run the same command to resume from it"
+    )
 
   def _watch(self) -> None:
     while not self._stop.wait(self.interval):
@@ -193,11 +213,13 @@ class Watchdog:
 
 def _bounded(call: Callable[[], None], seconds: float) -> None:
   """`call()` on a thread, waited for at most `seconds` (a frozen coordinator never answers)."""
+
   def run():
     try:
       call()
     except Exception:  # best effort on the way out: the caller does not wait for an answer
       pass
+
   thread = threading.Thread(target=run, daemon=True)
   thread.start()
   thread.join(seconds)

@@ -109,8 +109,16 @@ def is_workdir(path: str) -> bool:
 
 
 # What --start_over sets aside: the run's history and its records, never the lock.
-HISTORY = (checkpoints, best_checkpoints, metrics, abandoned_metrics, tensorboard, manifest,
-           config_file, init_from_record)
+HISTORY = (
+  checkpoints,
+  best_checkpoints,
+  metrics,
+  abandoned_metrics,
+  tensorboard,
+  manifest,
+  config_file,
+  init_from_record,
+)
 
 
 def set_aside(workdir: str) -> str:
@@ -155,12 +163,22 @@ class WorkdirLock:
     except OSError:
       os.close(fd)
       h = holder(os.path.dirname(self.path), self.process)
-      who = (f"process {h.get('pid')} on {h.get('host')} ({h.get('command')}, since "
-             f"{h.get('since')})") if h else "another process"
-      raise UserError(f"{os.path.dirname(self.path)} is in use by {who}: one run writes a workdir "
-                      "at a time; wait for it, stop it, or use another workdir") from None
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "process": self.process,
-              "command": " ".join(sys.argv)[:300], "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+      who = (
+        (f"process {h.get('pid')} on {h.get('host')} ({h.get('command')}, since {h.get('since')})")
+        if h
+        else "another process"
+      )
+      raise UserError(
+        f"{os.path.dirname(self.path)} is in use by {who}: one run writes a workdir "
+        "at a time; wait for it, stop it, or use another workdir"
+      ) from None
+    record = {
+      "pid": os.getpid(),
+      "host": socket.gethostname(),
+      "process": self.process,
+      "command": " ".join(sys.argv)[:300],
+      "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     os.ftruncate(fd, 0)  # the holder's record lives in the locked file itself: no rename
     os.pwrite(fd, json.dumps(record).encode(), 0)
     self._fd = fd
@@ -183,6 +201,7 @@ def claimed(workdir: str, timeout_s: float = 0):
   """
   import jax
   from jaxtrain.run import distributed
+
   created = not os.path.exists(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -218,7 +237,9 @@ def claimed(workdir: str, timeout_s: float = 0):
 # config.json ---------------------------------------------------------------------------------
 def write_config(workdir: str, config) -> None:
   """The resolved config (an ml_collections.ConfigDict), whole or not at all."""
-  files.write_text(config_file(workdir), config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  files.write_text(
+    config_file(workdir), config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+  )
 
 
 def read_config(workdir: str) -> dict | None:
@@ -230,11 +251,15 @@ def read_config(workdir: str) -> dict | None:
   except FileNotFoundError:
     return None
   except (UnicodeDecodeError, ValueError) as e:
-    raise UserError(f"{path} is not valid JSON ({e}): it is the run's record of its config; "
-                    "restore it, or remove it to compare with manifest.json's") from None
+    raise UserError(
+      f"{path} is not valid JSON ({e}): it is the run's record of its config; "
+      "restore it, or remove it to compare with manifest.json's"
+    ) from None
   if not isinstance(saved, dict):
-    raise UserError(f"{path} is not a config (a JSON object); restore it, or remove it to "
-                    "compare with manifest.json's")
+    raise UserError(
+      f"{path} is not a config (a JSON object); restore it, or remove it to "
+      "compare with manifest.json's"
+    )
   return saved
 
 
@@ -245,8 +270,11 @@ def _event(line: bytes) -> dict | None:
     event = json.loads(line.decode("utf-8"))
   except (UnicodeDecodeError, ValueError):
     return None
-  if not (isinstance(event, dict) and isinstance(event.get("step"), int)
-          and isinstance(event.get("split"), str)):
+  if not (
+    isinstance(event, dict)
+    and isinstance(event.get("step"), int)
+    and isinstance(event.get("split"), str)
+  ):
     return None
   return event
 

@@ -7,5 +7,9 @@ import warnings
 
 from jaxtrain.run.workdir import LOCK_FILE, WorkdirLock, holder, lock_file  # noqa: F401
 
-warnings.warn("jaxtrain.run.workdir_lock is deprecated: import WorkdirLock, holder and lock_file "
-              "from jaxtrain.run.workdir", DeprecationWarning, stacklevel=2)
+warnings.warn(
+  "jaxtrain.run.workdir_lock is deprecated: import WorkdirLock, holder and lock_file "
+  "from jaxtrain.run.workdir",
+  DeprecationWarning,
+  stacklevel=2,
+)

@@ -38,11 +38,12 @@ _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 @dataclasses.dataclass
 class Managed:
   """What a managed job's environment says: `None` where it says nothing."""
+
   service: str | None = None
   workdir: str | None = None
   tensorboard_dir: str | None = None
   model_dir: str | None = None
-  overrides: tuple[str, ...] = ()     # --config.FIELD=VALUE flags
+  overrides: tuple[str, ...] = ()  # --config.FIELD=VALUE flags
 
 
 def local_path(path: str, what: str, environ=os.environ) -> str:
@@ -50,10 +51,12 @@ def local_path(path: str, what: str, environ=os.environ) -> str:
   if not _URL.match(path):
     return path
   if path.startswith("gs://") and os.path.isdir(environ.get("JAXTRAIN_GCS_MOUNT", "/gcs")):
-    return os.path.join(environ.get("JAXTRAIN_GCS_MOUNT", "/gcs"), path[len("gs://"):])
-  raise UserError(f"{what} {path} is a URL: jaxtrain writes its checkpoints, metrics and manifest "
-                  "to a filesystem; mount the bucket (gcsfuse, s3fs; Vertex AI mounts gs://BUCKET "
-                  "at /gcs/BUCKET) and give that path")
+    return os.path.join(environ.get("JAXTRAIN_GCS_MOUNT", "/gcs"), path[len("gs://") :])
+  raise UserError(
+    f"{what} {path} is a URL: jaxtrain writes its checkpoints, metrics and manifest "
+    "to a filesystem; mount the bucket (gcsfuse, s3fs; Vertex AI mounts gs://BUCKET "
+    "at /gcs/BUCKET) and give that path"
+  )
 
 
 def _sagemaker_overrides(hps: str) -> tuple[str, ...]:
@@ -63,7 +66,9 @@ def _sagemaker_overrides(hps: str) -> tuple[str, ...]:
     raise UserError(f"SM_HPS is not JSON: {e}") from None
   if not isinstance(values, dict):
     raise UserError("SM_HPS must be a JSON object of config fields")
-  return tuple(f"--config.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items())
+  return tuple(
+    f"--config.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items()
+  )
 
 
 def from_environment(environ=os.environ) -> Managed:
@@ -76,12 +81,16 @@ def from_environment(environ=os.environ) -> Managed:
     if environ.get("SM_CHANNEL_FILES"):
       overrides.append(f"--config.dataset.path={environ['SM_CHANNEL_FILES']}")
     overrides += _sagemaker_overrides(environ.get("SM_HPS", "{}"))
-    return Managed("SageMaker", os.path.join(root, "checkpoints"),
-                   os.path.join(environ.get("SM_OUTPUT_DIR", os.path.join(root, "output")),
-                                "tensorboard"),
-                   environ.get("SM_MODEL_DIR", os.path.join(root, "model")), tuple(overrides))
+    return Managed(
+      "SageMaker",
+      os.path.join(root, "checkpoints"),
+      os.path.join(environ.get("SM_OUTPUT_DIR", os.path.join(root, "output")), "tensorboard"),
+      environ.get("SM_MODEL_DIR", os.path.join(root, "model")),
+      tuple(overrides),
+    )
   if any(k in environ for k in ("AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR")):
     get = lambda k: local_path(environ[k], k, environ) if environ.get(k) else None
-    return Managed("Vertex AI", get("AIP_CHECKPOINT_DIR"), get("AIP_TENSORBOARD_LOG_DIR"),
-                   get("AIP_MODEL_DIR"))
+    return Managed(
+      "Vertex AI", get("AIP_CHECKPOINT_DIR"), get("AIP_TENSORBOARD_LOG_DIR"), get("AIP_MODEL_DIR")
+    )
   return Managed()

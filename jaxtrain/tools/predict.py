@@ -44,9 +44,11 @@ def trusted_code_dir(workdir: str, record: dict, code_dir: str | None) -> str | 
   """
   if record.get("code") and code_dir is None:
     named = ", ".join(f"{c['name']} ({field})" for field, c in record["code"].items())
-    raise UserError(f"{workdir} was trained with code of its own ({named}, from "
-                    f"{record.get('config_dir')}): a workdir is data, not code; pass --code DIR, "
-                    "the folder its config named the files from, to load them")
+    raise UserError(
+      f"{workdir} was trained with code of its own ({named}, from "
+      f"{record.get('config_dir')}): a workdir is data, not code; pass --code DIR, "
+      "the folder its config named the files from, to load them"
+    )
   return code_dir
 
 
@@ -60,17 +62,25 @@ def load_run(workdir: str, *, best: bool | None = None, code_dir: str | None = N
     raise UserError(f"{workdir} has no config.json (not a jaxtrain workdir?)")
   config = ml_collections.ConfigDict(saved)
   record = manifest.read(workdir) if os.path.exists(wd.manifest(workdir)) else {}
-  inputs = run_inputs.load_for_inference(config, workdir, trusted_code_dir(workdir, record, code_dir))
+  inputs = run_inputs.load_for_inference(
+    config, workdir, trusted_code_dir(workdir, record, code_dir)
+  )
   changed = manifest.code_changes(record.get("code", {}), inputs.code)
   if changed:
     raise UserError(f"{workdir} was trained with other code: {'; '.join(changed)}")
   arrays, step = checkpoint.read_arrays(workdir, -1, uses_best(workdir, best))
-  example = jax.tree.map(lambda s: np.zeros((1, *s.shape[1:]), s.dtype),
-                         input_signature(inputs, config, batch=1))
+  example = jax.tree.map(
+    lambda s: np.zeros((1, *s.shape[1:]), s.dtype), input_signature(inputs, config, batch=1)
+  )
   model = inputs.model(config, example)
-  state = TrainState(step=arrays["step"], params=arrays["params"], opt_state=None,
-                     model_state=arrays.get("model_state", {}), rng=arrays["rng"],
-                     functions=Functions(model.apply_fn(), None, inputs.task.loss_fn))
+  state = TrainState(
+    step=arrays["step"],
+    params=arrays["params"],
+    opt_state=None,
+    model_state=arrays.get("model_state", {}),
+    rng=arrays["rng"],
+    functions=Functions(model.apply_fn(), None, inputs.task.loss_fn),
+  )
   return config, inputs, state, step
 
 
@@ -79,7 +89,9 @@ def make_predict_fn(inputs, state):
   return jax.jit(lambda s, batch: inputs.task.predict(predict_step(s, batch), batch))
 
 
-def predict_arrays(inputs, state, raw: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+def predict_arrays(
+  inputs, state, raw: dict[str, np.ndarray], batch_size: int
+) -> dict[str, np.ndarray]:
   """Outputs for every row of `raw` (feature arrays), in batches of a fixed size (one compile)."""
   n = len(next(iter(raw.values())))
   transform, fn = inputs.transform(train=False), make_predict_fn(inputs, state)
@@ -89,7 +101,7 @@ def predict_arrays(inputs, state, raw: dict[str, np.ndarray], batch_size: int) -
     batch = transform({k: v[rows] for k, v in raw.items()})
     batch.pop("label", None)
     out = jax.device_get(fn(state, batch))
-    outputs.append({k: v[:min(batch_size, n - start)] for k, v in out.items()})
+    outputs.append({k: v[: min(batch_size, n - start)] for k, v in out.items()})
   return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
 
 
@@ -121,8 +133,11 @@ def output_columns(inputs, outputs: dict, threshold: float | None = None) -> dic
   prep = inputs.prep
   if "probabilities" in outputs:
     probs = outputs["probabilities"]
-    names = prep["label"]["class_names"] if prep["kind"] == "table" else [
-        str(i) for i in range(probs.shape[1])]
+    names = (
+      prep["label"]["class_names"]
+      if prep["kind"] == "table"
+      else [str(i) for i in range(probs.shape[1])]
+    )
     cols = {"predicted": [names[i] for i in probs.argmax(1)]}
     if threshold is not None and probs.shape[1] == 2:
       cols["predicted_at_threshold"] = [names[int(p >= threshold)] for p in probs[:, 1]]
@@ -132,25 +147,37 @@ def output_columns(inputs, outputs: dict, threshold: float | None = None) -> dic
   if "prediction" in outputs:
     return {"prediction": outputs["prediction"].tolist()}
   vocab = prep["categorical"][1]["vocab"]
-  return {"items": [" ".join(vocab[i - 1] for i in row) for row in outputs["top_items"]],
-          "scores": [" ".join(repr(float(s)) for s in row) for row in outputs["top_scores"]]}
+  return {
+    "items": [" ".join(vocab[i - 1] for i in row) for row in outputs["top_items"]],
+    "scores": [" ".join(repr(float(s)) for s in row) for row in outputs["top_scores"]],
+  }
 
 
-def predict_file(workdir: str, input_path: str, output_path: str, *, batch_size: int = 256,
-                 best: bool | None = None,
-                 code_dir: str | None = None) -> tuple[int, int]:
+def predict_file(
+  workdir: str,
+  input_path: str,
+  output_path: str,
+  *,
+  batch_size: int = 256,
+  best: bool | None = None,
+  code_dir: str | None = None,
+) -> tuple[int, int]:
   """Writes `output_path` (CSV: row, label if given, predictions); returns (rows, the step used)."""
   if not os.path.exists(input_path):
     raise UserError(f"--input {input_path} does not exist")
   if os.path.abspath(output_path) == os.path.abspath(input_path) or (
-      os.path.exists(output_path) and os.path.samefile(output_path, input_path)):
+    os.path.exists(output_path) and os.path.samefile(output_path, input_path)
+  ):
     raise UserError(f"--output {output_path} is the input file: write the predictions elsewhere")
   if not os.path.isdir(os.path.dirname(os.path.abspath(output_path))):
-    raise UserError(f"--output {output_path}: the folder {os.path.dirname(output_path)} does not exist")
+    raise UserError(
+      f"--output {output_path}: the folder {os.path.dirname(output_path)} does not exist"
+    )
   config, inputs, state, step = load_run(workdir, best=best, code_dir=code_dir)
   raw, labels = _read_input(input_path, inputs)
-  columns = output_columns(inputs, predict_arrays(inputs, state, raw, batch_size),
-                           validation_threshold(workdir, step))
+  columns = output_columns(
+    inputs, predict_arrays(inputs, state, raw, batch_size), validation_threshold(workdir, step)
+  )
   n = len(next(iter(columns.values())))
   # Written whole or not at all, even when a signal stops the command.
   with files.replacing(output_path, "w", newline="") as f:
@@ -159,8 +186,11 @@ def predict_file(workdir: str, input_path: str, output_path: str, *, batch_size:
     writer.writerow(head)
     for i in range(n):
       label = [_label_name(inputs, labels[i])] if labels is not None else []
-      writer.writerow([i + 1] + label + [repr(c[i]) if isinstance(c[i], float) else c[i]
-                                         for c in columns.values()])
+      writer.writerow(
+        [i + 1]
+        + label
+        + [repr(c[i]) if isinstance(c[i], float) else c[i] for c in columns.values()]
+      )
   return n, step
 
 
@@ -175,9 +205,13 @@ def input_signature(inputs, config, batch: int | None = None) -> dict[str, jax.S
   prep = inputs.prep
   b = batch if batch is not None else jax.export.symbolic_shape("b")[0]
   if prep["kind"] == "image":  # a dataset without an import schema: its features as they are
-    return {name: jax.ShapeDtypeStruct((b, *feature.shape),
-                                       jnp.float32 if name == "image" else feature.dtype)
-            for name, feature in inputs.builder.info.features.items() if name != "label"}
+    return {
+      name: jax.ShapeDtypeStruct(
+        (b, *feature.shape), jnp.float32 if name == "image" else feature.dtype
+      )
+      for name, feature in inputs.builder.info.features.items()
+      if name != "label"
+    }
   sig = {}
   if prep["numeric"]:
     sig["numeric"] = jax.ShapeDtypeStruct((b, len(prep["numeric"])), jnp.float32)
@@ -194,8 +228,9 @@ def input_signature(inputs, config, batch: int | None = None) -> dict[str, jax.S
   return sig
 
 
-def export(workdir: str, out_dir: str, *, best: bool | None = None,
-           code_dir: str | None = None) -> dict:
+def export(
+  workdir: str, out_dir: str, *, best: bool | None = None, code_dir: str | None = None
+) -> dict:
   """Serializes the run's inference function (weights inside) to `out_dir`."""
   config, inputs, state, step = load_run(workdir, best=best, code_dir=code_dir)
   signature = input_signature(inputs, config)
@@ -203,11 +238,23 @@ def export(workdir: str, out_dir: str, *, best: bool | None = None,
   serialized = jax.export.export(fn)(signature).serialize()
   os.makedirs(out_dir, exist_ok=True)
   files.write_bytes(os.path.join(out_dir, EXPORT_FILE), serialized)
-  record = {"workdir": os.path.abspath(workdir), "step": step, "task": config.task,
-            "inputs": {k: {"shape": [None if not isinstance(d, int) else d for d in v.shape],
-                           "dtype": str(np.dtype(v.dtype))} for k, v in signature.items()},
-            "outputs": sorted(jax.eval_shape(fn, {k: jax.ShapeDtypeStruct(
-                (1,) + v.shape[1:], v.dtype) for k, v in signature.items()}))}
+  record = {
+    "workdir": os.path.abspath(workdir),
+    "step": step,
+    "task": config.task,
+    "inputs": {
+      k: {
+        "shape": [None if not isinstance(d, int) else d for d in v.shape],
+        "dtype": str(np.dtype(v.dtype)),
+      }
+      for k, v in signature.items()
+    },
+    "outputs": sorted(
+      jax.eval_shape(
+        fn, {k: jax.ShapeDtypeStruct((1,) + v.shape[1:], v.dtype) for k, v in signature.items()}
+      )
+    ),
+  }
   files.write_json(os.path.join(out_dir, SIGNATURE_FILE), record)
   preprocess.copy_saved(wd.preprocess(workdir), out_dir)
   return record
@@ -220,7 +267,9 @@ def load_exported(out_dir: str):
   return exported.call
 
 
-def evaluate_run(workdir: str, dataset_name: str, split: str = "test", *, best: bool | None = None) -> dict:
+def evaluate_run(
+  workdir: str, dataset_name: str, split: str = "test", *, best: bool | None = None
+) -> dict:
   """A finished run's metrics on `split` of `dataset_name`, through its own preprocessing.
 
   How retraining compares a candidate with the production model: the same
@@ -232,6 +281,13 @@ def evaluate_run(workdir: str, dataset_name: str, split: str = "test", *, best: 
   source = datasets.get_source(datasets.get_builder(dataset), split, "split")
   layout = parallel.Layout.from_config(config.parallel)
   placed = layout.to_step(layout.place_state(state.replace(opt_state={})))
-  return without_count(evaluate(placed, source, batch_size=config.batch_size, layout=layout,
-                                transform=inputs.transform(train=False),
-                                finalize=inputs.task.finalize))
+  return without_count(
+    evaluate(
+      placed,
+      source,
+      batch_size=config.batch_size,
+      layout=layout,
+      transform=inputs.transform(train=False),
+      finalize=inputs.task.finalize,
+    )
+  )

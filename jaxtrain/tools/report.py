@@ -19,7 +19,15 @@ from jaxtrain.run import workdir as wd
 from jaxtrain.run.metric_writers import flatten_config
 
 CURVES = ("train/loss", "eval/loss", "eval/accuracy")
-SKIPPED = ("time", "step", "split", "learning_rate", "steps_per_sec", "examples_per_sec", "data_wait")
+SKIPPED = (
+  "time",
+  "step",
+  "split",
+  "learning_rate",
+  "steps_per_sec",
+  "examples_per_sec",
+  "data_wait",
+)
 
 
 def _run(name: str, workdir: str, trial: dict | None = None) -> dict[str, Any]:
@@ -32,14 +40,21 @@ def _run(name: str, workdir: str, trial: dict | None = None) -> dict[str, Any]:
         curves.setdefault(f"{e['split']}/{k}", []).append([e["step"], v])
         final[f"{e['split']}/{k}"] = v
   config = wd.read_config(workdir) or {}
-  return {"name": name, "workdir": workdir, "curves": curves, "final": final,
-          "steps": max((e["step"] for e in events), default=0),
-          "config": flatten_config(config), "trial": trial}
+  return {
+    "name": name,
+    "workdir": workdir,
+    "curves": curves,
+    "final": final,
+    "steps": max((e["step"] for e in events), default=0),
+    "config": flatten_config(config),
+    "trial": trial,
+  }
 
 
 def collect(dirs: list[str]) -> dict[str, Any]:
   """Runs and sweeps found in `dirs`; an unknown directory is a UserError naming it."""
   from jaxtrain.tools import sweep
+
   runs, sweeps = [], []
   for d in dirs:
     if os.path.exists(os.path.join(d, "sweep.json")):
@@ -50,9 +65,17 @@ def collect(dirs: list[str]) -> dict[str, Any]:
       for t in result["trials"]:
         if t["workdir"] and os.path.isdir(os.path.join(d, t["workdir"])):
           runs.append(_run(f"{label}/trial {t['number']}", os.path.join(d, t["workdir"]), t))
-      sweeps.append({"name": label, "dir": d, "metric": info["metric"],
-                     "direction": info["direction"], "space": info["space"],
-                     "result": result, "importance": _importance(d, info.get("storage"))})
+      sweeps.append(
+        {
+          "name": label,
+          "dir": d,
+          "metric": info["metric"],
+          "direction": info["direction"],
+          "space": info["space"],
+          "result": result,
+          "importance": _importance(d, info.get("storage")),
+        }
+      )
     elif os.path.exists(wd.metrics(d)):
       runs.append(_run(os.path.basename(os.path.abspath(d)) or d, d))
     else:
@@ -63,6 +86,7 @@ def collect(dirs: list[str]) -> dict[str, Any]:
 def _importance(sweep_dir: str, storage: str | None) -> dict[str, float]:
   import optuna
   from jaxtrain.tools import sweep
+
   study = sweep.open_study(sweep_dir, storage, create=False)
   complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
   if len(complete) < 2:
@@ -75,12 +99,15 @@ def _importance(sweep_dir: str, storage: str | None) -> dict[str, float]:
 
 def _plot_curves(runs, path: str) -> dict:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   names = [c for c in CURVES if any(c in r["curves"] for r in runs)]
   data = {c: {r["name"]: r["curves"][c] for r in runs if c in r["curves"]} for c in names}
-  fig, axes = plt.subplots(1, max(len(names), 1), figsize=(5 * max(len(names), 1), 4),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+    1, max(len(names), 1), figsize=(5 * max(len(names), 1), 4), squeeze=False
+  )
   for ax, curve in zip(axes[0], names):
     for run, points in data[curve].items():
       ax.plot([p[0] for p in points], [p[1] for p in points], label=run, linewidth=1.2)
@@ -98,9 +125,13 @@ def _plot_curves(runs, path: str) -> dict:
 
 def _plot_sweep(sweep: dict, out: str) -> dict:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  trials = [t for t in sweep["result"]["trials"] if t["value"] is not None and t["state"] == "COMPLETE"]
+
+  trials = [
+    t for t in sweep["result"]["trials"] if t["value"] is not None and t["state"] == "COMPLETE"
+  ]
   params = sorted(sweep["space"])
   data = {"objective": sweep["metric"], "params": {}, "importance": sweep["importance"]}
   pictures = {}
@@ -133,14 +164,29 @@ def _plot_sweep(sweep: dict, out: str) -> dict:
 
 
 def _table_rows(runs) -> tuple[list[str], list[list[str]]]:
-  finals = sorted({k for r in runs for k in r["final"]
-                   if k.split("/")[0] in ("train", "eval", "test") and k.split("/")[1] in
-                   ("loss", "accuracy")})
-  varied = sorted(k for k in {k for r in runs for k in r["config"]}
-                  if len({str(r["config"].get(k)) for r in runs}) > 1)
+  finals = sorted(
+    {
+      k
+      for r in runs
+      for k in r["final"]
+      if k.split("/")[0] in ("train", "eval", "test") and k.split("/")[1] in ("loss", "accuracy")
+    }
+  )
+  varied = sorted(
+    k
+    for k in {k for r in runs for k in r["config"]}
+    if len({str(r["config"].get(k)) for r in runs}) > 1
+  )
   header = ["run", "steps", *varied, *finals]
-  rows = [[r["name"], str(r["steps"]), *[_fmt(r["config"].get(k)) for k in varied],
-           *[_fmt(r["final"].get(k)) for k in finals]] for r in runs]
+  rows = [
+    [
+      r["name"],
+      str(r["steps"]),
+      *[_fmt(r["config"].get(k)) for k in varied],
+      *[_fmt(r["final"].get(k)) for k in finals],
+    ]
+    for r in runs
+  ]
   return header, rows
 
 
@@ -154,26 +200,40 @@ def write_report(dirs: list[str], out: str) -> dict[str, Any]:
   if not found["runs"]:
     raise UserError(f"no runs with metrics in {', '.join(dirs)}")
   os.makedirs(out, exist_ok=True)
-  plot_data = {"curves": _plot_curves(found["runs"], os.path.join(out, "curves.png")),
-               "sweeps": {s["name"]: _plot_sweep(s, out) for s in found["sweeps"]},
-               "runs": [r["name"] for r in found["runs"]]}
+  plot_data = {
+    "curves": _plot_curves(found["runs"], os.path.join(out, "curves.png")),
+    "sweeps": {s["name"]: _plot_sweep(s, out) for s in found["sweeps"]},
+    "runs": [r["name"] for r in found["runs"]],
+  }
   files.write_json(os.path.join(out, "plot_data.json"), plot_data, indent=1)
   header, rows = _table_rows(found["runs"])
-  table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + \
-      "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows) + \
-      "</table>"
+  table = (
+    "<table><tr>"
+    + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    + "</tr>"
+    + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    + "</table>"
+  )
   sections = ["<h2>Curves</h2><img src='curves.png' alt='curves'>", "<h2>Runs</h2>" + table]
   for s in found["sweeps"]:
     best = s["result"]["best"]
-    text = f"best: trial {best['number']}, {s['metric']} = {best['value']:.5g}" if best else "no complete trial"
-    images = "".join(f"<img src='{html.escape(f)}' alt='{k}'>"
-                     for k, f in plot_data["sweeps"][s["name"]]["files"].items())
+    text = (
+      f"best: trial {best['number']}, {s['metric']} = {best['value']:.5g}"
+      if best
+      else "no complete trial"
+    )
+    images = "".join(
+      f"<img src='{html.escape(f)}' alt='{k}'>"
+      for k, f in plot_data["sweeps"][s["name"]]["files"].items()
+    )
     sections.append(f"<h2>Sweep {html.escape(s['name'])}</h2><p>{html.escape(text)}</p>{images}")
   with files.replacing(os.path.join(out, "index.html")) as f:
-    f.write("<!doctype html><html><head><meta charset='utf-8'><title>jaxtrain report</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px}img{max-width:100%}"
-            "</style></head><body><h1>jaxtrain report</h1>" + "".join(sections) + "</body></html>\n")
+    f.write(
+      "<!doctype html><html><head><meta charset='utf-8'><title>jaxtrain report</title>"
+      "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+      "td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px}img{max-width:100%}"
+      "</style></head><body><h1>jaxtrain report</h1>" + "".join(sections) + "</body></html>\n"
+    )
   return {"header": header, "rows": rows, "plot_data": plot_data}
 
 

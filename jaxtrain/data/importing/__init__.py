@@ -27,18 +27,58 @@ The package, in the order an import runs:
 
 from jaxtrain.data.columns import RowError, parse_time
 from jaxtrain.data.importing.lags import (
-    add_lags, assign_splits, fraction_codes, parse_frequency, time_codes)
+  add_lags,
+  assign_splits,
+  fraction_codes,
+  parse_frequency,
+  time_codes,
+)
 from jaxtrain.data.importing.publishing import TableDataset, run_import
 from jaxtrain.data.importing.rows import (
-    infer_schema, parse, read_prediction_rows, read_rows,
-    validate_rows)
+  infer_schema,
+  parse,
+  read_prediction_rows,
+  read_rows,
+  validate_rows,
+)
 from jaxtrain.data.importing.spec import (
-    KINDS, LABEL_KINDS, SCHEMA_FILE, SPLITS, ImportSpec, feature_name, fingerprints,
-    read_schema, schema_table, source_files)
+  KINDS,
+  LABEL_KINDS,
+  SCHEMA_FILE,
+  SPLITS,
+  ImportSpec,
+  feature_name,
+  fingerprints,
+  read_schema,
+  schema_table,
+  source_files,
+)
 from jaxtrain.data.importing.tables import BeamTableDataset
 
-__all__ = ["RowError", "parse_time", "add_lags", "assign_splits", "fraction_codes", "parse_frequency",
-           "time_codes", "TableDataset", "run_import", "infer_schema", "parse",
-           "read_prediction_rows", "read_rows", "validate_rows", "KINDS", "LABEL_KINDS",
-           "SCHEMA_FILE", "SPLITS", "ImportSpec", "feature_name", "fingerprints", "read_schema",
-           "schema_table", "source_files", "BeamTableDataset"]
+__all__ = [
+  "RowError",
+  "parse_time",
+  "add_lags",
+  "assign_splits",
+  "fraction_codes",
+  "parse_frequency",
+  "time_codes",
+  "TableDataset",
+  "run_import",
+  "infer_schema",
+  "parse",
+  "read_prediction_rows",
+  "read_rows",
+  "validate_rows",
+  "KINDS",
+  "LABEL_KINDS",
+  "SCHEMA_FILE",
+  "SPLITS",
+  "ImportSpec",
+  "feature_name",
+  "fingerprints",
+  "read_schema",
+  "schema_table",
+  "source_files",
+  "BeamTableDataset",
+]

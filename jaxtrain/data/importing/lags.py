@@ -22,8 +22,9 @@ def parse_frequency(text: str) -> int:
   """Seconds from '30min', '1h', '1d', '7d', '1w' or a number of seconds."""
   match = re.fullmatch(r"\s*(\d+)\s*(s|min|h|d|w)?\s*", text or "")
   if not match or int(match.group(1)) <= 0:
-    raise UserError(f"--frequency={text!r} should be a count and a unit: 30min, 1h, 1d, 7d "
-                    "(or seconds)")
+    raise UserError(
+      f"--frequency={text!r} should be a count and a unit: 30min, 1h, 1d, 7d (or seconds)"
+    )
   return int(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
@@ -54,8 +55,10 @@ def add_lags(parsed: dict[str, list], schema: dict, spec: ImportSpec, where: lis
   if spec.gaps not in ("refuse", "drop"):
     raise UserError(f"--gaps={spec.gaps!r} must be refuse or drop")
   n = len(where)
-  names, codes = np.unique(np.asarray([str(v) for v in (parsed[spec.series] if spec.series
-                                                        else [""] * n)]), return_inverse=True)
+  names, codes = np.unique(
+    np.asarray([str(v) for v in (parsed[spec.series] if spec.series else [""] * n)]),
+    return_inverse=True,
+  )
   times = np.asarray(parsed[time_cols[0]], np.int64)
   target = np.asarray(parsed[schema["label"]], np.float64)
   order = np.lexsort((times, codes))
@@ -64,8 +67,10 @@ def add_lags(parsed: dict[str, list], schema: dict, spec: ImportSpec, where: lis
   if (steps == 0).any():
     at = np.flatnonzero(same & (np.diff(times[order]) == 0))[0]
     (_, l1), (p2, l2) = where[order[at]], where[order[at + 1]]
-    raise UserError(f"{p2} line {l2}: series {str(names[codes[order[at]]])!r} already has a row at this "
-                    f"time (line {l1}); lags need one row per series and time")
+    raise UserError(
+      f"{p2} line {l2}: series {str(names[codes[order[at]]])!r} already has a row at this "
+      f"time (line {l1}); lags need one row per series and time"
+    )
   if spec.frequency:
     freq, how = parse_frequency(spec.frequency), "declared"
   else:
@@ -94,13 +99,21 @@ def add_lags(parsed: dict[str, list], schema: dict, spec: ImportSpec, where: lis
     path, line = where[i]
     k = int(gap_lag[i])
     missing = dt.datetime.fromtimestamp(times[i] - k * freq, dt.timezone.utc).isoformat()
-    raise UserError(f"{path} line {line}: series {str(names[codes[i]])!r} has no row at {missing} "
-                    f"(lag {k} x {_describe_seconds(freq)}, the frequency {how}): "
-                    f"{int(gaps.sum())} rows' lags fall in gaps; fill them in the file, set "
-                    "--frequency, or pass --gaps drop")
-  log.info("lags %s (every %s, %s): dropped %d rows with too little history and %d whose lags "
-           "fall in gaps", lags, _describe_seconds(freq), how, int((~keep & ~gaps).sum()),
-           int(gaps.sum()))
+    raise UserError(
+      f"{path} line {line}: series {str(names[codes[i]])!r} has no row at {missing} "
+      f"(lag {k} x {_describe_seconds(freq)}, the frequency {how}): "
+      f"{int(gaps.sum())} rows' lags fall in gaps; fill them in the file, set "
+      "--frequency, or pass --gaps drop"
+    )
+  log.info(
+    "lags %s (every %s, %s): dropped %d rows with too little history and %d whose lags "
+    "fall in gaps",
+    lags,
+    _describe_seconds(freq),
+    how,
+    int((~keep & ~gaps).sum()),
+    int(gaps.sum()),
+  )
   keep_rows = np.flatnonzero(keep)
   out = {c: [v[i] for i in keep_rows] for c, v in parsed.items()}
   for k in lags:
@@ -115,10 +128,14 @@ def fraction_codes(spec: ImportSpec, n: int) -> np.ndarray:
   try:
     fractions = [float(x) for x in spec.fractions.split(",")]
   except ValueError:
-    raise UserError(f"--fractions={spec.fractions!r} should be three numbers, e.g. 0.8,0.1,0.1") from None
+    raise UserError(
+      f"--fractions={spec.fractions!r} should be three numbers, e.g. 0.8,0.1,0.1"
+    ) from None
   if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-    raise UserError(f"--fractions={spec.fractions!r} should be three fractions (train, "
-                    "validation, test) summing to 1")
+    raise UserError(
+      f"--fractions={spec.fractions!r} should be three fractions (train, "
+      "validation, test) summing to 1"
+    )
   order = np.random.default_rng(spec.seed).permutation(n)
   bounds = np.round(np.cumsum(fractions) * n).astype(int)
   codes = np.empty(n, np.uint8)
@@ -131,8 +148,10 @@ def time_codes(spec: ImportSpec, times: np.ndarray) -> np.ndarray:
   """`--split time:COL`: before the first cutoff trains, then validation, then test."""
   cuts = [parse_time(c) for c in spec.cutoffs.split(",") if c.strip()] if spec.cutoffs else []
   if len(cuts) != 2 or cuts[0] > cuts[1]:
-    raise UserError(f"--cutoffs={spec.cutoffs!r} should be two times, where validation then "
-                    "test start (e.g. 2024-05-01,2024-06-01)")
+    raise UserError(
+      f"--cutoffs={spec.cutoffs!r} should be two times, where validation then "
+      "test start (e.g. 2024-05-01,2024-06-01)"
+    )
   return np.where(times < cuts[0], 0, np.where(times < cuts[1], 1, 2)).astype(np.uint8)
 
 

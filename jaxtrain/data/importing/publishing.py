@@ -14,8 +14,23 @@ import tensorflow_datasets as tfds
 
 from jaxtrain.files import publish
 from jaxtrain.data import columns, store
-from jaxtrain.data.importing.spec import ImportSpec, SCHEMA_FILE, SPLITS, _class_order, _write_json, feature_name, fingerprints, source_files
-from jaxtrain.data.importing.tables import _features, _scan_tables, _split_codes, _write_tables, _write_with_beam
+from jaxtrain.data.importing.spec import (
+  ImportSpec,
+  SCHEMA_FILE,
+  SPLITS,
+  _class_order,
+  _write_json,
+  feature_name,
+  fingerprints,
+  source_files,
+)
+from jaxtrain.data.importing.tables import (
+  _features,
+  _scan_tables,
+  _split_codes,
+  _write_tables,
+  _write_with_beam,
+)
 from jaxtrain.data.importing.lags import add_lags, assign_splits
 from jaxtrain.data.importing.rows import infer_schema, read_rows, validate_rows
 from jaxtrain.errors import UserError
@@ -23,6 +38,7 @@ from jaxtrain.errors import UserError
 
 class TableDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """An imported table: the examples are given, so the builder only writes them."""
+
   VERSION = tfds.core.Version("1.0.0")
 
   def __init__(self, *, name, version, features, examples, **kwargs):
@@ -43,7 +59,9 @@ class TableDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def _imported_as(data_dir: str, name: str, fingerprints_: tuple[str, ...]) -> str | None:
   """The directory of the version imported with one of these fingerprints, if any."""
   for entry in store.read_history(data_dir, name):
-    if entry["fingerprint"] in fingerprints_ and (Path(data_dir) / name / entry["version"]).is_dir():
+    if (
+      entry["fingerprint"] in fingerprints_ and (Path(data_dir) / name / entry["version"]).is_dir()
+    ):
       return str(Path(data_dir) / name / entry["version"])
   return None
 
@@ -57,8 +75,9 @@ def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
   imported = _imported_as(data_dir, spec.name, (fp, legacy))
   if imported is not None:
     return imported, False
-  if not spec.lags and all(Path(s).expanduser().is_file() and columns.is_table(Path(s))
-                           for s in spec.sources):
+  if not spec.lags and all(
+    Path(s).expanduser().is_file() and columns.is_table(Path(s)) for s in spec.sources
+  ):
     return _import_tables(spec, data_dir, files, fp, legacy)
 
   rows = list(read_rows(spec))
@@ -82,12 +101,17 @@ def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
   if schema["label_kind"] == "class":
     class_names = _class_order(set(parsed[schema["label"]]))
     schema["class_names"] = class_names
-  shapes = {c: (np.shape(parsed[c][0]), np.asarray(parsed[c][0]).dtype)
-            for c, k in schema["columns"].items() if k == "tensor"}
+  shapes = {
+    c: (np.shape(parsed[c][0]), np.asarray(parsed[c][0]).dtype)
+    for c, k in schema["columns"].items()
+    if k == "tensor"
+  }
   schema["features"] = {c: feature_name(c) for c in schema["columns"]}
   if len(set(schema["features"].values()) | {"label"}) != len(schema["features"]) + 1:
-    raise UserError(f"columns {list(schema['features'])} do not have distinct names once "
-                    "made feature names (letters, digits, _); rename or --ignore one")
+    raise UserError(
+      f"columns {list(schema['features'])} do not have distinct names once "
+      "made feature names (letters, digits, _); rename or --ignore one"
+    )
   examples = {s: [] for s in SPLITS}
   for i, split in enumerate(splits):
     example = {schema["features"][c]: parsed[c][i] for c in schema["columns"]}
@@ -106,17 +130,33 @@ def run_import(spec: ImportSpec, data_dir: str) -> tuple[str, bool]:
     # A folder of this version without a history entry is what an import killed after
     # writing it left behind: not a dataset anyone trained on. It is replaced.
     shutil.rmtree(Path(data_dir) / spec.name / version, ignore_errors=True)
-    builder = TableDataset(name=spec.name, version=version,
-                           features=_features(schema, class_names, shapes), examples=examples,
-                           data_dir=data_dir, file_format="array_record")
+    builder = TableDataset(
+      name=spec.name,
+      version=version,
+      features=_features(schema, class_names, shapes),
+      examples=examples,
+      data_dir=data_dir,
+      file_format="array_record",
+    )
     with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
       builder.download_and_prepare()
-    schema.update(version=version, fingerprint=fp, files=[str(f) for f in files],
-                  options=spec.options(), num_examples={s: len(e) for s, e in examples.items()})
+    schema.update(
+      version=version,
+      fingerprint=fp,
+      files=[str(f) for f in files],
+      options=spec.options(),
+      num_examples={s: len(e) for s, e in examples.items()},
+    )
     _write_json(Path(builder.data_dir) / SCHEMA_FILE, schema)
-    history.append({"version": version, "fingerprint": fp, "files": [str(f) for f in files],
-                    "num_examples": schema["num_examples"],
-                    "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    history.append(
+      {
+        "version": version,
+        "fingerprint": fp,
+        "files": [str(f) for f in files],
+        "num_examples": schema["num_examples"],
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+      }
+    )
     _write_json(store.history_path(data_dir, spec.name), history)
   return str(builder.data_dir), True
 
@@ -132,8 +172,10 @@ def _import_tables(spec: ImportSpec, data_dir: str, files, fp: str, legacy: str)
     raise UserError(f"--split={spec.split}: no row falls in the train split")
   schema["features"] = {c: feature_name(c) for c in schema["columns"]}
   if len(set(schema["features"].values()) | {"label"}) != len(schema["features"]) + 1:
-    raise UserError(f"columns {list(schema['features'])} do not have distinct names once "
-                    "made feature names (letters, digits, _); rename or --ignore one")
+    raise UserError(
+      f"columns {list(schema['features'])} do not have distinct names once "
+      "made feature names (letters, digits, _); rename or --ignore one"
+    )
   class_names = schema.get("class_names")
   with store.lock(data_dir, spec.name):
     imported = _imported_as(data_dir, spec.name, (fp, legacy))
@@ -145,17 +187,27 @@ def _import_tables(spec: ImportSpec, data_dir: str, files, fp: str, legacy: str)
     partial = Path(data_dir) / spec.name / f"incomplete.{version}"
     shutil.rmtree(final, ignore_errors=True)  # see run_import: left by a killed import
     shutil.rmtree(partial, ignore_errors=True)
-    schema.update(version=version, fingerprint=fp, files=[str(f) for f in files],
-                  options=spec.options(),
-                  num_examples={s: int(n) for s, n in zip(SPLITS, counts) if n})
+    schema.update(
+      version=version,
+      fingerprint=fp,
+      files=[str(f) for f in files],
+      options=spec.options(),
+      num_examples={s: int(n) for s, n in zip(SPLITS, counts) if n},
+    )
     if spec.beam:  # TFDS's Beam writer publishes the version's folder itself
       _write_with_beam(spec, data_dir, version, schema, class_names, codes, file_rows)
       _write_json(final / SCHEMA_FILE, schema)
     else:
       _write_tables(spec, schema, class_names, codes, counts, partial)
       publish(partial, final)
-    history.append({"version": version, "fingerprint": fp, "files": schema["files"],
-                    "num_examples": schema["num_examples"],
-                    "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    history.append(
+      {
+        "version": version,
+        "fingerprint": fp,
+        "files": schema["files"],
+        "num_examples": schema["num_examples"],
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+      }
+    )
     _write_json(store.history_path(data_dir, spec.name), history)
   return str(final), True

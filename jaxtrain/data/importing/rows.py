@@ -18,7 +18,13 @@ import pyarrow as pa
 
 from jaxtrain.data import columns
 from jaxtrain.data.columns import RowError, parse_time
-from jaxtrain.data.importing.spec import ImportSpec, _IMAGE_SUFFIXES, _checked_declarations, _declared, source_files
+from jaxtrain.data.importing.spec import (
+  ImportSpec,
+  _IMAGE_SUFFIXES,
+  _checked_declarations,
+  _declared,
+  source_files,
+)
 from jaxtrain.errors import UserError, require
 
 
@@ -57,6 +63,7 @@ def _jsonl_rows(path: Path):
 
 def _parquet_rows(path: Path):
   import pyarrow.parquet as pq
+
   try:
     table = pq.read_table(path)
   except (pa.ArrowException, OSError) as e:
@@ -70,7 +77,9 @@ def _npz_rows(path: Path):
     with np.load(path, allow_pickle=False) as data:
       arrays = {k: data[k] for k in data.files}
   except Exception as e:  # object arrays (pickles) are refused here too
-    raise UserError(f"cannot read {path} as .npz without pickle: {str(e).splitlines()[0]}") from None
+    raise UserError(
+      f"cannot read {path} as .npz without pickle: {str(e).splitlines()[0]}"
+    ) from None
   scalars = sorted(k for k, v in arrays.items() if v.ndim == 0)
   if scalars:
     raise UserError(f"{path}: arrays {', '.join(scalars)} hold one value, not a row per example")
@@ -98,8 +107,10 @@ def _folder_rows(path: Path, label: str, image_size):
   for name in sorted(by_class):
     for f in by_class[name]:
       if images and f.suffix.lower() not in _IMAGE_SUFFIXES:
-        raise UserError(f"{f} is not an image ({f.suffix or 'no suffix'}), but {path} holds "
-                        f"images ({', '.join(_IMAGE_SUFFIXES)}): move it out of the folder")
+        raise UserError(
+          f"{f} is not an image ({f.suffix or 'no suffix'}), but {path} holds "
+          f"images ({', '.join(_IMAGE_SUFFIXES)}): move it out of the folder"
+        )
       if images:
         yield f, 1, {"image": _read_image(f, image_size), label: name}
       else:
@@ -122,8 +133,12 @@ def _read_image(path: Path, size):
   return array[..., None] if array.ndim == 2 else array
 
 
-_READERS = {".jsonl": _jsonl_rows, ".json": _jsonl_rows,
-            ".parquet": _parquet_rows, ".npz": _npz_rows}
+_READERS = {
+  ".jsonl": _jsonl_rows,
+  ".json": _jsonl_rows,
+  ".parquet": _parquet_rows,
+  ".npz": _npz_rows,
+}
 
 
 def read_rows(spec: ImportSpec) -> Iterator[tuple[Path, int, dict]]:
@@ -137,18 +152,23 @@ def read_rows(spec: ImportSpec) -> Iterator[tuple[Path, int, dict]]:
     if reader is None and columns.is_table(p):
       reader = functools.partial(_text_table_rows, delimiter=spec.delimiter, names=spec.names)
     if reader is None:
-      raise UserError(f"{p}: unknown file type {p.suffix!r} (expected delimited text, "
-                      f"{', '.join(sorted(_READERS))}, .zip, or a folder per class)")
+      raise UserError(
+        f"{p}: unknown file type {p.suffix!r} (expected delimited text, "
+        f"{', '.join(sorted(_READERS))}, .zip, or a folder per class)"
+      )
     for line, row in reader(p):
       yield p, line, row
 
 
 def parse(value, kind: str):
   """`value` as `kind`; a RowError says why it is not one."""
-  if kind == "float" and (value is None or (isinstance(value, str) and
-                                            value.strip().lower() in columns.MISSING)):
+  if kind == "float" and (
+    value is None or (isinstance(value, str) and value.strip().lower() in columns.MISSING)
+  ):
     return math.nan  # a missing number: imputed by the preprocessing (columns.py)
-  if value is None or (isinstance(value, str) and not value.strip() and kind not in ("text", "category")):
+  if value is None or (
+    isinstance(value, str) and not value.strip() and kind not in ("text", "category")
+  ):
     raise RowError("missing value")
   if kind in ("int",):
     if isinstance(value, (bool, np.bool_)):
@@ -196,8 +216,9 @@ def _as_column(values: list, json_text: bool) -> pa.Array:
     return pa.array(["" if v is None else str(v) for v in values], pa.string())
 
 
-def _row_stats(rows: list[tuple[Path, int, dict]], col: str, *, infer: bool, cap: int
-               ) -> columns.Stats | None:
+def _row_stats(
+  rows: list[tuple[Path, int, dict]], col: str, *, infer: bool, cap: int
+) -> columns.Stats | None:
   """`col`'s Stats over `rows` (None for a column of arrays: a tensor), with the same rule as
   the streamed import's chunks: the same file gets the same kinds whichever path reads it."""
   values = [row.get(col) for _, _, row in rows]
@@ -218,8 +239,9 @@ def infer_schema(rows: list[tuple[Path, int, dict]], spec: ImportSpec) -> dict:
   declared = _declared(spec.columns, "--columns")
   names = list(dict.fromkeys(c for _, _, row in rows for c in row))
   if spec.label not in names:
-    raise UserError(f"no column {spec.label!r} to use as the label (columns: {', '.join(names)}); "
-                    "set --label")
+    raise UserError(
+      f"no column {spec.label!r} to use as the label (columns: {', '.join(names)}); set --label"
+    )
   label_kind = _checked_declarations(declared, names, spec)
   kinds, stats = {}, {}
   try:
@@ -227,7 +249,7 @@ def infer_schema(rows: list[tuple[Path, int, dict]], spec: ImportSpec) -> dict:
       if col in ignored:
         continue
       declared_kind = "value" if col == spec.label and label_kind == "value" else declared.get(col)
-      cap = (1 << 62 if col == spec.label else columns.DISTINCT_CAP)
+      cap = 1 << 62 if col == spec.label else columns.DISTINCT_CAP
       stats[col] = _row_stats(rows, col, infer=declared_kind is None, cap=cap)
       if col != spec.label:
         kinds[col] = declared.get(col) or ("tensor" if stats[col] is None else stats[col].kind(col))
@@ -239,10 +261,15 @@ def infer_schema(rows: list[tuple[Path, int, dict]], spec: ImportSpec) -> dict:
   except columns.LocatedError as e:
     path, line, _ = rows[e.row]
     raise UserError(f"{path} line {line}, column {e.column!r}: {e.message}") from None
-  summary = [{"column": col, "missing": stats[col].missing if stats.get(col) else 0,
-              "kind": kinds.get(col, "label" if col == spec.label else "ignored"),
-              "examples": [str(v)[:40] for v in stats[col].examples] if stats.get(col) else []}
-             for col in names]
+  summary = [
+    {
+      "column": col,
+      "missing": stats[col].missing if stats.get(col) else 0,
+      "kind": kinds.get(col, "label" if col == spec.label else "ignored"),
+      "examples": [str(v)[:40] for v in stats[col].examples] if stats.get(col) else [],
+    }
+    for col in names
+  ]
   return {"columns": kinds, "label": spec.label, "label_kind": label_kind, "summary": summary}
 
 
@@ -269,13 +296,16 @@ def validate_rows(rows, schema) -> tuple[dict[str, list], list[tuple[Path, int]]
     if kind == "tensor":
       shapes = {np.shape(v) for v in parsed[col]}
       if len(shapes) > 1:
-        raise UserError(f"column {col!r} holds arrays of different shapes {sorted(shapes)[:3]}; "
-                        "set --image_size for a folder of images")
+        raise UserError(
+          f"column {col!r} holds arrays of different shapes {sorted(shapes)[:3]}; "
+          "set --image_size for a folder of images"
+        )
   return parsed, where
 
 
-def read_prediction_rows(path: str, schema: dict, needed: set[str] | None = None
-                         ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def read_prediction_rows(
+  path: str, schema: dict, needed: set[str] | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
   """Feature arrays (and labels, if the file has them) of a file to predict on.
 
   `needed`: the feature names the run's preprocessing reads (default: all);
@@ -286,15 +316,23 @@ def read_prediction_rows(path: str, schema: dict, needed: set[str] | None = None
   if not rows:
     raise UserError(f"{path}: no rows")
   has_label = all(schema["label"] in r for _, _, r in rows)
-  columns = {c: k for c, k in schema["columns"].items()
-             if needed is None or schema["features"][c] in needed}
+  columns = {
+    c: k for c, k in schema["columns"].items() if needed is None or schema["features"][c] in needed
+  }
   lag_cols = [c for c in columns if "_lag_" in c and c.startswith(schema["label"])]
   missing = [c for c in columns if c not in rows[0][2]]
   if missing:
-    hint = " (lag columns must be given: the label k rows earlier)" if set(missing) & set(lag_cols) else ""
+    hint = (
+      " (lag columns must be given: the label k rows earlier)"
+      if set(missing) & set(lag_cols)
+      else ""
+    )
     raise UserError(f"{path} has no column(s) {', '.join(missing)}{hint}")
-  check = {"columns": columns, "label": schema["label"],
-           "label_kind": "class" if schema["label_kind"] == "class" else "value"}
+  check = {
+    "columns": columns,
+    "label": schema["label"],
+    "label_kind": "class" if schema["label_kind"] == "class" else "value",
+  }
   if not has_label:
     rows = [(p, l, dict(r, **{schema["label"]: "0"})) for p, l, r in rows]
   parsed, _ = validate_rows(rows, check)

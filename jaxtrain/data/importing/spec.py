@@ -27,41 +27,77 @@ def _option(default, help_text: str):
 @dataclasses.dataclass
 class ImportSpec:
   """What `jaxtrain data import` does; the same fields as a config's `data_import`."""
-  sources: tuple[str, ...] = _option((), "CSV, Parquet, JSON Lines or .npz files, or folders "
-                                     "with one sub-folder per class (text files or images)")
-  name: str = _option("", "the dataset's name (lower case, digits, _); configs train it by "
-                      "dataset.name; each import of changed files is a new version NAME:1.0.k")
+
+  sources: tuple[str, ...] = _option(
+    (),
+    "CSV, Parquet, JSON Lines or .npz files, or folders "
+    "with one sub-folder per class (text files or images)",
+  )
+  name: str = _option(
+    "",
+    "the dataset's name (lower case, digits, _); configs train it by "
+    "dataset.name; each import of changed files is a new version NAME:1.0.k",
+  )
   label: str = _option("label", "the column to predict")
-  label_kind: str = _option("", "class or value (default: inferred: decimals, and integers "
-                            "with over 50 distinct values, are values; the rest classes)")
-  columns: str = _option("", "declared kinds, e.g. 'date=time,store=category' (kinds: int, "
-                         "float, category, text, time); the rest are inferred from all rows")
+  label_kind: str = _option(
+    "",
+    "class or value (default: inferred: decimals, and integers "
+    "with over 50 distinct values, are values; the rest classes)",
+  )
+  columns: str = _option(
+    "",
+    "declared kinds, e.g. 'date=time,store=category' (kinds: int, "
+    "float, category, text, time); the rest are inferred from all rows",
+  )
   ignore: str = _option("", "columns not to import, e.g. 'id,comment'")
-  split: str = _option("fraction", "fraction (a seeded permutation), column:COL (COL names each "
-                       "row's split: train, validation or test) or time:COL (by --cutoffs)")
+  split: str = _option(
+    "fraction",
+    "fraction (a seeded permutation), column:COL (COL names each "
+    "row's split: train, validation or test) or time:COL (by --cutoffs)",
+  )
   fractions: str = _option("0.8,0.1,0.1", "train, validation, test shares for --split fraction")
-  cutoffs: str = _option("", "for --split time:COL: 'validation starts,test starts' (dates or "
-                         "times); earlier rows train")
+  cutoffs: str = _option(
+    "", "for --split time:COL: 'validation starts,test starts' (dates or times); earlier rows train"
+  )
   seed: int = _option(0, "the permutation's seed for --split fraction")
-  lags: str = _option("", "e.g. '1,7': add the label 1 and 7 periods (--frequency) earlier in "
-                      "its series as columns; rows without that history are dropped")
+  lags: str = _option(
+    "",
+    "e.g. '1,7': add the label 1 and 7 periods (--frequency) earlier in "
+    "its series as columns; rows without that history are dropped",
+  )
   series: str = _option("", "the column naming each row's series, for --lags (e.g. store)")
-  frequency: str = _option("", "the period of --lags: 30min, 1h, 1d, 7d (default: the most "
-                           "common step between a series' consecutive times)")
-  gaps: str = _option("refuse", "a lag whose time has no row (a gap in the series): refuse "
-                      "(the import stops, naming it) or drop (the row is dropped, counted)")
-  image_size: str = _option("", "'H,W': resize folder images to this (default: as they are, "
-                            "which must then all be one size)")
-  delimiter: str = _option("", "the field separator of text tables, one character or several "
-                           "(MovieLens 1M's ::) (default: tab for .tsv, else sniffed from the "
-                           "first lines: , tab ; |)")
-  names: str = _option("", "column names for text tables without a header row, e.g. "
-                       "'label,text'")
-  beam: str = _option("", "write with Apache Beam (pip install 'jaxtrain[beam]'): its pipeline "
-                      "options, e.g. '--runner=DirectRunner --direct_num_workers=4' or a Dataflow/"
-                      "Spark/Flink runner's; each source file is read by one worker")
-  max_memory_mb: int = _option(512, "about the most memory a table import holds at once: files "
-                               "are read and written in chunks of 1/256 of this")
+  frequency: str = _option(
+    "",
+    "the period of --lags: 30min, 1h, 1d, 7d (default: the most "
+    "common step between a series' consecutive times)",
+  )
+  gaps: str = _option(
+    "refuse",
+    "a lag whose time has no row (a gap in the series): refuse "
+    "(the import stops, naming it) or drop (the row is dropped, counted)",
+  )
+  image_size: str = _option(
+    "",
+    "'H,W': resize folder images to this (default: as they are, which must then all be one size)",
+  )
+  delimiter: str = _option(
+    "",
+    "the field separator of text tables, one character or several "
+    "(MovieLens 1M's ::) (default: tab for .tsv, else sniffed from the "
+    "first lines: , tab ; |)",
+  )
+  names: str = _option("", "column names for text tables without a header row, e.g. 'label,text'")
+  beam: str = _option(
+    "",
+    "write with Apache Beam (pip install 'jaxtrain[beam]'): its pipeline "
+    "options, e.g. '--runner=DirectRunner --direct_num_workers=4' or a Dataflow/"
+    "Spark/Flink runner's; each source file is read by one worker",
+  )
+  max_memory_mb: int = _option(
+    512,
+    "about the most memory a table import holds at once: files "
+    "are read and written in chunks of 1/256 of this",
+  )
 
   @classmethod
   def from_config(cls, c) -> "ImportSpec":
@@ -76,8 +112,11 @@ class ImportSpec:
     Options added since an import was made count at their defaults, so the
     same files with the same options are still that import.
     """
-    values = {k: v for k, v in dataclasses.asdict(self).items()
-              if k not in ("sources", "name", "max_memory_mb", "beam")}
+    values = {
+      k: v
+      for k, v in dataclasses.asdict(self).items()
+      if k not in ("sources", "name", "max_memory_mb", "beam")
+    }
     for added, default in (("delimiter", ""), ("names", ""), ("frequency", ""), ("gaps", "refuse")):
       if values[added] == default:
         del values[added]
@@ -95,8 +134,10 @@ def source_files(sources) -> list[Path]:
         if any(part.startswith(".") for part in f.relative_to(p).parts):
           continue  # hidden files and folders (.DS_Store, .git) are not data
         if not f.resolve().is_relative_to(inside):
-          raise UserError(f"{f} links to {f.resolve()}, outside {p}: an import reads only what "
-                          "its folder holds; copy the file in instead")
+          raise UserError(
+            f"{f} links to {f.resolve()}, outside {p}: an import reads only what "
+            "its folder holds; copy the file in instead"
+          )
         files.append(f)
     elif p.is_file():
       files.append(p)
@@ -127,8 +168,9 @@ def _checked_declarations(declared: dict, names: list[str], spec: ImportSpec) ->
   """Refuses --columns naming absent columns and an unknown --label_kind; returns the latter."""
   unknown = set(declared) - set(names)
   if unknown:
-    raise UserError(f"--columns names {', '.join(sorted(unknown))}, not in the data "
-                    f"(columns: {', '.join(names)})")
+    raise UserError(
+      f"--columns names {', '.join(sorted(unknown))}, not in the data (columns: {', '.join(names)})"
+    )
   if spec.label_kind and spec.label_kind not in LABEL_KINDS:
     raise UserError(f"--label_kind={spec.label_kind!r} must be one of {', '.join(LABEL_KINDS)}")
   return spec.label_kind
@@ -172,13 +214,19 @@ def schema_table(schema: dict) -> str:
   """The columns as imported: kind, missing values, examples (what to check, and declare
   with --columns where the inference is wrong)."""
   summary = schema.get("summary") or [
-      {"column": c, "kind": k} for c, k in dict(schema["columns"], **{schema["label"]: "label"}).items()]
-  kind = lambda s: f"label ({schema['label_kind']})" if s["column"] == schema["label"] else s["kind"]
+    {"column": c, "kind": k}
+    for c, k in dict(schema["columns"], **{schema["label"]: "label"}).items()
+  ]
+  kind = lambda s: (
+    f"label ({schema['label_kind']})" if s["column"] == schema["label"] else s["kind"]
+  )
   width = max([len(s["column"]) for s in summary] + [6])
   lines = [f"  {'column':<{width}}  {'kind':<13} {'missing':>8}  examples"]
   for s in summary:
-    lines.append(f"  {s['column']:<{width}}  {kind(s):<13} {s.get('missing', 0):>8,}  "
-                 f"{', '.join(s.get('examples', []))}")
+    lines.append(
+      f"  {s['column']:<{width}}  {kind(s):<13} {s.get('missing', 0):>8,}  "
+      f"{', '.join(s.get('examples', []))}"
+    )
   return "\n".join(lines)
 
 
