@@ -1,4 +1,5 @@
-"""A GPT-2-medium-shaped language model (350M params): configs/lm_124m.py with 24 layers of width 1024.
+"""A GPT-2-medium-shaped language model (350M params): configs/lm_124m.py with 24 layers of width
+1024.
 
     jaxtrain train --config configs/lm_350m.py --workdir runs/lm_350m
 (the same as `--config configs/lm_124m.py:350m`)

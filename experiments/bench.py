@@ -68,6 +68,7 @@ def mnist_config(*, quick: bool, warmup: int, steps: int, data_dir: str, evaluat
 
 
 def split_arrays(dataset_config, split: str) -> dict:
-  """Every example of `split` as model inputs (images as float32 in [0, 1]), one array per feature."""
+  """Every example of `split` as model inputs (images as float32 in [0, 1]), one array per
+  feature."""
   source = datasets.get_source(datasets.get_builder(dataset_config), split)
   return input_pipeline.to_model_inputs(input_pipeline.InMemorySource(source).arrays)

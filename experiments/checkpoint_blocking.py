@@ -61,7 +61,8 @@ def config_for(args, save_every: int):
 
 
 def restore_seconds(config, workdir: str) -> tuple[float, int]:
-  """Seconds to restore the newest checkpoint's state into a fresh state on the device; its bytes."""
+  """Seconds to restore the newest checkpoint's state into a fresh state on the device; its
+  bytes."""
   batch = {"tokens": jnp.zeros((1, config.model.max_length + 1), jnp.int32)}
   model = build_model(config, {"kind": "image"}, batch)
   tx, _ = make_optimizer(config.optimizer, config.num_train_steps)
@@ -127,7 +128,8 @@ def main(argv=None) -> dict:
   print(f"{'loop':<16} {'steps/s':>9}")
   print(f"{'saving':<16} {a:>9.3f}\n{'not saving':<16} {b:>9.3f}")
   print(
-    f"blocked share of the save interval: {blocked:.1%} ({result['seconds_blocked_per_save']:.3g} s "
+    f"blocked share of the save interval: {blocked:.1%} "
+    f"({result['seconds_blocked_per_save']:.3g} s "
     f"per save; goal < 5%); restore {restore:.3g} s"
   )
   with open(args.out, "w") as f:

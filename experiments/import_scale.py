@@ -61,7 +61,8 @@ if sys.argv[1] == "legacy":  # every row a Python dict, inferred and checked one
 from jaxtrain.tools.cli import main
 start = time.perf_counter()
 status = main(sys.argv[2:])
-print("RESULT", status, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("RESULT", status, time.perf_counter() - start, peak)
 """
 
 

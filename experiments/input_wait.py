@@ -1,4 +1,5 @@
-"""Input pipeline: the share of training time the loop waits for data, for the MNIST CNN and a ResNet.
+"""Input pipeline: the share of training time the loop waits for data, for the MNIST CNN and a
+ResNet.
 
 jaxtrain's loop logs `data_wait`: the share of each log interval spent in
 `next(batches)` (reading, preprocessing, copying to the device, net of what
@@ -87,7 +88,8 @@ def main(argv=None) -> dict:
     "date": time.strftime("%Y-%m-%d"),
   }
   print(
-    f"device {result['device']}, {result['data']}, batch {result['batch_size']}, {args.steps} timed steps"
+    f"device {result['device']}, {result['data']}, batch {result['batch_size']}, "
+    f"{args.steps} timed steps"
   )
   print(f"{'model':<8} {'source':<13} {'steps/s':>9} {'data wait':>10}")
   for r in rows:

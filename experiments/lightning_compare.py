@@ -1,4 +1,5 @@
-"""jaxtrain against PyTorch Lightning: the same CNN, data, optimizer and steps; steps/s at equal accuracy.
+"""jaxtrain against PyTorch Lightning: the same CNN, data, optimizer and steps; steps/s at equal
+accuracy.
 
 The model is configs/mnist.py's CNN (conv32-BN-pool-conv64-BN-pool-dense256-
 dropout-dense10, no conv bias), written once more in PyTorch; both train with
@@ -160,12 +161,14 @@ def main(argv=None) -> dict:
     "date": time.strftime("%Y-%m-%d"),
   }
   print(
-    f"device {result['device']}, {result['data']}, batch {config.batch_size}, {args.steps} timed steps"
+    f"device {result['device']}, {result['data']}, batch {config.batch_size}, "
+    f"{args.steps} timed steps"
   )
   print(f"{'loop':<22} {'steps/s':>9} {'test accuracy':>14}")
   print(f"{'jaxtrain':<22} {ours['steps_per_sec']:>9.1f} {ours['accuracy']:>14.4f}")
   print(
-    f"{'lightning ' + theirs['version']:<22} {theirs['steps_per_sec']:>9.1f} {theirs['accuracy']:>14.4f}"
+    f"{'lightning ' + theirs['version']:<22} {theirs['steps_per_sec']:>9.1f} "
+    f"{theirs['accuracy']:>14.4f}"
   )
   print(f"ratio jaxtrain / lightning: {result['ratio']:.2f}")
   with open(args.out, "w") as f:

@@ -11,9 +11,10 @@ MFU = model FLOPs per token (lm.train_flops_per_token: 6N + 12*L*T*d, remat
 not counted) x tokens/s / the measured matmul rate. Both sides time the steps
 after a warm-up (compilation excluded).
 
-    python experiments/lm_mfu.py --model 124m [--steps 100] [--attention cudnn] [--remat dots_no_batch]
+    python experiments/lm_mfu.py --model 124m [--steps 100] [--attention cudnn] \
+        [--remat dots_no_batch]
     python experiments/lm_mfu.py --model 350m --batch_size 16
-    python experiments/lm_mfu.py --quick      # a tiny model for a few steps (the test suite; no timing claims)
+    python experiments/lm_mfu.py --quick   # a tiny model, a few steps (the suite; no timings)
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Real data, default configs: jaxtrain against the scikit-learn baseline a practitioner tries first.
+"""Real data, default configs: jaxtrain against the scikit-learn baseline a practitioner tries
+first.
 
 Each job imports a real table found offline with `jaxtrain data import`'s
 own code, trains the shipped config for its kind of job (no sweep, no

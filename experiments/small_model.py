@@ -1,4 +1,5 @@
-"""A small model on the accelerator: the MNIST CNN at batch 128, jaxtrain vs. Flax's NNX MNIST example.
+"""A small model on the accelerator: the MNIST CNN at batch 128, jaxtrain vs. Flax's NNX MNIST
+example.
 
 A step of this model is tens of microseconds of GPU work, so speed is decided
 by dispatch: jaxtrain donates buffers, never syncs with the host between log
@@ -111,7 +112,8 @@ def main(argv=None) -> dict:
     parser.error(f"the MNIST files are not at {MNIST} (see shared/data/SOURCES.md); try --quick")
   if args.steps % args.dispatch or args.warmup % args.dispatch:
     parser.error(
-      f"--steps {args.steps} and --warmup {args.warmup} must be multiples of --dispatch {args.dispatch}"
+      f"--steps {args.steps} and --warmup {args.warmup} must be multiples of "
+      f"--dispatch {args.dispatch}"
     )
   configs = {
     "jaxtrain": jaxtrain_config(args, 1),
@@ -149,7 +151,8 @@ def main(argv=None) -> dict:
   for name, v in rates.items():
     print(f"{name:<20} {v:>9.1f} {v / base:>7.2f}x")
   print(
-    f"ratio jaxtrain k={args.dispatch} / flax nnx example: {rates[f'jaxtrain k={args.dispatch}'] / base:.2f}"
+    f"ratio jaxtrain k={args.dispatch} / flax nnx example: "
+    f"{rates[f'jaxtrain k={args.dispatch}'] / base:.2f}"
     "  (goal >= 3 on a GPU)"
   )
   with open(args.out, "w") as f:

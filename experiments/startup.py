@@ -99,7 +99,8 @@ def main(argv=None) -> int:
   summary["ratio_process"] = summary["warm_process_s"] / summary["cold_process_s"]
   print(f"{'':24s}{'cold':>10s}{'warm':>10s}{'warm/cold':>11s}")
   print(
-    f"{'time to first step (s)':24s}{summary['cold_first_step_s']:10.2f}{summary['warm_first_step_s']:10.2f}"
+    f"{'time to first step (s)':24s}{summary['cold_first_step_s']:10.2f}"
+    f"{summary['warm_first_step_s']:10.2f}"
     f"{summary['ratio_first_step']:11.2f}"
   )
   print(

@@ -19,7 +19,8 @@ SAMPLE_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_d
 
 
 def sample_file(name: str) -> str:
-  """A file shipped in jaxtrain/sample_data/ (the embedded digits; the sample tables configs import)."""
+  """A file shipped in jaxtrain/sample_data/ (the embedded digits; the sample tables configs
+  import)."""
   return os.path.join(SAMPLE_DATA, name)
 
 

@@ -384,7 +384,8 @@ def predict_retrieval(outputs, batch, *, top_k=10):
 
 @dataclasses.dataclass(frozen=True)
 class Classification:
-  """Softmax cross-entropy, weighted per class; accuracy, precision, recall, F1, ROC-AUC (binary)."""
+  """Softmax cross-entropy, weighted per class; accuracy, precision, recall, F1, ROC-AUC
+  (binary)."""
 
   class_weights: tuple[float, ...] | None = None  # from preprocess.class_weights
   label_kind: str = "class"  # from the data: class | value

@@ -141,7 +141,8 @@ CASES = [
       "--config.optimizer.piecewise_boundaries=(10,20)",
     ],
     1,
-    "config.optimizer.piecewise_scales=(1.0,) must have as many entries as optimizer.piecewise_boundaries",
+    "config.optimizer.piecewise_scales=(1.0,) must have as many entries as "
+    "optimizer.piecewise_boundaries",
   ),
   (
     "unknown model",

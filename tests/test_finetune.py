@@ -1,4 +1,5 @@
-"""Fine-tuning: a digits run into a new head with a frozen body; params matched by path and shape."""
+"""Fine-tuning: a digits run into a new head with a frozen body; params matched by path and
+shape."""
 
 import json
 

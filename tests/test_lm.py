@@ -1,4 +1,5 @@
-"""The decoder-only language model (jaxtrain/models/lm.py), its task, and the synthetic token dataset."""
+"""The decoder-only language model (jaxtrain/models/lm.py), its task, and the synthetic token
+dataset."""
 
 import math
 
@@ -33,7 +34,8 @@ def tiny_lm_config(data_dir, vocab=128, length=32):
 
 
 def test_loss_falls_to_near_the_chains_entropy(tmp_path, data_dir):
-  """From ln(vocab) at the start to within 0.6 nats of the best possible loss; accuracy near 0.75."""
+  """From ln(vocab) at the start to within 0.6 nats of the best possible loss; accuracy near
+  0.75."""
   c = tiny_lm_config(data_dir)
   train_and_evaluate(c, str(tmp_path / "run"))
   events = read_metrics(str(tmp_path / "run"))

@@ -124,7 +124,8 @@ def _remat_digests(kind: str, policy: str):
 
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
 def test_remat_changes_memory_not_values(policy):
-  """A rematerialised ResNet / Transformer has the same params and the same gradients, bit for bit."""
+  """A rematerialised ResNet / Transformer has the same params and the same gradients, bit for
+  bit."""
   for kind in ("resnet", "encoder"):
     assert _remat_digests(kind, policy) == _remat_digests(kind, "")
 

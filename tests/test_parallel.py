@@ -54,7 +54,9 @@ for name, overrides in json.loads(sys.argv[1]).items():
       "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)],
       "kernel_shape": list(kernel(state.params).shape),
       "kernel_shards": [list(s.data.shape) for s in kernel(state.params).addressable_shards],
-      "mu_shards": [list(s.data.shape) for s in kernel(state.opt_state[0][0].mu).addressable_shards],
+      "mu_shards": [
+        list(s.data.shape) for s in kernel(state.opt_state[0][0].mu).addressable_shards
+      ],
   }
 print("RESULT " + json.dumps(out))
 """

@@ -1,4 +1,5 @@
-"""SIGTERM (or SLURM's SIGUSR1) mid-run: status 75, a checkpoint at the step reached, an exact resume."""
+"""SIGTERM (or SLURM's SIGUSR1) mid-run: status 75, a checkpoint at the step reached, an exact
+resume."""
 
 import json
 import os

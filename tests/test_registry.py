@@ -110,7 +110,10 @@ class Parity(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     bits = np.random.default_rng(0).integers(0, 2, (self.size, 6)).astype(np.float32)
-    return {"train": self._generate_examples(bits[:-64]), "test": self._generate_examples(bits[-64:])}
+    return {
+      "train": self._generate_examples(bits[:-64]),
+      "test": self._generate_examples(bits[-64:]),
+    }
 
   def _generate_examples(self, bits):
     for i, row in enumerate(bits):

@@ -1,4 +1,5 @@
-"""experiments/startup.py keeps working, and `jaxtrain train` fills its default compilation cache."""
+"""experiments/startup.py keeps working, and `jaxtrain train` fills its default compilation
+cache."""
 
 import json
 import subprocess

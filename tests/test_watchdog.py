@@ -1,4 +1,5 @@
-"""The stall watchdog: alone with a fake clock, and a run that stalls, exits 76, and resumes exactly."""
+"""The stall watchdog: alone with a fake clock, and a run that stalls, exits 76, and resumes
+exactly."""
 
 import re
 import subprocess

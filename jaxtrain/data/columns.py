@@ -1,4 +1,5 @@
-"""Tables read column-wise in bounded chunks: CSV (any delimiter, zipped or not), JSON Lines, Parquet.
+"""Tables read column-wise in bounded chunks: CSV (any delimiter, zipped or not), JSON Lines,
+Parquet.
 
 `chunks(path, ...)` yields `Chunk`s of at most about `block_bytes` of the
 file, as pyarrow arrays (CSV and JSON values as strings, Parquet as typed),
@@ -615,7 +616,8 @@ class _BadTime(ValueError):
 
 
 def to_numpy(array: pa.Array, kind: str) -> np.ndarray:
-  """A checked column as the dataset stores it: int64, float32 (NaN for missing), or unix seconds."""
+  """A checked column as the dataset stores it: int64, float32 (NaN for missing), or unix
+  seconds."""
   if kind in ("float", "value"):
     if pa.types.is_string(array.type):
       missing = missing_mask(array)

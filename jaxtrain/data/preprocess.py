@@ -443,7 +443,8 @@ PREP_FILE, SEEN_FILE = "preprocess.json", "seen.npz"
 
 
 def save(folder: str, prep: dict, seen: dict | None) -> None:
-  """Writes the fitted preprocessing into `folder`; preprocess.json, written last, marks it whole."""
+  """Writes the fitted preprocessing into `folder`; preprocess.json, written last, marks it
+  whole."""
   os.makedirs(folder, exist_ok=True)
   if seen is not None:
     with files.replacing(os.path.join(folder, SEEN_FILE), "wb") as f:

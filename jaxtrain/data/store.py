@@ -58,7 +58,8 @@ def latest_version(data_dir: str, name: str) -> str | None:
 
 
 def imported_dir(data_dir: str, name: str) -> str | None:
-  """The directory of a `jaxtrain data import` dataset `name` or `name:version` (None if not one)."""
+  """The directory of a `jaxtrain data import` dataset `name` or `name:version` (None if not
+  one)."""
   base, _, version = name.partition(":")
   if not history_path(data_dir, base).exists():
     return None

@@ -452,7 +452,8 @@ def load_arrays(
 
 
 def source_step(workdir: str, step: int = -1, best: bool = False) -> int:
-  """The step a reader of `workdir` means: `step`, or the newest (`best`: the best, by best.json)."""
+  """The step a reader of `workdir` means: `step`, or the newest (`best`: the best, by
+  best.json)."""
   if not os.path.isdir(workdir):
     raise UserError(f"{workdir} does not exist")
   root = checkpoint_dir(workdir, best)

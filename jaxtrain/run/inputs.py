@@ -240,7 +240,8 @@ class RunInputs:
 
 
 def _code_record(config, task_code: registry.Loaded, dataset, base_dir: str | None) -> dict:
-  """{config field: {name, file, sha256}} of the user files the model, task and dataset came from."""
+  """{config field: {name, file, sha256}} of the user files the model, task and dataset came
+  from."""
   loaded = (
     registry.resolve(config.model.name, registry.MODELS, "config.model.name", base_dir),
     task_code,

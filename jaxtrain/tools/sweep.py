@@ -15,7 +15,8 @@ distributions:
               "optimizer.weight_decay": choice([0.0, 1e-4, 1e-3])}
 
 A crashed worker's trial is noticed by its missed heartbeats (after
-`--grace_seconds`), marked failed and retried with the same parameters in the same workdir, so it resumes from its
+`--grace_seconds`), marked failed and retried with the same parameters in the same workdir, so it
+resumes from its
 last checkpoint. `--trials N` is the size of the study, not of one invocation:
 running the command again finishes what is missing.
 """
