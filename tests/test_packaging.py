@@ -89,3 +89,17 @@ def test_an_installed_wheel_trains_a_builtin_config_from_an_empty_directory(
   assert run.returncode == 0, run.stderr[-2000:]
   assert (empty / "w" / "checkpoints" / "20").is_dir()
   assert " step 20 test accuracy=" in run.stdout
+
+
+def test_every_package_folder_is_listed_for_the_wheel():
+  """A new sub-package (data/importing/) missing from pyproject's list is left out of the
+  wheel: the installed command then fails to import it."""
+  import tomllib
+
+  listed = set(
+    tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+  )
+  found = {
+    ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "jaxtrain").rglob("__init__.py")
+  }
+  assert found <= listed, sorted(found - listed)

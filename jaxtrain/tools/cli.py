@@ -77,11 +77,8 @@ def load_config_file(value: str):
   loaded one after another in a process never share a get_config. Every
   failure is one line saying what to fix in the file.
   """
-  path, colon, arg = (
-    value.partition(":") if ".py:" in value or not value.endswith(".py") else (value, "", "")
-  )
-  if not path.endswith(".py") and colon and not os.path.isfile(path):
-    path, colon, arg = value, "", ""  # a file without .py whose name holds a colon
+  at = value.rfind(".py:")  # configs/spam.py:transformer; a folder's name may hold a colon
+  path, colon, arg = (value[: at + 3], ":", value[at + 4 :]) if at >= 0 else (value, "", "")
   module_name = "jaxtrain_config_" + re.sub(r"\W", "_", os.path.abspath(path))
   try:
     loader = importlib.machinery.SourceFileLoader(module_name, path)
