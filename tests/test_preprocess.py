@@ -171,3 +171,20 @@ def test_time_columns_give_calendar_fields_down_to_the_minute_and_a_trend_only_w
   assert [s["feature"] for s in preprocess.fit(schema, train, config)["numeric"]] == ["when"]
   config.preprocess.time_trend = "off"
   assert preprocess.fit(schema, train, config)["numeric"] == []
+
+
+def test_saved_preprocessing_reads_back_and_a_workdir_still_works_with_a_warning(tmp_path):
+  from jaxtrain.run import workdir as wd
+
+  prep, seen = {"kind": "table", "numeric": []}, {"offsets": np.arange(3), "items": np.arange(2)}
+  preprocess.save(wd.preprocess(str(tmp_path)), prep, seen)
+  assert sorted(p.name for p in (tmp_path / "preprocess").iterdir()) == [
+    "preprocess.json",
+    "seen.npz",
+  ]
+  got, got_seen = preprocess.load(wd.preprocess(str(tmp_path)))
+  assert got == prep and all(np.array_equal(got_seen[k], seen[k]) for k in seen)
+  with pytest.warns(DeprecationWarning, match=r"pass the folder, jaxtrain.run.workdir.preprocess"):
+    assert preprocess.load(str(tmp_path))[0] == prep  # a workdir, as before
+  with pytest.raises(UserError, match="has no preprocess.json"):
+    preprocess.load(str(tmp_path / "nothing"))
