@@ -735,6 +735,14 @@ def test_12_a_flipped_byte_is_refused_by_every_reader_naming_step_and_array(
     assert re.search(r"checksum of (params|opt_state)/\S+ ", err[0]), err  # the array named
   assert not (tmp_path / "e1").exists() and not (tmp_path / "p1.csv").exists()
   assert not (tmp_path / "tuned").exists()
+  # init_from.checkpoint, a path to any Orbax pytree: a jaxtrain item is verified too.
+  item = workdir / retention / str(step) / "state"
+  code, err = _one_line(
+    capsys, *_args(tmp_path / "tuned", data_dir, 20, 10, f"--config.init_from.checkpoint={item}")
+  )
+  assert code == 1 and len(err) == 1, err
+  assert f"init_from: cannot read {item}: Unusable: checksum of " in err[0], err
+  assert not (tmp_path / "tuned").exists()
   # The other set is intact and still serves.
   other = "--newest" if best else "--best"
   code, err = _one_line(
