@@ -57,7 +57,7 @@ class Loop:
   train_iter: Any = None  # the data iterator whose position checkpoints hold
   manager: Any = None  # the Orbax CheckpointManager of <workdir>/checkpoints
   writer: Any = None  # metric_writers.MetricWriter (console, metrics.jsonl, TensorBoard)
-  lock: Any = None  # workdir_lock.WorkdirLock this process holds
+  lock: Any = None  # workdir.WorkdirLock this process holds
   totals: Any = None  # train metrics summed on device since the last log
   total_shapes: Any = None  # their shapes and dtypes
   health: Any = None  # nan_guard's record, on device

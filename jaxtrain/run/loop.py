@@ -419,7 +419,7 @@ def make_evaluation(loop: Loop) -> Evaluate | None:
     else None
   )
   best_manager = (
-    early_stopping.make_best_manager(loop.workdir)
+    checkpoint.make_best_manager(loop.workdir)
     if es.metric and config.keep_best_checkpoints
     else None
   )
