@@ -243,11 +243,9 @@ def test_5_a_signal_in_the_final_test_gives_75_and_the_test_runs_on_resume(
 def test_5_a_signal_in_the_final_save_lets_it_finish_then_gives_75(
   data_dir, tmp_path, monkeypatch, straight
 ):
-  from jaxtrain.run import loop
-
   workdir = tmp_path / "w"
   with monkeypatch.context() as m:
-    _signal_self_during(m, loop, "_finish_saves")
+    _signal_self_during(m, checkpoint, "finish_saves")
     assert main(_args(workdir, data_dir)) == 75
   assert not list((workdir / "checkpoints").glob("*orbax-checkpoint-tmp*"))
   assert checkpoint.saved_steps(str(workdir))[-1] == 60 and _digest(workdir) == straight

@@ -548,6 +548,30 @@ class Stats:
     return "text" if self.words / self.present > 3 else "category"
 
 
+def label_kind(stats: Stats | None, column: str) -> str:
+  """A label's kind, when not declared: decimals, and integers with over 50 distinct values,
+  are values to predict; the rest classes (`stats` None: a column of arrays)."""
+  kind = "tensor" if stats is None else stats.kind(column)
+  few = stats is not None and len(stats.distinct) <= 50
+  return "value" if kind == "float" or (kind == "int" and not few) else "class"
+
+
+def summary(names: list[str], stats: dict, kinds: dict, label: str) -> list[dict]:
+  """The schema table's rows, in the file's column order: kind, missing values, examples."""
+  rows = []
+  for col in names:
+    s = stats.get(col)
+    rows.append(
+      {
+        "column": col,
+        "missing": s.missing if s else 0,
+        "kind": kinds.get(col, "label" if col == label else "ignored"),
+        "examples": [str(v)[:40] for v in s.examples] if s else [],
+      }
+    )
+  return rows
+
+
 class _LocatedError(Exception):
   """A bad value at (path, row, column): made a UserError once its line is found."""
 

@@ -383,6 +383,13 @@ def _restore_local(manager, workdir: str, step: int, best: bool = False):
   ).state
 
 
+def _read_verified(manager, workdir: str, step: int, best: bool = False):
+  """Checkpoint `step`'s state arrays on this host's first device, verified (or raises)."""
+  arrays = _restore_local(manager, workdir, step, best)
+  _verify(manager, step, arrays)
+  return arrays
+
+
 def _read_only(workdir: str, best: bool) -> ocp.CheckpointManager:
   return (
     make_best_manager(workdir, read_only=True) if best else make_manager(workdir, read_only=True)
@@ -401,7 +408,7 @@ def verify(workdir: str, best: bool = False) -> dict[int, str]:
     if not os.path.isdir(folder):
       continue  # deleted by a running job's rotation since it was listed
     try:
-      _verify(manager, step, _restore_local(manager, workdir, step, best))
+      _read_verified(manager, workdir, step, best)
       with open(os.path.join(folder, "_CHECKPOINT_METADATA")) as f:
         saved_items = json.load(f)["item_handlers"]  # a state-only save has no "data"
       data = os.path.join(folder, "data")
@@ -440,9 +447,7 @@ def load_arrays(
   error = None
   for candidate in steps:
     try:
-      arrays = _restore_local(manager, workdir, candidate, best)
-      _verify(manager, candidate, arrays)
-      return candidate, jax.tree.map(np.asarray, arrays)
+      return candidate, jax.tree.map(np.asarray, _read_verified(manager, workdir, candidate, best))
     except Exception as e:  # Orbax and TensorStore raise many types here
       error = e
   raise UserError(
@@ -461,19 +466,11 @@ def source_step(workdir: str, step: int = -1, best: bool = False) -> int:
   if not steps:
     raise UserError(f"{workdir} has no {'best ' if best else ''}checkpoints in {root}")
   if best and step < 0:
-    step = _best_step(workdir)
+    step = int(wd.read_best(workdir).get("best_step", -1))
   step = steps[-1] if step < 0 else step
   if step not in steps:
     raise UserError(f"step {step}: {root} has checkpoints at steps {steps}")
   return step
-
-
-def _best_step(workdir: str) -> int:
-  try:
-    with open(wd.best_record(workdir)) as f:
-      return int(json.load(f).get("best_step", -1))
-  except (OSError, ValueError, TypeError, AttributeError):  # no ranking: the newest kept
-    return -1
 
 
 def read_arrays(workdir: str, step: int = -1, best: bool = False) -> tuple[dict[str, Any], int]:
@@ -486,8 +483,7 @@ def read_arrays(workdir: str, step: int = -1, best: bool = False) -> tuple[dict[
   step = source_step(workdir, step, best)
   manager = _read_only(workdir, best)
   try:
-    arrays = _restore_local(manager, workdir, step, best)
-    _verify(manager, step, arrays)
+    arrays = _read_verified(manager, workdir, step, best)
   except Exception as e:  # Orbax and TensorStore raise many types here
     raise UserError(
       f"the checkpoint of step {step} in {checkpoint_dir(workdir, best)} is unusable "

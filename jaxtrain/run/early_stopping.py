@@ -11,7 +11,6 @@ value, and every kept step's value.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -85,13 +84,7 @@ def best_dir(workdir: str) -> str:
 make_best_manager = checkpoint.make_best_manager  # where code written against this module finds it
 
 
-def read_best(workdir: str) -> dict:
-  """best.json: the ranking of the kept best checkpoints ({} if the run keeps none)."""
-  try:
-    with open(wd.best_record(workdir)) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return {}
+read_best = wd.read_best  # where code written against this module finds it
 
 
 def save_best(

@@ -501,7 +501,7 @@ def close(loop: Loop, every: list) -> None:
   """Waits for the saves, closes the hooks and writers; a finished run records its hparams."""
   try:
     loop.mark("save")
-    _finish_saves(loop.manager, loop.workdir, loop.step)
+    checkpoint.finish_saves(loop.manager, loop.workdir, loop.step)
     for hook in every:
       hook.close(loop)
     if (
@@ -697,11 +697,6 @@ def _check_code_unchanged(workdir: str, code: dict, allow: bool) -> None:
       f"{workdir} was trained with other code: {'; '.join(changes)}; use a new "
       "workdir, or pass --allow_config_change to resume with the code as it is now"
     )
-
-
-def _finish_saves(manager, workdir: str, step: int) -> None:
-  """Waits for asynchronous saves (a failed write is one line naming the intact checkpoint)."""
-  checkpoint.finish_saves(manager, workdir, step)
 
 
 def _final_metrics(workdir: str) -> dict[str, float]:

@@ -263,6 +263,20 @@ def read_config(workdir: str) -> dict | None:
   return saved
 
 
+def read_best(workdir: str) -> dict:
+  """best.json, early_stopping.py's ranking of the kept best checkpoints ({} if the run keeps
+  none, or the record is not a JSON object: then the newest kept one is taken as best)."""
+  try:
+    with open(best_record(workdir), "rb") as f:
+      record = json.loads(f.read().decode("utf-8"))
+  except FileNotFoundError:
+    return {}
+  except (UnicodeDecodeError, ValueError):
+    log.warning("%s is not valid JSON: its ranking is passed over", best_record(workdir))
+    return {}
+  return record if isinstance(record, dict) else {}
+
+
 # The events log: metrics.jsonl --------------------------------------------------------------
 def _event(line: bytes) -> dict | None:
   """A line of metrics.jsonl as an event, or None for anything else (torn, garbled, edited)."""

@@ -217,14 +217,14 @@ def _as_column(values: list, json_text: bool) -> pa.Array:
 
 
 def _row_stats(
-  rows: list[tuple[Path, int, dict]], col: str, *, infer: bool, cap: int
+  rows: list[tuple[Path, int, dict]], col: str, *, infer: bool, cap: int, json_text: bool
 ) -> columns.Stats | None:
   """`col`'s Stats over `rows` (None for a column of arrays: a tensor), with the same rule as
-  the streamed import's chunks: the same file gets the same kinds whichever path reads it."""
+  the streamed import's chunks: the same file gets the same kinds whichever path reads it.
+  `json_text`: the rows come from JSON, whose values the streamed path reads as text."""
   values = [row.get(col) for _, _, row in rows]
   if any(isinstance(v, np.ndarray) and v.ndim > 0 for v in values):
     return None
-  json_text = any(path.suffix.lower() in (".jsonl", ".json") for path, _, _ in rows)
   stats = columns.Stats(cap=cap)
   stats.update(columns.Chunk("", {col: _as_column(values, json_text)}, 0), col, infer=infer)
   return stats
@@ -244,32 +244,21 @@ def infer_schema(rows: list[tuple[Path, int, dict]], spec: ImportSpec) -> dict:
     )
   label_kind = _checked_declarations(declared, names, spec)
   kinds, stats = {}, {}
+  json_text = any(path.suffix.lower() in (".jsonl", ".json") for path, _, _ in rows)
   try:
     for col in names:
       if col in ignored:
         continue
       declared_kind = "value" if col == spec.label and label_kind == "value" else declared.get(col)
       cap = 1 << 62 if col == spec.label else columns.DISTINCT_CAP
-      stats[col] = _row_stats(rows, col, infer=declared_kind is None, cap=cap)
+      stats[col] = _row_stats(rows, col, infer=declared_kind is None, cap=cap, json_text=json_text)
       if col != spec.label:
         kinds[col] = declared.get(col) or ("tensor" if stats[col] is None else stats[col].kind(col))
-    if not label_kind:
-      label = stats[spec.label]
-      kind = "tensor" if label is None else label.kind(spec.label)
-      few = label is not None and len(label.distinct) <= 50
-      label_kind = "value" if kind == "float" or (kind == "int" and not few) else "class"
+    label_kind = label_kind or columns.label_kind(stats[spec.label], spec.label)
   except columns.LocatedError as e:
     path, line, _ = rows[e.row]
     raise UserError(f"{path} line {line}, column {e.column!r}: {e.message}") from None
-  summary = [
-    {
-      "column": col,
-      "missing": stats[col].missing if stats.get(col) else 0,
-      "kind": kinds.get(col, "label" if col == spec.label else "ignored"),
-      "examples": [str(v)[:40] for v in stats[col].examples] if stats.get(col) else [],
-    }
-    for col in names
-  ]
+  summary = columns.summary(names, stats, kinds, spec.label)
   return {"columns": kinds, "label": spec.label, "label_kind": label_kind, "summary": summary}
 
 

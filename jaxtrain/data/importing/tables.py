@@ -137,11 +137,7 @@ def _scan_tables(spec: ImportSpec):
     for col in names:
       if col not in ignored and col != spec.label:
         kinds[col] = declared.get(col) or stats[col].kind(col)
-    if not label_kind:
-      label_stats = stats[spec.label]
-      kind = label_stats.kind(spec.label)
-      few = len(label_stats.distinct) <= 50
-      label_kind = "value" if kind == "float" or (kind == "int" and not few) else "class"
+    label_kind = label_kind or columns.label_kind(stats[spec.label], spec.label)
   except columns.LocatedError as e:
     raise columns.located(e, delimiter=spec.delimiter, names=spec.names) from None
   schema = {"columns": kinds, "label": spec.label, "label_kind": label_kind}
@@ -156,16 +152,7 @@ def _scan_tables(spec: ImportSpec):
     schema["class_names"] = _class_order(
       set(columns.class_strings(pa.array(list(classes))).to_pylist())
     )
-  schema["summary"] = [
-    {
-      "column": col,
-      "missing": stats[col].missing,
-      "kind": kinds.get(col, "label" if col == spec.label else "ignored"),
-      "examples": [str(v)[:40] for v in stats[col].examples],
-    }
-    for col in names
-    if col in stats
-  ]  # a list: the file's column order
+  schema["summary"] = columns.summary(names, stats, kinds, spec.label)
   schema["_file_rows"] = file_rows
   return schema, rows, split_values
 
