@@ -104,6 +104,20 @@ def demand(rng, stores=8, days=730):
   return rows
 
 
+def write_prompts(spam_csv, path, n=400):
+  """Prompt/response pairs for causal-LM fine-tuning (configs/finetune_lm.py): the first `n`
+  messages of spam.csv, asked whether each is spam, answered in one word."""
+  with open(spam_csv, newline="") as f:
+    rows = list(csv.DictReader(f))[:n]
+  with open(path, "w") as f:
+    for row in rows:
+      pair = {
+        "prompt": f"Message: {row['text']}\nIs it spam? Answer:",
+        "response": f" {row['label']}",
+      }
+      f.write(json.dumps(pair) + "\n")
+
+
 def write_csv(path, rows):
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -138,6 +152,7 @@ def main():
   columns = {name: diabetes.data[:, i] for i, name in enumerate(diabetes.feature_names)}
   columns["progression"] = diabetes.target
   pq.write_table(pa.table(columns), os.path.join(out, "diabetes.parquet"))
+  write_prompts(os.path.join(out, "spam.csv"), os.path.join(out, "prompts.jsonl"))
   for name in sorted(os.listdir(out)):
     print(f"{name:22s} {os.path.getsize(os.path.join(out, name)):>8d} bytes")
 

@@ -108,6 +108,17 @@ def base_config() -> ml_collections.ConfigDict:
     )
   )  # or any Orbax checkpoint of {"params": ...} or of the params tree
 
+  # LoRA (lora.py): adapters of this rank on the kernels `targets` searches, the rest held
+  # fixed but for `train` (default: the model's head). rank 0: every param trains.
+  c.lora = ml_collections.ConfigDict(
+    dict(
+      rank=0,
+      alpha=16.0,  # the adapters' scale is alpha / rank
+      targets="",  # regex over kernel paths; "" = the model's default (bert: query, value)
+      train="",  # regex of params trained in full; "" = the model's head
+    )
+  )
+
   c.preprocess = ml_collections.ConfigDict(
     dict(
       features="",  # columns the model sees ("" = all but the label); retrieval: user,item

@@ -36,16 +36,22 @@ MODELS = {
   "matrix_factorization": "jaxtrain.models.tables:MatrixFactorization",
   "two_tower": "jaxtrain.models.tables:TwoTower",
   "transformer_lm": "jaxtrain.models.lm:TransformerLM",
+  "bert": "jaxtrain.models.bert:BertClassifier",
+  "vit": "jaxtrain.models.vit:ViTClassifier",
+  "llama": "jaxtrain.models.llama:LlamaLM",
+  "llama_classifier": "jaxtrain.models.llama:LlamaClassifier",
 }
 TASKS = {
   "classification": "jaxtrain.tasks:Classification",
   "regression": "jaxtrain.tasks:Regression",
   "retrieval": "jaxtrain.tasks:Retrieval",
   "language_modeling": "jaxtrain.tasks:LanguageModeling",
+  "causal_lm": "jaxtrain.tasks:CausalLM",
 }
 DATASETS = {
   "digits": "jaxtrain.data.datasets:Digits",
   "synthetic_tokens": "jaxtrain.data.datasets:SyntheticTokens",
+  "prompt_response": "jaxtrain.data.datasets:PromptResponse",
 }
 
 # module.path:Name or some/file.py:Name (a Windows drive letter is not an attribute name).

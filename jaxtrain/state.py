@@ -35,6 +35,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+# A model_state collection the steps read and never change: weights held fixed (a LoRA run's
+# base, lora.py). It is not averaged across devices, not taken from the model's outputs, and
+# not saved in checkpoints (their metadata has its checksums).
+FROZEN = "frozen"
+
 # apply_fn(variables, batch, *, train, rng) -> (outputs, new_model_state)
 ApplyFn = Callable[..., tuple[Any, Any]]
 # loss_fn(outputs, batch[, params]) -> {"loss": [B], other per-example metrics: [B]}

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtrain.state import TrainState
+from jaxtrain.state import FROZEN, TrainState
 
 Metrics = dict[str, jax.Array]
 
@@ -131,9 +131,12 @@ def train_step(
     return sums["loss"] / jnp.maximum(count, 1.0), (model_state, sums, count)
 
   grads, (model_state, sums, count) = jax.grad(loss_and_aux, has_aux=True)(state.params)
+  model_state = {k: v for k, v in model_state.items() if k != FROZEN}
   if axis_name is not None:
     grads = jax.lax.psum(grads, axis_name)
     model_state = _pmean_floats(model_state, axis_name)
+  if FROZEN in state.model_state:  # held fixed: the very arrays it came with
+    model_state[FROZEN] = state.model_state[FROZEN]
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = _means(sums, count, axis_name)

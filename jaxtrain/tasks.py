@@ -346,6 +346,29 @@ def language_modeling_loss(logits, batch):
   return {"loss": jnp.mean(loss, axis=1), "accuracy": jnp.mean(accuracy, axis=1)}
 
 
+def causal_lm_loss(logits, batch):
+  """Next-token cross-entropy on the tokens `batch["loss_mask"]` marks (a response, not its
+  prompt), per sequence: the mean over its marked tokens; and their token accuracy.
+
+  The model sees all of `batch["tokens"]` (logits [B, L, V]); position t predicts token t+1.
+  """
+  targets = batch["tokens"][:, 1:]
+  weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
+  logits = logits[:, :-1].astype(jnp.float32)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  hits = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  n = jnp.maximum(jnp.sum(weights, 1), 1.0)
+  return {"loss": jnp.sum(loss * weights, 1) / n, "accuracy": jnp.sum(hits * weights, 1) / n}
+
+
+def predict_after_prompt(logits, batch):
+  """The distribution of the token after each sequence's last real token."""
+  mask = batch.get("attention_mask", jnp.ones(logits.shape[:2], jnp.int32))
+  last = jnp.maximum(jnp.sum(mask, -1) - 1, 0)
+  at = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
+  return {"next_token_probabilities": jax.nn.softmax(at.astype(jnp.float32))}
+
+
 def finalize_language_modeling(means: dict) -> dict:
   out = dict(means)
   out["perplexity"] = float(np.exp(min(means["loss"], 700.0))) if "loss" in means else float("nan")
@@ -488,3 +511,18 @@ class LanguageModeling:
 
   def predict(self, logits, batch):
     return predict_next_token(logits, batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLM:
+  """Causal-LM fine-tuning on prompt/response pairs: the loss on the response tokens only
+  (`causal_lm_loss`), perplexity of the responses; datasets.PromptResponse gives the batches."""
+
+  def loss(self, logits, batch):
+    return causal_lm_loss(logits, batch)
+
+  def finalize(self, means):
+    return finalize_language_modeling(means)
+
+  def predict(self, logits, batch):
+    return predict_after_prompt(logits, batch)

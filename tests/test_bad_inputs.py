@@ -146,9 +146,9 @@ CASES = [
   ),
   (
     "unknown model",
-    ["train", "--config", DIGITS, "--workdir", "{w}", "--config.model.name=vit"],
+    ["train", "--config", DIGITS, "--workdir", "{w}", "--config.model.name=vgg"],
     1,
-    "config.model.name='vit' is not one of bag_of_embeddings, cnn, ",
+    "config.model.name='vgg' is not one of bag_of_embeddings, bert, cnn, llama, ",
   ),
   (
     "unknown nan policy",

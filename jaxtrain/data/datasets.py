@@ -190,6 +190,111 @@ class SyntheticTokens(tfds.core.GeneratorBasedBuilder):
       yield i, {"tokens": row}
 
 
+class PromptResponse(tfds.core.GeneratorBasedBuilder):
+  """Prompt/response pairs from a JSONL file, tokenized for causal-LM fine-tuning.
+
+  Each line is `{"prompt": ..., "response": ...}`. An example is `tokens` (the
+  prompt as the tokenizer encodes it, special tokens included, then the
+  response and the end token), `attention_mask` (1 for those) and
+  `loss_mask` (1 on the response's tokens and the end token: the loss is
+  taken there only, tasks.CausalLM), each int32 [max_length], padded on the
+  right with the pad token; a pair longer than max_length keeps its prompt's
+  start and is cut at the end. `tokenizer` is a pretrained folder (or its
+  tokenizer.json). Splits "train" and "validation" (`validation_fraction` of
+  the lines, by a seeded permutation). The builder's version name hashes the
+  file, the tokenizer and the arguments: a changed file is a new dataset.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(
+    self,
+    *,
+    path: str,
+    tokenizer: str,
+    max_length: int = 128,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    **kwargs,
+  ):
+    from jaxtrain.data import preprocess  # the tokenizer's loading and special tokens
+
+    if not Path(path).is_file():
+      raise UserError(f"dataset.builder_kwargs.path={path} is not a file")
+    where = Path(tokenizer) / "tokenizer.json" if Path(tokenizer).is_dir() else Path(tokenizer)
+    if not where.is_file():
+      raise UserError(
+        f"dataset.builder_kwargs.tokenizer={tokenizer!r}: {where} does not exist (set it, or "
+        "model.pretrained, to a pretrained folder)"
+      )
+    text = where.read_text(encoding="utf-8")
+    self._tokenizer = preprocess.load_tokenizer(text, str(where))
+    folder = str(where.parent)
+    self._pad = preprocess.special_id(self._tokenizer, folder, "pad")
+    self._eos = preprocess.special_id(self._tokenizer, folder, "eos")
+    self._path, self._length = path, int(max_length)
+    self._fraction, self._seed = float(validation_fraction), int(seed)
+    h = hashlib.sha256(Path(path).read_bytes())
+    h.update(text.encode())
+    h.update(f"{max_length} {validation_fraction} {seed}".encode())
+    config = tfds.core.BuilderConfig(name=f"l{max_length}_{h.hexdigest()[:16]}")
+    super().__init__(config=config, **kwargs)
+
+  def _info(self):
+    feature = lambda: tfds.features.Tensor(shape=(self._length,), dtype=np.int32)  # noqa: E731
+    features = tfds.features.FeaturesDict(
+      {"tokens": feature(), "attention_mask": feature(), "loss_mask": feature()}
+    )
+    return tfds.core.DatasetInfo(builder=self, features=features, disable_shuffling=True)
+
+  def _pairs(self) -> list[tuple[str, str]]:
+    import json
+
+    pairs = []
+    with open(self._path, encoding="utf-8") as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+          pairs.append((str(row["prompt"]), str(row["response"])))
+        except (ValueError, KeyError, TypeError):
+          raise UserError(
+            f"{self._path} line {number}: not a JSON object with 'prompt' and 'response'"
+          ) from None
+    if len(pairs) < 2:
+      raise UserError(f"{self._path} holds {len(pairs)} prompt/response pairs: at least 2")
+    return pairs
+
+  def _encode(self, prompt: str, response: str) -> dict[str, np.ndarray]:
+    head = self._tokenizer.encode(prompt).ids
+    tail = self._tokenizer.encode(response, add_special_tokens=False).ids
+    tail = tail + ([self._eos] if self._eos is not None else [])
+    ids = (head + tail)[: self._length]
+    out = {
+      "tokens": np.full(self._length, self._pad, np.int32),
+      "attention_mask": np.zeros(self._length, np.int32),
+      "loss_mask": np.zeros(self._length, np.int32),
+    }
+    out["tokens"][: len(ids)] = ids
+    out["attention_mask"][: len(ids)] = 1
+    out["loss_mask"][len(head) : len(ids)] = 1
+    return out
+
+  def _split_generators(self, dl_manager):
+    pairs = self._pairs()
+    order = np.random.default_rng(self._seed).permutation(len(pairs))
+    n_val = max(1, int(round(self._fraction * len(pairs))))
+    return {
+      "train": self._generate_examples([pairs[i] for i in sorted(order[n_val:])]),
+      "validation": self._generate_examples([pairs[i] for i in sorted(order[:n_val])]),
+    }
+
+  def _generate_examples(self, pairs):
+    for i, (prompt, response) in enumerate(pairs):
+      yield i, self._encode(prompt, response)
+
+
 class IdxImages(tfds.core.GeneratorBasedBuilder):
   """MNIST-style IDX image/label file pairs from a directory (`train-*`, `t10k-*`)."""
 

@@ -112,7 +112,7 @@ def fit(schema: dict | None, train: dict[str, np.ndarray], config) -> dict:
           f"two text columns ({prep['text']['feature']}, {name}); choose one with "
           "preprocess.features"
         )
-      prep["text"] = _fit_tokenizer(name, _strings(values), p)
+      prep["text"] = _fit_tokenizer(name, _strings(values), p, config)
     elif kind == "tensor":
       prep["image"] = {"feature": name}
   label = train["label"]
@@ -170,7 +170,9 @@ def _add_calendar(prep: dict, name: str, fields: str) -> None:
     prep["categorical"].append({"feature": name, "calendar": field, "size": CALENDAR[field] + 1})
 
 
-def _fit_tokenizer(name, texts, p) -> dict:
+def _fit_tokenizer(name, texts, p, config) -> dict:
+  if p.tokenizer not in ("vocab", "hashing", "ngrams"):
+    return _pretrained_tokenizer(name, p, config)
   if p.tokenizer == "vocab":
     counts = collections.Counter(t for text in texts for t in tokenize(text))
     vocab = _vocabulary(counts, p.vocab_size - 2, p.min_count)
@@ -198,7 +200,78 @@ def _fit_tokenizer(name, texts, p) -> dict:
       "word_ngrams": int(p.word_ngrams),
       "char_ngrams": [int(low), int(high or low)] if low else [],
     }
-  raise UserError(f"preprocess.tokenizer={p.tokenizer!r} must be vocab, hashing or ngrams")
+  raise AssertionError(p.tokenizer)
+
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _pretrained_tokenizer(name: str, p, config) -> dict:
+  """A pretrained model's own tokenizer (its folder's tokenizer.json, run by the `tokenizers`
+  library): its special tokens ([CLS] ... [SEP], <s>), truncation at max_length, padding
+  with the model's pad token. The JSON is kept in the record, so a run predicts with the
+  tokenizer it trained with, whatever becomes of the folder."""
+  where = config.model.get("pretrained", "") if p.tokenizer == "pretrained" else p.tokenizer
+  if not where:
+    raise UserError(
+      "preprocess.tokenizer='pretrained' takes the tokenizer of model.pretrained, which is "
+      "not set: set model.pretrained, or preprocess.tokenizer to a folder or tokenizer.json"
+    )
+  folder = where if os.path.isdir(where) else os.path.dirname(where)
+  path = os.path.join(where, TOKENIZER_FILE) if os.path.isdir(where) else where
+  if not os.path.isfile(path):
+    raise UserError(
+      f"preprocess.tokenizer={p.tokenizer!r}: {path} does not exist (preprocess.tokenizer is "
+      "vocab, hashing, ngrams, pretrained, or a tokenizer.json or a folder holding one)"
+    )
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  tokenizer = load_tokenizer(text, path)
+  pad_id = special_id(tokenizer, folder, "pad")
+  return {
+    "feature": name,
+    "tokenizer": "pretrained",
+    "tokenizer_json": text,
+    "source": os.path.abspath(path),
+    "size": tokenizer.get_vocab_size(with_added_tokens=True),
+    "max_length": p.max_length,
+    "pad_id": pad_id,
+  }
+
+
+def load_tokenizer(text: str, where: str):
+  """A `tokenizers.Tokenizer` from tokenizer.json's text (`where` names it in errors)."""
+  from tokenizers import Tokenizer  # loaded only by runs that use a pretrained tokenizer
+
+  try:
+    return Tokenizer.from_str(text)
+  except Exception as e:  # the Rust library's own exception type
+    raise UserError(f"{where} is not a tokenizer the tokenizers library reads: {e}") from None
+
+
+def special_id(tokenizer, folder: str, which: str = "pad") -> int | None:
+  """The id of the folder's `which` token (pad, eos, bos): tokenizer_config.json's
+  `<which>_token`, config.json's `<which>_token_id`; for pad, then the tokenizer's own
+  padding, or 0."""
+  for name, key in (
+    ("tokenizer_config.json", f"{which}_token"),
+    ("config.json", f"{which}_token_id"),
+  ):
+    try:
+      with open(os.path.join(folder, name)) as f:
+        value = json.load(f).get(key)
+    except (OSError, ValueError):
+      continue
+    if isinstance(value, dict):  # {"content": "[PAD]", ...}
+      value = value.get("content")
+    if isinstance(value, str) and tokenizer.token_to_id(value) is not None:
+      return int(tokenizer.token_to_id(value))
+    if isinstance(value, int):
+      return value
+  if which != "pad":
+    return None
+  padding = tokenizer.padding
+  return int(padding["pad_id"]) if padding else 0
 
 
 _WORDS_AND_SYMBOLS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -302,6 +375,17 @@ def _calendar(seconds: np.ndarray, field: str) -> np.ndarray:
   return (days.astype(np.int64) + 1).astype(np.int32)
 
 
+def _pretrained_tokens(spec: dict, tokenizer, texts) -> tuple[np.ndarray, np.ndarray]:
+  """(token ids, attention mask) [B, max_length] from a pretrained tokenizer."""
+  length = spec["max_length"]
+  ids = np.full((len(texts), length), spec["pad_id"], np.int32)
+  mask = np.zeros((len(texts), length), np.int32)
+  for row, encoding in enumerate(tokenizer.encode_batch(_strings(texts))):
+    n = min(len(encoding.ids), length)
+    ids[row, :n], mask[row, :n] = encoding.ids[:n], 1
+  return ids, mask
+
+
 def _tokens(spec: dict, texts, index: dict | None = None) -> np.ndarray:
   out = np.zeros((len(texts), spec["max_length"]), np.int32)
   index = _index(spec.get("vocab", ()), 2) if index is None else index
@@ -365,6 +449,13 @@ def make_transform(
   # Vocabulary indices, built once (not per batch).
   indices = [None if "calendar" in s else _index(s["vocab"], 1) for s in prep["categorical"]]
   token_index = _index(prep["text"].get("vocab", ()), 2) if prep["text"] else None
+  pretrained = prep["text"] and prep["text"]["tokenizer"] == "pretrained"
+  tokenizer = (
+    load_tokenizer(prep["text"]["tokenizer_json"], prep["text"]["source"]) if pretrained else None
+  )
+  if tokenizer is not None:  # truncated at max_length with its end token kept ([SEP])
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(prep["text"]["max_length"])
 
   def transform(raw: Batch) -> Batch:
     batch = {}
@@ -385,7 +476,11 @@ def make_transform(
           axis=1,
         )
       )
-    if prep["text"]:
+    if tokenizer is not None:
+      batch["tokens"], batch["attention_mask"] = _pretrained_tokens(
+        prep["text"], tokenizer, raw[prep["text"]["feature"]]
+      )
+    elif prep["text"]:
       batch["tokens"] = _tokens(prep["text"], raw[prep["text"]["feature"]], token_index)
     if prep["image"]:
       batch["image"] = raw[prep["image"]["feature"]].astype(np.float32) * np.float32(1 / 255)

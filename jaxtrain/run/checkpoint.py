@@ -27,6 +27,7 @@ count), so any of them positions all M iterators.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -41,8 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxtrain import files, registry
 from jaxtrain.errors import UserError
 from jaxtrain.run import parallel, workdir as wd
+from jaxtrain.state import FROZEN
 
 log = logging.getLogger("jaxtrain")
 
@@ -138,6 +141,8 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None) -
   arrays = state_arrays(state)
   items = {"state": ocp.args.StandardSave(arrays)}
   metadata = {"checksums": checksums(arrays)}
+  if _frozen_checksums(state) is not None:
+    metadata["frozen_checksums"] = _frozen_checksums(state)
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     metadata["next_index"] = _next_index(data_iterator)
@@ -188,7 +193,10 @@ def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator=None
       json.loads(position) if isinstance(data_iterator, grain.DatasetIterator) else position
     )
   _verify(manager, step, restored.state, data_iterator)
-  return state.replace(**restored.state)
+  arrays = dict(restored.state)
+  if FROZEN in state.model_state:
+    arrays["model_state"] = {**arrays["model_state"], FROZEN: state.model_state[FROZEN]}
+  return state.replace(**arrays)
 
 
 def _data_files(manager, step: int) -> list[str]:
@@ -224,11 +232,14 @@ def _shared_data_position(manager, step: int) -> bytes:
 def save_state(manager: ocp.CheckpointManager, step: int, state) -> None:
   """Saves `state` alone (a best checkpoint), with its checksums, and waits for it."""
   arrays = state_arrays(state)
+  metadata = {"checksums": checksums(arrays)}
+  if _frozen_checksums(state) is not None:
+    metadata["frozen_checksums"] = _frozen_checksums(state)
   manager.save(
     step,
     args=ocp.args.Composite(state=ocp.args.StandardSave(arrays)),
     force=True,
-    custom_metadata={"checksums": checksums(arrays)},
+    custom_metadata=metadata,
   )
   manager.wait_until_finished()
 
@@ -331,6 +342,16 @@ def restore_latest_valid(workdir: str, state, data_iterator, **manager_options):
       f"({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}): a change of "
       "shape cannot resume; use a new workdir (init_from.workdir fine-tunes from this one)"
     )
+  try:
+    recorded = manager.metadata(steps[0]).custom_metadata or {}
+  except Exception:  # unreadable metadata: that checkpoint is for the restore to judge
+    recorded = None
+  if recorded is not None:
+    try:
+      _check_frozen(recorded, state)
+    except UserError:
+      manager.close()
+      raise
   failures = {}
   for step in steps:
     try:
@@ -422,14 +443,38 @@ def verify(workdir: str, best: bool = False) -> dict[int, str]:
 
 
 def state_arrays(state) -> dict[str, Any]:
-  """The TrainState's array fields as a plain dict (what a checkpoint holds)."""
+  """The TrainState's array fields as a plain dict (what a checkpoint holds): all but the
+  weights held fixed (`FROZEN`, a LoRA run's base), which the run rebuilds from their source."""
   return {
     "step": state.step,
     "params": state.params,
     "opt_state": state.opt_state,
-    "model_state": state.model_state,
+    "model_state": {k: v for k, v in state.model_state.items() if k != FROZEN},
     "rng": state.rng,
   }
+
+
+def _frozen_checksums(state) -> dict | None:
+  frozen = getattr(state, "model_state", {}).get(FROZEN)
+  return None if frozen is None else checksums(frozen)
+
+
+def _check_frozen(recorded: dict, state) -> None:
+  """A checkpoint of a run with fixed weights resumes (or predicts) only with the very same."""
+  expected, got = recorded.get("frozen_checksums"), _frozen_checksums(state)
+  if expected is None and got is None:
+    return
+  if expected != got:
+    differ = sorted(
+      k
+      for k in set(expected or {}) | set(got or {})
+      if (expected or {}).get(k) != (got or {}).get(k)
+    )
+    raise UserError(
+      f"the fixed base weights are not the ones this checkpoint was trained on "
+      f"({differ[0] if differ else 'none recorded'} differs): point model.pretrained at the "
+      "folder the run started from"
+    )
 
 
 def load_arrays(
@@ -454,6 +499,16 @@ def load_arrays(
     f"no checkpoint in {checkpoint_dir(workdir, best)} reads back whole "
     f"(step {steps[-1]}: {_reason(error)})"
   )
+
+
+def check_frozen_at(workdir: str, step: int, best: bool, state) -> None:
+  """Refuses `state`'s fixed weights (rebuilt by the reader) unless checkpoint `step`, of
+  `workdir`'s newest (or best) set, was trained with them."""
+  manager = _read_only(workdir, best)
+  try:
+    _check_frozen(manager.metadata(step).custom_metadata or {}, state)
+  finally:
+    manager.close()
 
 
 def source_step(workdir: str, step: int = -1, best: bool = False) -> int:
@@ -593,3 +648,216 @@ def finish_saves(manager, workdir: str, step: int) -> None:
     raise failure from None
   finally:
     manager.close()
+
+
+# -- Other people's weights ----------------------------------------------------------
+# A pretrained model arrives as a Hugging Face folder: config.json, weights as safetensors
+# (one file, or shards named by model.safetensors.index.json) or Flax msgpack, and its
+# tokenizer. Safetensors is read here, lazily: a header of JSON (each tensor's dtype, shape
+# and byte range), then the bytes, mapped from the file one tensor at a time, so a model
+# larger than the host's memory loads. Every byte range is checked against the file and the
+# header before anything is read (a truncated or overlapping file is refused, naming it), and
+# each file's SHA-256 is recorded by whoever reads it (init_from.json), as for a user's code.
+
+SAFETENSORS_DTYPES = {
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": jnp.bfloat16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
+  "U16": np.uint16,
+  "U32": np.uint32,
+  "U64": np.uint64,
+  "BOOL": np.bool_,
+  "F8_E4M3": jnp.float8_e4m3fn,
+  "F8_E5M2": jnp.float8_e5m2,
+}
+_SAFETENSORS_NAMES = {np.dtype(v): k for k, v in SAFETENSORS_DTYPES.items()}
+_MAX_HEADER = 100 << 20  # the format's own limit on the JSON header
+
+
+class Safetensors:
+  """One safetensors file: its tensors' names, shapes and dtypes, each read when asked."""
+
+  def __init__(self, path: str):
+    self.path = path
+    try:
+      size = os.path.getsize(path)
+      with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= min(_MAX_HEADER, size - 8):
+          raise ValueError(f"its header length ({length}) does not fit a file of {size} bytes")
+        header = json.loads(f.read(length))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+      raise UserError(f"{path} is not a readable safetensors file: {e}") from None
+    self.metadata = header.pop("__metadata__", None) or {}
+    self._start = 8 + length
+    self.entries = {}
+    end = 0
+    for name, entry in sorted(header.items(), key=lambda kv: kv[1].get("data_offsets", [0])[0]):
+      dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"))
+      begin, stop = entry.get("data_offsets", (-1, -1))
+      shape = tuple(entry.get("shape", ()))
+      expected = int(np.prod(shape, dtype=np.int64)) * (np.dtype(dtype).itemsize if dtype else 0)
+      if dtype is None or begin != end or stop - begin != expected:
+        raise UserError(
+          f"{path}: tensor {name} ({entry.get('dtype')}, shape {list(shape)}, bytes "
+          f"{begin}..{stop}) does not match the header: the file is damaged or not safetensors"
+        )
+      end = stop
+      self.entries[name] = (np.dtype(dtype), shape, begin)
+    if self._start + end != size:
+      raise UserError(
+        f"{path} holds {size} bytes, its header describes {self._start + end}: the file is "
+        "truncated or damaged (download it again)"
+      )
+
+  def read(self, name: str) -> np.ndarray:
+    dtype, shape, begin = self.entries[name]
+    data = np.memmap(
+      self.path,
+      dtype=np.uint8,
+      mode="r",
+      offset=self._start + begin,
+      shape=(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize,),
+    )
+    return np.array(data.view(dtype).reshape(shape))  # a copy: the mapping is closed with it
+
+
+def write_safetensors(path: str, tensors: dict[str, Any], metadata: dict | None = None) -> None:
+  """`tensors` (name -> array, read one at a time) as a safetensors file, whole or not at all."""
+  header, offset = {}, 0
+  arrays = {}
+  for name, array in tensors.items():
+    shape = tuple(np.shape(array))
+    dtype = np.dtype(array.dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    header[name] = {
+      "dtype": _SAFETENSORS_NAMES[dtype],
+      "shape": list(shape),
+      "data_offsets": [offset, offset + size],
+    }
+    arrays[name] = array
+    offset += size
+  if metadata:
+    header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+  encoded = json.dumps(header, separators=(",", ":")).encode()
+  encoded += b" " * (-len(encoded) % 8)  # the data starts 8-aligned
+  with files.replacing(path, "wb") as f:
+    f.write(len(encoded).to_bytes(8, "little"))
+    f.write(encoded)
+    for array in arrays.values():
+      f.write(np.ascontiguousarray(np.asarray(array)).tobytes())
+
+
+HF_CONFIG, SAFETENSORS_INDEX, SAFETENSORS_FILE, FLAX_FILE = (
+  "config.json",
+  "model.safetensors.index.json",
+  "model.safetensors",
+  "flax_model.msgpack",
+)
+
+
+@dataclasses.dataclass
+class Pretrained:
+  """A pretrained folder's config and tensors (read on demand), and the files they came from."""
+
+  path: str
+  config: dict
+  shapes: dict[str, tuple[tuple[int, ...], np.dtype]]
+  files: list[str]  # the weight files, relative to `path`
+  _read: Any = None
+
+  def read(self, name: str) -> np.ndarray:
+    return self._read(name)
+
+  def sha256(self) -> dict[str, str]:
+    """{file: SHA-256} of config.json and every weight file (read in full: minutes for 10 GB)."""
+    return {n: registry.sha256_of(os.path.join(self.path, n)) for n in [HF_CONFIG, *self.files]}
+
+
+def read_pretrained(path: str) -> Pretrained:
+  """A Hugging Face model folder (config.json with safetensors, sharded or not, or Flax msgpack)."""
+  if not os.path.isdir(path):
+    raise UserError(f"model.pretrained={path} is not a directory")
+  try:
+    with open(os.path.join(path, HF_CONFIG)) as f:
+      config = json.load(f)
+  except FileNotFoundError:
+    raise UserError(f"{path} has no {HF_CONFIG}: not a Hugging Face model folder") from None
+  except ValueError as e:
+    raise UserError(f"{os.path.join(path, HF_CONFIG)} is not JSON: {e}") from None
+  index = os.path.join(path, SAFETENSORS_INDEX)
+  if os.path.exists(index):
+    with open(index) as f:
+      weight_map = json.load(f).get("weight_map") or {}
+    names = sorted(set(weight_map.values()))
+    missing = [n for n in names if not os.path.exists(os.path.join(path, n))]
+    if missing:
+      raise UserError(
+        f"{path}: shard {missing[0]} named by {SAFETENSORS_INDEX} is missing "
+        f"({len(missing)} of {len(names)} shards missing)"
+      )
+    shards = {n: Safetensors(os.path.join(path, n)) for n in names}
+    for tensor, shard in weight_map.items():
+      if tensor not in shards[shard].entries:
+        raise UserError(f"{path}: {SAFETENSORS_INDEX} puts {tensor} in {shard}, which lacks it")
+    where = {t: shards[s] for t, s in weight_map.items()}
+    return Pretrained(path, config, _shapes(where), names, lambda t: where[t].read(t))
+  if os.path.exists(os.path.join(path, SAFETENSORS_FILE)):
+    single = Safetensors(os.path.join(path, SAFETENSORS_FILE))
+    where = dict.fromkeys(single.entries, single)
+    return Pretrained(path, config, _shapes(where), [SAFETENSORS_FILE], single.read)
+  if os.path.exists(os.path.join(path, FLAX_FILE)):
+    from flax import serialization  # msgpack: arrays and dicts only, never code
+
+    with open(os.path.join(path, FLAX_FILE), "rb") as f:
+      try:
+        flat = {k: np.asarray(v) for k, v in _flat(serialization.msgpack_restore(f.read())).items()}
+      except Exception as e:  # msgpack raises its own types for damaged bytes
+        raise UserError(f"{os.path.join(path, FLAX_FILE)} does not read: {_reason(e)}") from None
+    flat = {k.replace("/", "."): v for k, v in flat.items()}
+    shapes = {k: (v.shape, v.dtype) for k, v in flat.items()}
+    return Pretrained(path, config, shapes, [FLAX_FILE], flat.__getitem__)
+  raise UserError(
+    f"{path} has no weights: {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} (shards) or {FLAX_FILE}"
+  )
+
+
+def _shapes(where: dict[str, Safetensors]) -> dict:
+  return {t: (f.entries[t][1], f.entries[t][0]) for t, f in where.items()}
+
+
+def write_pretrained(
+  path: str, config: dict, tensors: dict[str, Any], max_shard_bytes: int = 5 << 30
+) -> list[str]:
+  """An HF folder's config.json and weights (sharded past `max_shard_bytes`, with the index)."""
+  os.makedirs(path, exist_ok=True)
+  shards: list[dict] = [{}]
+  size = 0
+  for name, array in tensors.items():
+    nbytes = int(np.prod(np.shape(array), dtype=np.int64)) * np.dtype(array.dtype).itemsize
+    if shards[-1] and size + nbytes > max_shard_bytes:
+      shards.append({})
+      size = 0
+    shards[-1][name] = array
+    size += nbytes
+  names = (
+    [SAFETENSORS_FILE]
+    if len(shards) == 1
+    else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+  )
+  for name, shard in zip(names, shards):
+    write_safetensors(os.path.join(path, name), shard, {"format": "pt"})
+  if len(shards) > 1:
+    weight_map = {t: n for n, shard in zip(names, shards) for t in shard}
+    files.write_json(
+      os.path.join(path, SAFETENSORS_INDEX), {"metadata": {}, "weight_map": weight_map}
+    )
+  files.write_json(os.path.join(path, HF_CONFIG), config)
+  return names

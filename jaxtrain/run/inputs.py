@@ -34,7 +34,7 @@ from jaxtrain import registry, tasks
 from jaxtrain.config import base_config
 from jaxtrain.data import datasets, importing, input_pipeline, preprocess, store
 from jaxtrain.errors import UserError
-from jaxtrain.run import manifest, workdir as wd
+from jaxtrain.run import checkpoint, manifest, workdir as wd
 from jaxtrain.state import ApplyFn, linen_apply_fn, nnx_split
 
 SPLIT_FIELDS = ("train_split", "eval_split", "test_split")
@@ -80,6 +80,7 @@ class Model:
   kwargs: dict
   input_key: str | None
   is_nnx: bool
+  pretrained: str = ""  # a Hugging Face folder its weights come from (model.pretrained)
 
   def inputs(self, batch):
     """One example of zeros shaped like what the model is called on."""
@@ -119,10 +120,24 @@ class Model:
     return linen_apply_fn(self.make(axis_name=axis_name), self.input_key)
 
 
+def pretrained_fields(loaded: registry.Loaded, folder: str) -> dict:
+  """A model's arguments from a pretrained folder's config.json (its `from_hf_config`)."""
+  from_hf_config = getattr(loaded.obj, "from_hf_config", None)
+  if from_hf_config is None:
+    raise UserError(
+      f"config.model.name={loaded.name!r} cannot take model.pretrained: it has no "
+      "from_hf_config (the built-in bert, llama and vit do; models/hf.py says how to add it)"
+    )
+  return from_hf_config(checkpoint.read_pretrained(folder).config)
+
+
 def _model_arguments(model_config, derived: dict, base_dir: str | None):
-  """(what `model_config.name` names, its arguments, whether it is NNX), checked."""
+  """(what `model_config.name` names, its arguments, whether it is NNX, the pretrained
+  folder or ""), checked. A pretrained folder's config.json gives the arguments the
+  config leaves unset, before the data's (`derived`)."""
   fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model_config.items()}
   name = fields.pop("name")
+  pretrained = fields.pop("pretrained", "")
   loaded = registry.resolve(name, registry.MODELS, "config.model.name", base_dir)
   obj = loaded.obj
   is_class = isinstance(obj, type)
@@ -144,10 +159,14 @@ def _model_arguments(model_config, derived: dict, base_dir: str | None):
       f"config.model: {loaded.target} has no argument(s) {', '.join(unknown)} "
       f"(it takes: {', '.join(arguments) or 'none'})"
     )
+  if pretrained:
+    pretrained = os.path.abspath(os.path.expanduser(pretrained))  # as the command line means it
+    for k, v in pretrained_fields(loaded, pretrained).items():
+      fields.setdefault(k, v)
   for k, v in derived.items():
     if k in arguments:
       fields.setdefault(k, v)
-  return loaded, fields, is_nnx
+  return loaded, fields, is_nnx, pretrained
 
 
 def create_model(
@@ -157,8 +176,28 @@ def create_model(
 
   A Linen module; an NNX module is made from `rngs` (default `nnx.Rngs(0)`).
   """
-  loaded, fields, is_nnx = _model_arguments(model_config, derived or {}, base_dir)
-  return Model(loaded, fields, "image", is_nnx).make(rngs if rngs is not None else nnx.Rngs(0))
+  loaded, fields, is_nnx, pretrained = _model_arguments(model_config, derived or {}, base_dir)
+  return Model(loaded, fields, "image", is_nnx, pretrained).make(
+    rngs if rngs is not None else nnx.Rngs(0)
+  )
+
+
+def _check_tokenizer_fits(prep: dict, fields: dict, config) -> None:
+  """A pretrained tokenizer's ids and lengths must be ones the model has embeddings for."""
+  text = prep.get("text") or {}
+  if text.get("tokenizer") != "pretrained":
+    return
+  vocab, positions = fields.get("vocab_size"), fields.get("max_position_embeddings")
+  if vocab is not None and text["size"] > vocab:
+    raise UserError(
+      f"preprocess.tokenizer: {text['source']} has {text['size']} tokens, the model "
+      f"{config.model.name} embeds {vocab}: the tokenizer is not this model's"
+    )
+  if positions is not None and text["max_length"] > positions:
+    raise UserError(
+      f"preprocess.max_length={text['max_length']} exceeds the model's "
+      f"{positions} positions (max_position_embeddings): lower it"
+    )
 
 
 def build_model(config, prep: dict, example_batch, base_dir: str | None = None) -> Model:
@@ -166,7 +205,8 @@ def build_model(config, prep: dict, example_batch, base_dir: str | None = None) 
   derived = preprocess.model_kwargs(prep)
   if config.get("compute_dtype", "float32") != "float32":
     derived["dtype"] = jnp.dtype(config.compute_dtype)
-  loaded, fields, is_nnx = _model_arguments(config.model, derived, base_dir)
+  loaded, fields, is_nnx, pretrained = _model_arguments(config.model, derived, base_dir)
+  _check_tokenizer_fits(prep, fields, config)
   input_key = config.get("model_input") or getattr(loaded.obj, "input_key", "image")
   if input_key is not None and input_key not in example_batch:
     if config.get("model_input"):
@@ -175,7 +215,7 @@ def build_model(config, prep: dict, example_batch, base_dir: str | None = None) 
         f"(it has: {', '.join(sorted(example_batch))})"
       )
     input_key = None  # no image: the model takes the whole batch
-  return Model(loaded, fields, input_key, is_nnx)
+  return Model(loaded, fields, input_key, is_nnx, pretrained)
 
 
 def build_task(

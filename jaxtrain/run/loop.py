@@ -235,10 +235,11 @@ def setup(
     _check_dispatch_cadence(config, num_train_steps, steps_per_epoch, stop_at_step)
     train_data, train_iter = _train_data(config, inputs, layout)
     tx, schedule = optim.make_optimizer(config.optimizer, num_train_steps)
-    state = _initial_state(config, workdir, inputs, layout, tx, train_data[0], resuming)
+    state, pretrained = _initial_state(config, workdir, inputs, layout, tx, train_data[0], resuming)
     preemption.check()
     if not resuming:
       inputs.save_preprocessing(workdir)
+      finetune.write_record(workdir, pretrained)
 
     manager, state = checkpoint.restore_latest_valid(
       workdir,
@@ -386,25 +387,32 @@ def _initial_state(
   tx,
   example_batch,
   resuming: bool,
-) -> TrainState:
-  """The step-0 state (or a fine-tuning start), checked against the data, placed on the devices."""
+) -> tuple[TrainState, dict | None]:
+  """The step-0 state (or a fine-tuning start), checked against the data, placed on the devices,
+  and the report of the pretrained weights it holds (None if none)."""
   model = inputs.model(config, example_batch)
   _check_data_fits_model(config, inputs.builder, model, example_batch)
   axis_name = parallel.DATA_AXIS if layout.mode == "pmap" else None
-  state = create_train_state(
-    config,
-    model,
-    tx,
-    example_batch,
-    model.apply_fn(axis_name),
-    tasks.over_members(inputs.task.loss_fn),
+  if model.pretrained and (config.init_from.workdir or config.init_from.checkpoint):
+    raise UserError(
+      "model.pretrained and init_from both name weights to start from: set one of them"
+    )
+  variables, apply_fn, state_rng, report = finetune.model_variables(
+    config, model, example_batch, model.apply_fn(axis_name)
+  )
+  state = TrainState.create(
+    apply_fn=apply_fn,
+    variables=variables,
+    tx=tx,
+    loss_fn=tasks.over_members(inputs.task.loss_fn),
+    rng=state_rng,
   )
   optim.check_patterns(state.params, config.optimizer.freeze, config.optimizer.lr_multipliers)
   if config.early_stopping.metric:
     _check_eval_metric(config, inputs, state)
   if (config.init_from.workdir or config.init_from.checkpoint) and not resuming:
     state = finetune.init_from(state, config, workdir)
-  return layout.place_state(state)
+  return layout.place_state(state), report
 
 
 def make_evaluation(loop: Loop) -> Evaluate | None:
@@ -538,19 +546,17 @@ def abort(loop: Loop, every: list, error: BaseException) -> None:
 def create_train_state(
   config, model: run_inputs.Model, tx, example_batch, apply_fn, loss_fn
 ) -> TrainState:
-  """The step-0 state: parameters initialised from `fold_in`s of the config's seed.
+  """The step-0 state: parameters initialised from `fold_in`s of the config's seed, then
+  (finetune.model_variables) a pretrained folder's weights and LoRA adapters.
 
   `apply_fn` applies the model (under pmap: the same model built for the
   device axis, whose parameters are the same); `loss_fn` is the task's.
   """
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, state_rng = jax.random.split(rng)
+  variables, apply_fn, state_rng, _ = finetune.model_variables(
+    config, model, example_batch, apply_fn
+  )
   return TrainState.create(
-    apply_fn=apply_fn,
-    variables=model.init(init_rng, example_batch),
-    tx=tx,
-    loss_fn=loss_fn,
-    rng=state_rng,
+    apply_fn=apply_fn, variables=variables, tx=tx, loss_fn=loss_fn, rng=state_rng
   )
 
 

@@ -798,6 +798,20 @@ def export(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="jaxtrain export", description=COMMAND_SUMMARIES["export"])
   parser.add_argument("--workdir", required=True, help="the trained run's workdir")
   parser.add_argument("--output", help="default: <workdir>/export")
+  parser.add_argument(
+    "--format",
+    choices=("jax", "safetensors"),
+    default="jax",
+    help="jax: the inference function, weights inside (jax.export); safetensors: a Hugging "
+    "Face folder in the layout the run's model.pretrained came in",
+  )
+  parser.add_argument(
+    "--lora",
+    choices=("merged", "separate"),
+    default="merged",
+    help="safetensors of a LoRA run: adapters merged into the weights, or a PEFT adapter "
+    "file beside the unchanged base",
+  )
   _checkpoint_choice(parser)
   _code_option(parser)
   args = parser.parse_args(argv)
@@ -806,6 +820,19 @@ def export(argv: list[str]) -> int:
   from jaxtrain.run import workdir as wd
 
   out = args.output or wd.export(args.workdir)
+  if args.format == "safetensors":
+    from jaxtrain.tools import export_hf
+
+    record = export_hf.export(
+      args.workdir, out, best=args.best, code_dir=args.code, lora_mode=args.lora
+    )
+    print(
+      f"exported step {record['step']} to {out} as a Hugging Face folder: "
+      f"{', '.join(record['files'])} ({record['tensors']} tensors"
+      + (f"; LoRA {record['lora']}" if record["lora"] else "")
+      + ")"
+    )
+    return 0
   record = predict_lib.export(args.workdir, out, best=args.best, code_dir=args.code)
   print(
     f"exported step {record['step']} to {out} (inputs: {', '.join(record['inputs'])}; "

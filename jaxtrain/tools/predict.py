@@ -20,10 +20,10 @@ import numpy as np
 from jaxtrain import files
 from jaxtrain.data import datasets, importing, preprocess
 from jaxtrain.errors import UserError
-from jaxtrain.run import checkpoint, early_stopping, manifest, parallel, workdir as wd
+from jaxtrain.run import checkpoint, early_stopping, finetune, manifest, parallel, workdir as wd
 from jaxtrain.run import inputs as run_inputs
 from jaxtrain.run.compiled import evaluate, without_count
-from jaxtrain.state import Functions, TrainState
+from jaxtrain.state import FROZEN, Functions, TrainState
 from jaxtrain.steps import predict_step
 
 EXPORT_FILE, SIGNATURE_FILE = "model.jaxexport", "signature.json"
@@ -69,19 +69,33 @@ def load_run(workdir: str, *, best: bool | None = None, code_dir: str | None = N
   if changed:
     raise UserError(f"{workdir} was trained with other code: {'; '.join(changed)}")
   arrays, step = checkpoint.read_arrays(workdir, -1, uses_best(workdir, best))
-  example = jax.tree.map(
-    lambda s: np.zeros((1, *s.shape[1:]), s.dtype), input_signature(inputs, config, batch=1)
-  )
-  model = inputs.model(config, example)
+  model, example = run_model(config, inputs), _example(inputs, config)
+  apply_fn, model_state = model.apply_fn(), arrays.get("model_state", {})
+  if config.get("lora") and config.lora.rank:  # the fixed base: rebuilt, as the run built it
+    variables, apply_fn, *_ = finetune.model_variables(config, model, example, apply_fn)
+    model_state = {**model_state, FROZEN: variables[FROZEN]}
   state = TrainState(
     step=arrays["step"],
     params=arrays["params"],
     opt_state=None,
-    model_state=arrays.get("model_state", {}),
+    model_state=model_state,
     rng=arrays["rng"],
-    functions=Functions(model.apply_fn(), None, inputs.task.loss_fn),
+    functions=Functions(apply_fn, None, inputs.task.loss_fn),
   )
+  if FROZEN in model_state:
+    checkpoint.check_frozen_at(workdir, step, uses_best(workdir, best), state)
   return config, inputs, state, step
+
+
+def _example(inputs, config) -> dict:
+  return jax.tree.map(
+    lambda s: np.zeros((1, *s.shape[1:]), s.dtype), input_signature(inputs, config, batch=1)
+  )
+
+
+def run_model(config, inputs):
+  """The run's model (run/inputs.py's Model), built for one example of its inputs."""
+  return inputs.model(config, _example(inputs, config))
 
 
 def make_predict_fn(inputs, state):
@@ -207,7 +221,7 @@ def input_signature(inputs, config, batch: int | None = None) -> dict[str, jax.S
   if prep["kind"] == "image":  # a dataset without an import schema: its features as they are
     return {
       name: jax.ShapeDtypeStruct(
-        (b, *feature.shape), jnp.float32 if name == "image" else feature.dtype
+        (b, *feature.shape), jnp.float32 if name == "image" else feature.np_dtype
       )
       for name, feature in inputs.builder.info.features.items()
       if name != "label"
@@ -219,6 +233,8 @@ def input_signature(inputs, config, batch: int | None = None) -> dict[str, jax.S
     sig["categorical"] = jax.ShapeDtypeStruct((b, len(prep["categorical"])), jnp.int32)
   if prep["text"]:
     sig["tokens"] = jax.ShapeDtypeStruct((b, prep["text"]["max_length"]), jnp.int32)
+    if prep["text"]["tokenizer"] == "pretrained":
+      sig["attention_mask"] = sig["tokens"]
   if prep["image"]:
     shape = inputs.builder.info.features[prep["image"]["feature"]].shape
     sig["image"] = jax.ShapeDtypeStruct((b, *shape), jnp.float32)
