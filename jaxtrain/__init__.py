@@ -11,13 +11,16 @@ Where things are. Layers import only downwards (tests/test_layers.py checks it):
                        perplexity)
     optim.py           Optax optimizers and schedules from config.optimizer; freezing,
                        per-group learning rates
+    lora.py            LoRA adapters on any model, the base held fixed (state.FROZEN)
     config.py          config defaults and value checks
     registry.py        names in a config -> objects: short names and import paths
                        ("model.py:Net") for models, tasks and datasets
     errors.py          UserError: one line naming what to fix
     files.py           files written whole or not at all (the only os.replace)
   models/              built-in Flax modules: image.py (MLP, CNN, ResNet), tables.py,
-                       lm.py (GPT-2-shaped LM), remat.py
+                       lm.py (GPT-2-shaped LM), remat.py; pretrained layouts: bert.py,
+                       llama.py (Llama, Qwen2, Mistral), vit.py, hf.py (Hugging Face names
+                       and layouts <-> Flax params)
   data/                datasets.py (TFDS builders), importing/ (`jaxtrain data import`),
                        columns.py (tables read column-wise in chunks, kinds, missing values),
                        records.py (tf.train.Example shards written fast), preprocess.py
@@ -28,11 +31,14 @@ Where things are. Layers import only downwards (tests/test_layers.py checks it):
                        feeds.py (batches from the host or gathered on the device; the auto
                        steps per dispatch), compiled.py, workdir.py (every workdir name,
                        the lock, config.json, the events log), checkpoint.py (the only
-                       Orbax reader/writer, every read verified), parallel.py
+                       Orbax reader/writer, every read verified; safetensors and Hugging
+                       Face folders read and written), parallel.py
                        (mesh/pmap layout), distributed.py, preemption.py, nan_guard.py,
-                       early_stopping.py, finetune.py, manifest.py, metric_writers.py
+                       early_stopping.py, finetune.py (init_from, model.pretrained, LoRA),
+                       manifest.py, metric_writers.py
   tools/               cli.py (`jaxtrain ...`), sweep.py (Optuna), report.py, predict.py
-                       (predict/export), rerun.py, managed.py (SageMaker, Vertex AI)
+                       (predict/export), export_hf.py (export --format safetensors),
+                       rerun.py, managed.py (SageMaker, Vertex AI)
 Scheduled retraining (promote only if better): experiments/retrain.py. Benchmarks and
 experiment folders: experiments/.
 

@@ -48,9 +48,9 @@ def test_models_map_images_to_logits(fields, shape):
 
 def test_unknown_model_name():
   with pytest.raises(
-    UserError, match=r"config.model.name='vit' is not one of .*nor an import path"
+    UserError, match=r"config.model.name='vgg' is not one of .*nor an import path"
   ):
-    create_model(ml_collections.ConfigDict(dict(name="vit", num_classes=2)))
+    create_model(ml_collections.ConfigDict(dict(name="vgg", num_classes=2)))
   with pytest.raises(
     UserError,
     match=r"config.model: jaxtrain.models.image:CNN has no argument\(s\) "

@@ -4,6 +4,7 @@ The folders in tests/fixtures/pretrained/ were written by Hugging Face transform
 (experiments/pretrained_fixtures.py, with its reference outputs); nothing here needs PyTorch.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -328,10 +329,7 @@ def test_export_writes_the_folders_names_and_shapes_and_reads_back(full_run, tmp
 
 def _check_in_the_reference_library(folder, batch, expected):
   """Where PyTorch and transformers are installed (not in CI), they load the export too."""
-  try:
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-  except ImportError:
+  if not all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
     return
   np.savez(
     folder / "inputs.npz",
@@ -539,3 +537,72 @@ def test_finetune_image_trains_a_vit_folder_on_the_digits(tmp_path, data_dir):
 
   last = [e for e in read_metrics(str(workdir)) if e["split"] == "eval"][-1]
   assert last["accuracy"] > 0.4, last  # ten classes: chance is 0.1
+
+
+def test_a_flax_msgpack_folder_loads_without_transposes(tmp_path):
+  from flax import serialization
+
+  model, variables, batch, reference = _bert()
+  folder = tmp_path / "flax"
+  folder.mkdir()
+  shutil.copy(os.path.join(BERT, "config.json"), folder / "config.json")
+  numpy_params = jax.tree.map(np.asarray, variables["params"])
+  (folder / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(numpy_params))
+  model, loaded, batch, _ = _bert(str(folder))
+  np.testing.assert_allclose(model.make().apply(loaded, batch), reference["logits"], atol=1e-4)
+
+
+def test_init_from_an_orbax_checkpoint_casts_half_precision_and_takes_batch_stats(
+  tmp_path, small_config
+):
+  import orbax.checkpoint as ocp
+
+  from jaxtrain.run import loop as train
+
+  small_config.model = dict(name="cnn", num_classes=10)
+  source = tmp_path / "source"
+  state = train.train_and_evaluate(small_config, str(source))
+  params = jax.tree.map(lambda x: np.asarray(x).astype(jnp.bfloat16), state.params)
+  stats = jax.tree.map(lambda x: np.asarray(x) + 1.0, state.model_state["batch_stats"])
+  path = tmp_path / "linen"
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(str(path), {"params": params, "batch_stats": stats})
+  small_config.init_from.checkpoint = str(path)
+  small_config.num_train_steps = 1
+  tuned = tmp_path / "tuned"
+  train.train_and_evaluate(small_config, str(tuned))
+  record = json.loads((tuned / "init_from.json").read_text())
+  # CNN: 2 convs, 2 batch norms (scale, bias), 2 dense layers (kernel, bias): 10 arrays.
+  assert record["initialised"] == [] and record["cast"] == {"bfloat16->float32": 10}
+  assert sorted(record["model_state_restored"]) == [
+    f"batch_stats/BatchNorm_{i}/{k}" for i in (0, 1) for k in ("mean", "var")
+  ]
+  started = finetune.init_from(state, small_config, str(tmp_path))  # writes init_from.json
+  np.testing.assert_array_equal(
+    started.model_state["batch_stats"]["BatchNorm_1"]["var"], stats["BatchNorm_1"]["var"]
+  )
+  np.testing.assert_array_equal(
+    started.params["Dense_1"]["kernel"], params["Dense_1"]["kernel"].astype(np.float32)
+  )
+
+
+def test_integer_arrays_of_an_npz_stay_integers():
+  from jaxtrain.config import base_config
+  from jaxtrain.data import preprocess
+
+  schema = {
+    "columns": {"ids": "tensor", "pixels": "tensor"},
+    "features": {"ids": "ids", "pixels": "pixels"},
+    "label_kind": "class",
+    "class_names": ["a", "b"],
+  }
+  ids = np.asarray([[101, 30000, 0], [5, 6, 7]], np.int64)  # token ids, past 255
+  train = {"ids": ids, "label": np.asarray([0, 1])}
+  prep = preprocess.fit({**schema, "columns": {"ids": "tensor"}}, train, base_config())
+  batch = preprocess.make_transform(prep, train=False)(train)
+  assert batch["tokens"].dtype == np.int32 and batch["tokens"].tolist() == ids.tolist()
+  assert "image" not in batch
+  pixels = {"pixels": np.full((2, 2, 2, 1), 255, np.uint8), "label": np.asarray([0, 1])}
+  prep = preprocess.fit({**schema, "columns": {"pixels": "tensor"}}, pixels, base_config())
+  batch = preprocess.make_transform(prep, train=False)(pixels)
+  assert batch["image"].dtype == np.float32 and float(batch["image"].max()) == 1.0

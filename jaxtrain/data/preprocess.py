@@ -13,7 +13,9 @@ apply exactly the training-time preprocessing.
                                  then a 0/1 missing flag where the train split had any)
     categorical  int32 [B, m]    vocabulary indices (0: unseen), calendar fields
     tokens       int32 [B, L]    token ids (0: padding, 1: unknown word)
-    image        float32 [B, H, W, C] in [0, 1]
+    image        float32 [B, H, W, C] in [0, 1] (8-bit pixels)
+    tokens       int32 [B, ...]  an array column of other integers (token ids from an .npz)
+    attention_mask int32 [B, L]  1 for real tokens (tokenizer "pretrained")
     seen         int32 [B, S]    (evaluation, retrieval) items to exclude, -1 padded
     label        int32 class or float32 value
 Image datasets without a schema (digits, IDX, TFDS) get `to_model_inputs`.
@@ -113,8 +115,9 @@ def fit(schema: dict | None, train: dict[str, np.ndarray], config) -> dict:
           "preprocess.features"
         )
       prep["text"] = _fit_tokenizer(name, _strings(values), p, config)
-    elif kind == "tensor":
-      prep["image"] = {"feature": name}
+    elif kind == "tensor":  # 8-bit pixels, or integers that are ids (tokens from an .npz)
+      ids = np.issubdtype(values.dtype, np.integer) and values.dtype != np.uint8
+      prep["image"] = {"feature": name, **({"integers": True} if ids else {})}
   label = train["label"]
   if schema["label_kind"] == "class":
     num_classes = len(schema["class_names"])
@@ -482,7 +485,9 @@ def make_transform(
       )
     elif prep["text"]:
       batch["tokens"] = _tokens(prep["text"], raw[prep["text"]["feature"]], token_index)
-    if prep["image"]:
+    if prep["image"] and prep["image"].get("integers"):  # ids stay ids: the model's tokens
+      batch["tokens"] = raw[prep["image"]["feature"]].astype(np.int32)
+    elif prep["image"]:
       batch["image"] = raw[prep["image"]["feature"]].astype(np.float32) * np.float32(1 / 255)
     if "label" in raw:
       batch["label"] = raw["label"].astype(

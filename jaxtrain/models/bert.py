@@ -51,8 +51,8 @@ def attend(q, k, v, mask, num_heads: int):
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, lq, width)
 
 
-class _Dense(nn.Module):
-  """A `dense` inside a named block (BERT's `intermediate`, the pooler)."""
+class NamedDense(nn.Module):
+  """A `dense` inside a named block (`intermediate`, `pooler`, ViT's `output`)."""
 
   features: int
   dtype: Any
@@ -77,7 +77,9 @@ class _Output(nn.Module):
     return nn.LayerNorm(self.eps, dtype=self.dtype, name="LayerNorm")(residual + y)
 
 
-class _SelfAttention(nn.Module):
+class SelfAttention(nn.Module):
+  """query, key, value: multi-head attention over the keys `mask` keeps."""
+
   features: int
   num_heads: int
   dtype: Any
@@ -112,7 +114,7 @@ class BertLayer(nn.Module):
       name="attention",
     )(x, mask, train)
     h = activation(self.hidden_act)(
-      _Dense(self.intermediate_size, self.dtype, name="intermediate")(a)
+      NamedDense(self.intermediate_size, self.dtype, name="intermediate")(a)
     )
     return _Output(
       self.hidden_size, self.layer_norm_eps, self.dropout_rate, self.dtype, name="output"
@@ -128,7 +130,7 @@ class _Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, train: bool):
-    y = _SelfAttention(self.features, self.num_heads, self.dtype, name="self")(x, mask)
+    y = SelfAttention(self.features, self.num_heads, self.dtype, name="self")(x, mask)
     return _Output(self.features, self.eps, self.dropout_rate, self.dtype, name="output")(
       y, x, train
     )
@@ -193,7 +195,7 @@ class BertModel(nn.Module):
       self.dtype,
     )
     x = _Encoder(self.num_hidden_layers, layer, name="encoder")(x, mask, train)
-    pooled = jnp.tanh(_Dense(self.hidden_size, self.dtype, name="pooler")(x[:, 0]))
+    pooled = jnp.tanh(NamedDense(self.hidden_size, self.dtype, name="pooler")(x[:, 0]))
     return x, pooled
 
 

@@ -22,30 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain.errors import UserError
-from jaxtrain.models.bert import activation, attend
+from jaxtrain.models.bert import NamedDense, SelfAttention, activation
 from jaxtrain.models.hf import Layout
-
-
-class _Dense(nn.Module):
-  features: int
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, x):
-    return nn.Dense(self.features, dtype=self.dtype, name="dense")(x)
-
-
-class _SelfAttention(nn.Module):
-  features: int
-  num_heads: int
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, x):
-    q, k, v = (
-      nn.Dense(self.features, dtype=self.dtype, name=n)(x) for n in ("query", "key", "value")
-    )
-    return attend(q, k, v, jnp.ones(x.shape[:2], jnp.int32), self.num_heads)
 
 
 class _Attention(nn.Module):
@@ -55,8 +33,9 @@ class _Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = _SelfAttention(self.features, self.num_heads, self.dtype, name="attention")(x)
-    return _Dense(self.features, self.dtype, name="output")(y)
+    everything = jnp.ones(x.shape[:2], jnp.int32)  # every patch attends to every patch
+    y = SelfAttention(self.features, self.num_heads, self.dtype, name="attention")(x, everything)
+    return NamedDense(self.features, self.dtype, name="output")(y)
 
 
 class ViTLayer(nn.Module):
@@ -79,9 +58,11 @@ class ViTLayer(nn.Module):
         norm("layernorm_before")(x)
       )
     )
-    h = _Dense(self.intermediate_size, self.dtype, name="intermediate")(norm("layernorm_after")(x))
+    h = NamedDense(self.intermediate_size, self.dtype, name="intermediate")(
+      norm("layernorm_after")(x)
+    )
     return x + drop(
-      _Dense(self.hidden_size, self.dtype, name="output")(activation(self.hidden_act)(h))
+      NamedDense(self.hidden_size, self.dtype, name="output")(activation(self.hidden_act)(h))
     )
 
 

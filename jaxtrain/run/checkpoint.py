@@ -772,6 +772,7 @@ class Pretrained:
   shapes: dict[str, tuple[tuple[int, ...], np.dtype]]
   files: list[str]  # the weight files, relative to `path`
   _read: Any = None
+  layout: str = "torch"  # torch: Linear weights [out, in], convs OIHW; flax: Flax's own (msgpack)
 
   def read(self, name: str) -> np.ndarray:
     return self._read(name)
@@ -823,7 +824,7 @@ def read_pretrained(path: str) -> Pretrained:
         raise UserError(f"{os.path.join(path, FLAX_FILE)} does not read: {_reason(e)}") from None
     flat = {k.replace("/", "."): v for k, v in flat.items()}
     shapes = {k: (v.shape, v.dtype) for k, v in flat.items()}
-    return Pretrained(path, config, shapes, [FLAX_FILE], flat.__getitem__)
+    return Pretrained(path, config, shapes, [FLAX_FILE], flat.__getitem__, layout="flax")
   raise UserError(
     f"{path} has no weights: {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} (shards) or {FLAX_FILE}"
   )

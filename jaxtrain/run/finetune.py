@@ -56,6 +56,11 @@ def merge(target, source) -> tuple[object, dict]:
     if old is not None and old.shape == leaf.shape and old.dtype == leaf.dtype:
       report["restored"].append(name)
       return old
+    if old is not None and old.shape == leaf.shape and _both_floats(old.dtype, leaf.dtype):
+      report["restored"].append(name)  # float16/bfloat16 weights into a float32 model
+      key = f"{np.dtype(old.dtype)}->{np.dtype(leaf.dtype)}"
+      report.setdefault("cast", {})[key] = report.get("cast", {}).get(key, 0) + 1
+      return np.asarray(old).astype(leaf.dtype)
     why = "new" if old is None else f"was {tuple(old.shape)} {old.dtype}"
     report["initialised"].append(f"{name} {tuple(leaf.shape)} ({why})")
     return leaf
@@ -64,6 +69,16 @@ def merge(target, source) -> tuple[object, dict]:
   used = set(report["restored"])
   report["unused"] = sorted(n for n in src if n not in used)
   return merged, report
+
+
+def _both_floats(a, b) -> bool:
+  return bool(
+    jax.numpy.issubdtype(a, jax.numpy.floating) and jax.numpy.issubdtype(b, jax.numpy.floating)
+  )
+
+
+# A checkpoint of someone else's Linen variables: {"params": ..., "batch_stats": ...}.
+_NOT_COLLECTIONS = ("params", "opt_state", "step", "rng", "model_state")
 
 
 def init_from(state, config, workdir: str):
@@ -76,9 +91,10 @@ def init_from(state, config, workdir: str):
   else:
     source, step = read_source(c.workdir, c.step, c.best)
   params, report = merge(jax.device_get(state.params), source.get("params", {}))
-  model_state, state_report = merge(
-    jax.device_get(state.model_state), source.get("model_state", {})
-  )
+  collections = source.get("model_state") or {
+    k: v for k, v in source.items() if k not in _NOT_COLLECTIONS and isinstance(v, dict)
+  }  # a jaxtrain run's model_state, or Linen's batch_stats saved beside the params
+  model_state, state_report = merge(jax.device_get(state.model_state), collections)
   if not report["restored"]:
     raise UserError(
       f"init_from {c.checkpoint or c.workdir}: no parameter matches this model's by path "
@@ -138,7 +154,7 @@ def load_pretrained(variables: dict, model) -> tuple[dict, dict]:
       report["initialised"].append(f"{path} {tuple(leaf.shape)} (new)")
       continue
     shape, dtype = source.shapes[name]
-    leaf_name = path.rsplit("/", 1)[-1]
+    leaf_name = path.rsplit("/", 1)[-1] if source.layout == "torch" else ""  # "": as it is
     want = hf.from_flax(leaf_name, np.empty(leaf.shape, np.uint8)).shape  # the source's layout
     if tuple(shape) != tuple(want):
       if layout.is_head(path):  # another task's head: this task's starts afresh
@@ -172,6 +188,7 @@ def load_pretrained(variables: dict, model) -> tuple[dict, dict]:
   report.update(
     source=os.path.abspath(folder),
     format=source.files[0].rsplit(".", 1)[-1],
+    layout=source.layout,
     files=source.sha256(),
     mapping=dict(sorted(mapping.items())),
     dtypes={n: str(np.dtype(source.shapes[n][1])) for n in sorted(used)},

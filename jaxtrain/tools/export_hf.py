@@ -90,6 +90,8 @@ def export(
   config, inputs, state, step = predict.load_run(workdir, best=best, code_dir=code_dir)
   layout = predict.run_model(config, inputs).loaded.obj.hf_layout
   mapping, dtypes = record["mapping"], {k: np.dtype(v) for k, v in record.get("dtypes", {}).items()}
+  if record.get("layout") == "flax":  # a msgpack source: the export takes the torch names
+    mapping, dtypes = {}, {}
   params, adapters = state.params, {}
   if FROZEN in state.model_state:
     base, adapters = lora.base_and_adapters(state.params, state.model_state)

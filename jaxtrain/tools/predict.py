@@ -237,7 +237,10 @@ def input_signature(inputs, config, batch: int | None = None) -> dict[str, jax.S
       sig["attention_mask"] = sig["tokens"]
   if prep["image"]:
     shape = inputs.builder.info.features[prep["image"]["feature"]].shape
-    sig["image"] = jax.ShapeDtypeStruct((b, *shape), jnp.float32)
+    if prep["image"].get("integers"):
+      sig["tokens"] = jax.ShapeDtypeStruct((b, *shape), jnp.int32)
+    else:
+      sig["image"] = jax.ShapeDtypeStruct((b, *shape), jnp.float32)
   if inputs.seen is not None:
     width = max(int(np.diff(inputs.seen["offsets"]).max()), 1)
     sig["seen"] = jax.ShapeDtypeStruct((b, width), jnp.int32)
